@@ -1,0 +1,315 @@
+"""The ``d2tls`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from d2tls.dtls.client import DTLSClient
+from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
+from d2tls.dtls.constants import CIPHER_SUITE_NAMES, PSK_SUITES, CipherSuite
+from d2tls.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
+from d2tls.dtls.keylog import keylog_from_environment
+from d2tls.dtls.server import DTLSServer
+from d2tls.dtls.session_file import load_session, save_session
+from d2tls.errors import D2TLSError
+from d2tls.net.udp import ClientEndpoint, ConnectionFailed, ServerEndpoint
+from d2tls.pki.verify import (
+    certificate_subject,
+    load_certificate_chain,
+    load_private_key,
+    load_trust_store,
+    parse_psk,
+)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Parse HOST:PORT or [V6]:PORT."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    return host, int(port)
+
+
+def parse_suites(names: list[str] | None, default: tuple[CipherSuite, ...]) -> tuple[CipherSuite, ...]:
+    if not names:
+        return default
+    suites = []
+    for name in names:
+        if name not in CIPHER_SUITE_NAMES:
+            raise D2TLSError(f"unknown cipher {name!r}; known: {', '.join(CIPHER_SUITE_NAMES)}")
+        suites.append(CIPHER_SUITE_NAMES[name])
+    return tuple(suites)
+
+
+# --------------------------------------------------------------------------- server
+def build_server_config(args: argparse.Namespace) -> ServerConfig:
+    psk_keys = dict(parse_psk(p) for p in args.psk or [])
+    default: tuple[CipherSuite, ...]
+    if args.cert:
+        default = ServerConfig().cipher_suites + ((CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,) if psk_keys else ())
+    else:
+        default = (CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,)
+    config = ServerConfig(
+        cipher_suites=parse_suites(args.cipher, default),
+        certificate_chain=load_certificate_chain(Path(args.cert)) if args.cert else (),
+        private_key=load_private_key(Path(args.key)) if args.key else None,
+        trust_store=load_trust_store(Path(args.ca)) if args.ca else None,
+        client_auth=ClientAuth.REQUIRED if args.require_client_cert else (
+            ClientAuth.OPTIONAL if args.ca else ClientAuth.NONE
+        ),
+        psk_keys=psk_keys,
+        session_lifetime=args.session_lifetime,
+        cookie_exchange=not args.no_cookie,
+        mtu=args.mtu,
+        keylog=keylog_from_environment(),
+    )
+    return config
+
+
+async def run_server(args: argparse.Namespace) -> int:
+    host, port = args.listen
+    engine = DTLSServer(build_server_config(args))
+
+    def report(event: Event) -> None:
+        if args.quiet:
+            return
+        if isinstance(event, HandshakeCompleted):
+            conn = engine.connection(event.peer) if event.peer else None
+            subject = conn.peer_subject() if conn else None
+            print(
+                f"handshake {event.peer}: {event.cipher_suite.name} resumed={event.resumed} "
+                f"ems={event.extended_master_secret} client={subject}",
+                flush=True,
+            )
+        elif isinstance(event, ConnectionTerminated):
+            alert = event.alert.name.lower() if event.alert else None
+            print(f"closed {event.peer}: {event.reason} (alert {alert})", flush=True)
+
+    endpoint = await ServerEndpoint.listen(host, port, engine, echo=args.echo, on_event=report)
+    print(f"listening on {endpoint.address[0]}:{endpoint.address[1]}" if endpoint.address else "", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    endpoint.close()
+    return 0
+
+
+# --------------------------------------------------------------------------- client
+def build_client_config(args: argparse.Namespace) -> ClientConfig:
+    psk_identity, psk = parse_psk(args.psk) if args.psk else (None, None)
+    default = (
+        (CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,) if args.psk and not args.ca else ClientConfig().cipher_suites
+    )
+    suites = parse_suites(args.cipher, default)
+    session = load_session(Path(args.session_in)) if args.session_in else None
+    server_name = args.server_name or args.address[0]
+    return ClientConfig(
+        cipher_suites=suites,
+        trust_store=load_trust_store(Path(args.ca)) if args.ca else None,
+        server_name=server_name,
+        certificate_chain=load_certificate_chain(Path(args.cert)) if args.cert else (),
+        private_key=load_private_key(Path(args.key)) if args.key else None,
+        psk_identity=psk_identity,
+        psk=psk,
+        session=session,
+        mtu=args.mtu,
+        keylog=keylog_from_environment(),
+    )
+
+
+async def run_client(args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {"ok": False}
+    config = build_client_config(args)
+    if config.certificate_chain and config.private_key is None:
+        raise D2TLSError("--cert needs --key")
+    engine = DTLSClient(config)
+    started = time.perf_counter()
+    endpoint = await ClientEndpoint.connect(args.address[0], args.address[1], engine)
+    try:
+        done = await endpoint.handshake(timeout=args.timeout)
+        result.update(
+            ok=True,
+            cipher=done.cipher_suite.name,
+            session_id=done.session.session_id.hex(),
+            resumed=done.resumed,
+            extended_master_secret=done.extended_master_secret,
+            handshake_ms=round((time.perf_counter() - started) * 1000, 3),
+            peer_certificate_subject=(
+                certificate_subject(engine.peer_certificates[0]) if engine.peer_certificates else None
+            ),
+        )
+        if args.session_out:
+            save_session(done.session, Path(args.session_out))
+        if args.send is not None:
+            endpoint.send(args.send.encode())
+            try:
+                result["received"] = (await endpoint.receive(timeout=args.receive_timeout)).decode(
+                    errors="replace"
+                )
+            except TimeoutError:
+                result["received"] = None
+        await endpoint.close()
+    except ConnectionFailed as exc:
+        result.update(
+            ok=False,
+            error=exc.terminated.reason,
+            alert=exc.terminated.alert.name.lower() if exc.terminated.alert else None,
+            alert_from_peer=exc.terminated.by_peer,
+        )
+    except TimeoutError:
+        result.update(ok=False, error="handshake timed out", alert=None)
+        await endpoint.close()
+    return result
+
+
+def print_client_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    if result["ok"]:
+        print(
+            f"connected: {result['cipher']} resumed={result['resumed']} "
+            f"ems={result['extended_master_secret']} in {result['handshake_ms']} ms"
+        )
+        print(f"session id: {result['session_id']}")
+        if result.get("peer_certificate_subject"):
+            print(f"server: {result['peer_certificate_subject']}")
+        if "received" in result:
+            print(f"received: {result['received']}")
+    else:
+        print(f"failed: {result.get('error')} (alert {result.get('alert')})", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- pki, model, demo
+def run_pki_init(args: argparse.Namespace) -> int:
+    from d2tls.pki.generate import init_pki
+
+    paths = init_pki(Path(args.directory), server_name=args.server_name, devices=args.devices)
+    print(f"CA:      {paths.ca_cert}")
+    print(f"server:  {paths.server_cert} (key {paths.server_key})")
+    for device in paths.devices:
+        print(f"device:  {device.cert} (key {device.key})")
+    print(f"PSKs:    {paths.psk_file}")
+    return 0
+
+
+def run_model_diagram(args: argparse.Namespace) -> int:
+    from d2tls.model.diagram import render
+    from d2tls.model.spec import load_spec
+
+    out = render(load_spec().role(args.role), Path(args.output))
+    print(f"wrote {out}")
+    return 0
+
+
+def run_model_table(args: argparse.Namespace) -> int:
+    from d2tls.model.diagram import GLOBAL_TRIGGERS, transition_label
+    from d2tls.model.spec import load_spec
+
+    role = load_spec().role(args.role)
+    for t in role.transitions:
+        if t.trigger in GLOBAL_TRIGGERS:
+            continue
+        print(f"{t.source:34} {t.dest:34} {transition_label(t.trigger, t.guards, t.unless, t.emits)}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from d2tls.demo import run_demo as demo
+
+    return demo(as_json=args.json)
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="d2tls", description="D2TLS: delegation-based DTLS 1.2")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    server = sub.add_parser("server", help="run a DTLS 1.2 server")
+    server.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT")
+    server.add_argument("--cert", help="server certificate chain (PEM)")
+    server.add_argument("--key", help="server private key (PEM, P-256)")
+    server.add_argument("--ca", help="trust store for client certificates (PEM)")
+    server.add_argument("--require-client-cert", action="store_true")
+    server.add_argument("--psk", action="append", metavar="ID:HEX", help="accept this PSK (repeatable)")
+    server.add_argument("--cipher", action="append", choices=sorted(CIPHER_SUITE_NAMES))
+    server.add_argument("--echo", action="store_true", help="echo application data back")
+    server.add_argument("--session-lifetime", type=float, default=3600.0, metavar="S")
+    server.add_argument("--mtu", type=int, default=1400)
+    server.add_argument("--no-cookie", action="store_true", help="skip HelloVerifyRequest (unsafe)")
+    server.add_argument("--quiet", action="store_true")
+
+    client = sub.add_parser("client", help="run a DTLS 1.2 client")
+    client.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    client.add_argument("--ca", help="trust store for the server certificate (PEM)")
+    client.add_argument("--cert", help="client certificate chain (PEM)")
+    client.add_argument("--key", help="client private key (PEM)")
+    client.add_argument("--server-name", help="expected server name (default: HOST)")
+    client.add_argument("--psk", metavar="ID:HEX")
+    client.add_argument("--cipher", action="append", choices=sorted(CIPHER_SUITE_NAMES))
+    client.add_argument("--mtu", type=int, default=1400)
+    client.add_argument("--session-in", metavar="FILE", help="resume the session saved in FILE")
+    client.add_argument("--session-out", metavar="FILE", help="save the session (holds a secret; 0600)")
+    client.add_argument("--send", metavar="TEXT", help="send TEXT and print the reply")
+    client.add_argument("--json", action="store_true", help="print one JSON object")
+    client.add_argument("--timeout", type=float, default=30.0)
+    client.add_argument("--receive-timeout", type=float, default=3.0)
+
+    pki = sub.add_parser("pki", help="test PKI").add_subparsers(dest="pki_command", required=True)
+    init = pki.add_parser("init", help="create a CA, a server certificate, devices and PSKs")
+    init.add_argument("directory")
+    init.add_argument("--server-name", default="localhost")
+    init.add_argument("--devices", type=int, default=1)
+
+    model = sub.add_parser("model", help="the spec's state machines").add_subparsers(
+        dest="model_command", required=True
+    )
+    diagram = model.add_parser("diagram", help="draw a role's machine (.svg, .png, .dot)")
+    diagram.add_argument("role")
+    diagram.add_argument("-o", "--output", required=True)
+    table = model.add_parser("table", help="print a role's transition table")
+    table.add_argument("role")
+
+    demo = sub.add_parser("demo", help="run the end-to-end demo on loopback")
+    demo.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "server":
+            return asyncio.run(run_server(args))
+        if args.command == "client":
+            result = asyncio.run(run_client(args))
+            print_client_result(result, args.json)
+            return 0 if result["ok"] else 1
+        if args.command == "pki":
+            return run_pki_init(args)
+        if args.command == "model":
+            if args.model_command == "diagram":
+                return run_model_diagram(args)
+            return run_model_table(args)
+        if args.command == "demo":
+            return run_demo(args)
+    except D2TLSError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": str(exc), "alert": None}))
+        else:
+            print(f"d2tls: error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

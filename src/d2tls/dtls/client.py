@@ -1,0 +1,444 @@
+"""Sans-IO DTLS 1.2 client, driven by the ``dtls_client`` machine of ``spec/dtls.yaml``.
+
+Besides a normal client this engine supports what D2TLS needs: an *external signer* (the
+CertificateVerify signature is requested with a ``SignatureRequested`` event and supplied with
+``provide_signature``), a caller-chosen ClientHello random, and resume-only connections that
+fail instead of falling back to a full handshake.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from d2tls.dtls import keyschedule
+from d2tls.dtls.config import ClientConfig
+from d2tls.dtls.connection import Connection, FlightItem, InvalidStateError, Tracer
+from d2tls.dtls.constants import (
+    CERT_TYPE_ECDSA_SIGN,
+    COMPRESSION_NULL,
+    DTLS_1_2,
+    ECDSA_SECP256R1_SHA256,
+    POINT_FORMAT_UNCOMPRESSED,
+    PSK_SUITES,
+    SECP256R1,
+    AlertDescription,
+    AlertLevel,
+    CipherSuite,
+    ExtensionType,
+)
+from d2tls.dtls.events import ConnectionTerminated, HandshakeCompleted, SignatureRequested
+from d2tls.dtls.messages import (
+    Certificate,
+    CertificateRequest,
+    CertificateVerify,
+    ClientHello,
+    ClientKeyExchangeECDHE,
+    ClientKeyExchangePSK,
+    Extension,
+    HelloVerifyRequest,
+    ServerHello,
+    ServerKeyExchangeECDHE,
+    ServerKeyExchangePSK,
+    encode_ec_point_formats,
+    encode_renegotiation_info,
+    encode_server_name,
+    encode_signature_algorithms,
+    encode_supported_groups,
+)
+from d2tls.dtls.session import Session
+from d2tls.errors import (
+    CertificateError,
+    DecryptError,
+    HandshakeFailure,
+    IllegalParameter,
+    ProtocolError,
+)
+from d2tls.pki.verify import verify_server_chain
+
+#: A server may answer with several HelloVerifyRequests; more than this is an attack or a bug.
+MAX_HELLO_VERIFY_REQUESTS = 4
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class DTLSClient(Connection):
+    """A DTLS 1.2 client connection (sans-IO)."""
+
+    ROLE = "dtls_client"
+    IS_CLIENT = True
+
+    def __init__(self, config: ClientConfig, tracer: Tracer | None = None) -> None:
+        config.validate()
+        self.config = config
+        super().__init__(
+            mtu=config.mtu, timers=config.timers, keylog=config.keylog, peer=None, tracer=tracer
+        )
+        self._cookie = b""
+        self._hello_verify_count = 0
+        self._session_id = b""
+        self._server_public_key: ec.EllipticCurvePublicKey | None = None
+        self._server_certificates: tuple[bytes, ...] = ()
+        self._server_point = b""
+        self._certificate_requested = False
+        self._ephemeral: ec.EllipticCurvePrivateKey | None = None
+        self._pre_master = b""
+        self._signature: bytes | None = None
+        self._prebuilt_items: list[FlightItem] = []
+        self._resumed = False
+        self.session: Session | None = None
+        self.handshake_started_at: float | None = None
+        self.handshake_completed_at: float | None = None
+
+    # ------------------------------------------------------------------ public API
+    def connect(self, now: float) -> None:
+        """Start the handshake by sending the ClientHello."""
+        self._now = now
+        self.handshake_started_at = now
+        self._fire_safely("connect")
+
+    def provide_signature(self, signature: bytes, now: float) -> None:
+        """Supply the CertificateVerify signature asked for by ``SignatureRequested``."""
+        self._now = now
+        if self.state != "wait_signature":
+            raise InvalidStateError(f"no signature was requested (state {self.state})")
+        self._signature = bytes(signature)
+        self._fire_safely("signature_provided")
+
+    # ------------------------------------------------------------------ guards
+    def server_resumes_session(self) -> bool:
+        """RFC 5246 §7.4.1.3: the server echoes our session ID to resume it."""
+        hello = self._current
+        session = self.config.session
+        return (
+            isinstance(hello, ServerHello)
+            and session is not None
+            and len(session.session_id) > 0
+            and hello.session_id == session.session_id
+        )
+
+    def resume_only(self) -> bool:
+        return self.config.resume_only and self.config.session is not None
+
+    def server_chose_psk(self) -> bool:
+        return isinstance(self._current, ServerHello) and self._current.cipher_suite in PSK_SUITES
+
+    def has_client_certificate(self) -> bool:
+        return bool(self.config.certificate_chain) and self._certificate_requested
+
+    def signer_is_external(self) -> bool:
+        return self.config.private_key is None
+
+    # ------------------------------------------------------------------ actions
+    def prepare_client_hello(self) -> None:
+        """Choose the random (RFC 5246 §7.4.1.2) and the session to offer."""
+        self.client_random = self.config.client_random or os.urandom(32)
+        session = self.config.session
+        if session is not None:
+            if session.expired():
+                raise HandshakeFailure("the session to resume has expired")
+            if session.cipher_suite not in self.config.cipher_suites:
+                raise HandshakeFailure("the session's cipher suite is not offered")
+            self._session_id = session.session_id
+
+    def build_ClientHello(self) -> None:
+        extensions = [
+            Extension(ExtensionType.SUPPORTED_GROUPS, encode_supported_groups([SECP256R1])),
+            Extension(
+                ExtensionType.EC_POINT_FORMATS, encode_ec_point_formats([POINT_FORMAT_UNCOMPRESSED])
+            ),
+            Extension(
+                ExtensionType.SIGNATURE_ALGORITHMS,
+                encode_signature_algorithms([ECDSA_SECP256R1_SHA256]),
+            ),
+            Extension(ExtensionType.EXTENDED_MASTER_SECRET, b""),
+            Extension(ExtensionType.RENEGOTIATION_INFO, encode_renegotiation_info(b"")),
+        ]
+        name = self.config.server_name
+        if name and not _is_ip_literal(name):  # RFC 6066 §3: no IP literals in SNI
+            extensions.insert(0, Extension(ExtensionType.SERVER_NAME, encode_server_name(name)))
+        self._queue_handshake(
+            ClientHello(
+                client_version=DTLS_1_2,
+                random=self.client_random,
+                session_id=self._session_id,
+                cookie=self._cookie,
+                cipher_suites=tuple(int(s) for s in self.config.cipher_suites),
+                compression_methods=(COMPRESSION_NULL,),
+                extensions=tuple(extensions),
+            )
+        )
+
+    def process_hello_verify_request(self) -> None:
+        """RFC 6347 §4.2.1: resend the ClientHello with the cookie; neither is hashed."""
+        assert isinstance(self._current, HelloVerifyRequest)
+        self._hello_verify_count += 1
+        if self._hello_verify_count > MAX_HELLO_VERIFY_REQUESTS:
+            raise HandshakeFailure("too many HelloVerifyRequests")
+        self._cookie = self._current.cookie
+        self._transcript.clear()  # RFC 6347 §4.2.6: exclude ClientHello #1 and the HVR
+
+    def process_server_hello(self) -> None:
+        """Check the server's choices against what we offered (RFC 5246 §7.4.1.3)."""
+        hello = self._current
+        assert isinstance(hello, ServerHello)
+        if hello.server_version != DTLS_1_2:
+            raise ProtocolError(
+                f"server chose version {hello.server_version:#06x}",
+                AlertDescription.PROTOCOL_VERSION,
+            )
+        if hello.cipher_suite not in [int(s) for s in self.config.cipher_suites]:
+            raise IllegalParameter("server chose a cipher suite we did not offer")
+        if hello.compression_method != COMPRESSION_NULL:
+            raise IllegalParameter("server chose a compression method we did not offer")
+        offered = {
+            ExtensionType.SERVER_NAME,
+            ExtensionType.SUPPORTED_GROUPS,
+            ExtensionType.EC_POINT_FORMATS,
+            ExtensionType.SIGNATURE_ALGORITHMS,
+            ExtensionType.EXTENDED_MASTER_SECRET,
+            ExtensionType.RENEGOTIATION_INFO,
+        }
+        for extension in hello.extensions:
+            if extension.type not in offered or extension.type in (
+                ExtensionType.SUPPORTED_GROUPS,
+                ExtensionType.SIGNATURE_ALGORITHMS,
+            ):
+                raise ProtocolError(
+                    f"server sent unsolicited extension {extension.type}",
+                    AlertDescription.UNSUPPORTED_EXTENSION,
+                )
+        info = hello.renegotiation_info
+        if info is not None and info != b"":
+            raise HandshakeFailure("non-empty renegotiation_info in an initial handshake")
+        self.server_random = hello.random
+        self.cipher_suite = CipherSuite(hello.cipher_suite)
+        self.extended_master_secret = hello.has_extended_master_secret
+        self._session_id = hello.session_id
+        resuming = self.server_resumes_session()
+        if not resuming and self.config.require_extended_master_secret and not (
+            self.extended_master_secret
+        ):
+            raise HandshakeFailure("server did not negotiate the extended master secret (RFC 7627)")
+
+    def resume_session(self) -> None:
+        """Abbreviated handshake: reuse the master secret (RFC 5246 §7.3, RFC 7627 §5.3)."""
+        session = self.config.session
+        assert session is not None and self.cipher_suite is not None
+        if self.cipher_suite != session.cipher_suite:
+            raise IllegalParameter("resumed session with a different cipher suite")
+        if session.extended_master_secret != self.extended_master_secret:
+            raise HandshakeFailure("extended_master_secret differs from the original session")
+        self._resumed = True
+        self._master = bytearray(session.master_secret)
+        self._server_certificates = session.peer_certificates
+        self._install_keys()
+
+    def abandon_resumption(self) -> None:
+        """Resume-only mode: the server did not resume, so stop (D2TLS paper §4.2)."""
+        self._error = HandshakeFailure(
+            "resumption refused: the server answered with a new session ID"
+        )
+        self._queue_alert(AlertLevel.FATAL, AlertDescription.HANDSHAKE_FAILURE)
+        self._events.append(
+            ConnectionTerminated(
+                "resumption_refused",
+                AlertDescription.HANDSHAKE_FAILURE,
+                by_peer=False,
+                error=True,
+            )
+        )
+        self._timer_deadline = None
+
+    def process_server_certificate(self) -> None:
+        """Verify the server chain and name (RFC 5246 §7.4.2, RFC 6125 via cryptography)."""
+        certificate = self._current
+        assert isinstance(certificate, Certificate)
+        if not certificate.certificates:
+            raise CertificateError("server sent an empty Certificate", AlertDescription.DECODE_ERROR)
+        assert self.config.trust_store is not None
+        leaf = verify_server_chain(
+            certificate.certificates, self.config.trust_store, self.config.server_name
+        )
+        key = leaf.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+            raise CertificateError(
+                "server key is not ECDSA P-256", AlertDescription.UNSUPPORTED_CERTIFICATE
+            )
+        self._server_public_key = key
+        self._server_certificates = tuple(certificate.certificates)
+
+    def process_server_key_exchange(self) -> None:
+        """Verify the signed ECDHE parameters (RFC 8422 §5.4)."""
+        exchange = self._current
+        if not isinstance(exchange, ServerKeyExchangeECDHE):
+            raise IllegalParameter("expected ECDHE ServerKeyExchange")
+        if exchange.named_curve != SECP256R1:
+            raise IllegalParameter("server chose a curve we did not offer")
+        if exchange.signature_algorithm != ECDSA_SECP256R1_SHA256:
+            raise IllegalParameter("server used a signature algorithm we did not offer")
+        assert self._server_public_key is not None
+        signed = self.client_random + self.server_random + exchange.params_bytes()
+        try:
+            self._server_public_key.verify(exchange.signature, signed, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            raise DecryptError("ServerKeyExchange signature does not verify") from None
+        self._server_point = exchange.public_point
+
+    def process_certificate_request(self) -> None:
+        """RFC 5246 §7.4.4: answer with our certificate only if it fits the request."""
+        request = self._current
+        assert isinstance(request, CertificateRequest)
+        self._certificate_requested = (
+            CERT_TYPE_ECDSA_SIGN in request.certificate_types
+            and ECDSA_SECP256R1_SHA256 in request.signature_algorithms
+        )
+
+    def process_psk_identity_hint(self) -> None:
+        """RFC 4279 §2: the hint is informational; we use our configured identity."""
+        if not isinstance(self._current, ServerKeyExchangePSK):
+            raise IllegalParameter("expected a PSK ServerKeyExchange")
+
+    def process_server_hello_done(self) -> None:
+        """Compute the premaster secret (RFC 8422 §5.10, RFC 4279 §2)."""
+        if self._uses_psk():
+            assert self.config.psk is not None
+            self._pre_master = keyschedule.psk_pre_master_secret(self.config.psk)
+            return
+        self._ephemeral = ec.generate_private_key(ec.SECP256R1())
+        self._pre_master = keyschedule.ecdhe_pre_master_secret(self._ephemeral, self._server_point)
+
+    def request_signature(self) -> None:
+        """External signer: fix Certificate and ClientKeyExchange, then ask for a signature."""
+        self._building_flight = []
+        self.build_Certificate()
+        self.build_ClientKeyExchange()
+        self._prebuilt_items = self._building_flight
+        self._building_flight = None
+        transcript = bytes(self._transcript)
+        self._events.append(
+            SignatureRequested(
+                transcript=transcript,
+                digest=keyschedule.transcript_hash(transcript),
+                client_random=self.client_random,
+            )
+        )
+
+    def accept_signature(self) -> None:
+        """Check the external signature against our certificate before sending it."""
+        assert self._signature is not None
+        leaf_key = self._client_public_key()
+        try:
+            leaf_key.verify(self._signature, bytes(self._transcript), ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            raise ProtocolError("the external signer returned an invalid signature") from None
+
+    def _client_public_key(self) -> ec.EllipticCurvePublicKey:
+        key = x509.load_der_x509_certificate(self.config.certificate_chain[0]).public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ProtocolError("our certificate does not hold an EC key")
+        return key
+
+    def _take_prebuilt(self, msg_type: int) -> bool:
+        for item in self._prebuilt_items:
+            if item.msg_type == msg_type:
+                self._prebuilt_items.remove(item)
+                self._queue(item)
+                return True
+        return False
+
+    def build_Certificate(self) -> None:
+        if self._take_prebuilt(Certificate.msg_type):
+            return
+        chain = tuple(self.config.certificate_chain) if self.has_client_certificate() else ()
+        self._queue_handshake(Certificate(chain))
+
+    def build_ClientKeyExchange(self) -> None:
+        """Send our key share, then derive the master secret (RFC 7627 §4: session hash)."""
+        if self._take_prebuilt(ClientKeyExchangeECDHE.msg_type):
+            return
+        if self._uses_psk():
+            assert self.config.psk_identity is not None
+            self._queue_handshake(ClientKeyExchangePSK(self.config.psk_identity))
+        else:
+            assert self._ephemeral is not None
+            point = self._ephemeral.public_key().public_bytes(
+                Encoding.X962, PublicFormat.UncompressedPoint
+            )
+            self._queue_handshake(ClientKeyExchangeECDHE(point))
+        self._derive_master_secret()
+
+    def _derive_master_secret(self) -> None:
+        if self.extended_master_secret:
+            session_hash = keyschedule.transcript_hash(bytes(self._transcript))
+            self._master = keyschedule.extended_master_secret(self._pre_master, session_hash)
+        else:
+            self._master = keyschedule.master_secret(
+                self._pre_master, self.client_random, self.server_random
+            )
+        self._pre_master = b""
+        self._install_keys()
+
+    def build_CertificateVerify(self) -> None:
+        """Sign the transcript so far (RFC 5246 §7.4.8) — locally or with the external signature."""
+        if self._signature is not None:
+            signature = self._signature
+        else:
+            assert self.config.private_key is not None
+            signature = self.config.private_key.sign(
+                bytes(self._transcript), ec.ECDSA(hashes.SHA256())
+            )
+        self._queue_handshake(CertificateVerify(ECDSA_SECP256R1_SHA256, signature))
+
+    def complete_handshake(self) -> None:
+        assert self.cipher_suite is not None
+        if self._resumed and self.config.session is not None:
+            self.session = self.config.session
+        else:
+            self.session = Session(
+                session_id=self._session_id,
+                master_secret=bytearray(self._master),
+                cipher_suite=self.cipher_suite,
+                extended_master_secret=self.extended_master_secret,
+                server_name=self.config.server_name,
+                peer_certificates=self._server_certificates,
+                psk_identity=self.config.psk_identity if self._uses_psk() else None,
+                created_at=time.time(),
+            )
+        self.handshake_completed_at = self._now
+        self._events.append(
+            HandshakeCompleted(
+                session=self.session,
+                resumed=self._resumed,
+                cipher_suite=self.cipher_suite,
+                extended_master_secret=self.extended_master_secret,
+            )
+        )
+
+    def refuse_renegotiation(self) -> None:
+        """Answer HelloRequest with a no_renegotiation warning (RFC 5246 §7.4.1.1)."""
+        self._queue_alert(AlertLevel.WARNING, AlertDescription.NO_RENEGOTIATION)
+
+    @property
+    def resumed(self) -> bool:
+        """True if the handshake was abbreviated."""
+        return self._resumed
+
+    @property
+    def peer_certificates(self) -> tuple[bytes, ...]:
+        """The server's verified chain (DER), empty for PSK."""
+        return self._server_certificates
+

@@ -1,0 +1,118 @@
+"""Configuration of the DTLS client and server engines, with safe defaults."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.verification import Store
+
+from d2tls.dtls.constants import ECDHE_SUITES, PSK_SUITES, CipherSuite
+from d2tls.dtls.session import MemorySessionStore, Session, SessionStore
+from d2tls.errors import ConfigurationError
+
+#: Called with one NSS key log line (``CLIENT_RANDOM <random> <master>``) when key logging is on.
+KeyLogCallback = Callable[[str], None]
+
+DEFAULT_SUITES: tuple[CipherSuite, ...] = (
+    CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,
+    CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+)
+
+
+class ClientAuth(enum.Enum):
+    """Whether the server asks for a client certificate (RFC 5246 §7.4.4)."""
+
+    NONE = "none"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+@dataclass
+class TimerConfig:
+    """Retransmission timer (RFC 6347 §4.2.4.1): 1 s initial, doubling, 60 s cap."""
+
+    initial: float = 1.0
+    maximum: float = 60.0
+    max_retransmissions: int = 6
+
+
+@dataclass
+class ClientConfig:
+    """Client settings.
+
+    For certificate suites ``trust_store`` is required (the server chain is always verified).
+    ``private_key=None`` with a ``certificate_chain`` means an *external signer*: the engine
+    emits ``SignatureRequested`` and waits for ``provide_signature`` (D2TLS delegation).
+    """
+
+    cipher_suites: tuple[CipherSuite, ...] = DEFAULT_SUITES
+    trust_store: Store | None = None
+    server_name: str | None = None
+    certificate_chain: Sequence[bytes] = ()
+    private_key: ec.EllipticCurvePrivateKey | None = None
+    psk_identity: bytes | None = None
+    psk: bytes | None = None
+    session: Session | None = None
+    #: Abort instead of falling back to a full handshake when ``session`` is not resumed.
+    resume_only: bool = False
+    #: Fixed ClientHello random (D2TLS bound mode lets the device choose it), else random.
+    client_random: bytes | None = None
+    #: RFC 7627: refuse a server that does not negotiate the extended master secret.
+    require_extended_master_secret: bool = True
+    mtu: int = 1400
+    timers: TimerConfig = field(default_factory=TimerConfig)
+    keylog: KeyLogCallback | None = None
+
+    def validate(self) -> None:
+        """Refuse unusable or unsafe combinations with a clear message."""
+        if not self.cipher_suites:
+            raise ConfigurationError("no cipher suites configured")
+        if any(s in ECDHE_SUITES for s in self.cipher_suites) and self.trust_store is None:
+            raise ConfigurationError("certificate suites need a trust store (--ca)")
+        if any(s in PSK_SUITES for s in self.cipher_suites) and (
+            self.psk is None or self.psk_identity is None
+        ):
+            raise ConfigurationError("PSK suite configured without a PSK identity and key")
+        if self.client_random is not None and len(self.client_random) != 32:
+            raise ConfigurationError("client_random must be 32 bytes")
+        if self.mtu < 256:
+            raise ConfigurationError("MTU below 256 bytes is not supported")
+
+
+@dataclass
+class ServerConfig:
+    """Server settings. Client certificates are verified against ``trust_store``."""
+
+    cipher_suites: tuple[CipherSuite, ...] = DEFAULT_SUITES
+    certificate_chain: Sequence[bytes] = ()
+    private_key: ec.EllipticCurvePrivateKey | None = None
+    trust_store: Store | None = None
+    client_auth: ClientAuth = ClientAuth.NONE
+    psk_keys: dict[bytes, bytes] = field(default_factory=dict)
+    session_store: SessionStore = field(default_factory=MemorySessionStore)
+    session_lifetime: float = 3600.0
+    #: Send HelloVerifyRequest before committing state (RFC 6347 §4.2.1).
+    cookie_exchange: bool = True
+    cookie_rotation: float = 300.0
+    require_extended_master_secret: bool = True
+    mtu: int = 1400
+    timers: TimerConfig = field(default_factory=TimerConfig)
+    keylog: KeyLogCallback | None = None
+    max_connections: int = 10_000
+
+    def validate(self) -> None:
+        """Refuse unusable or unsafe combinations with a clear message."""
+        if not self.cipher_suites:
+            raise ConfigurationError("no cipher suites configured")
+        has_ecdhe = any(s in ECDHE_SUITES for s in self.cipher_suites)
+        if has_ecdhe and (not self.certificate_chain or self.private_key is None):
+            raise ConfigurationError("certificate suites need a certificate chain and key")
+        if any(s in PSK_SUITES for s in self.cipher_suites) and not self.psk_keys:
+            raise ConfigurationError("PSK suite configured without PSK keys")
+        if self.client_auth is not ClientAuth.NONE and self.trust_store is None:
+            raise ConfigurationError("client certificates cannot be verified without --ca")
+        if self.mtu < 256:
+            raise ConfigurationError("MTU below 256 bytes is not supported")

@@ -1,0 +1,602 @@
+"""The sans-IO core shared by the client and server engines.
+
+A ``Connection`` consumes datagrams and the current time and produces datagrams, events and a
+timer deadline (RFC 6347 §4.2.4). It owns the record layer (epochs, sequence numbers, replay
+window), handshake reassembly, flights and retransmission. *Which* message is acceptable when is
+decided only by the state machine built from ``spec/dtls.yaml``: this module feeds it triggers.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from d2tls.dtls import keyschedule
+from d2tls.dtls.config import KeyLogCallback, TimerConfig
+from d2tls.dtls.constants import (
+    DTLS_1_0,
+    DTLS_1_2,
+    HANDSHAKE_HEADER_LEN,
+    MAX_PLAINTEXT,
+    RECORD_HEADER_LEN,
+    PSK_SUITES,
+    AlertDescription,
+    AlertLevel,
+    CipherSuite,
+    ContentType,
+    HandshakeType,
+)
+from d2tls.dtls.events import (
+    AlertReceived,
+    ApplicationDataReceived,
+    ConnectionTerminated,
+    Event,
+)
+from d2tls.dtls.fragments import (
+    HandshakeFragment,
+    Reassembler,
+    encode_fragment,
+    fragment_message,
+    parse_handshake_fragments,
+)
+from d2tls.dtls.keylog import keylog_line
+from d2tls.dtls.messages import (
+    CHANGE_CIPHER_SPEC_BODY,
+    Alert,
+    Finished,
+    HandshakeMessage,
+    decode_alert,
+    decode_change_cipher_spec,
+    decode_handshake_body,
+    encode_alert,
+    encode_handshake,
+    message_name,
+)
+from d2tls.dtls.record import AEADProtection, EpochState, Record, parse_datagram, protect, unprotect
+from d2tls.errors import D2TLSError, ProtocolError, RecordError, UnexpectedMessage
+from d2tls.model.machine import MachineDriver
+
+Address = tuple[str, int]
+Tracer = Callable[[dict[str, Any]], None]
+
+#: Per-record overhead of our AEAD suites: header + explicit nonce (8) + tag (at most 16).
+AEAD_OVERHEAD = RECORD_HEADER_LEN + 8 + 16
+#: Records of the next epoch kept until its ChangeCipherSpec arrives (RFC 6347 §4.1).
+MAX_FUTURE_RECORDS = 16
+
+
+class InvalidStateError(D2TLSError):
+    """The application called something the connection cannot do in its current state."""
+
+
+@dataclass
+class FlightItem:
+    """One entry of a flight: a handshake message, a ChangeCipherSpec or an alert."""
+
+    content_type: ContentType
+    epoch: int
+    payload: bytes
+    msg_type: int = -1
+    message_seq: int = -1
+
+
+class Connection:
+    """Record layer, reassembly, flights and timers, driven by a spec state machine."""
+
+    ROLE: ClassVar[str]
+    IS_CLIENT: ClassVar[bool]
+
+    def __init__(
+        self,
+        *,
+        mtu: int,
+        timers: TimerConfig,
+        keylog: KeyLogCallback | None,
+        peer: Address | None,
+        tracer: Tracer | None,
+    ) -> None:
+        self.state: str = ""
+        self.peer = peer
+        self._mtu = mtu
+        self._timers = timers
+        self._keylog = keylog
+        self._tracer = tracer
+        self._events: deque[Event] = deque()
+        self._outgoing: list[bytes] = []
+        self._read = EpochState(epoch=0, protection=None)
+        self._old_reads: dict[int, EpochState] = {}
+        self._writes: dict[int, EpochState] = {0: EpochState(epoch=0, protection=None)}
+        self._write_epoch = 0
+        self._pending_read: EpochState | None = None
+        self._pending_write: EpochState | None = None
+        self._future_records: list[Record] = []
+        self._record_seq = 0
+        self._reassembler = Reassembler()
+        self._send_seq = 0
+        self._transcript = bytearray()
+        self._transcript_mark = 0
+        self._flight: list[FlightItem] = []
+        self._flight_answers_below = 0
+        self._building_flight: list[FlightItem] | None = None
+        self._timer_deadline: float | None = None
+        self._timeout = timers.initial
+        self._retransmissions = 0
+        self._last_duplicate_response = -1e9
+        self._ccs_held = False
+        self._now = 0.0
+        self._current: HandshakeMessage | None = None
+        self._error: ProtocolError | None = None
+        self._peer_alert: AlertDescription | None = None
+        self._master: bytearray = bytearray()
+        self.client_random = b""
+        self.server_random = b""
+        self.cipher_suite: CipherSuite | None = None
+        self.extended_master_secret = False
+        #: Counters useful to benchmarks and attacker tests.
+        self.stats: dict[str, int] = {
+            "datagrams_sent": 0,
+            "datagrams_received": 0,
+            "bytes_sent": 0,
+            "bytes_received": 0,
+            "records_discarded": 0,
+            "retransmissions": 0,
+        }
+        self._driver = MachineDriver(self.ROLE, self)
+
+    # ------------------------------------------------------------------ public sans-IO API
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        """Process one datagram. Never raises on hostile input: failures become events."""
+        self._now = now
+        self.stats["datagrams_received"] += 1
+        self.stats["bytes_received"] += len(data)
+        if self._driver.is_final():
+            return
+        records, discarded = parse_datagram(data)
+        if discarded:
+            self.stats["records_discarded"] += 1
+        saw_duplicate = False
+        for record in records:
+            if self._driver.is_final():
+                break
+            try:
+                saw_duplicate |= self._handle_record(record)
+            except ProtocolError as exc:
+                self._fail(exc)
+            except Exception as exc:  # a bug must not escape to the transport
+                self._fail(ProtocolError(f"internal error: {type(exc).__name__}: {exc}"))
+        if saw_duplicate and not self._driver.is_final():
+            self._retransmit_on_duplicate()
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        """Datagrams ready to go out; the caller sends them in order."""
+        self._now = now
+        out, self._outgoing = self._outgoing, []
+        for datagram in out:
+            self.stats["datagrams_sent"] += 1
+            self.stats["bytes_sent"] += len(datagram)
+        return out
+
+    def next_timer(self) -> float | None:
+        """When ``handle_timer`` must next be called, or None."""
+        return self._timer_deadline
+
+    def handle_timer(self, now: float) -> None:
+        """Retransmit the current flight or give up (RFC 6347 §4.2.4.1)."""
+        self._now = now
+        if self._timer_deadline is None or now < self._timer_deadline:
+            return
+        if self._retransmissions >= self._timers.max_retransmissions:
+            self._timer_deadline = None
+            self._fire_safely("timeout")
+            return
+        self._retransmissions += 1
+        self.stats["retransmissions"] += 1
+        self._timeout = min(self._timeout * 2, self._timers.maximum)
+        self._trace("retransmit", reason="timer", attempt=self._retransmissions)
+        self._transmit_flight(self._flight)
+        self._timer_deadline = now + self._timeout
+
+    def next_event(self) -> Event | None:
+        """Pop the next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def send_application_data(self, data: bytes) -> None:
+        """Queue application data; only allowed once the handshake completed."""
+        if self.state != "established":
+            raise InvalidStateError(f"cannot send application data in state {self.state}")
+        write = self._writes[self._write_epoch]
+        room = max(1, self._mtu - AEAD_OVERHEAD)
+        chunks = [data[i : i + room] for i in range(0, len(data), room)] or [b""]
+        for chunk in chunks:
+            self._outgoing.append(protect(write, ContentType.APPLICATION_DATA, chunk))
+
+    def close(self) -> None:
+        """Send close_notify and close (RFC 5246 §7.2.1). Idempotent."""
+        if not self._driver.is_final():
+            self._fire_safely("close")
+
+    @property
+    def is_established(self) -> bool:
+        """True while application data may flow."""
+        return self.state == "established"
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection ended (cleanly or not)."""
+        driver: MachineDriver | None = self.__dict__.get("_driver")
+        return driver is not None and driver.is_final()
+
+    # ------------------------------------------------------------------ record layer
+    def _handle_record(self, record: Record) -> bool:
+        """Handle one record; returns True if it repeated a message we already processed."""
+        if record.version not in (DTLS_1_2, DTLS_1_0):
+            return self._discard(record, "unsupported record version")
+        self._record_seq = record.sequence_number
+        if record.epoch == self._read.epoch:
+            try:
+                payload = unprotect(self._read, record)
+            except RecordError as exc:
+                return self._discard(record, str(exc))
+            return self._dispatch(record, payload, old_epoch=False)
+        if record.epoch == self._read.epoch + 1:
+            if len(self._future_records) < MAX_FUTURE_RECORDS:
+                self._future_records.append(record)
+            else:
+                self._discard(record, "too many records of the next epoch")
+            return False
+        old = self._old_reads.get(record.epoch)
+        if old is not None and record.content_type in (
+            ContentType.HANDSHAKE,
+            ContentType.CHANGE_CIPHER_SPEC,
+        ):
+            try:
+                payload = unprotect(old, record)
+            except RecordError as exc:
+                return self._discard(record, str(exc))
+            return self._dispatch(record, payload, old_epoch=True)
+        return self._discard(record, f"record of epoch {record.epoch} not acceptable now")
+
+    def _discard(self, record: Record, why: str) -> bool:
+        """Silently drop a record (RFC 6347 §4.1.2.7), counting it."""
+        self.stats["records_discarded"] += 1
+        self._trace("record_discarded", epoch=record.epoch, seq=record.sequence_number, why=why)
+        return False
+
+    def _dispatch(self, record: Record, payload: bytes, *, old_epoch: bool) -> bool:
+        content = record.content_type
+        if content == ContentType.HANDSHAKE:
+            return self._handle_handshake_payload(payload, old_epoch=old_epoch)
+        if content == ContentType.CHANGE_CIPHER_SPEC:
+            decode_change_cipher_spec(payload)
+            if old_epoch:
+                return False  # part of a retransmitted flight; its handshake messages decide
+            self._handle_change_cipher_spec()
+            return False
+        if content == ContentType.ALERT:
+            self._handle_alert(payload)
+            return False
+        if content == ContentType.APPLICATION_DATA:
+            if record.epoch == 0 or self.state != "established":
+                # Unprotected or early data is never delivered (RFC 6347 §4.1.2.7: discard).
+                self._discard(record, "application data outside an established epoch")
+                return False
+            self._events.append(ApplicationDataReceived(payload, peer=self.peer))
+            return False
+        self._discard(record, f"unknown content type {content}")
+        return False
+
+    def _handle_handshake_payload(self, payload: bytes, *, old_epoch: bool) -> bool:
+        duplicate = False
+        for fragment in parse_handshake_fragments(payload):
+            # Only a repeat of the peer flight our last flight answered calls for a resend.
+            repeat = fragment.message_seq < self._flight_answers_below
+            if old_epoch:
+                duplicate |= repeat
+                continue
+            self._prepare_reassembly(fragment)
+            if self._reassembler.add(fragment) == "old":
+                duplicate |= repeat
+        while not self._driver.is_final():
+            message = self._reassembler.pop()
+            if message is None:
+                break
+            self._process_handshake(message.msg_type, message.message_seq, message.body)
+        return duplicate
+
+    def _prepare_reassembly(self, fragment: HandshakeFragment) -> None:
+        """Hook for the server to align message_seq after a cookie exchange."""
+
+    def _process_handshake(self, msg_type: int, message_seq: int, body: bytes) -> None:
+        name = message_name(msg_type)
+        trigger = f"recv_{name}"
+        if not self._driver.accepts(trigger):
+            raise UnexpectedMessage(f"{name} is not allowed in state {self.state}")
+        self._current = decode_handshake_body(msg_type, body, psk=self._uses_psk())
+        self._trace("message_received", message=name, message_seq=message_seq, length=len(body))
+        self._transcript_mark = len(self._transcript)
+        if msg_type != HandshakeType.HELLO_REQUEST:  # RFC 5246 §7.4.1.1: not hashed
+            self._transcript += encode_handshake(msg_type, message_seq, body)
+        self._fire(trigger)
+        self._after_transition()
+
+    def _handle_change_cipher_spec(self) -> None:
+        trigger = "recv_ChangeCipherSpec"
+        if self._driver.accepts(trigger):
+            self._trace("message_received", message="ChangeCipherSpec")
+            self._fire(trigger)
+            self._after_transition()
+            return
+        if self.state != "established" and not self._ccs_held:
+            # DTLS may reorder a ChangeCipherSpec ahead of the handshake messages before it
+            # (it has no message_seq). Keys are only switched when the machine accepts it.
+            self._ccs_held = True
+            return
+        if self.state == "established" or self._ccs_held:
+            raise UnexpectedMessage(f"ChangeCipherSpec is not allowed in state {self.state}")
+
+    def _handle_alert(self, payload: bytes) -> None:
+        alert = decode_alert(payload)
+        try:
+            description = AlertDescription(alert.description)
+        except ValueError:
+            description = AlertDescription.INTERNAL_ERROR
+        self._trace("alert_received", level=alert.level, description=alert.description)
+        if description == AlertDescription.CLOSE_NOTIFY:
+            self._fire_safely("peer_closed")
+        elif alert.level == AlertLevel.FATAL:
+            self._peer_alert = description
+            self._fire_safely("peer_failed")
+        else:
+            self._events.append(AlertReceived(description, peer=self.peer))
+
+    def _after_transition(self) -> None:
+        """Apply a held ChangeCipherSpec once the machine can take it; manage the timer."""
+        if self._ccs_held and self._driver.accepts("recv_ChangeCipherSpec"):
+            self._ccs_held = False
+            self._fire("recv_ChangeCipherSpec")
+        if self._driver.flight_kind() != "await":
+            self._timer_deadline = None
+
+    # ------------------------------------------------------------------ machine plumbing
+    def _fire(self, trigger: str) -> None:
+        before = self.state
+        self._driver.fire(trigger)
+        if before != self.state:
+            self._trace("state", source=before, dest=self.state, trigger=trigger)
+
+    def _fire_safely(self, trigger: str) -> None:
+        """Fire a local event; a failure inside it still ends the connection cleanly."""
+        try:
+            before = self.state
+            self._driver.fire_local(trigger)
+            self._trace("state", source=before, dest=self.state, trigger=trigger)
+        except ProtocolError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            self._fail(ProtocolError(f"internal error: {type(exc).__name__}: {exc}"))
+
+    def _fail(self, error: ProtocolError) -> None:
+        """End the connection with a fatal alert for ``error`` (RFC 5246 §7.2.2)."""
+        if self._driver.is_final():
+            return
+        self._error = error
+        self._trace("error", reason=error.reason, alert=error.alert.name.lower())
+        try:
+            self._driver.fire_local("abort")
+        except Exception:  # pragma: no cover - abort exists from every non-final state
+            self.state = "failed"
+        self._timer_deadline = None
+
+    def _uses_psk(self) -> bool:
+        return self.cipher_suite in PSK_SUITES
+
+    # ------------------------------------------------------------------ spec callbacks (shared)
+    def emit_flight(self, messages: tuple[str, ...]) -> None:
+        """Build ``messages`` in order and send them as one flight (RFC 6347 §4.2.4)."""
+        self._building_flight = []
+        for name in messages:
+            getattr(self, f"build_{name}")()
+        items, self._building_flight = self._building_flight, None
+        handshake_items = [i for i in items if i.content_type != ContentType.ALERT]
+        if handshake_items:
+            self._flight = handshake_items
+            self._flight_answers_below = self._reassembler.next_seq
+            self._retransmissions = 0
+            self._timeout = self._timers.initial
+        self._transmit_flight(items)
+        if handshake_items and self._driver.flight_kind() == "await":
+            self._timer_deadline = self._now + self._timeout
+        else:
+            self._timer_deadline = None
+
+    def _queue(self, item: FlightItem) -> None:
+        if self._building_flight is None:
+            self._transmit_flight([item])
+        else:
+            self._building_flight.append(item)
+
+    def _queue_handshake(self, message: HandshakeMessage) -> FlightItem:
+        """Assign a message_seq, add to the transcript and queue (RFC 6347 §4.2.2)."""
+        body = message.encode()
+        item = FlightItem(
+            ContentType.HANDSHAKE,
+            self._write_epoch,
+            body,
+            msg_type=int(message.msg_type),
+            message_seq=self._send_seq,
+        )
+        self._send_seq += 1
+        if message.msg_type != HandshakeType.HELLO_VERIFY_REQUEST:
+            self._transcript += encode_handshake(item.msg_type, item.message_seq, body)
+        self._trace("message_sent", message=message_name(item.msg_type), message_seq=item.message_seq)
+        self._queue(item)
+        return item
+
+    def build_ChangeCipherSpec(self) -> None:
+        """Queue ChangeCipherSpec and switch the write epoch (RFC 5246 §7.1)."""
+        if self._pending_write is None:
+            raise ProtocolError("ChangeCipherSpec without negotiated keys")
+        self._queue(FlightItem(ContentType.CHANGE_CIPHER_SPEC, self._write_epoch, CHANGE_CIPHER_SPEC_BODY))
+        self._trace("message_sent", message="ChangeCipherSpec")
+        self._writes[self._pending_write.epoch] = self._pending_write
+        self._write_epoch = self._pending_write.epoch
+        self._pending_write = None
+
+    def build_Finished(self) -> None:
+        """Queue our Finished over the transcript so far (RFC 5246 §7.4.9)."""
+        label = b"client finished" if self.IS_CLIENT else b"server finished"
+        data = keyschedule.verify_data(
+            bytes(self._master), label, keyschedule.transcript_hash(bytes(self._transcript))
+        )
+        self._queue_handshake(Finished(data))
+
+    def build_CloseNotify(self) -> None:
+        """Queue a close_notify warning alert (RFC 5246 §7.2.1)."""
+        self._queue_alert(AlertLevel.WARNING, AlertDescription.CLOSE_NOTIFY)
+
+    def _queue_alert(self, level: AlertLevel, description: AlertDescription) -> None:
+        payload = encode_alert(int(level), int(description))
+        self._queue(FlightItem(ContentType.ALERT, self._write_epoch, payload))
+
+    def activate_read_epoch(self) -> None:
+        """Switch the read side to the next epoch and replay records that waited for it."""
+        if self._pending_read is None:
+            raise UnexpectedMessage("ChangeCipherSpec before keys were negotiated")
+        self._old_reads[self._read.epoch] = self._read
+        self._read = self._pending_read
+        self._pending_read = None
+        waiting, self._future_records = self._future_records, []
+        for record in waiting:
+            if self._driver.is_final():
+                break
+            self._handle_record(record)
+
+    def verify_peer_finished(self) -> None:
+        """Check the peer's verify_data over the transcript before it (RFC 5246 §7.4.9)."""
+        assert isinstance(self._current, Finished)
+        label = b"server finished" if self.IS_CLIENT else b"client finished"
+        expected = keyschedule.verify_data(
+            bytes(self._master),
+            label,
+            keyschedule.transcript_hash(bytes(self._transcript[: self._transcript_mark])),
+        )
+        if not hmac.compare_digest(expected, self._current.verify_data):
+            raise ProtocolError("Finished verify_data mismatch", AlertDescription.DECRYPT_ERROR)
+
+    def send_fatal_alert(self) -> None:
+        """Action of ``abort``: send the fatal alert for the recorded error."""
+        error = self._error or ProtocolError("aborted")
+        self._queue_alert(AlertLevel.FATAL, error.alert)
+        self._events.append(
+            ConnectionTerminated(error.reason, error.alert, by_peer=False, error=True, peer=self.peer)
+        )
+        self._wipe()
+
+    def report_closed(self) -> None:
+        self._events.append(
+            ConnectionTerminated(
+                "closed", AlertDescription.CLOSE_NOTIFY, by_peer=False, error=False, peer=self.peer
+            )
+        )
+        self._wipe()
+
+    def report_peer_closed(self) -> None:
+        self._events.append(
+            ConnectionTerminated(
+                "closed by peer",
+                AlertDescription.CLOSE_NOTIFY,
+                by_peer=True,
+                error=False,
+                peer=self.peer,
+            )
+        )
+        self._wipe()
+
+    def report_peer_alert(self) -> None:
+        alert = self._peer_alert or AlertDescription.INTERNAL_ERROR
+        self._events.append(
+            ConnectionTerminated(
+                f"peer sent fatal alert {alert.name.lower()}",
+                alert,
+                by_peer=True,
+                error=True,
+                peer=self.peer,
+            )
+        )
+        self._wipe()
+
+    def report_timeout(self) -> None:
+        self._events.append(
+            ConnectionTerminated(
+                "handshake timed out (retransmissions exhausted)",
+                None,
+                by_peer=False,
+                error=True,
+                peer=self.peer,
+            )
+        )
+        self._wipe()
+
+    # ------------------------------------------------------------------ keys
+    def _install_keys(self) -> None:
+        """Derive the next epoch's keys from the master secret (RFC 5246 §6.3)."""
+        assert self.cipher_suite is not None
+        keys = keyschedule.key_block(
+            bytes(self._master), self.client_random, self.server_random, self.cipher_suite
+        )
+        epoch = self._write_epoch + 1
+        client = AEADProtection(self.cipher_suite, keys.client_write_key, keys.client_write_iv)
+        server = AEADProtection(self.cipher_suite, keys.server_write_key, keys.server_write_iv)
+        mine, theirs = (client, server) if self.IS_CLIENT else (server, client)
+        self._pending_write = EpochState(epoch=epoch, protection=mine)
+        self._pending_read = EpochState(epoch=self._read.epoch + 1, protection=theirs)
+        if self._keylog is not None:
+            self._keylog(keylog_line(self.client_random, bytes(self._master)))
+
+    def _wipe(self) -> None:
+        """Overwrite the master secret we hold (best effort in Python)."""
+        for i in range(len(self._master)):
+            self._master[i] = 0
+
+    # ------------------------------------------------------------------ output
+    def _transmit_flight(self, items: list[FlightItem]) -> None:
+        """Pack a flight into datagrams no larger than the MTU (RFC 6347 §4.1.1)."""
+        datagram = bytearray()
+        for record in self._records_for(items):
+            if datagram and len(datagram) + len(record) > self._mtu:
+                self._outgoing.append(bytes(datagram))
+                datagram = bytearray()
+            datagram += record
+        if datagram:
+            self._outgoing.append(bytes(datagram))
+
+    def _records_for(self, items: list[FlightItem]) -> list[bytes]:
+        records: list[bytes] = []
+        for item in items:
+            write = self._writes[item.epoch]
+            if item.content_type != ContentType.HANDSHAKE:
+                records.append(protect(write, item.content_type, item.payload))
+                continue
+            room = self._mtu - AEAD_OVERHEAD - HANDSHAKE_HEADER_LEN
+            room = max(16, min(room, MAX_PLAINTEXT - HANDSHAKE_HEADER_LEN))
+            for fragment in fragment_message(item.msg_type, item.message_seq, item.payload, room):
+                records.append(protect(write, ContentType.HANDSHAKE, encode_fragment(fragment)))
+        return records
+
+    def _retransmit_on_duplicate(self) -> None:
+        """The peer repeated a flight we already answered: resend ours (RFC 6347 §4.2.4)."""
+        if not self._flight or self._driver.flight_kind() == "none":
+            return
+        if self._now - self._last_duplicate_response < self._timers.initial / 4:
+            return
+        self._last_duplicate_response = self._now
+        self.stats["retransmissions"] += 1
+        self._trace("retransmit", reason="peer repeated its flight")
+        self._transmit_flight(self._flight)
+
+    def _trace(self, kind: str, **fields: Any) -> None:
+        if self._tracer is not None:
+            self._tracer({"t": self._now, "role": self.ROLE, "event": kind, **fields})

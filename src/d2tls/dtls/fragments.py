@@ -1,0 +1,234 @@
+"""Handshake message fragmentation and reassembly (RFC 6347 §4.2.2-4.2.3)."""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from typing import Literal
+
+from d2tls.dtls.buffer import Reader, Writer
+from d2tls.dtls.constants import HANDSHAKE_HEADER_LEN, MAX_HANDSHAKE_MESSAGE
+from d2tls.errors import DecodeError, IllegalParameter
+
+__all__ = [
+    "AddResult",
+    "HandshakeFragment",
+    "ReassembledMessage",
+    "Reassembler",
+    "encode_fragment",
+    "fragment_message",
+    "parse_handshake_fragments",
+]
+
+_MAX_MESSAGE_SEQ = 0xFFFF
+
+#: Outcome of :meth:`Reassembler.add`.
+AddResult = Literal["old", "buffered", "dropped"]
+
+
+@dataclass(frozen=True)
+class HandshakeFragment:
+    """One handshake fragment: the 12-byte DTLS header fields plus its body (RFC 6347 §4.2.2)."""
+
+    msg_type: int
+    length: int
+    message_seq: int
+    fragment_offset: int
+    fragment_length: int
+    body: bytes
+
+    def check(self) -> None:
+        """Raise DecodeError unless the header fields are consistent (RFC 6347 §4.2.3)."""
+        if not 0 <= self.msg_type <= 0xFF:
+            raise DecodeError(f"msg_type {self.msg_type} out of range")
+        if not 0 <= self.message_seq <= _MAX_MESSAGE_SEQ:
+            raise DecodeError(f"message_seq {self.message_seq} out of range")
+        if not 0 <= self.length <= MAX_HANDSHAKE_MESSAGE:
+            raise DecodeError(f"handshake message length {self.length} exceeds our limit")
+        if self.fragment_offset < 0 or self.fragment_length < 0:
+            raise DecodeError("negative fragment offset or length")
+        if self.fragment_offset + self.fragment_length > self.length:
+            raise DecodeError("fragment extends past the end of its message")
+        if len(self.body) != self.fragment_length:
+            raise DecodeError("fragment body does not match fragment_length")
+
+
+def parse_handshake_fragments(payload: bytes) -> list[HandshakeFragment]:
+    """Split a handshake record's payload into its fragments (RFC 6347 §4.2.2-4.2.3).
+
+    A record may carry several fragments back to back. An empty payload is a DecodeError
+    (RFC 5246 §6.2.1: "Implementations MUST NOT send zero-length fragments of Handshake ...").
+    """
+    if not payload:
+        raise DecodeError("empty handshake record")
+    r = Reader(payload)
+    out: list[HandshakeFragment] = []
+    while not r.eof():
+        if r.remaining < HANDSHAKE_HEADER_LEN:
+            raise DecodeError("truncated handshake header")
+        msg_type = r.u8()
+        length = r.u24()
+        message_seq = r.u16()
+        fragment_offset = r.u24()
+        fragment_length = r.u24()
+        if length > MAX_HANDSHAKE_MESSAGE:
+            raise DecodeError(f"handshake message length {length} exceeds our limit")
+        if fragment_offset + fragment_length > length:
+            raise DecodeError("fragment extends past the end of its message")
+        body = r.read(fragment_length)
+        out.append(
+            HandshakeFragment(msg_type, length, message_seq, fragment_offset, fragment_length, body)
+        )
+    return out
+
+
+def encode_fragment(f: HandshakeFragment) -> bytes:
+    """Header + body of one fragment (RFC 6347 §4.2.2); ValueError if inconsistent."""
+    try:
+        f.check()
+    except DecodeError as exc:
+        raise ValueError(exc.reason) from exc
+    return (
+        Writer()
+        .u8(f.msg_type)
+        .u24(f.length)
+        .u16(f.message_seq)
+        .u24(f.fragment_offset)
+        .u24(f.fragment_length)
+        .raw(f.body)
+        .getvalue()
+    )
+
+
+def fragment_message(
+    msg_type: int, message_seq: int, body: bytes, max_fragment_body: int
+) -> list[HandshakeFragment]:
+    """Split a message into fragments of at most ``max_fragment_body`` bytes of body
+    (RFC 6347 §4.2.3); an empty body gives one empty fragment."""
+    if max_fragment_body < 1:
+        raise ValueError("max_fragment_body must be positive")
+    body = bytes(body)
+    length = len(body)
+    offsets = range(0, length, max_fragment_body) if length else range(1)
+    out: list[HandshakeFragment] = []
+    for off in offsets:
+        chunk = body[off : off + max_fragment_body]
+        frag = HandshakeFragment(msg_type, length, message_seq, off, len(chunk), chunk)
+        try:
+            frag.check()
+        except DecodeError as exc:
+            raise ValueError(exc.reason) from exc
+        out.append(frag)
+    return out
+
+
+@dataclass(frozen=True)
+class ReassembledMessage:
+    """A complete handshake message, ready for ``decode_handshake_body``."""
+
+    msg_type: int
+    message_seq: int
+    body: bytes
+
+
+class _Partial:
+    """A message being reassembled: its buffer and the disjoint byte ranges received so far."""
+
+    __slots__ = ("buf", "covered", "ends", "length", "msg_type", "starts")
+
+    def __init__(self, msg_type: int, length: int) -> None:
+        self.msg_type = msg_type
+        self.length = length
+        self.buf = bytearray(length)
+        # Sorted, disjoint, non-touching half-open ranges [starts[i], ends[i]).
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.covered = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.covered == self.length
+
+    def add(self, offset: int, data: bytes) -> None:
+        """Store ``data`` at ``offset``; bytes that disagree with earlier ones are refused."""
+        end = offset + len(data)
+        if offset == end:
+            return
+        # Ranges that overlap or touch [offset, end]: ends >= offset and starts <= end.
+        i = bisect_left(self.ends, offset)
+        j = bisect_right(self.starts, end)
+        for k in range(i, j):
+            lo = max(self.starts[k], offset)
+            hi = min(self.ends[k], end)
+            if lo < hi and self.buf[lo:hi] != data[lo - offset : hi - offset]:
+                raise IllegalParameter("overlapping handshake fragments disagree")
+        self.buf[offset:end] = data
+        new_start = min(offset, self.starts[i]) if i < j else offset
+        new_end = max(end, self.ends[j - 1]) if i < j else end
+        self.covered -= sum(self.ends[k] - self.starts[k] for k in range(i, j))
+        self.covered += new_end - new_start
+        self.starts[i:j] = [new_start]
+        self.ends[i:j] = [new_end]
+
+
+class Reassembler:
+    """Buffers fragments and yields complete messages in message_seq order (RFC 6347 §4.2.2).
+
+    Only messages with ``next_seq <= message_seq < next_seq + max_ahead`` are stored, so memory
+    is bounded by ``max_ahead`` messages of at most MAX_HANDSHAKE_MESSAGE bytes each.
+    """
+
+    def __init__(self, next_seq: int = 0, max_ahead: int = 8) -> None:
+        if max_ahead < 1:
+            raise ValueError("max_ahead must be at least 1")
+        if next_seq < 0:
+            raise ValueError("next_seq must not be negative")
+        self.next_seq = next_seq
+        self.max_ahead = max_ahead
+        self._pending: dict[int, _Partial] = {}
+
+    def add(self, fragment: HandshakeFragment) -> AddResult:
+        """Store a fragment.
+
+        Returns "old" for a message already delivered (a retransmission: RFC 6347 §4.2.4 may
+        call for resending our last flight), "dropped" when it lies ``max_ahead`` or more
+        messages ahead, else "buffered". A fragment whose msg_type or length disagrees with
+        earlier fragments of the same message, or whose overlapping bytes differ, is
+        IllegalParameter; inconsistent header fields are DecodeError.
+        """
+        fragment.check()
+        seq = fragment.message_seq
+        if seq < self.next_seq:
+            return "old"
+        if seq >= self.next_seq + self.max_ahead:
+            return "dropped"
+        partial = self._pending.get(seq)
+        if partial is None:
+            partial = _Partial(fragment.msg_type, fragment.length)
+            self._pending[seq] = partial
+        elif partial.msg_type != fragment.msg_type or partial.length != fragment.length:
+            raise IllegalParameter(f"fragments of message {seq} disagree on type or length")
+        partial.add(fragment.fragment_offset, fragment.body)
+        return "buffered"
+
+    def pop(self) -> ReassembledMessage | None:
+        """The next in-order complete message (advancing ``next_seq``), else None."""
+        partial = self._pending.get(self.next_seq)
+        if partial is None or not partial.complete:
+            return None
+        del self._pending[self.next_seq]
+        message = ReassembledMessage(partial.msg_type, self.next_seq, bytes(partial.buf))
+        self.next_seq += 1
+        return message
+
+    def reset(self, next_seq: int) -> None:
+        """Forget every buffered fragment and expect ``next_seq`` next."""
+        if next_seq < 0:
+            raise ValueError("next_seq must not be negative")
+        self._pending.clear()
+        self.next_seq = next_seq
+
+    @property
+    def pending(self) -> int:
+        """How many messages are partly or fully buffered."""
+        return len(self._pending)
