@@ -13,7 +13,7 @@ from typing import Any
 
 from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
-from d2tls.dtls.constants import CIPHER_SUITE_NAMES, PSK_SUITES, CipherSuite
+from d2tls.dtls.constants import CIPHER_SUITE_NAMES, CipherSuite
 from d2tls.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
 from d2tls.dtls.keylog import keylog_from_environment
 from d2tls.dtls.server import DTLSServer
@@ -27,6 +27,7 @@ from d2tls.pki.verify import (
     load_trust_store,
     parse_psk,
 )
+from d2tls.trace import TraceFile, tagged
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -38,7 +39,9 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def parse_suites(names: list[str] | None, default: tuple[CipherSuite, ...]) -> tuple[CipherSuite, ...]:
+def parse_suites(
+    names: list[str] | None, default: tuple[CipherSuite, ...]
+) -> tuple[CipherSuite, ...]:
     if not names:
         return default
     suites = []
@@ -54,7 +57,9 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
     psk_keys = dict(parse_psk(p) for p in args.psk or [])
     default: tuple[CipherSuite, ...]
     if args.cert:
-        default = ServerConfig().cipher_suites + ((CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,) if psk_keys else ())
+        default = ServerConfig().cipher_suites + (
+            (CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,) if psk_keys else ()
+        )
     else:
         default = (CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,)
     config = ServerConfig(
@@ -62,9 +67,9 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
         certificate_chain=load_certificate_chain(Path(args.cert)) if args.cert else (),
         private_key=load_private_key(Path(args.key)) if args.key else None,
         trust_store=load_trust_store(Path(args.ca)) if args.ca else None,
-        client_auth=ClientAuth.REQUIRED if args.require_client_cert else (
-            ClientAuth.OPTIONAL if args.ca else ClientAuth.NONE
-        ),
+        client_auth=ClientAuth.REQUIRED
+        if args.require_client_cert
+        else (ClientAuth.OPTIONAL if args.ca else ClientAuth.NONE),
         psk_keys=psk_keys,
         session_lifetime=args.session_lifetime,
         cookie_exchange=not args.no_cookie,
@@ -76,7 +81,10 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
 
 async def run_server(args: argparse.Namespace) -> int:
     host, port = args.listen
-    engine = DTLSServer(build_server_config(args))
+    trace = TraceFile(Path(args.trace)) if args.trace else None
+    engine = DTLSServer(
+        build_server_config(args), tracer=tagged(trace, party="server", link="server")
+    )
 
     def report(event: Event) -> None:
         if args.quiet:
@@ -94,7 +102,10 @@ async def run_server(args: argparse.Namespace) -> int:
             print(f"closed {event.peer}: {event.reason} (alert {alert})", flush=True)
 
     endpoint = await ServerEndpoint.listen(host, port, engine, echo=args.echo, on_event=report)
-    print(f"listening on {endpoint.address[0]}:{endpoint.address[1]}" if endpoint.address else "", flush=True)
+    print(
+        f"listening on {endpoint.address[0]}:{endpoint.address[1]}" if endpoint.address else "",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -108,7 +119,9 @@ async def run_server(args: argparse.Namespace) -> int:
 def build_client_config(args: argparse.Namespace) -> ClientConfig:
     psk_identity, psk = parse_psk(args.psk) if args.psk else (None, None)
     default = (
-        (CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,) if args.psk and not args.ca else ClientConfig().cipher_suites
+        (CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,)
+        if args.psk and not args.ca
+        else ClientConfig().cipher_suites
     )
     suites = parse_suites(args.cipher, default)
     session = load_session(Path(args.session_in)) if args.session_in else None
@@ -145,7 +158,9 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
             extended_master_secret=done.extended_master_secret,
             handshake_ms=round((time.perf_counter() - started) * 1000, 3),
             peer_certificate_subject=(
-                certificate_subject(engine.peer_certificates[0]) if engine.peer_certificates else None
+                certificate_subject(engine.peer_certificates[0])
+                if engine.peer_certificates
+                else None
             ),
         )
         if args.session_out:
@@ -190,6 +205,136 @@ def print_client_result(result: dict[str, Any], as_json: bool) -> None:
         print(f"failed: {result.get('error')} (alert {result.get('alert')})", file=sys.stderr)
 
 
+# --------------------------------------------------------------------------- agent, device
+async def run_agent(args: argparse.Namespace) -> int:
+    from d2tls.pki.verify import load_psk_file
+    from d2tls.roles.agent import Agent, AgentConfig
+
+    trace = TraceFile(Path(args.trace)) if args.trace else None
+    issuer = None
+    if args.ocsp:
+        from cryptography import x509
+
+        issuer = x509.load_der_x509_certificate(load_certificate_chain(Path(args.ca))[0])
+    config = AgentConfig(
+        psk_keys=load_psk_file(Path(args.psk_file)),
+        trust_store=load_trust_store(Path(args.ca)),
+        ocsp_url=args.ocsp,
+        context_lifetime=args.context_lifetime,
+        keylog=keylog_from_environment(),
+        tracer=trace,
+    )
+    agent = Agent(config, ocsp_issuer=issuer)
+    host, port = await agent.start(*args.listen)
+    print(f"agent listening on {host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    agent.close()
+    print(f"agent: {agent.completed} delegations completed, {agent.failed} failed", flush=True)
+    return 0
+
+
+async def run_device(args: argparse.Namespace) -> dict[str, Any]:
+    from d2tls.delegation.messages import DelegationMode
+    from d2tls.roles.device import DelegationFailed, Device, DeviceConfig, run_standalone
+    from d2tls.roles.signer import DeviceSigner
+
+    trace = TraceFile(Path(args.trace)) if args.trace else None
+    chain = tuple(load_certificate_chain(Path(args.cert)))
+    key = load_private_key(Path(args.key))
+    suites = parse_suites(args.cipher, (CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,))
+    result: dict[str, Any] = {"ok": False, "mode": "standalone" if args.standalone else args.mode}
+    connections: list[dict[str, Any]] = []
+    result["connections"] = connections
+    if args.standalone:
+        if not args.ca:
+            raise D2TLSError("--standalone needs --ca (the device verifies the server itself)")
+        config = ClientConfig(
+            cipher_suites=suites,
+            trust_store=load_trust_store(Path(args.ca)),
+            server_name=args.server_name,
+            certificate_chain=chain,
+            private_key=key,
+            keylog=keylog_from_environment(),
+        )
+        for _ in range(args.connections):
+            try:
+                connection, report = await run_standalone(
+                    config, args.server, tracer=tagged(trace, party="device", link="device-server")
+                )
+            except (ConnectionFailed, TimeoutError) as exc:
+                result["error"] = str(exc)
+                return result
+            entry = report.to_dict()
+            entry["received"] = await _exchange(connection, args)
+            connections.append(entry)
+        result["ok"] = True
+        return result
+    if not args.agent or not args.psk:
+        raise D2TLSError("delegation needs --agent HOST:PORT and --psk ID:HEX")
+    identity, psk = parse_psk(args.psk)
+    device = Device(
+        DeviceConfig(
+            agent=args.agent,
+            psk_identity=identity,
+            psk=psk,
+            server=args.server,
+            server_name=args.server_name,
+            certificate_chain=chain,
+            signer=DeviceSigner(key),
+            mode=DelegationMode[args.mode.upper()],
+            cipher_suites=suites,
+            keylog=keylog_from_environment(),
+            tracer=trace,
+        )
+    )
+    for _ in range(args.connections):
+        try:
+            connection = await device.connect()
+        except DelegationFailed as exc:
+            result["error"] = str(exc)
+            return result
+        entry = connection.report.to_dict()
+        entry["session_id"] = connection.session.session_id.hex()
+        entry["received"] = await _exchange(connection, args)
+        connections.append(entry)
+    result["ok"] = True
+    return result
+
+
+async def _exchange(connection: Any, args: argparse.Namespace) -> str | None:
+    received = None
+    if args.send is not None:
+        connection.send(args.send.encode())
+        try:
+            received = (await connection.receive(timeout=args.receive_timeout)).decode(
+                errors="replace"
+            )
+        except (TimeoutError, ConnectionFailed):
+            received = None
+    await connection.close()
+    return received
+
+
+def print_device_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    if not result["ok"]:
+        print(f"device failed: {result.get('error')}", file=sys.stderr)
+    for index, entry in enumerate(result["connections"], 1):
+        ops = entry["key_operations"]
+        print(
+            f"connection {index} ({entry['mode']}): delegations={entry['delegations']} "
+            f"sign={ops['sign']} verify={ops['verify']} ecdh={ops['ecdh']} keygen={ops['keygen']} "
+            f"cpu={entry['cpu_ms']:.1f} ms wall={entry['wall_ms']:.1f} ms "
+            f"received={entry['received']!r}"
+        )
+
+
 # --------------------------------------------------------------------------- pki, model, demo
 def run_pki_init(args: argparse.Namespace) -> int:
     from d2tls.pki.generate import init_pki
@@ -200,6 +345,21 @@ def run_pki_init(args: argparse.Namespace) -> int:
     for device in paths.devices:
         print(f"device:  {device.cert} (key {device.key})")
     print(f"PSKs:    {paths.psk_file}")
+    return 0
+
+
+def run_pki_ocsp(args: argparse.Namespace) -> int:
+    from d2tls.pki.ocsp import run_ocsp_responder_forever
+
+    run_ocsp_responder_forever(Path(args.pki), args.listen[0], args.listen[1])
+    return 0
+
+
+def run_pki_revoke(args: argparse.Namespace) -> int:
+    from d2tls.pki.ocsp import revoke_certificate
+
+    serial = revoke_certificate(Path(args.pki), Path(args.certificate), args.reason)
+    print(f"revoked serial {serial:x}")
     return 0
 
 
@@ -220,14 +380,16 @@ def run_model_table(args: argparse.Namespace) -> int:
     for t in role.transitions:
         if t.trigger in GLOBAL_TRIGGERS:
             continue
-        print(f"{t.source:34} {t.dest:34} {transition_label(t.trigger, t.guards, t.unless, t.emits)}")
+        print(
+            f"{t.source:34} {t.dest:34} {transition_label(t.trigger, t.guards, t.unless, t.emits)}"
+        )
     return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from d2tls.demo import run_demo as demo
 
-    return demo(as_json=args.json)
+    return demo(as_json=args.json, server_kind=args.server, keep=args.keep)
 
 
 # --------------------------------------------------------------------------- parser
@@ -241,13 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--key", help="server private key (PEM, P-256)")
     server.add_argument("--ca", help="trust store for client certificates (PEM)")
     server.add_argument("--require-client-cert", action="store_true")
-    server.add_argument("--psk", action="append", metavar="ID:HEX", help="accept this PSK (repeatable)")
+    server.add_argument(
+        "--psk", action="append", metavar="ID:HEX", help="accept this PSK (repeatable)"
+    )
     server.add_argument("--cipher", action="append", choices=sorted(CIPHER_SUITE_NAMES))
     server.add_argument("--echo", action="store_true", help="echo application data back")
     server.add_argument("--session-lifetime", type=float, default=3600.0, metavar="S")
     server.add_argument("--mtu", type=int, default=1400)
     server.add_argument("--no-cookie", action="store_true", help="skip HelloVerifyRequest (unsafe)")
     server.add_argument("--quiet", action="store_true")
+    server.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
 
     client = sub.add_parser("client", help="run a DTLS 1.2 client")
     client.add_argument("address", type=parse_address, metavar="HOST:PORT")
@@ -259,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--cipher", action="append", choices=sorted(CIPHER_SUITE_NAMES))
     client.add_argument("--mtu", type=int, default=1400)
     client.add_argument("--session-in", metavar="FILE", help="resume the session saved in FILE")
-    client.add_argument("--session-out", metavar="FILE", help="save the session (holds a secret; 0600)")
+    client.add_argument(
+        "--session-out", metavar="FILE", help="save the session (holds a secret; 0600)"
+    )
     client.add_argument("--send", metavar="TEXT", help="send TEXT and print the reply")
     client.add_argument("--json", action="store_true", help="print one JSON object")
     client.add_argument("--timeout", type=float, default=30.0)
@@ -270,6 +437,40 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("directory")
     init.add_argument("--server-name", default="localhost")
     init.add_argument("--devices", type=int, default=1)
+    ocsp = pki.add_parser("ocsp", help="run an OCSP responder for the PKI's CA (RFC 6960)")
+    ocsp.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT")
+    ocsp.add_argument("--pki", required=True, metavar="DIR")
+    revoke = pki.add_parser("revoke", help="mark a certificate revoked for the OCSP responder")
+    revoke.add_argument("pki", metavar="DIR")
+    revoke.add_argument("certificate")
+    revoke.add_argument("--reason", default="keyCompromise")
+
+    agent = sub.add_parser("agent", help="run a D2TLS security agent")
+    agent.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT")
+    agent.add_argument("--psk-file", required=True, help="device PSKs, one ID:HEX per line")
+    agent.add_argument("--ca", required=True, help="trust store for server certificates (PEM)")
+    agent.add_argument("--ocsp", metavar="URL", help="check the server certificate with OCSP")
+    agent.add_argument("--context-lifetime", type=int, default=6 * 3600, metavar="S")
+    agent.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+
+    device = sub.add_parser("device", help="run a D2TLS device (or the standalone baseline)")
+    device.add_argument("--agent", type=parse_address, metavar="HOST:PORT")
+    device.add_argument("--psk", metavar="ID:HEX", help="PSK shared with the agent")
+    device.add_argument("--server", type=parse_address, required=True, metavar="HOST:PORT")
+    device.add_argument("--server-name", required=True)
+    device.add_argument("--cert", required=True, help="device certificate chain (PEM)")
+    device.add_argument(
+        "--key", required=True, help="device private key (PEM); never leaves the device"
+    )
+    device.add_argument("--mode", choices=["bound", "blind"], default="bound")
+    device.add_argument("--standalone", action="store_true", help="full handshake without an agent")
+    device.add_argument("--ca", help="trust store (only for --standalone)")
+    device.add_argument("--cipher", action="append", choices=sorted(CIPHER_SUITE_NAMES))
+    device.add_argument("--connections", type=int, default=1, help="connect N times in a row")
+    device.add_argument("--send", metavar="TEXT")
+    device.add_argument("--receive-timeout", type=float, default=3.0)
+    device.add_argument("--json", action="store_true")
+    device.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
 
     model = sub.add_parser("model", help="the spec's state machines").add_subparsers(
         dest="model_command", required=True
@@ -281,7 +482,14 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("role")
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on loopback")
-    demo.add_argument("--json", action="store_true")
+    demo.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    demo.add_argument(
+        "--server",
+        choices=["d2tls", "openssl", "gnutls"],
+        default="d2tls",
+        help="which DTLS server the device and agent talk to",
+    )
+    demo.add_argument("--keep", metavar="DIR", help="keep PKI, logs and traces in DIR")
     return parser
 
 
@@ -295,7 +503,17 @@ def main(argv: list[str] | None = None) -> int:
             print_client_result(result, args.json)
             return 0 if result["ok"] else 1
         if args.command == "pki":
+            if args.pki_command == "ocsp":
+                return run_pki_ocsp(args)
+            if args.pki_command == "revoke":
+                return run_pki_revoke(args)
             return run_pki_init(args)
+        if args.command == "agent":
+            return asyncio.run(run_agent(args))
+        if args.command == "device":
+            device_result = asyncio.run(run_device(args))
+            print_device_result(device_result, args.json)
+            return 0 if device_result["ok"] else 1
         if args.command == "model":
             if args.model_command == "diagram":
                 return run_model_diagram(args)

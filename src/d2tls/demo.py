@@ -1,115 +1,333 @@
-"""``d2tls demo``: a complete run on loopback with a temporary PKI.
+"""``d2tls demo``: the D2TLS flow of the paper's Figure 8 with real processes on loopback.
 
-Current scope (DTLS foundation): our server with client certificates required and echo, our
-client doing a full ECDHE-ECDSA handshake, an echo, then an abbreviated handshake resuming the
-session and another echo. Prints a short timeline and exits non-zero on any failure.
+With no arguments it creates a temporary PKI, starts an OCSP responder, a DTLS server that
+requires client certificates (ours, or OpenSSL's / GnuTLS's with ``--server``), a security agent
+and devices, each as its own process talking UDP on 127.0.0.1, and runs:
+
+1. D2TLS bound mode: delegated full handshake -> handover -> resumption -> echo, then a second
+   connection that resumes again from the cached context without delegation;
+2. D2TLS blind mode (the paper's behaviour): one delegated connection;
+3. the same device standalone: full handshake by itself.
+
+It prints the timeline of the first delegated connection (from the JSON event traces) and a
+comparison of the device's costs, and exits non-zero on any failure.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
-from d2tls.dtls.server import DTLSServer
-from d2tls.dtls.session import Session
-from d2tls.net.udp import ClientEndpoint, ConnectionFailed, ServerEndpoint
+from d2tls.peers import GnuTLSServer, NetNamespace, OpenSSLServer, free_udp_port
 from d2tls.pki.generate import init_pki
-from d2tls.pki.verify import load_certificate_chain, load_private_key, load_trust_store
+from d2tls.pki.verify import load_psk_file
+from d2tls.trace import read_trace
+
+SERVER_KINDS = ("d2tls", "openssl", "gnutls")
+ECHO_TEXT = "hello from the device"
 
 
-async def _connect(
-    port: int, config: ClientConfig, message: bytes, trace: list[dict[str, Any]]
-) -> tuple[dict[str, Any], Session]:
-    engine = DTLSClient(config, tracer=trace.append)
-    started = time.perf_counter()
-    endpoint = await ClientEndpoint.connect("127.0.0.1", port, engine)
-    done = await endpoint.handshake(timeout=10)
-    elapsed = (time.perf_counter() - started) * 1000
-    endpoint.send(message)
-    echoed = await endpoint.receive(timeout=5)
-    await endpoint.close()
-    result = {
-        "resumed": done.resumed,
-        "cipher": done.cipher_suite.name,
-        "extended_master_secret": done.extended_master_secret,
-        "session_id": done.session.session_id.hex(),
-        "handshake_ms": round(elapsed, 3),
-        "echo_ok": echoed == message,
-        "datagrams_sent": engine.stats["datagrams_sent"],
-        "bytes_sent": engine.stats["bytes_sent"],
-    }
-    return result, done.session
+class DemoError(Exception):
+    """A demo step failed; the message says which."""
 
 
-async def _demo() -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="d2tls-demo-") as directory:
-        pki = init_pki(Path(directory), server_name="localhost", devices=1)
-        store = load_trust_store(pki.ca_cert)
-        server = DTLSServer(
-            ServerConfig(
-                certificate_chain=load_certificate_chain(pki.server_cert),
-                private_key=load_private_key(pki.server_key),
-                trust_store=store,
-                client_auth=ClientAuth.REQUIRED,
+@dataclass
+class Process:
+    """A background process of the demo with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=5)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "d2tls.cli", *args]
+
+
+def _start(name: str, argv: list[str], directory: Path, ready: str, prefix: list[str]) -> Process:
+    log = directory / f"{name}.log"
+    handle = log.open("wb")
+    popen = subprocess.Popen(
+        prefix + argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+    process = Process(name, popen, log)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if ready.encode() in log.read_bytes():
+            return process
+        if popen.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.stop()
+    raise DemoError(f"{name} did not start: {log.read_text(errors='replace')[-2000:]}")
+
+
+def _run_device(argv: list[str], prefix: list[str]) -> dict[str, Any]:
+    completed = subprocess.run(
+        prefix + _cli("device", *argv, "--json"),
+        capture_output=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    lines = [ln for ln in completed.stdout.decode().splitlines() if ln.startswith("{")]
+    if not lines:
+        raise DemoError(
+            f"device printed no result (exit {completed.returncode}): "
+            f"{completed.stderr.decode(errors='replace')[-2000:]}"
+        )
+    result: dict[str, Any] = json.loads(lines[-1])
+    if not result.get("ok"):
+        raise DemoError(f"device ({result.get('mode')}) failed: {result.get('error')}")
+    return result
+
+
+def run(server_kind: str = "d2tls", keep: Path | None = None) -> dict[str, Any]:
+    """Run the whole demo; returns the results as a dict (raises DemoError on failure)."""
+    if server_kind not in SERVER_KINDS:
+        raise DemoError(f"unknown server {server_kind!r}; choose from {SERVER_KINDS}")
+    with ExitStack() as stack:
+        directory = keep or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="d2tls-demo-"))
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        pki = init_pki(directory / "pki", server_name="localhost", devices=1)
+        device = pki.devices[0]
+        identity, psk = next(iter(load_psk_file(pki.psk_file).items()))
+        prefix: list[str] = []
+        namespace: NetNamespace | None = None
+        if server_kind == "gnutls":
+            namespace = stack.enter_context(NetNamespace())
+            prefix = ["ip", "netns", "exec", namespace.name]
+        processes: list[Process] = []
+        stack.callback(lambda: [p.stop() for p in reversed(processes)])
+
+        ocsp_port, agent_port = free_udp_port(), free_udp_port()
+        ocsp_url = f"http://127.0.0.1:{ocsp_port}"
+        processes.append(
+            _start(
+                "ocsp",
+                _cli(
+                    "pki", "ocsp", "--listen", f"127.0.0.1:{ocsp_port}", "--pki", str(pki.directory)
+                ),
+                directory,
+                "listening",
+                prefix,
             )
         )
-        endpoint = await ServerEndpoint.listen("127.0.0.1", 0, server, echo=True)
-        assert endpoint.address is not None
-        port = endpoint.address[1]
-        device = pki.devices[0]
-        base = ClientConfig(
-            trust_store=store,
-            server_name="localhost",
-            certificate_chain=load_certificate_chain(device.cert),
-            private_key=load_private_key(device.key),
+        server_trace = directory / "server.trace"
+        if server_kind == "d2tls":
+            server_port = free_udp_port()
+            processes.append(
+                _start(
+                    "server",
+                    _cli(
+                        "server",
+                        "--listen",
+                        f"127.0.0.1:{server_port}",
+                        "--cert",
+                        str(pki.server_cert),
+                        "--key",
+                        str(pki.server_key),
+                        "--ca",
+                        str(pki.ca_cert),
+                        "--require-client-cert",
+                        "--echo",
+                        "--trace",
+                        str(server_trace),
+                    ),
+                    directory,
+                    "listening on",
+                    prefix,
+                )
+            )
+        elif server_kind == "openssl":
+            openssl = stack.enter_context(
+                OpenSSLServer(cert=pki.server_cert, key=pki.server_key, ca=pki.ca_cert)
+            )
+            server_port = openssl.port
+        else:
+            assert namespace is not None
+            gnutls = stack.enter_context(
+                GnuTLSServer(
+                    namespace=namespace,
+                    cert=pki.server_cert,
+                    key=pki.server_key,
+                    ca=pki.ca_cert,
+                    echo=True,
+                )
+            )
+            server_port = gnutls.port
+        agent_trace = directory / "agent.trace"
+        processes.append(
+            _start(
+                "agent",
+                _cli(
+                    "agent",
+                    "--listen",
+                    f"127.0.0.1:{agent_port}",
+                    "--psk-file",
+                    str(pki.psk_file),
+                    "--ca",
+                    str(pki.ca_cert),
+                    "--ocsp",
+                    ocsp_url,
+                    "--trace",
+                    str(agent_trace),
+                ),
+                directory,
+                "agent listening",
+                prefix,
+            )
         )
-        trace: list[dict[str, Any]] = []
-        try:
-            full, session = await _connect(port, base, b"hello over DTLS 1.2", trace)
-            base.session = session
-            base.resume_only = True
-            resumed, _ = await _connect(port, base, b"hello again, resumed", trace)
-        finally:
-            endpoint.close()
-        return {"ok": full["echo_ok"] and resumed["echo_ok"] and resumed["resumed"],
-                "full": full, "resumption": resumed, "trace": trace}
+        common = [
+            "--server",
+            f"127.0.0.1:{server_port}",
+            "--server-name",
+            "localhost",
+            "--cert",
+            str(device.cert),
+            "--key",
+            str(device.key),
+            "--send",
+            ECHO_TEXT,
+        ]
+        delegated = [
+            "--agent",
+            f"127.0.0.1:{agent_port}",
+            "--psk",
+            f"{identity.decode()}:{psk.hex()}",
+        ]
+        device_trace = directory / "device-bound.trace"
+        bound = _run_device(
+            common
+            + delegated
+            + ["--mode", "bound", "--connections", "2", "--trace", str(device_trace)],
+            prefix,
+        )
+        blind = _run_device(common + delegated + ["--mode", "blind"], prefix)
+        standalone = _run_device([*common, "--standalone", "--ca", str(pki.ca_cert)], prefix)
+        timeline = build_timeline([*read_trace(device_trace), *read_trace(agent_trace)])
+        echo_expected = server_kind != "openssl"  # s_server prints data, it does not echo
+        results = {
+            "server": server_kind,
+            "bound": bound["connections"],
+            "blind": blind["connections"],
+            "standalone": standalone["connections"],
+            "timeline": timeline,
+        }
+        if echo_expected:
+            for row in bound["connections"] + blind["connections"] + standalone["connections"]:
+                if row.get("received") != ECHO_TEXT:
+                    raise DemoError(f"no echo in {row['mode']} mode (got {row.get('received')!r})")
+        results["ok"] = True
+        return results
 
 
-def _print_timeline(trace: list[dict[str, Any]]) -> None:
-    start = trace[0]["t"] if trace else 0.0
-    for entry in trace:
-        if entry["event"] in ("message_sent", "message_received"):
-            arrow = "->" if entry["event"] == "message_sent" else "<-"
-            print(f"  {1000 * (entry['t'] - start):8.2f} ms  client {arrow} server  {entry['message']}")
+def build_timeline(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages of the first delegated connection, in wall-clock order, one line each."""
+    rows = []
+    for entry in entries:
+        event = entry.get("event")
+        party, link = entry.get("party"), entry.get("link", "")
+        if event not in ("message_sent", "message_received") or party is None:
+            continue
+        peer = link.replace(f"{party}-", "") if link.startswith(f"{party}-") else "?"
+        if event == "message_received" and peer != "server":
+            continue  # the sender's own trace already has it
+        source, dest = (party, peer) if event == "message_sent" else (peer, party)
+        rows.append(
+            {"wall": entry["wall"], "from": source, "to": dest, "message": entry["message"]}
+        )
+    rows.sort(key=lambda r: r["wall"])
+    # Stop after the first resumption's Finished so the timeline is Figure 8 (a) + (b).
+    out: list[dict[str, Any]] = []
+    seen_context = False
+    for row in rows:
+        out.append(row)
+        if row["message"] == "Wiped":
+            seen_context = True
+        if (
+            seen_context
+            and row["from"] == "device"
+            and row["to"] == "server"
+            and row["message"] == "Finished"
+        ):
+            break
+    return out
 
 
-def run_demo(as_json: bool = False) -> int:
-    """Run the demo; return the process exit status."""
+def _table(results: dict[str, Any]) -> list[str]:
+    header = (
+        f"{'':22}{'sign':>5}{'verify':>7}{'ecdh':>5}{'keygen':>7}{'CPU ms':>8}"
+        f"{'dev-agent B':>12}{'dev-server B':>13}{'datagrams':>10}{'RTTs':>5}{'wall ms':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    rows = [
+        ("D2TLS bound (new)", results["bound"][0]),
+        ("D2TLS bound (reuse)", results["bound"][1]),
+        ("D2TLS blind (new)", results["blind"][0]),
+        ("standalone (new)", results["standalone"][0]),
+    ]
+    for label, row in rows:
+        ops = row["key_operations"]
+        agent_link, server_link = row["links"]["device-agent"], row["links"]["device-server"]
+        datagrams = sum(
+            link["datagrams_sent"] + link["datagrams_received"]
+            for link in (agent_link, server_link)
+        )
+        lines.append(
+            f"{label:22}{ops['sign']:>5}{ops['verify']:>7}{ops['ecdh']:>5}{ops['keygen']:>7}"
+            f"{row['cpu_ms']:>8.1f}{agent_link['bytes_sent'] + agent_link['bytes_received']:>12}"
+            f"{server_link['bytes_sent'] + server_link['bytes_received']:>13}{datagrams:>10}"
+            f"{agent_link['round_trips'] + server_link['round_trips']:>5}{row['wall_ms']:>9.1f}"
+        )
+    return lines
+
+
+def run_demo(as_json: bool = False, server_kind: str = "d2tls", keep: str | None = None) -> int:
+    """Entry point of ``d2tls demo``; returns the exit status."""
     try:
-        result = asyncio.run(_demo())
-    except (ConnectionFailed, TimeoutError) as exc:
-        result = {"ok": False, "error": str(exc)}
-    if as_json:
-        print(json.dumps({k: v for k, v in result.items() if k != "trace"}, sort_keys=True))
-        return 0 if result["ok"] else 1
-    if "error" in result:
-        print(f"demo failed: {result['error']}")
+        results = run(server_kind, Path(keep) if keep else None)
+    except (DemoError, OSError, subprocess.SubprocessError) as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "error": str(exc)}))
+        else:
+            print(f"demo failed: {exc}", file=sys.stderr)
         return 1
-    print("d2tls demo: DTLS 1.2 client <-> server on 127.0.0.1 (client certificates required)\n")
-    _print_timeline(result["trace"])
-    print()
-    for label in ("full", "resumption"):
-        r = result[label]
-        print(
-            f"{label:11} {r['cipher']}  resumed={r['resumed']}  ems={r['extended_master_secret']}  "
-            f"{r['handshake_ms']:.1f} ms  {r['datagrams_sent']} datagrams / {r['bytes_sent']} bytes "
-            f"sent  echo={'ok' if r['echo_ok'] else 'FAILED'}"
-        )
-    print("\nresult:", "OK" if result["ok"] else "FAILED")
-    return 0 if result["ok"] else 1
+    if as_json:
+        print(json.dumps(results, sort_keys=True))
+        return 0
+    print(f"D2TLS demo on 127.0.0.1 — server: {server_kind} (client certificates required)\n")
+    print("Timeline of the first delegated connection (paper Figure 8 (a) then (b)):")
+    start = results["timeline"][0]["wall"] if results["timeline"] else 0.0
+    for row in results["timeline"]:
+        arrow = f"{row['from']:>6} -> {row['to']:<6}"
+        print(f"  {1000 * (row['wall'] - start):8.1f} ms  {arrow}  {row['message']}")
+    print("\nDevice cost per connection (key operations on the device, its CPU, its traffic):")
+    for line in _table(results):
+        print("  " + line)
+    print("\nresult: OK")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_demo(as_json="--json" in sys.argv))
+    os._exit(0)

@@ -12,7 +12,12 @@ Observed behaviour (OpenSSL 3.0.19, GnuTLS 3.7.9):
 * **CCM-8.** Both tools negotiate TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8, ..._AES_128_GCM_SHA256
   and TLS_PSK_WITH_AES_128_CCM_8 in DTLS 1.2. GnuTLS's ``NORMAL`` priority omits CCM-8 and
   PSK: add ``+AES-128-CCM-8:+PSK`` (see :data:`GNUTLS_PRIORITY`); it then still prefers
-  AES-256-GCM unless the client restricts its offer. OpenSSL's ``ALL`` contains all three.
+  AES-256-GCM unless the client restricts its offer. OpenSSL's ``DEFAULT`` cipher list has
+  no CCM-8 and no PSK suite, ``ALL`` has all three (hence ``-cipher ALL`` by default here).
+* **Client certificates.** ``gnutls-serv --require-client-cert`` only requires *a*
+  certificate and accepts one from an unknown CA; ``--verify-client-cert`` must be added to
+  verify it (it then sends ``access_denied``). ``s_server -Verify 1 -verify_return_error``
+  refuses an unknown CA with ``unknown_ca``.
 * **PSK hint.** ``s_server`` sends no ServerKeyExchange hint unless ``-psk_hint`` is given;
   ``gnutls-serv`` sends one only with ``--pskhint``. ``gnutls-serv --pskpasswd`` reads the
   same ``identity:HEX`` lines as :func:`d2tls.pki.init_pki`'s ``psk.txt``.
@@ -503,7 +508,7 @@ class GnuTLSServer(_ServerProcess):
         if self.ca is not None:
             argv += ["--x509cafile", str(self.ca)]
         if self.client_auth == "required":
-            argv.append("--require-client-cert")
+            argv += ["--require-client-cert", "--verify-client-cert"]
         elif self.client_auth == "optional":
             argv.append("--verify-client-cert")
         else:
@@ -704,7 +709,8 @@ class OpenSSLClient:
     """``openssl s_client -dtls1_2`` against ``host:port``.
 
     ``run`` sends stdin data and returns an :class:`OpenSSLResult`. Command letters are
-    disabled (``-nocommands``), so a line ``Q`` is sent as data.
+    disabled (``-nocommands``), so a line ``Q`` is sent as data. ``cipher`` defaults to
+    ``ALL`` (OpenSSL's default list lacks CCM-8 and PSK); ``None`` omits ``-cipher``.
     """
 
     def __init__(
@@ -716,7 +722,7 @@ class OpenSSLClient:
         key: Path | None = None,
         ca: Path | None = None,
         verify_hostname: str | None = None,
-        cipher: str | None = None,
+        cipher: str | None = "ALL",
         psk: tuple[bytes, bytes] | None = None,
         sess_out: Path | None = None,
         sess_in: Path | None = None,

@@ -12,9 +12,9 @@ import ipaddress
 import os
 import time
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -229,8 +229,10 @@ class DTLSClient(Connection):
         self.extended_master_secret = hello.has_extended_master_secret
         self._session_id = hello.session_id
         resuming = self.server_resumes_session()
-        if not resuming and self.config.require_extended_master_secret and not (
-            self.extended_master_secret
+        if (
+            not resuming
+            and self.config.require_extended_master_secret
+            and not (self.extended_master_secret)
         ):
             raise HandshakeFailure("server did not negotiate the extended master secret (RFC 7627)")
 
@@ -268,11 +270,14 @@ class DTLSClient(Connection):
         certificate = self._current
         assert isinstance(certificate, Certificate)
         if not certificate.certificates:
-            raise CertificateError("server sent an empty Certificate", AlertDescription.DECODE_ERROR)
+            raise CertificateError(
+                "server sent an empty Certificate", AlertDescription.DECODE_ERROR
+            )
         assert self.config.trust_store is not None
         leaf = verify_server_chain(
             certificate.certificates, self.config.trust_store, self.config.server_name
         )
+        self.stats["verify"] += len(certificate.certificates)  # one signature per link
         key = leaf.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
             raise CertificateError(
@@ -292,6 +297,7 @@ class DTLSClient(Connection):
             raise IllegalParameter("server used a signature algorithm we did not offer")
         assert self._server_public_key is not None
         signed = self.client_random + self.server_random + exchange.params_bytes()
+        self.stats["verify"] += 1
         try:
             self._server_public_key.verify(exchange.signature, signed, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
@@ -320,6 +326,8 @@ class DTLSClient(Connection):
             return
         self._ephemeral = ec.generate_private_key(ec.SECP256R1())
         self._pre_master = keyschedule.ecdhe_pre_master_secret(self._ephemeral, self._server_point)
+        self.stats["keygen"] += 1
+        self.stats["ecdh"] += 1
 
     def request_signature(self) -> None:
         """External signer: fix Certificate and ClientKeyExchange, then ask for a signature."""
@@ -341,6 +349,7 @@ class DTLSClient(Connection):
         """Check the external signature against our certificate before sending it."""
         assert self._signature is not None
         leaf_key = self._client_public_key()
+        self.stats["verify"] += 1
         try:
             leaf_key.verify(self._signature, bytes(self._transcript), ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
@@ -398,6 +407,7 @@ class DTLSClient(Connection):
             signature = self._signature
         else:
             assert self.config.private_key is not None
+            self.stats["sign"] += 1
             signature = self.config.private_key.sign(
                 bytes(self._transcript), ec.ECDSA(hashes.SHA256())
             )
@@ -441,4 +451,3 @@ class DTLSClient(Connection):
     def peer_certificates(self) -> tuple[bytes, ...]:
         """The server's verified chain (DER), empty for PSK."""
         return self._server_certificates
-

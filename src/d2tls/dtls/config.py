@@ -70,7 +70,12 @@ class ClientConfig:
         """Refuse unusable or unsafe combinations with a clear message."""
         if not self.cipher_suites:
             raise ConfigurationError("no cipher suites configured")
-        if any(s in ECDHE_SUITES for s in self.cipher_suites) and self.trust_store is None:
+        resuming_only = self.resume_only and self.session is not None
+        if (
+            any(s in ECDHE_SUITES for s in self.cipher_suites)
+            and self.trust_store is None
+            and not resuming_only
+        ):
             raise ConfigurationError("certificate suites need a trust store (--ca)")
         if any(s in PSK_SUITES for s in self.cipher_suites) and (
             self.psk is None or self.psk_identity is None

@@ -21,8 +21,8 @@ from d2tls.dtls.constants import (
     DTLS_1_2,
     HANDSHAKE_HEADER_LEN,
     MAX_PLAINTEXT,
-    RECORD_HEADER_LEN,
     PSK_SUITES,
+    RECORD_HEADER_LEN,
     AlertDescription,
     AlertLevel,
     CipherSuite,
@@ -45,7 +45,6 @@ from d2tls.dtls.fragments import (
 from d2tls.dtls.keylog import keylog_line
 from d2tls.dtls.messages import (
     CHANGE_CIPHER_SPEC_BODY,
-    Alert,
     Finished,
     HandshakeMessage,
     decode_alert,
@@ -143,6 +142,11 @@ class Connection:
             "bytes_received": 0,
             "records_discarded": 0,
             "retransmissions": 0,
+            "round_trips": 0,
+            "sign": 0,
+            "verify": 0,
+            "ecdh": 0,
+            "keygen": 0,
         }
         self._driver = MachineDriver(self.ROLE, self)
 
@@ -408,6 +412,7 @@ class Connection:
             self._timeout = self._timers.initial
         self._transmit_flight(items)
         if handshake_items and self._driver.flight_kind() == "await":
+            self.stats["round_trips"] += 1
             self._timer_deadline = self._now + self._timeout
         else:
             self._timer_deadline = None
@@ -431,7 +436,9 @@ class Connection:
         self._send_seq += 1
         if message.msg_type != HandshakeType.HELLO_VERIFY_REQUEST:
             self._transcript += encode_handshake(item.msg_type, item.message_seq, body)
-        self._trace("message_sent", message=message_name(item.msg_type), message_seq=item.message_seq)
+        self._trace(
+            "message_sent", message=message_name(item.msg_type), message_seq=item.message_seq
+        )
         self._queue(item)
         return item
 
@@ -439,7 +446,9 @@ class Connection:
         """Queue ChangeCipherSpec and switch the write epoch (RFC 5246 §7.1)."""
         if self._pending_write is None:
             raise ProtocolError("ChangeCipherSpec without negotiated keys")
-        self._queue(FlightItem(ContentType.CHANGE_CIPHER_SPEC, self._write_epoch, CHANGE_CIPHER_SPEC_BODY))
+        self._queue(
+            FlightItem(ContentType.CHANGE_CIPHER_SPEC, self._write_epoch, CHANGE_CIPHER_SPEC_BODY)
+        )
         self._trace("message_sent", message="ChangeCipherSpec")
         self._writes[self._pending_write.epoch] = self._pending_write
         self._write_epoch = self._pending_write.epoch
@@ -491,7 +500,9 @@ class Connection:
         error = self._error or ProtocolError("aborted")
         self._queue_alert(AlertLevel.FATAL, error.alert)
         self._events.append(
-            ConnectionTerminated(error.reason, error.alert, by_peer=False, error=True, peer=self.peer)
+            ConnectionTerminated(
+                error.reason, error.alert, by_peer=False, error=True, peer=self.peer
+            )
         )
         self._wipe()
 

@@ -353,9 +353,7 @@ class ServerConnection(Connection):
                 raise IllegalParameter("expected a PSK ClientKeyExchange")
             psk = self.config.psk_keys.get(exchange.identity)
             if psk is None:
-                raise ProtocolError(
-                    "unknown PSK identity", AlertDescription.UNKNOWN_PSK_IDENTITY
-                )
+                raise ProtocolError("unknown PSK identity", AlertDescription.UNKNOWN_PSK_IDENTITY)
             self._psk_identity = exchange.identity
             pre_master = keyschedule.psk_pre_master_secret(psk)
         else:
@@ -473,8 +471,10 @@ class DTLSServer:
     def receive_datagram(self, data: bytes, peer: Address, now: float) -> None:
         """Process one datagram from ``peer``. Never raises on hostile input."""
         connection = self._connections.get(peer)
-        if connection is not None and not connection.is_closed and not (
-            connection.is_established and _is_initial_client_hello(data)
+        if (
+            connection is not None
+            and not connection.is_closed
+            and not (connection.is_established and _is_initial_client_hello(data))
         ):
             connection.receive_datagram(data, now)
             self._collect(connection)

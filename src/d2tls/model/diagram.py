@@ -17,7 +17,9 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def transition_label(trigger: str, guards: tuple[str, ...], unless: tuple[str, ...], emits: tuple[str, ...]) -> str:
+def transition_label(
+    trigger: str, guards: tuple[str, ...], unless: tuple[str, ...], emits: tuple[str, ...]
+) -> str:
     """A compact edge label: trigger [guards] / emitted messages."""
     label = trigger.removeprefix("recv_")
     conditions = list(guards) + [f"not {u}" for u in unless]
@@ -60,7 +62,9 @@ def render(role: RoleSpec, output: Path) -> Path:
         output.write_text(dot_source, encoding="utf-8")
         return output
     if suffix not in ("svg", "png"):
-        raise ConfigurationError(f"unsupported diagram format {output.suffix!r}: use .svg, .png or .dot")
+        raise ConfigurationError(
+            f"unsupported diagram format {output.suffix!r}: use .svg, .png or .dot"
+        )
     dot = shutil.which("dot")
     if dot is None:
         raise ConfigurationError("Graphviz 'dot' is not installed (apt-get install graphviz)")

@@ -147,7 +147,9 @@ def _parse_role(name: str, raw: Any, messages: tuple[str, ...]) -> RoleSpec:
             if trigger.removeprefix("recv_") not in messages:
                 raise SpecError(f"{tw}: trigger {trigger!r} names an unknown message")
         elif trigger not in local_events:
-            raise SpecError(f"{tw}: trigger {trigger!r} is neither recv_<Message> nor a local event")
+            raise SpecError(
+                f"{tw}: trigger {trigger!r} is neither recv_<Message> nor a local event"
+            )
         source = str(_require(t, "source", tw))
         dest = str(_require(t, "dest", tw))
         if dest not in states:

@@ -39,9 +39,15 @@ class ConnectionFailed(D2TLSError):
 class ClientEndpoint(asyncio.DatagramProtocol):
     """One DTLS client connection over a connected UDP socket."""
 
-    def __init__(self, engine: DTLSClient, signer: SignatureProvider | None = None) -> None:
+    def __init__(
+        self,
+        engine: DTLSClient,
+        signer: SignatureProvider | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
         self.engine = engine
         self._signer = signer
+        self._on_event = on_event
         self._transport: asyncio.DatagramTransport | None = None
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
@@ -59,18 +65,23 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         engine: DTLSClient,
         *,
         signer: SignatureProvider | None = None,
+        on_event: Callable[[Event], None] | None = None,
         local_port: int = 0,
     ) -> ClientEndpoint:
-        """Open a UDP socket to ``host:port`` and send the ClientHello."""
+        """Open a UDP socket to ``host:port`` and send the ClientHello.
+
+        ``on_event`` sees every engine event first; a ``SignatureRequested`` is answered by
+        ``signer`` if given, else left to ``on_event`` (which must call ``provide_signature``).
+        """
         loop = asyncio.get_running_loop()
         local_host = "::1" if ":" in host else "127.0.0.1"
         _, protocol = await loop.create_datagram_endpoint(
-            lambda: cls(engine, signer),
+            lambda: cls(engine, signer, on_event),
             remote_addr=(host, port),
             local_addr=(local_host, local_port),
         )
         protocol.engine.connect(protocol._loop.time())
-        protocol._pump()
+        protocol.pump()
         return protocol
 
     # asyncio callbacks
@@ -81,7 +92,7 @@ class ClientEndpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         self.engine.receive_datagram(data, self._loop.time())
-        self._pump()
+        self.pump()
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors: let timers retry
         pass
@@ -91,7 +102,8 @@ class ClientEndpoint(asyncio.DatagramProtocol):
             self._timer.cancel()
 
     # engine plumbing
-    def _pump(self) -> None:
+    def pump(self) -> None:
+        """Deliver events, send pending datagrams and re-arm the timer."""
         now = self._loop.time()
         while (event := self.engine.next_event()) is not None:
             self._dispatch(event)
@@ -108,14 +120,16 @@ class ClientEndpoint(asyncio.DatagramProtocol):
     def _on_timer(self) -> None:
         self._timer = None
         self.engine.handle_timer(self._loop.time())
-        self._pump()
+        self.pump()
 
     def _dispatch(self, event: Event) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
         if isinstance(event, HandshakeCompleted) and not self._handshake.done():
             self._handshake.set_result(event)
         elif isinstance(event, ApplicationDataReceived):
             self._data.put_nowait(event.data)
-        elif isinstance(event, SignatureRequested):
+        elif isinstance(event, SignatureRequested) and (self._signer or not self._on_event):
             task = self._loop.create_task(self._sign(event))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -129,7 +143,7 @@ class ClientEndpoint(asyncio.DatagramProtocol):
     async def _sign(self, request: SignatureRequested) -> None:
         if self._signer is None:
             self.engine.close()
-            self._pump()
+            self.pump()
             return
         try:
             signature = await self._signer(request)
@@ -138,7 +152,7 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         else:
             if not self.engine.is_closed:
                 self.engine.provide_signature(signature, self._loop.time())
-        self._pump()
+        self.pump()
 
     # public API
     async def handshake(self, timeout: float = 30.0) -> HandshakeCompleted:
@@ -148,7 +162,7 @@ class ClientEndpoint(asyncio.DatagramProtocol):
     def send(self, data: bytes) -> None:
         """Send application data."""
         self.engine.send_application_data(data)
-        self._pump()
+        self.pump()
 
     async def receive(self, timeout: float = 10.0) -> bytes:
         """Wait for the next application data (raises ConnectionFailed if the peer ended)."""
@@ -166,7 +180,7 @@ class ClientEndpoint(asyncio.DatagramProtocol):
     async def close(self) -> None:
         """Send close_notify and release the socket."""
         self.engine.close()
-        self._pump()
+        self.pump()
         await asyncio.sleep(0)
         if self._transport is not None:
             self._transport.close()
@@ -215,12 +229,17 @@ class ServerEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Address) -> None:
         peer = (addr[0], addr[1])
         self.engine.receive_datagram(data, peer, self._loop.time())
-        self._pump()
+        self.pump()
 
     def error_received(self, exc: Exception) -> None:
         pass
 
-    def _pump(self) -> None:
+    def flush(self) -> None:
+        """Deliver events, send pending datagrams and re-arm the timer."""
+        self.pump()
+
+    def pump(self) -> None:
+        """Deliver events, send pending datagrams and re-arm the timer."""
         now = self._loop.time()
         while (event := self.engine.next_event()) is not None:
             if self._echo and isinstance(event, ApplicationDataReceived) and event.peer:
@@ -242,12 +261,12 @@ class ServerEndpoint(asyncio.DatagramProtocol):
     def _on_timer(self) -> None:
         self._timer = None
         self.engine.handle_timer(self._loop.time())
-        self._pump()
+        self.pump()
 
     def close(self) -> None:
         """Send close_notify to every peer and close the socket."""
         self.engine.close_all()
-        self._pump()
+        self.pump()
         if self._timer is not None:
             self._timer.cancel()
         if self._transport is not None:

@@ -4,15 +4,12 @@ Chains are verified with ``cryptography.x509.verification`` (RFC 5280 path build
 CA/B-style profile of that library). A failure raises :class:`~d2tls.errors.CertificateError`
 whose alert follows RFC 5246 §7.2.2 (and OpenSSL's choices where the RFC is vague):
 
-=====================================================  =========================
-cause                                                  alert
-=====================================================  =========================
-empty chain, too long chain, undecodable DER            bad_certificate
-leaf or CA outside its validity period                  certificate_expired
-no path to a trust anchor                               unknown_ca
-signature does not verify, name mismatch, bad profile   bad_certificate
-leaf key not ECDSA P-256, EKU not serverAuth/clientAuth unsupported_certificate
-=====================================================  =========================
+* empty or too long chain, undecodable DER: ``bad_certificate``;
+* leaf or CA outside its validity period: ``certificate_expired``;
+* no path to a trust anchor: ``unknown_ca``;
+* issuer signature does not verify: ``bad_certificate``;
+* name mismatch, CA used as leaf, other profile errors: ``bad_certificate``;
+* leaf key not ECDSA P-256, EKU not serverAuth/clientAuth: ``unsupported_certificate``.
 
 Undecodable DER is ``bad_certificate`` rather than ``decode_error``: the Certificate message
 itself was well formed, only a certificate inside it is corrupt (RFC 5246 §7.2.2).
@@ -200,7 +197,9 @@ def _alert_for(message: str) -> AlertDescription:
         return AlertDescription.CERTIFICATE_EXPIRED
     if "required EKU not found" in message:
         return AlertDescription.UNSUPPORTED_CERTIFICATE
-    if "exhausted with no interior errors" in message:
+    if "candidates exhausted" in message and "signature does not match" not in message:
+        # No issuer candidate led to a trust anchor (none at all, or only unusable ones,
+        # e.g. an untrusted root sent along whose path length forbids going on).
         return AlertDescription.UNKNOWN_CA
     return AlertDescription.BAD_CERTIFICATE
 

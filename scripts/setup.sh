@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Set up a development/test environment for d2tls on Debian (run as root; idempotent).
+#
+#  1. installs the third-party tools the tests drive (gnutls-bin, openssl, graphviz,
+#     redis-server, iproute2) with apt-get, only when one of them is missing;
+#  2. creates .venv with Python >= 3.11 if it does not exist;
+#  3. installs d2tls editable with its test extras into .venv.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { printf '[setup] %s\n' "$*"; }
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+# --- Python interpreter ------------------------------------------------------------------
+PYTHON=""
+for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+        "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        PYTHON="$(command -v "$candidate")"
+        break
+    fi
+done
+if [ -z "$PYTHON" ]; then
+    log "error: Python >= 3.11 not found (python3.11 / python3)" >&2
+    exit 1
+fi
+log "using $PYTHON ($("$PYTHON" --version 2>&1))"
+
+# --- system packages ---------------------------------------------------------------------
+PACKAGES=(gnutls-bin openssl graphviz redis-server iproute2)
+# A Debian python3 needs python3-venv for "python -m venv" (ensurepip).
+if [ ! -d .venv ] && ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+    PACKAGES+=(python3-venv)
+fi
+MISSING=()
+for pkg in "${PACKAGES[@]}"; do
+    installed "$pkg" || MISSING+=("$pkg")
+done
+if [ "${#MISSING[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        log "error: missing packages (${MISSING[*]}); run as root" >&2
+        exit 1
+    fi
+    log "installing ${MISSING[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${MISSING[@]}"
+else
+    log "system packages present: ${PACKAGES[*]}"
+fi
+
+# --- virtual environment -----------------------------------------------------------------
+if [ -x .venv/bin/python ]; then
+    log ".venv exists ($(.venv/bin/python --version 2>&1))"
+else
+    log "creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+
+log "installing d2tls (editable, with test extras) into .venv"
+.venv/bin/pip install -e '.[test]'
+
+log "done: activate with 'source .venv/bin/activate'; tests need root for 'ip netns'"

@@ -1,0 +1,465 @@
+"""The D2TLS security agent (paper §4.1), driven by the ``agent`` machine of ``spec/d2tls.yaml``.
+
+The agent never has a device private key, structurally: ``AgentConfig`` has no field for one,
+the delegation messages cannot carry one (spec/delegation.md), and the agent's DTLS client is
+always built with ``private_key=None``, so the engine can only *ask* for a CertificateVerify
+signature (``SignatureRequested``), which the agent forwards to the device.
+
+Wiping: the session's master secret lives in ``bytearray`` objects that the agent and its
+engine overwrite after the handover. Python cannot guarantee there is no other copy (immutable
+``bytes`` made while deriving keys or encoding CBOR are freed, not zeroed), so the wipe removes
+the agent's working copies but is not a guarantee against memory forensics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.verification import Store
+
+from d2tls.delegation.messages import (
+    DelegationError,
+    DelegationErrorCode,
+    DelegationMessage,
+    DelegationMode,
+    DelegationProtocolError,
+    DelegationRequest,
+    SessionContext,
+    SignRequest,
+    SignResponse,
+    Wiped,
+    decode_message,
+    encode_message,
+)
+from d2tls.dtls.client import DTLSClient
+from d2tls.dtls.config import ClientConfig, KeyLogCallback, ServerConfig, TimerConfig
+from d2tls.dtls.connection import Tracer
+from d2tls.dtls.constants import ECDHE_SUITES, CipherSuite
+from d2tls.dtls.events import (
+    ApplicationDataReceived,
+    ConnectionTerminated,
+    Event,
+    HandshakeCompleted,
+    SignatureRequested,
+)
+from d2tls.dtls.server import DTLSServer
+from d2tls.dtls.session import Session
+from d2tls.errors import ProtocolError
+from d2tls.model.machine import MachineDriver
+from d2tls.net.udp import ClientEndpoint, ConnectionFailed, ServerEndpoint
+from d2tls.roles.device import CHANNEL_MTU
+from d2tls.trace import tagged
+
+Address = tuple[str, int]
+MESSAGE_NAMES = {
+    DelegationRequest: "DelegationRequest",
+    SignRequest: "SignRequest",
+    SignResponse: "SignResponse",
+    SessionContext: "SessionContext",
+    DelegationError: "DelegationError",
+    Wiped: "Wiped",
+}
+#: Context lifetime the agent announces when the server gives none (paper §6.5: 6-24 h).
+DEFAULT_CONTEXT_LIFETIME = 6 * 3600
+
+
+@dataclass
+class AgentConfig:
+    """Agent settings. There is deliberately no field for any device private key."""
+
+    psk_keys: dict[bytes, bytes]
+    trust_store: Store
+    cipher_suites: tuple[CipherSuite, ...] = (
+        CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,
+        CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    )
+    ocsp_url: str | None = None
+    context_lifetime: int = DEFAULT_CONTEXT_LIFETIME
+    mtu: int = 1400
+    timers: TimerConfig | None = None
+    keylog: KeyLogCallback | None = None
+    tracer: Tracer | None = None
+    handshake_timeout: float = 30.0
+    #: Only these server addresses may be targeted (None: any loopback/any address given).
+    allowed_servers: frozenset[Address] | None = None
+
+
+class AgentSession:
+    """One delegation on behalf of one device (machine role ``agent``).
+
+    IO is done by the owner through three callables: ``send`` (a delegation message to the
+    device), ``start_handshake`` (open the agent's DTLS client to the server) and
+    ``check_status`` (an OCSP query, answered with ``status_result``).
+    """
+
+    ROLE = "agent"
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        send: Callable[[DelegationMessage], None],
+        start_handshake: Callable[[DelegationRequest, DTLSClient], None],
+        check_status: Callable[[x509.Certificate, AgentSession], None],
+    ) -> None:
+        self.state = ""
+        self.config = config
+        self._send = send
+        self._start_handshake = start_handshake
+        self._check_status = check_status
+        self.request: DelegationRequest | None = None
+        self.client: DTLSClient | None = None
+        self.session: Session | None = None
+        self.error_code = DelegationErrorCode.INTERNAL
+        self.error = ""
+        self.log: list[dict[str, Any]] = []
+        self._current: DelegationMessage | None = None
+        self._signature_request: SignatureRequested | None = None
+        self._driver = MachineDriver(self.ROLE, self, spec_name="d2tls")
+
+    # ------------------------------------------------------------------ inputs
+    def receive_bytes(self, data: bytes) -> None:
+        try:
+            message = decode_message(data)
+        except DelegationProtocolError as exc:
+            self._abort(exc.code, exc.reason)
+            return
+        self.receive(message)
+
+    def receive(self, message: DelegationMessage) -> None:
+        if self._driver.is_final():
+            return
+        self._trace("received", type(message).__name__)
+        if self.request is not None and message.request_id != self.request.request_id:
+            self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, "message for an unknown request")
+            return
+        self._current = message
+        try:
+            self._driver.fire(f"recv_{MESSAGE_NAMES[type(message)]}")
+        except ProtocolError as exc:
+            self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, exc.reason)
+
+    def on_engine_event(self, event: Event) -> None:
+        """Events of the agent's DTLS client towards the server."""
+        if isinstance(event, SignatureRequested):
+            self._signature_request = event
+            self._fire("signature_needed")
+        elif isinstance(event, ConnectionTerminated) and event.error:
+            self.error_code = DelegationErrorCode.HANDSHAKE_FAILED
+            if event.alert is not None and "certificate" in event.alert.name.lower():
+                self.error_code = DelegationErrorCode.SERVER_CERTIFICATE_INVALID
+            if event.alert is not None and event.alert.name == "UNKNOWN_CA":
+                self.error_code = DelegationErrorCode.SERVER_CERTIFICATE_INVALID
+            self.error = f"handshake with the server failed: {event.reason}"
+            self._fire("server_failed")
+        elif isinstance(event, HandshakeCompleted):
+            self._fire("server_handshake_done")
+            if self.state == "handing_over":
+                self._fire("context_sent")
+
+    def handshake_timed_out(self) -> None:
+        self.error_code = DelegationErrorCode.TIMEOUT
+        self.error = "the handshake with the server timed out"
+        self._fire("server_failed")
+
+    def status_result(self, good: bool, reason: str) -> None:
+        if not good:
+            self.error_code = DelegationErrorCode.SERVER_CERTIFICATE_REVOKED
+            self.error = f"server certificate status: {reason}"
+        self._fire("status_good" if good else "status_bad")
+
+    def channel_closed(self) -> None:
+        self._fire("channel_closed")
+
+    def _abort(self, code: DelegationErrorCode, reason: str) -> None:
+        self.error_code = code
+        self.error = reason
+        self._fire("abort")
+
+    def _fire(self, trigger: str) -> None:
+        if self._driver.is_final():
+            return
+        try:
+            self._driver.fire_local(trigger)
+        except ProtocolError as exc:  # the event is not expected now: a protocol violation
+            if trigger != "abort":
+                self._abort(DelegationErrorCode.INTERNAL, exc.reason)
+
+    @property
+    def is_final(self) -> bool:
+        return self._driver.is_final()
+
+    # ------------------------------------------------------------------ guards
+    def request_acceptable(self) -> bool:
+        request = self._current
+        assert isinstance(request, DelegationRequest)
+        allowed = self.config.allowed_servers
+        if allowed is not None and (request.server_host, request.server_port) not in allowed:
+            self.error_code, self.error = DelegationErrorCode.UNSUPPORTED, "server not allowed"
+            return False
+        if not any(
+            s in [int(c) for c in self._usable_suites(request)] for s in request.cipher_suites
+        ):
+            self.error_code, self.error = DelegationErrorCode.UNSUPPORTED, "no usable cipher suite"
+            return False
+        if request.mode is DelegationMode.BOUND and request.client_random is None:
+            self.error_code, self.error = DelegationErrorCode.MALFORMED, "bound mode needs a random"
+            return False
+        return True
+
+    def ocsp_configured(self) -> bool:
+        return self.config.ocsp_url is not None
+
+    def _usable_suites(self, request: DelegationRequest) -> tuple[CipherSuite, ...]:
+        return tuple(
+            s
+            for s in self.config.cipher_suites
+            if int(s) in request.cipher_suites and s in ECDHE_SUITES
+        )
+
+    # ------------------------------------------------------------------ actions
+    def start_server_handshake(self) -> None:
+        request = self._current
+        assert isinstance(request, DelegationRequest)
+        self.request = request
+        client = DTLSClient(
+            ClientConfig(
+                cipher_suites=self._usable_suites(request),
+                trust_store=self.config.trust_store,
+                server_name=request.server_name,
+                certificate_chain=request.certificate_chain,
+                private_key=None,  # structural: the agent can only ask the device to sign
+                client_random=request.client_random,
+                mtu=self.config.mtu,
+                timers=self.config.timers or TimerConfig(),
+                keylog=self.config.keylog,
+            ),
+            tracer=tagged(self.config.tracer, party="agent", link="agent-server"),
+        )
+        self.client = client
+        self._start_handshake(request, client)
+
+    def reject_request(self) -> None:
+        request = self._current
+        assert isinstance(request, DelegationRequest)
+        self.request = request
+
+    def start_status_check(self) -> None:
+        assert self.client is not None
+        chain = self.client.peer_certificates
+        self._check_status(x509.load_der_x509_certificate(chain[0]), self)
+
+    def build_SignRequest(self) -> None:
+        request, asked = self.request, self._signature_request
+        assert request is not None and asked is not None
+        transcript = asked.transcript if request.mode is DelegationMode.BOUND else None
+        self._send(SignRequest(request.request_id, asked.digest, transcript))
+
+    def provide_signature(self) -> None:
+        response = self._current
+        assert isinstance(response, SignResponse) and self.client is not None
+        self._pending_signature = response.signature
+
+    def close_server_connection(self) -> None:
+        assert self.client is not None
+        self.session = self.client.session
+        self.client.close()
+
+    def build_SessionContext(self) -> None:
+        request, session = self.request, self.session
+        assert request is not None and session is not None
+        self._send(
+            SessionContext(
+                request_id=request.request_id,
+                session_id=session.session_id,
+                master_secret=bytes(session.master_secret),
+                cipher_suite=int(session.cipher_suite),
+                extended_master_secret=session.extended_master_secret,
+                server_certificates=tuple(session.peer_certificates),
+                lifetime=self.config.context_lifetime,
+                ocsp_status=1 if self.config.ocsp_url else 0,
+            )
+        )
+
+    def wipe_context(self) -> None:
+        """Overwrite the agent's copy of the session (best effort, see module docstring)."""
+        if self.session is not None:
+            self.session.wipe()
+        if self.client is not None and self.client.session is not None:
+            self.client.session.wipe()
+        self.session = None
+
+    def build_Wiped(self) -> None:
+        assert self.request is not None
+        self._send(Wiped(self.request.request_id))
+
+    def abort_server_handshake(self) -> None:
+        if self.client is not None and not self.client.is_closed:
+            self.client.close()
+
+    def build_DelegationError(self) -> None:
+        request_id = self.request.request_id if self.request is not None else 0
+        if isinstance(self._current, DelegationRequest) and self.request is None:
+            request_id = self._current.request_id
+        self._send(DelegationError(request_id, self.error_code, self.error[:256]))
+
+    def emit_flight(self, messages: tuple[str, ...]) -> None:
+        for name in messages:
+            self._trace("sent", name)
+            getattr(self, f"build_{name}")()
+
+    def _trace(self, direction: str, message: str) -> None:
+        entry = {
+            "event": f"message_{direction}",
+            "message": message,
+            "party": "agent",
+            "link": "agent-device",
+            "layer": "delegation",
+            "wall": time.time(),
+        }
+        self.log.append(entry)
+        if self.config.tracer is not None:
+            self.config.tracer(entry)
+
+    def take_signature(self) -> bytes | None:
+        signature = getattr(self, "_pending_signature", None)
+        self._pending_signature = None
+        return signature
+
+
+class Agent:
+    """Serves many devices concurrently over DTLS 1.2 PSK on one UDP socket."""
+
+    def __init__(self, config: AgentConfig, ocsp_issuer: x509.Certificate | None = None) -> None:
+        self.config = config
+        self._ocsp_issuer = ocsp_issuer
+        self._sessions: dict[Address, AgentSession] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.completed = 0
+        self.failed = 0
+        self.endpoint: ServerEndpoint | None = None
+        self.engine = DTLSServer(
+            ServerConfig(
+                cipher_suites=(CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,),
+                psk_keys=dict(config.psk_keys),
+                mtu=CHANNEL_MTU,
+                timers=config.timers or TimerConfig(),
+            )
+        )
+
+    async def start(self, host: str, port: int) -> Address:
+        self.endpoint = await ServerEndpoint.listen(
+            host, port, self.engine, on_event=self._on_channel_event
+        )
+        assert self.endpoint.address is not None
+        return self.endpoint.address
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            session.abort_server_handshake()
+            session.wipe_context()
+        if self.endpoint is not None:
+            self.endpoint.close()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_channel_event(self, event: Event) -> None:
+        peer = event.peer
+        if peer is None:
+            return
+        if isinstance(event, ApplicationDataReceived):
+            session = self._sessions.get(peer)
+            if session is None or session.is_final:
+                session = self._new_session(peer)
+            session.receive_bytes(event.data)
+            self._after(session)
+        elif isinstance(event, ConnectionTerminated):
+            session = self._sessions.pop(peer, None)
+            if session is not None and not session.is_final:
+                session.channel_closed()
+
+    def _new_session(self, peer: Address) -> AgentSession:
+        def send(message: DelegationMessage) -> None:
+            connection = self.engine.connection(peer)
+            if connection is not None and connection.is_established:
+                connection.send_application_data(encode_message(message))
+
+        def start_handshake(request: DelegationRequest, client: DTLSClient) -> None:
+            self._spawn(self._run_server_handshake(session, request, client))
+
+        def check_status(certificate: x509.Certificate, owner: AgentSession) -> None:
+            self._spawn(self._check_status(certificate, owner))
+
+        session = AgentSession(self.config, send, start_handshake, check_status)
+        self._sessions[peer] = session
+        return session
+
+    def _after(self, session: AgentSession) -> None:
+        """Push channel output; hand a signature to the server connection when it arrived."""
+        signature = session.take_signature()
+        client = session.client
+        if signature is not None and client is not None and client.state == "wait_signature":
+            client.provide_signature(signature, asyncio.get_running_loop().time())
+            self._kick(session)
+        if session.is_final:
+            if session.state == "done":
+                self.completed += 1
+            else:
+                self.failed += 1
+        if self.endpoint is not None:
+            self.endpoint.flush()
+
+    def _kick(self, session: AgentSession) -> None:
+        endpoint = getattr(session, "_server_endpoint", None)
+        if isinstance(endpoint, ClientEndpoint):
+            endpoint.pump()
+
+    async def _run_server_handshake(
+        self, session: AgentSession, request: DelegationRequest, client: DTLSClient
+    ) -> None:
+        def forward(event: Event) -> None:
+            session.on_engine_event(event)
+            self._after(session)
+
+        try:
+            endpoint = await ClientEndpoint.connect(
+                request.server_host, request.server_port, client, on_event=forward
+            )
+        except OSError as exc:
+            session.error_code = DelegationErrorCode.SERVER_UNREACHABLE
+            session.error = f"cannot reach the server: {exc}"
+            session._fire("server_failed")
+            self._after(session)
+            return
+        session._server_endpoint = endpoint  # type: ignore[attr-defined]
+        try:
+            await endpoint.handshake(timeout=self.config.handshake_timeout)
+        except ConnectionFailed:
+            pass  # already reported through forward()
+        except TimeoutError:
+            session.handshake_timed_out()
+            self._after(session)
+        await asyncio.sleep(0.05)  # let close_notify leave
+        await endpoint.close()
+
+    async def _check_status(self, certificate: x509.Certificate, session: AgentSession) -> None:
+        from d2tls.pki.ocsp import OCSPError, OCSPStatus, check_ocsp
+
+        assert self.config.ocsp_url is not None
+        if self._ocsp_issuer is None:
+            session.status_result(False, "no issuer certificate configured for OCSP")
+        else:
+            try:
+                result = await check_ocsp(certificate, self._ocsp_issuer, self.config.ocsp_url)
+            except OCSPError as exc:
+                session.status_result(False, f"OCSP check failed: {exc}")
+            else:
+                session.status_result(result.status is OCSPStatus.GOOD, result.status.name.lower())
+        self._after(session)

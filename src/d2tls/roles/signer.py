@@ -1,0 +1,95 @@
+"""The device's private key and its signing policy checks (DESIGN.md §2, spec/delegation.md).
+
+Only the device holds a ``DeviceSigner``. In *bound* mode the device checks, before signing, that
+the transcript it is asked to sign is the handshake it asked for: it starts with a ClientHello
+carrying the device's own random, carries the device's own certificate chain, ends with the
+ClientKeyExchange (the CertificateVerify position, RFC 5246 §7.4.8), and hashes to the digest.
+In *blind* mode (the D2TLS paper) it signs the digest it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from d2tls.dtls.constants import HandshakeType
+from d2tls.dtls.fragments import parse_handshake_fragments
+from d2tls.dtls.messages import Certificate, ClientHello
+from d2tls.errors import D2TLSError
+
+
+class SigningRefused(D2TLSError):
+    """The device refuses to sign; the message says which policy rule failed."""
+
+
+class DeviceSigner:
+    """Holds the device key and counts private-key operations."""
+
+    def __init__(self, private_key: ec.EllipticCurvePrivateKey) -> None:
+        if private_key.curve.name != "secp256r1":
+            raise D2TLSError("device key must be ECDSA P-256")
+        self._key = private_key
+        self.signatures = 0
+
+    def sign_transcript(self, transcript: bytes) -> bytes:
+        """ecdsa_secp256r1_sha256 over the handshake messages (RFC 5246 §7.4.8)."""
+        self.signatures += 1
+        return self._key.sign(transcript, ec.ECDSA(hashes.SHA256()))
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """Sign a SHA-256 digest computed by someone else (blind mode)."""
+        if len(digest) != 32:
+            raise SigningRefused("digest must be 32 bytes (SHA-256)")
+        self.signatures += 1
+        return self._key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+
+    def __repr__(self) -> str:
+        return "DeviceSigner(<private key hidden>)"
+
+
+def check_bound_transcript(
+    transcript: bytes,
+    digest: bytes,
+    client_random: bytes,
+    certificate_chain: Sequence[bytes],
+) -> None:
+    """Raise SigningRefused unless ``transcript`` is the handshake the device asked for."""
+    if not hmac.compare_digest(hashlib.sha256(transcript).digest(), digest):
+        raise SigningRefused("the transcript does not hash to the digest to sign")
+    try:
+        messages = parse_handshake_fragments(transcript)
+    except D2TLSError as exc:
+        raise SigningRefused(
+            f"the transcript is not a sequence of handshake messages: {exc}"
+        ) from exc
+    if not messages or any(
+        m.fragment_offset != 0 or m.fragment_length != m.length for m in messages
+    ):
+        raise SigningRefused("the transcript must hold whole handshake messages")
+    first = messages[0]
+    if first.msg_type != HandshakeType.CLIENT_HELLO:
+        raise SigningRefused("the transcript does not start with a ClientHello")
+    try:
+        hello = ClientHello.decode(first.body)
+    except D2TLSError as exc:
+        raise SigningRefused(f"undecodable ClientHello: {exc}") from exc
+    if not hmac.compare_digest(hello.random, client_random):
+        raise SigningRefused("the ClientHello random is not the one this device chose")
+    if messages[-1].msg_type != HandshakeType.CLIENT_KEY_EXCHANGE:
+        raise SigningRefused("the transcript does not end with the ClientKeyExchange")
+    certificates = [m for m in messages if m.msg_type == HandshakeType.CERTIFICATE]
+    if len(certificates) != 2:
+        raise SigningRefused("the transcript must hold the server's and the device's Certificate")
+    try:
+        ours = Certificate.decode(certificates[-1].body)
+    except D2TLSError as exc:
+        raise SigningRefused(f"undecodable client Certificate: {exc}") from exc
+    if tuple(ours.certificates) != tuple(certificate_chain):
+        raise SigningRefused("the client Certificate in the transcript is not this device's chain")
+    types = [m.msg_type for m in messages]
+    if types.count(HandshakeType.CLIENT_HELLO) != 1 or types.count(HandshakeType.SERVER_HELLO) != 1:
+        raise SigningRefused("the transcript must hold exactly one ClientHello and ServerHello")

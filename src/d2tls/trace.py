@@ -1,0 +1,57 @@
+"""Per-connection JSON event traces (one JSON object per line, in the spirit of qlog)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+Tracer = Callable[[dict[str, Any]], None]
+
+
+class TraceFile:
+    """Appends trace entries to a file as JSON lines, stamped with wall-clock time."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle: TextIO = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def __call__(self, entry: dict[str, Any]) -> None:
+        record = {"wall": time.time(), **entry}
+        line = json.dumps(record, default=str, sort_keys=True)
+        with self._lock:
+            self._handle.write(line + "\n")
+            self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def tagged(tracer: Tracer | None, **tags: str) -> Tracer | None:
+    """A tracer that adds ``tags`` (e.g. party="agent", link="agent-server") to each entry."""
+    if tracer is None:
+        return None
+    sink = tracer
+
+    def trace(entry: dict[str, Any]) -> None:
+        sink({**entry, **tags})
+
+    return trace
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """Read a trace file; lines that are not JSON objects are skipped."""
+    entries: list[dict[str, Any]] = []
+    if not path.exists():
+        return entries
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
