@@ -437,6 +437,8 @@ class _Scanner:
     def scan(self) -> None:
         """Raise _Invalid unless the whole input is one item of the profile."""
         major, _, count = self._head()
+        if major == 6:
+            raise _Invalid("CBOR tags are not allowed")
         if major != 5:
             raise _Invalid("a message must be a CBOR map")
         if 2 * count > len(self.data) - self.pos:

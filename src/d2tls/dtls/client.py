@@ -90,6 +90,7 @@ class DTLSClient(Connection):
         self._cookie = b""
         self._hello_verify_count = 0
         self._session_id = b""
+        self._offered_session_id = b""
         self._server_public_key: ec.EllipticCurvePublicKey | None = None
         self._server_certificates: tuple[bytes, ...] = ()
         self._server_point = b""
@@ -126,8 +127,8 @@ class DTLSClient(Connection):
         return (
             isinstance(hello, ServerHello)
             and session is not None
-            and len(session.session_id) > 0
-            and hello.session_id == session.session_id
+            and len(self._offered_session_id) > 0
+            and hello.session_id == self._offered_session_id
         )
 
     def resume_only(self) -> bool:
@@ -147,12 +148,15 @@ class DTLSClient(Connection):
         """Choose the random (RFC 5246 §7.4.1.2) and the session to offer."""
         self.client_random = self.config.client_random or os.urandom(32)
         session = self.config.session
-        if session is not None:
-            if session.expired():
-                raise HandshakeFailure("the session to resume has expired")
-            if session.cipher_suite not in self.config.cipher_suites:
-                raise HandshakeFailure("the session's cipher suite is not offered")
-            self._session_id = session.session_id
+        if session is None:
+            return
+        if session.expired() or session.cipher_suite not in self.config.cipher_suites:
+            # RFC 5246 §7.4.1.2: only an unexpired session whose cipher suite we offer may be
+            # offered; without it a client falls back to a full handshake, a resume-only one stops.
+            if self.config.resume_only:
+                raise HandshakeFailure("resumption_refused")
+            return
+        self._session_id = self._offered_session_id = session.session_id
 
     def build_ClientHello(self) -> None:
         extensions = [

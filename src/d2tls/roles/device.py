@@ -438,8 +438,8 @@ class Device:
         for message in outbox:
             if channel is None or channel.engine.is_closed:
                 continue
+            self._trace_message("sent", message)  # stamped before it can be answered
             channel.send(encode_message(message))
-            self._trace_message("sent", message)
             if isinstance(message, DelegationRequest | SignResponse):
                 report.agent_link.round_trips += 1
 
