@@ -209,6 +209,8 @@ def run(server_kind: str = "d2tls", keep: Path | None = None) -> dict[str, Any]:
             "--send",
             ECHO_TEXT,
         ]
+        if server_kind == "openssl":  # s_server does not echo: do not wait long for a reply
+            common += ["--receive-timeout", "0.3"]
         delegated = [
             "--agent",
             f"127.0.0.1:{agent_port}",
