@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from d2tls.errors import ConfigurationError, D2TLSError
+from d2tls.pki import ocsp as ocsp_module
 from d2tls.pki.generate import PKIPaths, init_pki, issue_certificate
 from d2tls.pki.ocsp import (
     OCSPError,
@@ -153,6 +154,7 @@ async def raw_http(url: str, data: bytes) -> bytes:
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     writer.write(data)
     await writer.drain()
+    writer.write_eof()
     answer = await asyncio.wait_for(reader.read(), 5)
     writer.close()
     await writer.wait_closed()
@@ -395,7 +397,8 @@ def test_delegated_responder(env: Env) -> None:
     with pytest.raises(OCSPError, match="not issued by"):
         run(main(bad))
 
-    missing = _signed_response(env.server, env.ca, delegate, _responder_cert(env)[1])
+    delegate, key = _responder_cert(env)
+    missing = _signed_response(env.server, env.ca, delegate, key)  # certificate not attached
     with pytest.raises(OCSPError, match="neither by the issuer"):
         run(main(missing))
 
@@ -605,6 +608,23 @@ def test_junk_http_gets_errors_and_server_keeps_serving(env: Env) -> None:
         status_line = answer.split(b"\r\n", 1)[0]
         assert status_line.startswith(f"HTTP/1.1 {code} ".encode()), (code, answer[:80])
         assert b"Connection: close" in answer
+    assert result.status is OCSPStatus.GOOD
+
+
+def test_slow_client_gets_408(shared_env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ocsp_module, "HTTP_READ_TIMEOUT", 0.2)
+
+    async def main() -> tuple[bytes, OCSPResult]:
+        async with serving(shared_env.responder()) as url:
+            parts = urllib.parse.urlsplit(url)
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            writer.write(b"POST / HTTP/1.1\r\nContent-Type: app")  # ...and nothing more
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return answer, await check_ocsp(shared_env.server, shared_env.ca, url)
+
+    answer, result = run(main())
+    assert answer.startswith(b"HTTP/1.1 408 ")
     assert result.status is OCSPStatus.GOOD
 
 

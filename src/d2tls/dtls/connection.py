@@ -333,13 +333,13 @@ class Connection:
             self._fire(trigger)
             self._after_transition()
             return
-        if self.state != "established" and not self._ccs_held:
+        if self.state != "established":
             # DTLS may reorder a ChangeCipherSpec ahead of the handshake messages before it
-            # (it has no message_seq). Keys are only switched when the machine accepts it.
+            # (it has no message_seq), and a retransmitted flight repeats it (RFC 6347 §4.2.4):
+            # hold one; keys are only switched when the machine accepts it.
             self._ccs_held = True
             return
-        if self.state == "established" or self._ccs_held:
-            raise UnexpectedMessage(f"ChangeCipherSpec is not allowed in state {self.state}")
+        raise UnexpectedMessage(f"ChangeCipherSpec is not allowed in state {self.state}")
 
     def _handle_alert(self, payload: bytes) -> None:
         alert = decode_alert(payload)

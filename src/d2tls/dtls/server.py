@@ -455,6 +455,20 @@ def _is_initial_client_hello(data: bytes) -> bool:
     return bool(fragments) and fragments[0].msg_type == HandshakeType.CLIENT_HELLO
 
 
+def _is_new_client_hello(data: bytes, connection: ServerConnection) -> bool:
+    """True for an initial ClientHello that does not repeat the one ``connection`` answered.
+
+    A delayed or duplicated copy of that ClientHello (same random, RFC 5246 §7.4.1.2) is a
+    retransmission, not a new handshake, and must not end the association (RFC 6347 §4.2.8).
+    """
+    if not _is_initial_client_hello(data):
+        return False
+    records, _ = parse_datagram(data)
+    first = parse_handshake_fragments(records[0].fragment)[0]
+    random = first.body[2:34] if first.fragment_offset == 0 else b""
+    return len(random) != 32 or random != connection.client_random
+
+
 class DTLSServer:
     """A DTLS 1.2 server endpoint serving many client addresses (sans-IO)."""
 
@@ -474,7 +488,7 @@ class DTLSServer:
         if (
             connection is not None
             and not connection.is_closed
-            and not (connection.is_established and _is_initial_client_hello(data))
+            and not (connection.is_established and _is_new_client_hello(data, connection))
         ):
             connection.receive_datagram(data, now)
             self._collect(connection)

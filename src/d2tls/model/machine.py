@@ -7,6 +7,7 @@ lacks. The driver turns "no transition for this trigger in this state" into a fa
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any
 
@@ -14,6 +15,11 @@ from transitions import Machine
 
 from d2tls.errors import ProtocolError, SpecError, UnexpectedMessage
 from d2tls.model.spec import RoleSpec, load_spec
+
+
+# `transitions` warns for every model method it does not overwrite (our engines define
+# close(), connect(), ... themselves on purpose); those warnings are noise, errors are not.
+logging.getLogger("transitions.core").setLevel(logging.ERROR)
 
 
 def builder_name(message: str) -> str:

@@ -63,6 +63,9 @@ MAX_HEAD = 16 * 1024
 MAX_HEADERS = 64
 #: Seconds a client may take to send its whole HTTP request.
 HTTP_READ_TIMEOUT = 10.0
+#: Seconds and bytes of input discarded after an error response before closing.
+LINGER_TIMEOUT = 1.0
+LINGER_LIMIT = 256 * 1024
 #: Tolerated clock difference for thisUpdate in the future (RFC 6960 §3.2 item 5, §4.2.2.1).
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -401,29 +404,46 @@ class OCSPResponder:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            try:
-                async with asyncio.timeout(HTTP_READ_TIMEOUT):
-                    code, body = await self._http_exchange(reader)
-            except TimeoutError:
-                code, body = 408, b""
-            except _HTTPError as exc:
-                code, body = exc.code, b""
-            except (ConnectionError, asyncio.IncompleteReadError):
-                return
-            headers = [f"Content-Length: {len(body)}", "Connection: close"]
-            if code == 200:
-                headers += [f"Content-Type: {_OCSP_RESPONSE_TYPE}", "Cache-Control: no-store"]
-            elif code == 405:
-                headers.append("Allow: GET, POST")
-            head = f"HTTP/1.1 {code} {_HTTP_REASONS[code]}\r\n" + "\r\n".join(headers)
-            writer.write(head.encode("ascii") + b"\r\n\r\n" + body)
-            await writer.drain()
+            await self._converse(reader, writer)
+        except asyncio.CancelledError:
+            pass  # server shutting down; Python 3.11 would log a cancelled handler as an error
         except Exception:  # a broken client must never stop the server
             pass
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request, one response, then close (RFC 9112 §9.6)."""
+        try:
+            async with asyncio.timeout(HTTP_READ_TIMEOUT):
+                code, body = await self._http_exchange(reader)
+        except TimeoutError:
+            code, body = 408, b""
+        except _HTTPError as exc:
+            code, body = exc.code, b""
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        headers = [f"Content-Length: {len(body)}", "Connection: close"]
+        if code == 200:
+            headers += [f"Content-Type: {_OCSP_RESPONSE_TYPE}", "Cache-Control: no-store"]
+        elif code == 405:
+            headers.append("Allow: GET, POST")
+        head = f"HTTP/1.1 {code} {_HTTP_REASONS[code]}\r\n" + "\r\n".join(headers)
+        writer.write(head.encode("ascii") + b"\r\n\r\n" + body)
+        await writer.drain()
+        if code != 200:
+            # Lingering close: discard what the client is still sending so that closing
+            # does not reset the connection before it has read the error (RFC 9112 §9.6).
+            if writer.can_write_eof():
+                writer.write_eof()
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(LINGER_TIMEOUT):
+                    discarded = 0
+                    while discarded <= LINGER_LIMIT and (chunk := await reader.read(MAX_BODY)):
+                        discarded += len(chunk)
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
     async def _http_exchange(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
         method, target, headers = await _read_head(reader, request=True)

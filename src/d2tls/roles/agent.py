@@ -117,6 +117,7 @@ class AgentSession:
         self.error_code = DelegationErrorCode.INTERNAL
         self.error = ""
         self.log: list[dict[str, Any]] = []
+        self.counted = False
         self._current: DelegationMessage | None = None
         self._signature_request: SignatureRequested | None = None
         self._driver = MachineDriver(self.ROLE, self, spec_name="d2tls")
@@ -408,7 +409,8 @@ class Agent:
         if signature is not None and client is not None and client.state == "wait_signature":
             client.provide_signature(signature, asyncio.get_running_loop().time())
             self._kick(session)
-        if session.is_final:
+        if session.is_final and not session.counted:
+            session.counted = True
             if session.state == "done":
                 self.completed += 1
             else:

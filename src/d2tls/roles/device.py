@@ -424,6 +424,7 @@ class Device:
             self._request_ids = protocol._next_request_id
         self.context = protocol.context
         report.delegations = protocol.delegations
+        report.resumed_from_cache = protocol.delegations == 0
         report.key_operations["sign"] = self.config.signer.signatures - signs_before
         report.cpu_ms = (time.process_time() - cpu_start) * 1000
         report.wall_ms = (time.perf_counter() - wall_start) * 1000
@@ -486,8 +487,6 @@ class Device:
             ),
             tracer=self._trace_link("device-server"),
         )
-        if protocol.state == "resuming" and protocol.delegations == 0:
-            report.resumed_from_cache = True
         endpoint = await ClientEndpoint.connect(
             self.config.server[0], self.config.server[1], engine
         )

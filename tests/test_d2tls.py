@@ -1,0 +1,311 @@
+"""D2TLS end to end (paper §4, Figure 8) with real UDP sockets on 127.0.0.1.
+
+Device, agent and server run in one asyncio loop here (the demo tests below run them as
+separate processes). Nothing is mocked: the agent runs a real DTLS handshake with a real
+server, asks the real device for the CertificateVerify signature, and the device resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import load_der_x509_certificate
+
+from conftest import SERVER_NAME, LoadedPKI, server_config
+from d2tls.delegation.messages import (
+    DelegationErrorCode,
+    DelegationMessage,
+    DelegationMode,
+    DelegationRequest,
+)
+from d2tls.dtls.constants import CipherSuite
+from d2tls.dtls.server import DTLSServer
+from d2tls.net.udp import ServerEndpoint
+from d2tls.pki.ocsp import OCSPResponder, RevocationList
+from d2tls.pki.verify import load_psk_file
+from d2tls.roles.agent import Agent, AgentConfig, AgentSession
+from d2tls.roles.device import DelegationFailed, Device, DeviceConfig
+from d2tls.roles.signer import DeviceSigner
+
+Address = tuple[str, int]
+
+
+@dataclass
+class Stack:
+    """A running server and agent, and a factory for devices."""
+
+    pki: LoadedPKI
+    server: ServerEndpoint
+    agent: Agent
+    agent_address: Address
+    received_by_agent: list[DelegationMessage]
+
+    @property
+    def server_address(self) -> Address:
+        assert self.server.address is not None
+        return self.server.address
+
+    def device(self, **overrides: Any) -> Device:
+        identity, psk = next(iter(load_psk_file(self.pki.paths.psk_file).items()))
+        settings: dict[str, Any] = {
+            "agent": self.agent_address,
+            "psk_identity": identity,
+            "psk": psk,
+            "server": self.server_address,
+            "server_name": SERVER_NAME,
+            "certificate_chain": self.pki.device.chain,
+            "signer": DeviceSigner(self.pki.device.key),
+            "timeout": 10.0,
+        }
+        settings.update(overrides)
+        return Device(DeviceConfig(**settings))
+
+
+@asynccontextmanager
+async def running_stack(
+    pki: LoadedPKI, *, ocsp_url: str | None = None, server: DTLSServer | None = None
+) -> AsyncIterator[Stack]:
+    server_endpoint = await ServerEndpoint.listen(
+        "127.0.0.1", 0, server or DTLSServer(server_config(pki)), echo=True
+    )
+    received: list[DelegationMessage] = []
+    original = AgentSession.receive
+
+    def spy(self: AgentSession, message: DelegationMessage) -> None:
+        received.append(message)
+        original(self, message)
+
+    AgentSession.receive = spy  # type: ignore[method-assign]
+    agent = Agent(
+        AgentConfig(
+            psk_keys=load_psk_file(pki.paths.psk_file),
+            trust_store=pki.store,
+            ocsp_url=ocsp_url,
+        ),
+        ocsp_issuer=pki.ca_cert,
+    )
+    address = await agent.start("127.0.0.1", 0)
+    try:
+        yield Stack(pki, server_endpoint, agent, address, received)
+    finally:
+        AgentSession.receive = original  # type: ignore[method-assign]
+        agent.close()
+        server_endpoint.close()
+        await asyncio.sleep(0.05)
+
+
+def run(coroutine_factory: Callable[[], Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coroutine_factory(), timeout=60))
+
+
+@pytest.mark.parametrize("mode", [DelegationMode.BOUND, DelegationMode.BLIND])
+def test_delegated_handshake_then_resumption_and_echo(pki: LoadedPKI, mode: DelegationMode) -> None:
+    """Paper Figure 8: the agent runs the full handshake, the device resumes end to end."""
+
+    async def scenario() -> None:
+        async with running_stack(pki) as stack:
+            device = stack.device(mode=mode)
+            connection = await device.connect()
+            connection.send(b"ping")
+            assert await connection.receive() == b"ping"
+            report = connection.report
+            assert report.delegations == 1
+            assert report.key_operations == {"sign": 1, "verify": 0, "ecdh": 0, "keygen": 0}
+            assert report.server_link.round_trips >= 1
+            await connection.close()
+            # The server saw the device's certificate on both connections.
+            assert stack.agent.completed == 1
+            # A second connection reuses the context: no delegation, no key operation.
+            again = await device.connect()
+            assert again.report.delegations == 0
+            assert again.report.resumed_from_cache
+            assert again.report.key_operations["sign"] == 0
+            assert again.session.session_id == connection.session.session_id
+            again.send(b"pong")
+            assert await again.receive() == b"pong"
+            await again.close()
+
+    run(scenario)
+
+
+def test_device_private_key_never_reaches_the_agent(pki: LoadedPKI) -> None:
+    """The agent only ever receives public data: no field of any message holds key material."""
+
+    async def scenario() -> None:
+        async with running_stack(pki) as stack:
+            connection = await stack.device().connect()
+            await connection.close()
+            key = pki.device.key
+            secrets = [
+                key.private_numbers().private_value.to_bytes(32, "big"),
+                key.private_bytes(
+                    serialization.Encoding.DER,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+            ]
+            assert stack.received_by_agent, "the spy saw nothing"
+            for message in stack.received_by_agent:
+                for item in fields(message):
+                    value = getattr(message, item.name)
+                    blobs = value if isinstance(value, tuple) else (value,)
+                    for blob in blobs:
+                        if isinstance(blob, bytes | str):
+                            data = blob.encode() if isinstance(blob, str) else blob
+                            for secret in secrets:
+                                assert secret not in data
+                                assert secret.hex().encode() not in data
+        # Structurally: neither the agent's configuration nor the request can carry a key.
+        for holder in (AgentConfig, DelegationRequest):
+            for item in fields(holder):
+                assert "private" not in item.name
+                assert "PrivateKey" not in str(item.type)
+
+    run(scenario)
+
+
+def test_refused_resumption_after_server_restart_delegates_again(pki: LoadedPKI) -> None:
+    """Paper §4.2: a new session ID from the server means: abandon and delegate again."""
+
+    async def scenario() -> None:
+        async with running_stack(pki) as stack:
+            device = stack.device()
+            first = await device.connect()
+            await first.close()
+            port = stack.server_address[1]
+            stack.server.close()  # restart: a new server process has an empty session cache
+            await asyncio.sleep(0.05)
+            stack.server = await ServerEndpoint.listen(
+                "127.0.0.1", port, DTLSServer(server_config(pki)), echo=True
+            )
+            second = await device.connect()
+            assert second.report.delegations == 1
+            assert not second.report.resumed_from_cache
+            assert second.session.session_id != first.session.session_id
+            second.send(b"after restart")
+            assert await second.receive() == b"after restart"
+            await second.close()
+
+    run(scenario)
+
+
+def test_expired_session_delegates_again(pki: LoadedPKI) -> None:
+    """A session the server expired is refused like an unknown one (RFC 5246 §7.4.1.2)."""
+
+    async def scenario() -> None:
+        server = DTLSServer(server_config(pki, session_lifetime=0.3))
+        async with running_stack(pki, server=server) as stack:
+            device = stack.device()
+            first = await device.connect()
+            await first.close()
+            await asyncio.sleep(0.5)
+            second = await device.connect()
+            assert second.report.delegations == 1
+            await second.close()
+
+    run(scenario)
+
+
+def test_wrong_psk_is_refused_on_the_channel(pki: LoadedPKI) -> None:
+    """The device<->agent channel is DTLS PSK: a wrong key never gets a delegation."""
+
+    async def scenario() -> None:
+        async with running_stack(pki) as stack:
+            device = stack.device(psk=os.urandom(32))
+            with pytest.raises(DelegationFailed, match="channel"):
+                await device.connect()
+            assert stack.agent.completed == 0
+
+    run(scenario)
+
+
+def test_revoked_server_certificate_fails_the_delegation(pki: LoadedPKI, tmp_path: Path) -> None:
+    """With --ocsp the agent checks the server certificate before asking for a signature."""
+
+    async def scenario() -> None:
+        revocations = tmp_path / "revoked.json"
+        responder = OCSPResponder(pki.ca_cert, pki.ca_key, revocations)
+        http = await responder.serve("127.0.0.1", 0)
+        port = http.sockets[0].getsockname()[1]
+        try:
+            async with running_stack(pki, ocsp_url=f"http://127.0.0.1:{port}") as stack:
+                good = await stack.device().connect()  # status good: works
+                await good.close()
+                revoked = RevocationList.load(revocations)
+                revoked.revoke(load_der_x509_certificate(pki.server.chain[0]))
+                revoked.save(revocations)
+                device = stack.device()
+                with pytest.raises(DelegationFailed, match="revoked") as failure:
+                    await device.connect()
+                assert "server_certificate_revoked" in str(failure.value)
+                assert device.config.signer.signatures == 0  # never asked to sign
+        finally:
+            http.close()
+            await http.wait_closed()
+
+    run(scenario)
+
+
+def test_fifty_devices_delegate_concurrently(pki: LoadedPKI) -> None:
+    """The agent serves many devices at once; every delegation succeeds."""
+
+    async def scenario() -> None:
+        async with running_stack(pki) as stack:
+            devices = [stack.device(timeout=30.0) for _ in range(50)]
+            connections = await asyncio.gather(*(d.connect() for d in devices))
+            assert len({c.session.session_id for c in connections}) == 50
+            for connection in connections:
+                assert connection.report.key_operations["sign"] == 1
+                await connection.close()
+            assert stack.agent.completed == 50
+            assert stack.agent.failed == 0
+
+    run(scenario)
+
+
+def test_agent_answers_garbage_with_a_delegation_error(pki: LoadedPKI) -> None:
+    """Malformed input on the channel gives DelegationError MALFORMED, never a crash."""
+    sent: list[DelegationMessage] = []
+    session = AgentSession(
+        AgentConfig(psk_keys={}, trust_store=pki.store),
+        sent.append,
+        lambda request, client: None,
+        lambda certificate, owner: None,
+    )
+    session.receive_bytes(b"\xff\x00garbage")
+    assert session.state == "failed"
+    assert len(sent) == 1
+    assert sent[0].code is DelegationErrorCode.MALFORMED  # type: ignore[union-attr]
+
+
+def test_agent_refuses_a_request_without_a_usable_suite(pki: LoadedPKI) -> None:
+    sent: list[DelegationMessage] = []
+    session = AgentSession(
+        AgentConfig(psk_keys={}, trust_store=pki.store),
+        sent.append,
+        lambda request, client: pytest.fail("must not start a handshake"),
+        lambda certificate, owner: None,
+    )
+    session.receive(
+        DelegationRequest(
+            request_id=7,
+            server_host="127.0.0.1",
+            server_port=4433,
+            server_name="localhost",
+            cipher_suites=(int(CipherSuite.TLS_PSK_WITH_AES_128_CCM_8),),
+            certificate_chain=pki.device.chain,
+            mode=DelegationMode.BLIND,
+            client_random=None,
+        )
+    )
+    assert session.state == "failed"
+    assert sent[0].code is DelegationErrorCode.UNSUPPORTED  # type: ignore[union-attr]
+    assert sent[0].request_id == 7
