@@ -541,6 +541,59 @@ def test_garbage_from_unknown_addresses_creates_no_state(pki: LoadedPKI) -> None
     assert server.stats["dropped_datagrams"] == 20
 
 
+def cookie_hello_datagram(run: Run) -> bytes:
+    """The delivered client datagram whose ClientHello carries the cookie."""
+    (datagram,) = [
+        d
+        for s, _, d in run.sim.delivered
+        if s == run.address and any(h.cookie for h in client_hellos(d))
+    ]
+    return datagram
+
+
+def test_a_repeated_client_hello_does_not_end_the_association(pki: LoadedPKI) -> None:
+    """RFC 6347 §4.2.8: the server "MUST NOT destroy the existing association" for a ClientHello
+    that does not start a new handshake; a late duplicate (or replay) of the cookie-bearing
+    ClientHello that created the association is only a retransmission (regression: it used to
+    replace the established connection)."""
+    run = Run(server_config(pki), client_config(pki))
+    run.handshake()
+    assert_established(run)
+    connection = run.server.connection(CLIENT_ADDRESS)
+    events_before = len(run.server_events)
+    hello = cookie_hello_datagram(run)
+    for _ in range(2):
+        run.sim.inject(CLIENT_ADDRESS, SERVER_ADDRESS, hello)
+        run.settle()
+    assert run.server.connection(CLIENT_ADDRESS) is connection
+    assert connection is not None and connection.is_established
+    assert run.server_events[events_before:] == []
+    assert not run.terminated(run.client_events)
+    exchange_application_data(run)
+
+
+def test_a_client_restarting_on_the_same_address_gets_a_new_association(pki: LoadedPKI) -> None:
+    """RFC 6347 §4.2.8: a new ClientHello (new random) that completes the cookie exchange on the
+    address of an existing association starts a new handshake that replaces it."""
+    server = DTLSServer(server_config(pki))
+    old = Run(server.config, client_config(pki), server=server)
+    old.handshake()
+    assert_established(old)
+    first = server.connection(CLIENT_ADDRESS)
+    new = Run(server.config, client_config(pki), server=server)
+    new.sim.connect(CLIENT_ADDRESS)
+    new.run(lambda: new.client.is_established and len(new.completed(new.server_events)) == 1)
+    new.settle()
+    second = server.connection(CLIENT_ADDRESS)
+    assert second is not None and second is not first and second.is_established
+    assert first is not None and first.is_closed
+    assert [type(e).__name__ for e in new.server_events] == [
+        "ConnectionTerminated",
+        "HandshakeCompleted",
+    ]
+    exchange_application_data(new)
+
+
 # --------------------------------------------------------------------------- lossy networks
 
 LOSSY = Impairments(loss=0.25, duplicate=0.15, reorder=0.25, latency=0.02, jitter=0.01)
@@ -1002,7 +1055,7 @@ def test_every_single_byte_corruption_of_a_record_is_dropped_silently(pki: Loade
     run.client.send_application_data(b"sensor value 42")
     (datagram,) = run.client.datagrams_to_send(run.sim.now)
     for position in range(len(datagram)):
-        for flip in (0x01, 0x80):
+        for flip in (0x01, 0x03, 0x80):
             corrupted = bytearray(datagram)
             corrupted[position] ^= flip
             discarded = connection.stats["records_discarded"]

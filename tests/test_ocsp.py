@@ -771,14 +771,14 @@ def test_run_ocsp_responder_forever_in_a_process(env: Env) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(env.paths.directory)],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
         prefix = "OCSP responder listening on http://127.0.0.1:"
-        assert line.startswith(prefix), (line, proc.stderr.read() if proc.poll() else "")
+        assert line.startswith(prefix), line + (proc.stdout.read() if proc.poll() else "")
         url = "http://127.0.0.1:" + line[len(prefix) :]
         assert run(check_ocsp(env.server, env.ca, url)).status is OCSPStatus.GOOD
         revoke_certificate(env.paths.directory, env.paths.server_cert)
@@ -786,6 +786,8 @@ def test_run_ocsp_responder_forever_in_a_process(env: Env) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 # --------------------------------------------------------------------------- openssl interop

@@ -53,6 +53,16 @@ def parse_suites(
 
 
 # --------------------------------------------------------------------------- server
+def open_session_store(url: str, key_file: str | None) -> Any:
+    """The server's session store for ``url`` (see d2tls.store)."""
+    if url == "memory://" and key_file is None:
+        from d2tls.dtls.session import MemorySessionStore
+
+        return MemorySessionStore()
+    from d2tls.store import open_store
+
+    return open_store(url, Path(key_file) if key_file else None)
+
 def build_server_config(args: argparse.Namespace) -> ServerConfig:
     psk_keys = dict(parse_psk(p) for p in args.psk or [])
     default: tuple[CipherSuite, ...]
@@ -72,6 +82,7 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
         else (ClientAuth.OPTIONAL if args.ca else ClientAuth.NONE),
         psk_keys=psk_keys,
         session_lifetime=args.session_lifetime,
+        session_store=open_session_store(args.session_store, args.store_key_file),
         cookie_exchange=not args.no_cookie,
         mtu=args.mtu,
         keylog=keylog_from_environment(),
@@ -389,6 +400,10 @@ def run_model_table(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from d2tls.demo import run_demo as demo
 
+    if args.fleet:
+        from d2tls.fleet import run_fleet_demo
+
+        return run_fleet_demo(args.fleet, as_json=args.json)
     return demo(as_json=args.json, server_kind=args.server, keep=args.keep)
 
 
@@ -413,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--no-cookie", action="store_true", help="skip HelloVerifyRequest (unsafe)")
     server.add_argument("--quiet", action="store_true")
     server.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    server.add_argument(
+        "--session-store", default="memory://", metavar="URL",
+        help="memory:// (default), sqlite:///path.db or redis://host:port/db",
+    )
+    server.add_argument(
+        "--store-key-file", metavar="FILE",
+        help="key that encrypts master secrets in sqlite/redis stores (32 bytes, hex)",
+    )
 
     client = sub.add_parser("client", help="run a DTLS 1.2 client")
     client.add_argument("address", type=parse_address, metavar="HOST:PORT")
@@ -490,12 +513,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="which DTLS server the device and agent talk to",
     )
     demo.add_argument("--keep", metavar="DIR", help="keep PKI, logs and traces in DIR")
+    demo.add_argument(
+        "--fleet", type=int, metavar="N",
+        help="run N server instances sharing a Redis session store behind a UDP load balancer",
+    )
+    _register_plugins(sub)
     return parser
+
+
+#: Modules that add subcommands: each has ``register(subparsers)`` and sets a ``handler``
+#: (``args -> exit status``) with ``set_defaults(handler=...)``. Keeps this file small.
+COMMAND_MODULES = (
+    "d2tls.prove.cli",
+    "d2tls.bench.cli",
+    "d2tls.conformance.cli",
+)
+
+
+def _register_plugins(sub: Any) -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # that part of the package is not there (yet)
+            raise
+        module.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            status: int = handler(args)
+            return status
         if args.command == "server":
             return asyncio.run(run_server(args))
         if args.command == "client":

@@ -117,7 +117,12 @@ def run(server_kind: str = "d2tls", keep: Path | None = None) -> dict[str, Any]:
             namespace = stack.enter_context(NetNamespace())
             prefix = ["ip", "netns", "exec", namespace.name]
         processes: list[Process] = []
-        stack.callback(lambda: [p.stop() for p in reversed(processes)])
+
+        def stop_all() -> None:
+            for process in reversed(processes):
+                process.stop()
+
+        stack.callback(stop_all)
 
         ocsp_port, agent_port = free_udp_port(), free_udp_port()
         ocsp_url = f"http://127.0.0.1:{ocsp_port}"

@@ -55,7 +55,7 @@ from d2tls.dtls.messages import (
     message_name,
 )
 from d2tls.dtls.record import AEADProtection, EpochState, Record, parse_datagram, protect, unprotect
-from d2tls.errors import D2TLSError, ProtocolError, RecordError, UnexpectedMessage
+from d2tls.errors import D2TLSError, DecodeError, ProtocolError, RecordError, UnexpectedMessage
 from d2tls.model.machine import MachineDriver
 
 Address = tuple[str, int]
@@ -245,7 +245,8 @@ class Connection:
             except RecordError as exc:
                 return self._discard(record, str(exc))
             return self._dispatch(record, payload, old_epoch=False)
-        if record.epoch == self._read.epoch + 1:
+        if record.epoch == self._read.epoch + 1 and self.state != "established":
+            # Once established no further epoch can start (renegotiation is refused).
             if len(self._future_records) < MAX_FUTURE_RECORDS:
                 self._future_records.append(record)
             else:
@@ -258,9 +259,11 @@ class Connection:
         ):
             try:
                 payload = unprotect(old, record)
-            except RecordError as exc:
+                # Only a retransmission check: a malformed old-epoch record (unauthenticated
+                # in epoch 0) is dropped, never fatal (RFC 6347 §4.1.2.7).
+                return self._dispatch(record, payload, old_epoch=True)
+            except (RecordError, DecodeError) as exc:
                 return self._discard(record, str(exc))
-            return self._dispatch(record, payload, old_epoch=True)
         return self._discard(record, f"record of epoch {record.epoch} not acceptable now")
 
     def _discard(self, record: Record, why: str) -> bool:

@@ -11,7 +11,7 @@ DTLS_1_0 = 0xFEFF
 
 #: Length of a record header: type(1) version(2) epoch(2) sequence_number(6) length(2).
 RECORD_HEADER_LEN = 13
-#: Length of a handshake header: type(1) length(3) message_seq(2) fragment_offset(3) fragment_length(3).
+#: Handshake header: type(1) length(3) message_seq(2) fragment_offset(3) fragment_length(3).
 HANDSHAKE_HEADER_LEN = 12
 #: Largest plaintext in one record (RFC 5246 §6.2.1).
 MAX_PLAINTEXT = 2**14

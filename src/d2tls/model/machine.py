@@ -16,7 +16,6 @@ from transitions import Machine
 from d2tls.errors import ProtocolError, SpecError, UnexpectedMessage
 from d2tls.model.spec import RoleSpec, load_spec
 
-
 # `transitions` warns for every model method it does not overwrite (our engines define
 # close(), connect(), ... themselves on purpose); those warnings are noise, errors are not.
 logging.getLogger("transitions.core").setLevel(logging.ERROR)

@@ -166,12 +166,14 @@ class ClientEndpoint(asyncio.DatagramProtocol):
 
     async def receive(self, timeout: float = 10.0) -> bytes:
         """Wait for the next application data (raises ConnectionFailed if the peer ended)."""
-        getter = asyncio.ensure_future(self._data.get())
+        getter: asyncio.Future[Any] = asyncio.ensure_future(self._data.get())
+        closed: asyncio.Future[Any] = self._closed
         done, _ = await asyncio.wait(
-            {getter, self._closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            {getter, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
         if getter in done:
-            return getter.result()
+            data: bytes = getter.result()
+            return data
         getter.cancel()
         if self._closed.done():
             raise ConnectionFailed(self._closed.result())

@@ -13,13 +13,13 @@ Responder (:class:`OCSPResponder`):
 * For this CA's CertIDs the answer is ``revoked`` if listed, else ``good`` - which §2.2 defines
   as "no certificate with this serial number currently within its validity interval is
   revoked". Pass ``known_serials`` to answer ``unknown`` (§2.2) for serials it rejects.
-* Only one Request per OCSPRequest (the RFC 5019 §2.1.1 profile, and all ``cryptography``
-  parses); anything unparsable gets ``malformedRequest`` (§2.3). A revocation file that cannot
+* One Request per OCSPRequest (the RFC 5019 §2.1.1 profile; ``cryptography`` parses no
+  other); anything unparsable gets ``malformedRequest`` (§2.3). A revocation file that cannot
   be read gets ``internalError``: failing closed beats answering ``good``.
 
-Client (:func:`check_ocsp`): one SHA-1 CertID (the hash OpenSSL and most responders use; RFC
-5019 §2.1.1 requires SHA-1 support), POSTed over HTTP/1.0 to a loopback responder, and the
-checks of §3.2 - see :func:`check_ocsp`.
+Client (:func:`check_ocsp`): one SHA-1 CertID (what ``openssl ocsp`` and most responders use,
+and what the RFC 5019 §2.1.1 profile mandates; RFC 6960 allows any hash), POSTed over
+HTTP/1.0 to a loopback responder, then the acceptance checks of §3.2 - see :func:`check_ocsp`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import enum
 import ipaddress
 import json
 import os
-import sys
 import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -622,7 +621,7 @@ async def _http_post(url: str, body: bytes) -> bytes:
             code, phrase, headers = await _read_head(reader, request=False)
             length = _content_length(headers)
         except _HTTPError as exc:
-            raise OCSPError(f"OCSP responder {url} sent a malformed HTTP response") from exc
+            raise OCSPError(f"OCSP responder {url} sent no valid HTTP response") from exc
         if code != "200":
             raise OCSPError(f"OCSP responder {url} answered HTTP {code} {phrase}".rstrip())
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -677,12 +676,12 @@ def _verify_signature(key: object, response: ocsp.OCSPResponse) -> None:
 
 def _responder_matches(response: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
     """Whether the ResponderID (RFC 6960 §4.2.2.3) names ``cert``."""
-    with _malformed("responderID"):
+    with _malformed("responderID or certs"):
         key_hash = response.responder_key_hash
+        if key_hash is not None:
+            return key_hash == _issuer_hashes(cert, hashes.SHA1())[1]
         name = response.responder_name
-    if key_hash is not None:
-        return key_hash == _issuer_hashes(cert, hashes.SHA1())[1]
-    return name is not None and name == cert.subject
+        return name is not None and name == cert.subject
 
 
 def _ocsp_signing_authorized(cert: x509.Certificate) -> bool:
@@ -844,7 +843,6 @@ def run_ocsp_responder_forever(pki_dir: Path, host: str, port: int) -> None:
             raise ConfigurationError(f"cannot listen on {host}:{port}: {exc}") from exc
         bound = server.sockets[0].getsockname()[1] if server.sockets else port
         print(f"OCSP responder listening on {_listen_url(host, bound)}", flush=True)
-        sys.stdout.flush()
         async with server:
             await server.serve_forever()
 

@@ -118,6 +118,7 @@ class AgentSession:
         self.error = ""
         self.log: list[dict[str, Any]] = []
         self.counted = False
+        self._pending_signature: bytes | None = None
         self._current: DelegationMessage | None = None
         self._signature_request: SignatureRequested | None = None
         self._driver = MachineDriver(self.ROLE, self, spec_name="d2tls")
@@ -327,8 +328,8 @@ class AgentSession:
             self.config.tracer(entry)
 
     def take_signature(self) -> bytes | None:
-        signature = getattr(self, "_pending_signature", None)
-        self._pending_signature = None
+        """The device's signature, once, for the owner to hand to the DTLS client."""
+        signature, self._pending_signature = self._pending_signature, None
         return signature
 
 
@@ -340,6 +341,7 @@ class Agent:
         self._ocsp_issuer = ocsp_issuer
         self._sessions: dict[Address, AgentSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._server_endpoints: dict[int, ClientEndpoint] = {}
         self.completed = 0
         self.failed = 0
         self.endpoint: ServerEndpoint | None = None
@@ -419,8 +421,8 @@ class Agent:
             self.endpoint.flush()
 
     def _kick(self, session: AgentSession) -> None:
-        endpoint = getattr(session, "_server_endpoint", None)
-        if isinstance(endpoint, ClientEndpoint):
+        endpoint = self._server_endpoints.get(id(session))
+        if endpoint is not None:
             endpoint.pump()
 
     async def _run_server_handshake(
@@ -440,7 +442,7 @@ class Agent:
             session._fire("server_failed")
             self._after(session)
             return
-        session._server_endpoint = endpoint  # type: ignore[attr-defined]
+        self._server_endpoints[id(session)] = endpoint
         try:
             await endpoint.handshake(timeout=self.config.handshake_timeout)
         except ConnectionFailed:
@@ -450,6 +452,7 @@ class Agent:
             self._after(session)
         await asyncio.sleep(0.05)  # let close_notify leave
         await endpoint.close()
+        self._server_endpoints.pop(id(session), None)
 
     async def _check_status(self, certificate: x509.Certificate, session: AgentSession) -> None:
         from d2tls.pki.ocsp import OCSPError, OCSPStatus, check_ocsp
