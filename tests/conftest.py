@@ -45,6 +45,9 @@ class Identity:
     chain: tuple[bytes, ...]
     key: ec.EllipticCurvePrivateKey
 
+    def __repr__(self) -> str:
+        return f"Identity({self.leaf.subject.rfc4514_string()})"
+
     @property
     def leaf(self) -> x509.Certificate:
         return x509.load_der_x509_certificate(self.chain[0])
@@ -63,6 +66,12 @@ class LoadedPKI:
     other_store: Store
     server: Identity
     device: Identity
+
+    def __repr__(self) -> str:  # keep hypothesis and pytest reports readable
+        return f"LoadedPKI({self.paths.directory})"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis' pretty printer
+        printer.text(repr(self))
 
     def issue(
         self,

@@ -309,3 +309,20 @@ def test_agent_refuses_a_request_without_a_usable_suite(pki: LoadedPKI) -> None:
     assert session.state == "failed"
     assert sent[0].code is DelegationErrorCode.UNSUPPORTED  # type: ignore[union-attr]
     assert sent[0].request_id == 7
+
+
+def test_device_key_log_decrypts_the_resumed_session(pki: LoadedPKI) -> None:
+    """SSLKEYLOGFILE lines (NSS format) carry the resumed session's master secret."""
+    lines: list[str] = []
+
+    async def scenario() -> None:
+        async with running_stack(pki) as stack:
+            connection = await stack.device(keylog=lines.append).connect()
+            master = bytes(connection.session.master_secret).hex()
+            await connection.close()
+            assert len(lines) == 1
+            label, client_random, secret = lines[0].split()
+            assert label == "CLIENT_RANDOM" and len(client_random) == 64
+            assert secret == master
+
+    run(scenario)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -242,6 +243,19 @@ def test_round_trip(message: DelegationMessage) -> None:
     assert len(data) <= MAX_MESSAGE_SIZE
     assert decode_message(data) == message
     assert cbor2.dumps(cbor2.loads(data), canonical=True) == data  # deterministic per cbor2
+
+
+def test_spec_cddl_accepts_our_encodings() -> None:
+    """spec/delegation.md's CDDL parses and matches the codec (needs the optional pycddl)."""
+    pycddl = pytest.importorskip("pycddl")
+    spec = (Path(__file__).parent.parent / "spec" / "delegation.md").read_text()
+    schema = pycddl.Schema(spec.split("```cddl\n", 1)[1].split("```", 1)[0])
+    for _, expected in KNOWN:
+        schema.validate_cbor(unhex(expected))
+    blind = dataclasses.replace(REQUEST, mode=DelegationMode.BLIND, client_random=None)
+    more: list[DelegationMessage] = [blind, SignRequest(1, b"d" * 32), Wiped(MAX_REQUEST_ID)]
+    for message in more:
+        schema.validate_cbor(encode_message(message))
 
 
 # --------------------------------------------------------------------------- decode rules

@@ -519,7 +519,11 @@ def decode_message(data: bytes) -> DelegationMessage:
         raise DelegationProtocolError(malformed, f"{name}: {exc.args[0]}", request_id) from None
 
     message = build(**values)
-    if encode_message(message) != data:
+    try:
+        canonical = encode_message(message)
+    except ValueError as exc:  # unreachable: the values were checked and the input was small
+        raise DelegationProtocolError(malformed, str(exc), request_id) from None
+    if canonical != data:
         raise DelegationProtocolError(
             malformed, "not the deterministic CBOR encoding (RFC 8949 §4.2.1)", request_id
         )

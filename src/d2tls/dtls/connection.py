@@ -241,7 +241,7 @@ class Connection:
         self._record_seq = record.sequence_number
         if record.epoch == self._read.epoch:
             try:
-                payload = unprotect(self._read, record)
+                payload = self._open(self._read, record)
             except RecordError as exc:
                 return self._discard(record, str(exc))
             return self._dispatch(record, payload, old_epoch=False)
@@ -258,13 +258,28 @@ class Connection:
             ContentType.CHANGE_CIPHER_SPEC,
         ):
             try:
-                payload = unprotect(old, record)
+                payload = self._open(old, record)
                 # Only a retransmission check: a malformed old-epoch record (unauthenticated
                 # in epoch 0) is dropped, never fatal (RFC 6347 §4.1.2.7).
                 return self._dispatch(record, payload, old_epoch=True)
             except (RecordError, DecodeError) as exc:
                 return self._discard(record, str(exc))
         return self._discard(record, f"record of epoch {record.epoch} not acceptable now")
+
+    @staticmethod
+    def _open(state: EpochState, record: Record) -> bytes:
+        """The record's plaintext, or RecordError if it must be discarded.
+
+        Epoch 0 has no MAC, so its replay window is not used: one forged record with a huge
+        sequence number would otherwise move the window past every genuine record
+        (RFC 6347 §4.1.2.6 updates the window only for authenticated records). Repeated
+        handshake messages are recognised by their message_seq instead (RFC 6347 §4.2.2).
+        """
+        if state.protection is None:
+            if len(record.fragment) > MAX_PLAINTEXT:
+                raise RecordError("plaintext exceeds 2^14 bytes")
+            return bytes(record.fragment)
+        return unprotect(state, record)
 
     def _discard(self, record: Record, why: str) -> bool:
         """Silently drop a record (RFC 6347 §4.1.2.7), counting it."""
