@@ -24,6 +24,7 @@ What happens to garbage (documented behaviour, checked below):
 
 from __future__ import annotations
 
+import os
 import pytest
 from conftest import (
     CLIENT_ADDRESS,
@@ -44,10 +45,13 @@ from d2tls.dtls.fragments import HandshakeFragment, encode_fragment
 from d2tls.dtls.record import Record, encode_record, parse_datagram
 
 MTU = 256  # small flights: more datagrams, so more states between them
+#: Deterministic by default; D2TLS_FUZZ_EXAMPLES=N runs N random examples per test instead.
+_EXAMPLES = os.environ.get("D2TLS_FUZZ_EXAMPLES")
 FUZZ = settings(
-    max_examples=30,
+    max_examples=int(_EXAMPLES) if _EXAMPLES else 80,
     deadline=None,
-    derandomize=True,
+    derandomize=not _EXAMPLES,
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 

@@ -213,6 +213,15 @@ class AgentSession:
             return False
         return True
 
+    def session_resumable(self) -> bool:
+        """RFC 5246 §7.4.1.3: an empty session ID means the server will not resume."""
+        session = self.client.session if self.client is not None else None
+        return session is not None and len(session.session_id) > 0
+
+    def report_unresumable(self) -> None:
+        self.error_code = DelegationErrorCode.UNSUPPORTED
+        self.error = "the server gave no session ID: its sessions cannot be resumed"
+
     def ocsp_configured(self) -> bool:
         return self.config.ocsp_url is not None
 
@@ -391,8 +400,17 @@ class Agent:
     def _new_session(self, peer: Address) -> AgentSession:
         def send(message: DelegationMessage) -> None:
             connection = self.engine.connection(peer)
-            if connection is not None and connection.is_established:
-                connection.send_application_data(encode_message(message))
+            if connection is None or not connection.is_established:
+                return
+            try:
+                data = encode_message(message)
+            except ValueError as exc:  # e.g. a transcript that does not fit in 16 KiB
+                data = encode_message(
+                    DelegationError(
+                        message.request_id, DelegationErrorCode.UNSUPPORTED, str(exc)[:256]
+                    )
+                )
+            connection.send_application_data(data)
 
         def start_handshake(request: DelegationRequest, client: DTLSClient) -> None:
             self._spawn(self._run_server_handshake(session, request, client))
