@@ -36,7 +36,18 @@ def parse_address(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     host = host.strip("[]")
+    if not host or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT with a port in 0..65535, got {text!r}"
+        )
     return host, int(port)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def parse_suites(
@@ -62,6 +73,7 @@ def open_session_store(url: str, key_file: str | None) -> Any:
     from d2tls.store import open_store
 
     return open_store(url, Path(key_file) if key_file else None)
+
 
 def build_server_config(args: argparse.Namespace) -> ServerConfig:
     psk_keys = dict(parse_psk(p) for p in args.psk or [])
@@ -156,6 +168,8 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
     config = build_client_config(args)
     if config.certificate_chain and config.private_key is None:
         raise D2TLSError("--cert needs --key")
+    if args.session_out:
+        _check_writable(Path(args.session_out))
     engine = DTLSClient(config)
     started = time.perf_counter()
     endpoint = await ClientEndpoint.connect(args.address[0], args.address[1], engine)
@@ -176,6 +190,7 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
         )
         if args.session_out:
             save_session(done.session, Path(args.session_out))
+        result["received"] = None
         if args.send is not None:
             endpoint.send(args.send.encode())
             try:
@@ -196,6 +211,14 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
         result.update(ok=False, error="handshake timed out", alert=None)
         await endpoint.close()
     return result
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before the handshake if the session cannot be saved."""
+    if not path.parent.is_dir():
+        raise D2TLSError(f"cannot write {path}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise D2TLSError(f"cannot write {path}: it is a directory")
 
 
 def print_client_result(result: dict[str, Any], as_json: bool) -> None:
@@ -429,11 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--quiet", action="store_true")
     server.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
     server.add_argument(
-        "--session-store", default="memory://", metavar="URL",
+        "--session-store",
+        default="memory://",
+        metavar="URL",
         help="memory:// (default), sqlite:///path.db or redis://host:port/db",
     )
     server.add_argument(
-        "--store-key-file", metavar="FILE",
+        "--store-key-file",
+        metavar="FILE",
         help="key that encrypts master secrets in sqlite/redis stores (32 bytes, hex)",
     )
 
@@ -459,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     init = pki.add_parser("init", help="create a CA, a server certificate, devices and PSKs")
     init.add_argument("directory")
     init.add_argument("--server-name", default="localhost")
-    init.add_argument("--devices", type=int, default=1)
+    init.add_argument("--devices", type=positive_int, default=1)
     ocsp = pki.add_parser("ocsp", help="run an OCSP responder for the PKI's CA (RFC 6960)")
     ocsp.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT")
     ocsp.add_argument("--pki", required=True, metavar="DIR")
@@ -489,7 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--standalone", action="store_true", help="full handshake without an agent")
     device.add_argument("--ca", help="trust store (only for --standalone)")
     device.add_argument("--cipher", action="append", choices=sorted(CIPHER_SUITE_NAMES))
-    device.add_argument("--connections", type=int, default=1, help="connect N times in a row")
+    device.add_argument(
+        "--connections", type=positive_int, default=1, help="connect N times in a row"
+    )
     device.add_argument("--send", metavar="TEXT")
     device.add_argument("--receive-timeout", type=float, default=3.0)
     device.add_argument("--json", action="store_true")
@@ -514,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep", metavar="DIR", help="keep PKI, logs and traces in DIR")
     demo.add_argument(
-        "--fleet", type=int, metavar="N",
+        "--fleet",
+        type=int,
+        metavar="N",
         help="run N server instances sharing a Redis session store behind a UDP load balancer",
     )
     _register_plugins(sub)
@@ -574,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_model_table(args)
         if args.command == "demo":
             return run_demo(args)
-    except D2TLSError as exc:
+    except (D2TLSError, OSError) as exc:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(exc), "alert": None}))
         else:

@@ -223,6 +223,11 @@ class Connection:
             self._fire_safely("close")
 
     @property
+    def has_partial_message(self) -> bool:
+        """True while fragments of a handshake message wait for the rest (RFC 6347 §4.2.3)."""
+        return self._reassembler.pending > 0
+
+    @property
     def is_established(self) -> bool:
         """True while application data may flow."""
         return self.state == "established"

@@ -183,8 +183,37 @@ class ServerConnection(Connection):
             return False  # RFC 7627 §5.3: fall back to a full handshake
         if session.server_name != hello.server_name:
             return False  # RFC 6066 §3: SNI must match the original session
+        if not self._client_identity_acceptable(session):
+            return False  # the session's client identity is not one we accept now
         self._resumable = session
         return True
+
+    def _client_identity_acceptable(self, session: Session) -> bool:
+        """The client identity bound to ``session`` must satisfy the current policy.
+
+        An abbreviated handshake carries no Certificate (RFC 5246 §7.3): the resumed connection
+        inherits the identity authenticated by the full handshake that created the session. In
+        D2TLS the agent ran that handshake with the *device's* certificate chain, so the
+        identity is that certificate itself (not an address: agent and device differ). Like
+        OpenSSL's session ID context, a session is only resumed where that identity would be
+        accepted again (a shared store may hold sessions made under another policy):
+
+        * a client certificate chain must still verify against this server's trust store
+          (same CA, not expired) — no trust store, no resumption;
+        * a PSK identity must still be configured;
+        * a server that requires client certificates does not resume an unauthenticated one.
+        """
+        if session.psk_identity is not None:
+            return session.psk_identity in self.config.psk_keys
+        if session.peer_certificates:
+            if self.config.trust_store is None:
+                return False
+            try:
+                verify_client_chain(session.peer_certificates, self.config.trust_store)
+            except CertificateError:
+                return False
+            return True
+        return self.config.client_auth is not ClientAuth.REQUIRED
 
     def psk_suite_chosen(self) -> bool:
         return self._negotiate_suite() in PSK_SUITES
@@ -469,6 +498,12 @@ def _is_new_client_hello(data: bytes, connection: ServerConnection) -> bool:
     return len(random) != 32 or random != connection.client_random
 
 
+#: Fragmented ClientHellos whose reassembly is in progress, per listener (memory bound).
+MAX_PARTIAL_HELLOS = 256
+#: How long the fragments of an incomplete ClientHello are kept.
+PARTIAL_HELLO_TIMEOUT = 5.0
+
+
 class DTLSServer:
     """A DTLS 1.2 server endpoint serving many client addresses (sans-IO)."""
 
@@ -479,6 +514,7 @@ class DTLSServer:
         self._connections: dict[Address, ServerConnection] = {}
         self._events: deque[Event] = deque()
         self._stateless_out: list[tuple[bytes, Address]] = []
+        self._partial_hellos: dict[Address, tuple[ServerConnection, float]] = {}
         self._tracer = tracer
         self.stats = {"stateless_replies": 0, "dropped_datagrams": 0}
 
@@ -493,16 +529,32 @@ class DTLSServer:
             connection.receive_datagram(data, now)
             self._collect(connection)
             return
-        if not _is_initial_client_hello(data):
+        held = self._partial_hellos.pop(peer, None)
+        if held is not None and now - held[1] <= PARTIAL_HELLO_TIMEOUT:
+            candidate = held[0]  # the rest of a fragmented ClientHello (RFC 6347 §4.2.3)
+        elif _is_initial_client_hello(data):
+            candidate = ServerConnection(self.config, peer, self._cookies, self._tracer)
+        else:
             self.stats["dropped_datagrams"] += 1
             return
-        candidate = ServerConnection(self.config, peer, self._cookies, self._tracer)
         candidate.receive_datagram(data, now)
+        if (
+            candidate.state == "listen"
+            and not candidate.is_closed
+            and candidate.has_partial_message
+        ):
+            # Keep only the fragments, bounded in number and time, until the message is whole.
+            if len(self._partial_hellos) >= MAX_PARTIAL_HELLOS:
+                self._partial_hellos.pop(next(iter(self._partial_hellos)))
+            self._partial_hellos[peer] = (candidate, now)
+            return
         if candidate.state == "listen" or candidate.is_closed:
             # RFC 6347 §4.2.1: no state is kept before the cookie proves the address.
             self.stats["stateless_replies"] += 1
             self._stateless_out.extend((d, peer) for d in candidate.datagrams_to_send(now))
-            self._collect(candidate)
+            if connection is None or connection.is_closed:
+                # A failed stray ClientHello must not look like the end of the live association.
+                self._collect(candidate)
             return
         if len(self._connections) >= self.config.max_connections and peer not in self._connections:
             self._evict_one()
