@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -63,33 +64,42 @@ class SessionStore(Protocol):
 
 
 class MemorySessionStore:
-    """In-memory session cache with expiry and a size bound (oldest evicted first)."""
+    """In-memory session cache with expiry and a size bound (oldest evicted first).
+
+    Thread-safe. Other stores (SQLite, Redis, selected by URL) are in :mod:`d2tls.store`.
+    """
 
     def __init__(self, max_sessions: int = 10_000) -> None:
         self._sessions: dict[bytes, Session] = {}
         self._max = max_sessions
+        self._lock = threading.RLock()
 
     def get(self, session_id: bytes) -> Session | None:
-        session = self._sessions.get(session_id)
-        if session is None:
-            return None
-        if session.expired():
-            self.delete(session_id)
-            return None
-        return session
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return None
+            if session.expired():
+                self.delete(session_id)
+                return None
+            return session
 
     def put(self, session: Session) -> None:
-        while len(self._sessions) >= self._max:
-            oldest = next(iter(self._sessions))
-            self.delete(oldest)
-        self._sessions[session.session_id] = session
+        with self._lock:
+            self._sessions.pop(session.session_id, None)
+            while self._sessions and len(self._sessions) >= self._max:
+                oldest = next(iter(self._sessions))
+                self.delete(oldest)
+            self._sessions[session.session_id] = session
 
     def delete(self, session_id: bytes) -> None:
-        session = self._sessions.pop(session_id, None)
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
         if session is not None:
             session.wipe()
 
     def count(self) -> int:
-        for sid in [s for s, v in self._sessions.items() if v.expired()]:
-            self.delete(sid)
-        return len(self._sessions)
+        with self._lock:
+            for sid in [s for s, v in self._sessions.items() if v.expired()]:
+                self.delete(sid)
+            return len(self._sessions)
