@@ -1,0 +1,328 @@
+"""``d2tls bench {device,latency,server,record}`` and ``d2tls overhead``.
+
+Registered by :mod:`d2tls.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from d2tls.bench.common import print_json
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(float(x)) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser, runs: int | None = 50) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--save", metavar="FILE", help="also write the JSON result to FILE")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if runs is not None:
+        parser.add_argument(
+            "--runs", type=_positive, default=runs, help=f"measured runs (default {runs})"
+        )
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], render: Any) -> int:
+    if args.save:
+        Path(args.save).write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+    if args.json:
+        print_json(result)
+    else:
+        print(render(result))
+    return 0
+
+
+# --------------------------------------------------------------------------- handlers
+def _device(args: argparse.Namespace) -> int:
+    from d2tls.bench import device
+
+    result = device.run(
+        runs=args.runs,
+        warmup=args.warmup,
+        progress=not args.no_progress,
+        breakdown=not args.no_breakdown,
+        profile_runs=args.profile,
+    )
+    return _emit(args, result, device.render)
+
+
+def _latency(args: argparse.Namespace) -> int:
+    from d2tls.bench import latency
+
+    profiles = [
+        latency.Profile(name, latency.PROFILES[name], args.jitter, args.loss, args.local_rtt)
+        for name in (args.network or ([] if args.rtt else ["lan", "wan"]))
+    ]
+    for rtt in args.rtt or []:
+        profiles.append(
+            latency.Profile(f"rtt-{rtt:g}ms", rtt, args.jitter, args.loss, args.local_rtt)
+        )
+    result = latency.run(
+        profiles,
+        runs=args.runs,
+        warmup=args.warmup,
+        seed=args.seed,
+        device_sign_ms=args.device_sign_ms,
+        progress=not args.no_progress,
+    )
+    return _emit(args, result, latency.render)
+
+
+def _server(args: argparse.Namespace) -> int:
+    from d2tls.bench import server
+
+    stores: list[str] | None = [] if args.no_stores else (args.store or None)
+    result = server.run(
+        concurrency=args.concurrency,
+        duration=args.duration,
+        cache_sizes=args.cache_sizes,
+        cache_duration=args.cache_duration,
+        store_urls=stores,
+        store_n=args.store_n,
+        progress=not args.no_progress,
+    )
+    return _emit(args, result, server.render)
+
+
+def _record(args: argparse.Namespace) -> int:
+    from d2tls.bench import record
+
+    result = record.run(runs=args.runs, sizes=tuple(args.sizes), progress=not args.no_progress)
+    return _emit(args, result, record.render)
+
+
+def _overhead(args: argparse.Namespace) -> int:
+    from d2tls.bench import overhead
+
+    if args.from_json:
+        delays = overhead.delays_from_bench(
+            json.loads(Path(args.from_json).read_text()), args.from_profile, args.modelled
+        )
+    else:
+        delays = overhead.Delays.preset(args.preset)
+    if args.full_ms is not None or args.d2tls_ms is not None or args.resumption_ms is not None:
+        delays = overhead.Delays(
+            args.full_ms if args.full_ms is not None else delays.full,
+            args.d2tls_ms if args.d2tls_ms is not None else delays.d2tls,
+            args.resumption_ms if args.resumption_ms is not None else delays.resumption,
+            "custom",
+        )
+    trace = None
+    if args.trace:
+        trace = overhead.read_trace(Path(args.trace))
+    elif args.synthetic_trace is not None:
+        trace = overhead.synthetic_trace(args.synthetic_trace)
+    result = overhead.run(
+        delays,
+        frequencies=args.frequencies,
+        lifetimes_h=args.lifetimes,
+        per_day=args.sessions_per_day,
+        figure9_lifetime_h=args.figure9_lifetime,
+        trace=trace,
+        threshold=args.threshold,
+    )
+    if args.synthetic_trace is not None and "trace" in result:
+        result["trace"]["synthetic"] = True
+    if args.plot_dir:
+        directory = Path(args.plot_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        stem = args.plot_prefix
+        plots = [
+            overhead.plot_figure9(
+                result["figure9"], directory / f"{stem}-figure9.{args.format}", delays
+            ),
+            overhead.plot_figure10(
+                result["figure10"], directory / f"{stem}-figure10.{args.format}", delays
+            ),
+        ]
+        if "trace" in result:
+            plots += overhead.plot_trace(result["trace"], directory, args.format, f"{stem}-trace")
+        result["plots"] = [str(p) for p in plots]
+    return _emit(args, result, overhead.render)
+
+
+# --------------------------------------------------------------------------- parsers
+def register(subparsers: Any) -> None:
+    """Add ``bench`` (device, latency, server, record) and ``overhead`` to ``d2tls``."""
+    bench = subparsers.add_parser("bench", help="benchmarks (device, latency, server, record)")
+    kinds = bench.add_subparsers(dest="bench_command", required=True)
+
+    device = kinds.add_parser(
+        "device", help="device cost per new session: D2TLS bound/blind vs standalone DTLS"
+    )
+    _common(device)
+    device.add_argument("--warmup", type=int, default=3)
+    device.add_argument(
+        "--no-breakdown", action="store_true", help="skip the bytes-by-record-type pass"
+    )
+    device.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile N extra D2TLS sessions of the device thread with pyinstrument",
+    )
+    device.set_defaults(handler=_device)
+
+    latency = kinds.add_parser(
+        "latency", help="device-perceived setup time through the impairment relay"
+    )
+    _common(latency)
+    latency.add_argument(
+        "--network",
+        action="append",
+        choices=sorted(["lan", "wan"]),
+        help="the paper's profiles: lan = 1.366 ms RTT, wan = 167.888 ms RTT (default both)",
+    )
+    latency.add_argument(
+        "--rtt", action="append", type=float, metavar="MS", help="a custom RTT (repeatable)"
+    )
+    latency.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="per direction")
+    latency.add_argument("--loss", type=float, default=0.0, help="per direction, 0..1")
+    latency.add_argument(
+        "--local-rtt", type=float, default=0.0, metavar="MS", help="device-agent link RTT"
+    )
+    latency.add_argument("--seed", type=int, default=0)
+    latency.add_argument("--warmup", type=int, default=2)
+    latency.add_argument(
+        "--device-sign-ms",
+        type=float,
+        metavar="MS",
+        help="calibrated slow-device model: scale public-key ops so one signature takes MS "
+        "(the paper's CC3200: 414)",
+    )
+    latency.set_defaults(handler=_latency)
+
+    server = kinds.add_parser("server", help="server handshakes/s, resumptions/s, cache memory")
+    _common(server, runs=None)
+    server.add_argument(
+        "--concurrency",
+        type=_int_list,
+        default=[10, 100, 1000],
+        metavar="N,N,...",
+        help="concurrent clients per level (default 10,100,1000)",
+    )
+    server.add_argument("--duration", type=float, default=5.0, help="seconds per level")
+    server.add_argument(
+        "--cache-sizes",
+        type=_int_list,
+        default=[10**3, 10**4, 10**5, 10**6],
+        metavar="N,N,...",
+        help="cached sessions to test resumption against (default 1e3,1e4,1e5,1e6)",
+    )
+    server.add_argument("--cache-duration", type=float, default=3.0)
+    server.add_argument(
+        "--store",
+        action="append",
+        metavar="URL",
+        help="session store to benchmark with d2tls.store.bench (default memory:// and sqlite)",
+    )
+    server.add_argument("--store-n", type=int, default=1000)
+    server.add_argument("--no-stores", action="store_true")
+    server.set_defaults(handler=_server)
+
+    record = kinds.add_parser("record", help="application-data record cost vs the raw AEAD")
+    _common(record)
+    record.add_argument(
+        "--sizes", type=_int_list, default=[16, 64, 256, 1024, 1345], metavar="B,B,..."
+    )
+    record.set_defaults(handler=_record)
+
+    from d2tls.bench.overhead import FIGURE9_FREQUENCIES, FIGURE10_LIFETIMES_H, PRESETS
+
+    over = subparsers.add_parser(
+        "overhead", help="24-hour session-overhead model of the paper (Figs. 9-10)"
+    )
+    over.add_argument("--json", action="store_true")
+    over.add_argument("--save", metavar="FILE")
+    over.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="cc3200-lan",
+        help="the paper's delays (Tables 3-4; default cc3200-lan)",
+    )
+    over.add_argument("--full-ms", type=float, help="standalone DTLS full handshake (ms)")
+    over.add_argument("--d2tls-ms", type=float, help="D2TLS delegated handshake (ms)")
+    over.add_argument("--resumption-ms", type=float, help="session resumption (ms)")
+    over.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="take the delays from a 'bench latency/device --save' JSON",
+    )
+    over.add_argument("--from-profile", metavar="NAME", help="which latency profile (lan, wan)")
+    over.add_argument(
+        "--modelled",
+        action="store_true",
+        help="use the calibrated slow-device model of 'bench latency'",
+    )
+    over.add_argument("--sessions-per-day", type=int, default=100, help="for Figure 10")
+    over.add_argument(
+        "--frequencies",
+        type=_int_list,
+        default=list(FIGURE9_FREQUENCIES),
+        metavar="N,N,...",
+        help="sessions/day for Figure 9",
+    )
+    over.add_argument(
+        "--lifetimes",
+        type=_float_list,
+        default=list(FIGURE10_LIFETIMES_H),
+        metavar="H,H,...",
+        help="context lifetimes in hours for Figure 10",
+    )
+    over.add_argument("--figure9-lifetime", type=float, default=24.0, metavar="H")
+    over.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="packet timestamps: CSV (seconds) or pcap; split into sessions",
+    )
+    over.add_argument(
+        "--synthetic-trace",
+        type=int,
+        metavar="SEED",
+        help="use a generated 24-hour trace (100 bursts) instead",
+    )
+    over.add_argument(
+        "--threshold",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="inactivity that separates sessions (paper §3: 60 s)",
+    )
+    over.add_argument("--plot-dir", metavar="DIR", help="write Figure 9/10 (and trace) plots")
+    over.add_argument("--plot-prefix", default="overhead")
+    over.add_argument("--format", choices=["png", "svg"], default="png")
+    over.set_defaults(handler=_overhead)
+
+
+def main(argv: list[str] | None = None) -> int:  # pragma: no cover - d2tls.cli is the entry
+    from d2tls.cli import main as d2tls_main
+
+    return d2tls_main(argv if argv is not None else sys.argv[1:])

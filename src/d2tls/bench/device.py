@@ -1,0 +1,416 @@
+"""``d2tls bench device``: what one new session costs the device, D2TLS vs standalone DTLS.
+
+The server and agent run in a child process (:class:`~d2tls.bench.infra.Peers`); the device
+runs in a dedicated thread with its own asyncio loop, and its CPU is that thread's
+``time.thread_time()`` around ``Device.connect()`` (or ``run_standalone``). Every run measures
+all variants back to back, in a rotating order, so drift hits them alike:
+
+* ``bound`` – D2TLS, bound mode (the device checks the transcript it signs), new session;
+* ``blind`` – D2TLS, blind mode (the paper's behaviour), new session;
+* ``standalone`` – the device runs the full mutual-auth ECDHE_ECDSA handshake itself;
+* ``reuse`` – D2TLS with a cached context: the resumption alone (no delegation).
+
+The floor (one ECDSA P-256 signature + one resumption's symmetric work) is timed in the same
+thread in the same run. A last pass sends each variant once through zero-delay relays to split
+the device's link bytes by DTLS record type (handshake vs application data = delegation
+messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from d2tls.bench.common import (
+    SERVER_NAME,
+    Materials,
+    Progress,
+    environment,
+    gc_paused,
+    ratio,
+    summary,
+    table,
+    target_line,
+)
+from d2tls.bench.floor import device_floor, public_key_op_times
+from d2tls.bench.infra import LoopThread, Peers, PeersSpec, RelayProcess, RelaySpec
+from d2tls.delegation.messages import DelegationMode
+from d2tls.dtls.config import ClientConfig
+from d2tls.roles.device import Device, DeviceConfig, DeviceReport, run_standalone
+from d2tls.roles.signer import DeviceSigner
+
+Address = tuple[str, int]
+VARIANTS = ("bound", "blind", "standalone", "reuse")
+LABELS = {
+    "bound": "D2TLS bound (new)",
+    "blind": "D2TLS blind (new)",
+    "standalone": "standalone DTLS (new)",
+    "reuse": "D2TLS reuse (cached ctx)",
+}
+TARGETS = {
+    "cpu_d2tls_vs_standalone": 0.25,
+    "cpu_d2tls_vs_floor": 1.3,
+    "bytes_d2tls_vs_standalone": 0.3,
+}
+
+
+@dataclass
+class Sample:
+    """One measured session setup."""
+
+    cpu_ms: float
+    wall_ms: float
+    report: DeviceReport
+    #: The device's own address on its connection to the server.
+    local: Address | None = None
+
+    def row(self) -> dict[str, Any]:
+        links = self.report.to_dict()["links"]
+        agent, server = links["device-agent"], links["device-server"]
+        return {
+            "cpu_ms": self.cpu_ms,
+            "wall_ms": self.wall_ms,
+            "report_cpu_ms": self.report.cpu_ms,
+            "key_operations": dict(self.report.key_operations),
+            "agent_bytes": agent["bytes_sent"] + agent["bytes_received"],
+            "server_bytes": server["bytes_sent"] + server["bytes_received"],
+            "agent_datagrams": agent["datagrams_sent"] + agent["datagrams_received"],
+            "server_datagrams": server["datagrams_sent"] + server["datagrams_received"],
+            "agent_round_trips": agent["round_trips"],
+            "server_round_trips": server["round_trips"],
+            "delegations": self.report.delegations,
+        }
+
+
+class DeviceSide:
+    """Creates and measures device connections; every coroutine runs in the device thread."""
+
+    def __init__(self, materials: Materials, agent: Address, server: Address) -> None:
+        self.materials = materials
+        self.agent = agent
+        self.server = server
+        self._reuser: Device | None = None
+
+    def device(self, mode: DelegationMode, server: Address | None = None) -> Device:
+        m = self.materials
+        return Device(
+            DeviceConfig(
+                agent=self.agent,
+                psk_identity=m.psk_identity,
+                psk=m.psk,
+                server=server or self.server,
+                server_name=SERVER_NAME,
+                certificate_chain=m.device_chain,
+                signer=DeviceSigner(m.device_key),
+                mode=mode,
+                timeout=30.0,
+            )
+        )
+
+    def standalone_config(self) -> ClientConfig:
+        m = self.materials
+        return ClientConfig(
+            trust_store=m.store,
+            server_name=SERVER_NAME,
+            certificate_chain=m.device_chain,
+            private_key=m.device_key,
+        )
+
+    async def measure(self, variant: str) -> Sample:
+        if variant == "standalone":
+            config = self.standalone_config()
+            with gc_paused():
+                cpu, wall = time.thread_time(), time.perf_counter()
+                connection, report = await run_standalone(config, self.server)
+                cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+            local = connection.endpoint.local_address
+            await connection.close()
+            return Sample(cpu * 1000, wall * 1000, report, local)
+        if variant == "reuse":
+            if self._reuser is None:
+                self._reuser = self.device(DelegationMode.BOUND)
+                first = await self._reuser.connect()
+                await first.close()
+            device = self._reuser
+        else:
+            device = self.device(DelegationMode[variant.upper()])
+        with gc_paused():
+            cpu, wall = time.thread_time(), time.perf_counter()
+            delegated = await device.connect()
+            cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        local = delegated.endpoint.local_address
+        await delegated.close()
+        return Sample(cpu * 1000, wall * 1000, delegated.report, local)
+
+
+def _aggregate(samples: list[Sample]) -> dict[str, Any]:
+    rows = [s.row() for s in samples]
+    out: dict[str, Any] = {
+        "cpu_ms": summary([r["cpu_ms"] for r in rows]),
+        "wall_ms": summary([r["wall_ms"] for r in rows]),
+        "report_cpu_ms": summary([r["report_cpu_ms"] for r in rows]),
+        "key_operations": rows[0]["key_operations"] if rows else {},
+        "delegations": rows[0]["delegations"] if rows else 0,
+    }
+    for key in (
+        "agent_bytes",
+        "server_bytes",
+        "agent_datagrams",
+        "server_datagrams",
+        "agent_round_trips",
+        "server_round_trips",
+    ):
+        out[key] = summary([float(r[key]) for r in rows], 1)["median"]
+    out["link_bytes"] = out["agent_bytes"] + out["server_bytes"]
+    out["datagrams"] = out["agent_datagrams"] + out["server_datagrams"]
+    out["round_trips"] = out["agent_round_trips"] + out["server_round_trips"]
+    out["public_key_operations"] = sum(out["key_operations"].values())
+    # Key operations must be identical in every run; say so if not.
+    out["key_operations_constant"] = all(
+        r["key_operations"] == rows[0]["key_operations"] for r in rows
+    )
+    return out
+
+
+async def _profile(side: DeviceSide, runs: int) -> str:
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        return "pyinstrument is not installed (pip install 'd2tls[profile]')"
+    profiler = Profiler(interval=0.0002, async_mode="disabled")
+    profiler.start()
+    for _ in range(runs):
+        await side.measure("blind")
+    profiler.stop()
+    text: str = profiler.output_text(unicode=False, color=False, show_all=False)
+    return text
+
+
+def run(
+    runs: int = 50,
+    warmup: int = 3,
+    progress: bool = True,
+    breakdown: bool = True,
+    profile_runs: int = 0,
+    materials: Materials | None = None,
+) -> dict[str, Any]:
+    """Run the device benchmark; returns the JSON-able result."""
+    materials = materials or Materials.create()
+    samples: dict[str, list[Sample]] = {v: [] for v in VARIANTS}
+    result: dict[str, Any] = {"benchmark": "device", "runs": runs, "environment": environment()}
+    with Peers(PeersSpec(materials.paths.directory)) as peers, LoopThread() as thread:
+        assert peers.agent is not None
+        side = DeviceSide(materials, peers.agent, peers.server)
+        total = (warmup + runs) * len(VARIANTS) + 1
+        with Progress(total, "bench device", progress) as bar:
+            for i in range(warmup + runs):
+                order = VARIANTS[i % 4 :] + VARIANTS[: i % 4]
+                for variant in order:
+                    sample = thread.run(side.measure(variant), timeout=120)
+                    if i >= warmup:
+                        samples[variant].append(sample)
+                    bar.update()
+            bar.describe("bench device: floor")
+
+            async def floors() -> tuple[dict[str, Any], dict[str, float]]:
+                return device_floor(materials), public_key_op_times(materials)
+
+            floor, pk_times = thread.run(floors())
+            bar.update()
+        if profile_runs:
+            result["profile"] = thread.run(_profile(side, profile_runs))
+        if breakdown:
+            result["breakdown"] = _breakdown(materials, peers, thread)
+    variants = {v: _aggregate(samples[v]) for v in VARIANTS}
+    result["variants"] = variants
+    result["floor"] = {
+        "total_ms": floor["total_s"] * 1000,
+        "sign_ms": floor["sign_s"] * 1000,
+        "symmetric_ms": floor["symmetric_s"] * 1000,
+        "ops": {
+            k: {"count": v["count"], "ms": v["seconds"] * 1000} for k, v in floor["ops"].items()
+        },
+    }
+    result["public_key_op_ms"] = {k: v * 1000 for k, v in pk_times.items()}
+    result["ratios"] = _ratios(variants, result["floor"]["total_ms"])
+    result["targets"] = {
+        name: {
+            "limit": limit,
+            "bound": result["ratios"][f"{name}:bound"],
+            "blind": result["ratios"][f"{name}:blind"],
+        }
+        for name, limit in TARGETS.items()
+    }
+    for entry in result["targets"].values():
+        entry["met"] = all(
+            entry[m] is not None and entry[m] <= entry["limit"] for m in ("bound", "blind")
+        )
+    return result
+
+
+def _ratios(variants: dict[str, Any], floor_ms: float) -> dict[str, float | None]:
+    standalone = variants["standalone"]
+    out: dict[str, float | None] = {}
+    for mode in ("bound", "blind", "reuse"):
+        v = variants[mode]
+        out[f"cpu_d2tls_vs_standalone:{mode}"] = ratio(
+            v["cpu_ms"]["median"], standalone["cpu_ms"]["median"]
+        )
+        out[f"cpu_d2tls_vs_floor:{mode}"] = ratio(v["cpu_ms"]["median"], floor_ms)
+        out[f"bytes_d2tls_vs_standalone:{mode}"] = ratio(v["link_bytes"], standalone["link_bytes"])
+        out[f"datagrams_d2tls_vs_standalone:{mode}"] = ratio(
+            v["datagrams"], standalone["datagrams"]
+        )
+        out[f"wall_d2tls_vs_standalone:{mode}"] = ratio(
+            v["wall_ms"]["median"], standalone["wall_ms"]["median"]
+        )
+        out[f"public_key_ops_d2tls_vs_standalone:{mode}"] = ratio(
+            v["public_key_operations"], standalone["public_key_operations"]
+        )
+    out["cpu_standalone_vs_floor"] = ratio(standalone["cpu_ms"]["median"], floor_ms)
+    return out
+
+
+def _breakdown(materials: Materials, peers: Peers, thread: LoopThread) -> dict[str, Any]:
+    """Device link bytes by DTLS content type, one session per variant, via zero-delay relays."""
+    assert peers.agent is not None
+    specs = [RelaySpec(peers.agent), RelaySpec(peers.server)]
+    out: dict[str, Any] = {}
+    with RelayProcess(specs) as relays:
+        agent_relay, server_relay = relays.addresses
+        side = DeviceSide(materials, agent_relay, server_relay)
+        for variant in ("bound", "blind", "standalone"):
+            relays.reset()
+            sample = thread.run(side.measure(variant), timeout=120)
+            time.sleep(0.05)  # let close_notify pass the relays
+            agent_stats, server_stats = relays.stats()
+            local = f"{sample.local[0]}:{sample.local[1]}" if sample.local else ""
+            out[variant] = {
+                # Only the device talks to the agent relay; the agent also uses the server's.
+                "device-agent": _merge(agent_stats),
+                "device-server": dict(server_stats["clients"].get(local, {})),
+            }
+    return out
+
+
+def _merge(stats: dict[str, Any]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for direction in ("up", "down"):
+        for kind, count in stats[direction]["bytes_by_content"].items():
+            merged[kind] = merged.get(kind, 0) + int(count)
+    return merged
+
+
+def render(result: dict[str, Any]) -> str:
+    """The human-readable report."""
+    variants = result["variants"]
+    rows = []
+    for v in VARIANTS:
+        d = variants[v]
+        ops = d["key_operations"]
+        rows.append(
+            [
+                LABELS[v],
+                d["cpu_ms"]["median"],
+                f"{d['cpu_ms']['q1']:.2f}-{d['cpu_ms']['q3']:.2f}",
+                d["wall_ms"]["median"],
+                ops.get("sign", 0),
+                ops.get("verify", 0),
+                ops.get("ecdh", 0),
+                ops.get("keygen", 0),
+                int(d["agent_bytes"]),
+                int(d["server_bytes"]),
+                int(d["datagrams"]),
+                int(d["round_trips"]),
+            ]
+        )
+    out = [
+        table(
+            [
+                "per new session",
+                "CPU ms",
+                "CPU IQR",
+                "wall ms",
+                "sign",
+                "verify",
+                "ecdh",
+                "keygen",
+                "dev-agent B",
+                "dev-server B",
+                "datagrams",
+                "RTTs",
+            ],
+            rows,
+            title=f"Device cost, median of {result['runs']} runs (device thread CPU)",
+        )
+    ]
+    floor = result["floor"]
+    out.append(
+        f"\nFloor (same run, same thread): {floor['total_ms']:.4f} ms = ECDSA P-256 sign "
+        f"{floor['sign_ms']:.4f} ms + resumption symmetric work {floor['symmetric_ms']:.4f} ms"
+    )
+    r = result["ratios"]
+    out.append(
+        "\n"
+        + table(
+            ["ratio", "bound", "blind", "reuse"],
+            [
+                [
+                    name,
+                    r[f"{key}:bound"],
+                    r[f"{key}:blind"],
+                    r[f"{key}:reuse"],
+                ]
+                for name, key in (
+                    ("device CPU / standalone", "cpu_d2tls_vs_standalone"),
+                    ("device CPU / floor", "cpu_d2tls_vs_floor"),
+                    ("link bytes / standalone", "bytes_d2tls_vs_standalone"),
+                    ("datagrams / standalone", "datagrams_d2tls_vs_standalone"),
+                    ("public-key ops / standalone", "public_key_ops_d2tls_vs_standalone"),
+                    ("wall / standalone", "wall_d2tls_vs_standalone"),
+                )
+            ],
+        )
+    )
+    out.append(f"standalone CPU / floor: {r['cpu_standalone_vs_floor']}")
+    out.append("\nTargets (issue 7):")
+    for name, entry in result["targets"].items():
+        worst = max(x for x in (entry["bound"], entry["blind"]) if x is not None)
+        out.append(target_line(f"{name} (worst of bound/blind)", worst, entry["limit"]))
+    if "breakdown" in result:
+        rows = []
+        for variant, links in result["breakdown"].items():
+            for link, kinds in links.items():
+                if not kinds:
+                    continue
+                rows.append(
+                    [
+                        LABELS[variant],
+                        link,
+                        kinds.get("handshake", 0),
+                        kinds.get("change_cipher_spec", 0),
+                        kinds.get("application_data", 0),
+                        kinds.get("alert", 0),
+                        sum(kinds.values()),
+                    ]
+                )
+        out.append(
+            "\n"
+            + table(
+                ["variant", "link", "handshake", "CCS", "app data", "alert", "total"],
+                rows,
+                title="Device link bytes by record type (one session; app data on the agent "
+                "link = delegation messages)",
+            )
+        )
+    if "profile" in result:
+        out.append("\nProfile of the device thread (D2TLS blind, pyinstrument):\n")
+        out.append(result["profile"])
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(render(run(runs=5)))
+    asyncio.run(asyncio.sleep(0))
