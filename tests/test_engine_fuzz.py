@@ -25,20 +25,20 @@ What happens to garbage (documented behaviour, checked below):
 from __future__ import annotations
 
 import os
+
 import pytest
-from conftest import (
-    CLIENT_ADDRESS,
-    SERVER_ADDRESS,
-    LoadedPKI,
-    Run,
-    client_config,
-    server_config,
-)
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import (
+    CLIENT_ADDRESS,
+    LoadedPKI,
+    Run,
+    client_config,
+    server_config,
+)
 from d2tls.dtls.constants import DTLS_1_0, DTLS_1_2, AlertDescription, ContentType, HandshakeType
 from d2tls.dtls.events import ConnectionTerminated, Event, HandshakeCompleted, SignatureRequested
 from d2tls.dtls.fragments import HandshakeFragment, encode_fragment
@@ -48,7 +48,7 @@ MTU = 256  # small flights: more datagrams, so more states between them
 #: Deterministic by default; D2TLS_FUZZ_EXAMPLES=N runs N random examples per test instead.
 _EXAMPLES = os.environ.get("D2TLS_FUZZ_EXAMPLES")
 FUZZ = settings(
-    max_examples=int(_EXAMPLES) if _EXAMPLES else 80,
+    max_examples=int(_EXAMPLES) if _EXAMPLES else 50,
     deadline=None,
     derandomize=not _EXAMPLES,
     database=None,
@@ -209,7 +209,9 @@ def terminations(
 ) -> list[ConnectionTerminated]:
     """ConnectionTerminated events (of one peer's connection, for a server)."""
     return [
-        e for e in events if isinstance(e, ConnectionTerminated) and (peer is None or e.peer == peer)
+        e
+        for e in events
+        if isinstance(e, ConnectionTerminated) and (peer is None or e.peer == peer)
     ]
 
 
@@ -242,9 +244,8 @@ def test_client_survives_hostile_datagrams_in_every_state(
     run = client_at(pki, state)
     client = run.client
     garbage = [hostile_datagram(data, captured) for _ in range(data.draw(st.integers(1, 3)))]
-    reads_plaintext = state in {"start", "wait_server_hello", "wait_certificate",
-                                "wait_server_key_exchange", "wait_signature",
-                                "wait_change_cipher_spec"}
+    # Until the server's ChangeCipherSpec the client's read epoch is 0 (plaintext).
+    reads_plaintext = state not in {"established", "closed"}
     before = (client.state, len(run.client_events), client.next_timer())
     discarded = client.stats["records_discarded"]
     for datagram in garbage:
@@ -253,24 +254,26 @@ def test_client_survives_hostile_datagrams_in_every_state(
         assert (client.state, len(run.client_events)) == before[:2]
         assert client.datagrams_to_send(run.sim.now) == []
         return
-    if state != "start" and not (reads_plaintext and any(plaintext_records(d) for d in garbage)):
+    has_plaintext = any(plaintext_records(d) for d in garbage)
+    if not (reads_plaintext and has_plaintext):
         assert (client.state, len(run.client_events), client.next_timer()) == before
         assert client.next_event() is None
-        if state == "established" and any(garbage):
+        if state == "established" and any(garbage) and not has_plaintext:
             assert client.stats["records_discarded"] > discarded
     run.sim._flush()
     finish(run, pki)
     check_outcome(run, reads_plaintext, garbage)
-    if state == "established" or (not reads_plaintext and state != "start"):
+    if not (reads_plaintext and has_plaintext):
         assert run.both_established()
 
 
 @pytest.mark.parametrize("state", CLIENT_STATES[2:7])
-def test_client_ignores_every_captured_datagram_replayed_in_every_state(
+def test_datagrams_of_another_association_never_disturb_an_established_client(
     pki: LoadedPKI, captured: list[bytes], state: str
 ) -> None:
-    """Datagrams of another association (RFC 6347 §4.1.2.7) never raise; when they are replayed
-    after the handshake they have no effect (a new epoch-0 flight cannot be accepted)."""
+    """Datagrams of another association never raise. During the handshake they are plaintext
+    the client may act on (and then fail once); once established, they have no effect: its
+    epoch-1 records do not authenticate and epoch-0 ones only look like retransmissions."""
     run = client_at(pki, state)
     for datagram in captured:
         run.client.receive_datagram(datagram, run.sim.now)
@@ -310,10 +313,9 @@ def test_server_survives_hostile_datagrams_in_every_state(
         assert before is not None and before.is_established
         assert not terminations(run.server_events, CLIENT_ADDRESS)
     finish(run, pki)
-    server_ends = terminations(run.server_events, CLIENT_ADDRESS)
-    assert len(server_ends) <= 1 or state == "none"
     if not any(plaintext_records(d) for d in garbage):
         assert run.both_established(), (run.client_events, run.server_events)
+        assert not terminations(run.server_events, CLIENT_ADDRESS)
     else:
         assert run.both_established() or run.any_terminated()
 
@@ -334,6 +336,10 @@ MALFORMED_PLAINTEXT = {
         seq=2**40,
     ),
     "plaintext fatal alert after the handshake": forged(ContentType.ALERT, b"\x02\x0a"),
+    "truncated ClientHello": forged(
+        ContentType.HANDSHAKE,
+        encode_fragment(HandshakeFragment(HandshakeType.CLIENT_HELLO, 10, 0, 0, 10, bytes(10))),
+    ),
 }
 
 
@@ -343,7 +349,9 @@ def test_plaintext_garbage_after_the_handshake_is_dropped(
     pki: LoadedPKI, name: str, side: str
 ) -> None:
     """RFC 6347 §4.1.2.7: once epoch 1 is active, a malformed or forged epoch-0 record (anyone can
-    send one) is discarded; it used to end an established connection with decode_error."""
+    send one) is discarded; it used to end an established connection with decode_error. A
+    malformed ClientHello is answered statelessly by the server without an event that would
+    look like the end of the live association (RFC 6347 §4.2.8)."""
     run = Run(server_config(pki), client_config(pki))
     run.handshake()
     assert run.both_established()
@@ -385,7 +393,11 @@ def test_handshake_garbage_in_the_handshake_ends_it_with_an_alert(pki: LoadedPKI
     run.client.receive_datagram(bogus, 0.0)
     (alert,) = run.client.datagrams_to_send(0.0)
     (record,), _ = parse_datagram(alert)
-    assert (record.content_type, record.epoch, record.fragment) == (ContentType.ALERT, 0, b"\x02\x0a")
+    assert (record.content_type, record.epoch, record.fragment) == (
+        ContentType.ALERT,
+        0,
+        b"\x02\x0a",
+    )
     run.sim._flush()
     (end,) = terminations(run.client_events)
     assert end.reason == "Finished is not allowed in state wait_server_hello"

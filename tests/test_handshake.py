@@ -13,6 +13,9 @@ import re
 from collections.abc import Callable
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from conftest import (
     CLIENT_ADDRESS,
     SERVER_ADDRESS,
@@ -24,15 +27,13 @@ from conftest import (
     psk_server_config,
     server_config,
 )
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from d2tls.dtls.config import TimerConfig
 from d2tls.dtls.connection import InvalidStateError
 from d2tls.dtls.constants import (
     COMPRESSION_NULL,
     DTLS_1_2,
     AlertDescription,
+    AlertLevel,
     CipherSuite,
     ContentType,
     HandshakeType,
@@ -52,7 +53,6 @@ from d2tls.dtls.fragments import (
 )
 from d2tls.dtls.messages import (
     ClientHello,
-    Finished,
     HelloRequest,
     HelloVerifyRequest,
     decode_alert,
@@ -109,16 +109,16 @@ def client_hellos(datagram: bytes) -> list[ClientHello]:
     ]
 
 
-def replace_client_hello(
-    datagram: bytes, change: Callable[[ClientHello], ClientHello]
-) -> bytes:
+def replace_client_hello(datagram: bytes, change: Callable[[ClientHello], ClientHello]) -> bytes:
     """Re-encode the (unfragmented) ClientHello of ``datagram`` after ``change``."""
 
     def rewrite(fragment: HandshakeFragment) -> HandshakeFragment:
         if fragment.msg_type != HandshakeType.CLIENT_HELLO:
             return fragment
         body = change(ClientHello.decode(fragment.body)).encode()
-        return HandshakeFragment(fragment.msg_type, len(body), fragment.message_seq, 0, len(body), body)
+        return HandshakeFragment(
+            fragment.msg_type, len(body), fragment.message_seq, 0, len(body), body
+        )
 
     return rewrite_epoch0_handshake(datagram, rewrite)
 
@@ -184,6 +184,10 @@ def assert_failed_with(
     if during_handshake:
         assert not run.completed(run.client_events)
         assert not run.completed(run.server_events)
+        # The alert travelled in the clear (epoch 0) from the side that failed.
+        source = run.address if sender == "client" else SERVER_ADDRESS
+        sent = [a for s, _, d in run.sim.delivered if s == source for a in alerts_in(d)]
+        assert (AlertLevel.FATAL, alert) in sent
     assert not run.client.is_established and run.client.is_closed
     return local, remote
 
@@ -309,8 +313,12 @@ def test_resumption_with_session_id_gives_an_abbreviated_handshake(pki: LoadedPK
     """RFC 5246 §7.3 Figure 2: the server echoes the session ID and finishes first."""
     server = DTLSServer(server_config(pki))
     session = first_session(pki, server)
-    run = Run(server.config, client_config(pki, session=session), server=server,
-              address=("198.51.100.8", 50001))
+    run = Run(
+        server.config,
+        client_config(pki, session=session),
+        server=server,
+        address=("198.51.100.8", 50001),
+    )
     trace: list[dict[str, object]] = []
     run.client._tracer = trace.append
     run.handshake()
@@ -426,38 +434,44 @@ def test_resume_only_with_a_locally_expired_session_fails_without_sending_a_hell
         sent.append(datagram)
         return [datagram]
 
-    run = Run(server.config, client_config(pki, session=session, resume_only=True),
-              server=server, tap=watch)
+    run = Run(
+        server.config,
+        client_config(pki, session=session, resume_only=True),
+        server=server,
+        tap=watch,
+    )
     run.handshake()
     assert only(run.terminated(run.client_events)).reason == "resumption_refused"
     assert not any(client_hellos(d) for d in sent)
 
 
-def test_ems_session_is_not_resumed_without_ems_on_both_sides(pki: LoadedPKI) -> None:
+@pytest.mark.parametrize("stored_ems", [False, True], ids=["session without EMS", "with EMS"])
+def test_session_without_ems_is_not_resumed_by_an_ems_client_hello(
+    pki: LoadedPKI, stored_ems: bool
+) -> None:
     """RFC 7627 §5.3: a server whose session was made without the extended master secret does
-    not resume it for a ClientHello carrying the extension: a full handshake follows."""
+    not resume it for a ClientHello carrying the extension: a full handshake follows. The same
+    session stored with EMS (the control case) is resumed."""
     server = DTLSServer(server_config(pki))
-    legacy = Session(
-        session_id=b"L" * 32,
-        master_secret=bytearray(b"m" * 48),
-        cipher_suite=CCM8,
-        extended_master_secret=False,
-        server_name=SERVER_NAME,
-    )
-    server.config.session_store.put(legacy)
-    client_copy = Session(
-        session_id=legacy.session_id,
-        master_secret=bytearray(legacy.master_secret),
-        cipher_suite=CCM8,
-        extended_master_secret=False,
-        server_name=SERVER_NAME,
-    )
-    run = Run(server.config, client_config(pki, session=client_copy), server=server)
+
+    def session() -> Session:
+        return Session(
+            session_id=b"L" * 32,
+            master_secret=bytearray(b"m" * 48),
+            cipher_suite=CCM8,
+            extended_master_secret=stored_ems,
+            server_name=SERVER_NAME,
+            peer_certificates=pki.device.chain,
+        )
+
+    server.config.session_store.put(session())
+    run = Run(server.config, client_config(pki, session=session()), server=server)
     run.handshake()
     client_done, server_done = assert_established(run)
-    assert not client_done.resumed and not server_done.resumed
-    assert client_done.session.session_id != legacy.session_id
+    assert client_done.resumed is server_done.resumed is stored_ems
+    assert (client_done.session.session_id == b"L" * 32) is stored_ems
     assert client_done.extended_master_secret
+    exchange_application_data(run)
 
 
 def test_client_aborts_resumption_that_would_add_ems(pki: LoadedPKI) -> None:
@@ -509,9 +523,18 @@ def test_cookie_exchange_is_stateless_until_the_cookie_returns(pki: LoadedPKI) -
     # The same ClientHello with a flipped cookie bit, or from another address, is not trusted.
     forged = bytes([cookie[0] ^ 1]) + cookie[1:]
     server.receive_datagram(
-        replace_client_hello(hello2, lambda h: ClientHello(
-            h.client_version, h.random, h.session_id, forged, h.cipher_suites,
-            h.compression_methods, h.extensions)),
+        replace_client_hello(
+            hello2,
+            lambda h: ClientHello(
+                h.client_version,
+                h.random,
+                h.session_id,
+                forged,
+                h.cipher_suites,
+                h.compression_methods,
+                h.extensions,
+            ),
+        ),
         CLIENT_ADDRESS,
         0.03,
     )
@@ -614,8 +637,14 @@ def test_handshakes_complete_over_a_lossy_network_with_fragmented_flights(
         fragmented.extend(f.fragment_length < f.length for f in epoch0_fragments(datagram))
         return [datagram]
 
-    full = Run(server.config, client_config(pki, mtu=300), server=server, seed=seed,
-               impairments=LOSSY, tap=watch)
+    full = Run(
+        server.config,
+        client_config(pki, mtu=300),
+        server=server,
+        seed=seed,
+        impairments=LOSSY,
+        tap=watch,
+    )
     full.handshake()
     client_done, _ = assert_established(full)
     assert any(fragmented)
@@ -639,6 +668,32 @@ def test_handshakes_complete_over_a_lossy_network_with_fragmented_flights(
     resumed.sim.impairments = Impairments()
     exchange_application_data(resumed)
     assert retransmissions + resumed.client.stats["retransmissions"] > 0
+
+
+def test_early_and_repeated_change_cipher_spec_is_held_not_fatal(pki: LoadedPKI) -> None:
+    """RFC 6347 §4.2.4 and §4.1: a ChangeCipherSpec has no message_seq, so reordering can bring
+    it (and retransmission several copies of it) before the handshake messages it follows. The
+    server holds it until its machine accepts it (regression: a second early copy was fatal)."""
+    early: list[bytes] = []
+
+    def repeat_ccs(source: Address, destination: Address, datagram: bytes) -> list[bytes]:
+        records, _ = parse_datagram(datagram)
+        ccs = [r for r in records if r.content_type == ContentType.CHANGE_CIPHER_SPEC]
+        if destination == SERVER_ADDRESS and ccs and not early:
+            copies = [
+                encode_record(Record(r.content_type, r.version, 0, r.sequence_number + n, b"\x01"))
+                for r in ccs
+                for n in (1000, 1001)
+            ]
+            early.extend(copies)
+            return [*copies, datagram]
+        return [datagram]
+
+    run = Run(server_config(pki), client_config(pki), tap=repeat_ccs)
+    run.handshake()
+    assert len(early) == 2
+    assert_established(run)
+    exchange_application_data(run)
 
 
 def test_retransmission_timer_doubles_then_gives_up(pki: LoadedPKI) -> None:
@@ -681,6 +736,19 @@ def test_retransmission_timer_respects_its_configuration(pki: LoadedPKI) -> None
     assert sent_at == [0.0, 0.5, 1.5, 3.5, 5.5]
     assert run.sim.now == pytest.approx(7.5)
     assert "timed out" in only(run.terminated(run.client_events)).reason
+
+
+def test_simulation_never_runs_past_max_time(pki: LoadedPKI) -> None:
+    """The virtual clock stops at ``max_time``: the retransmission due at 3 s is not processed by
+    a run limited to 2 s (regression: one step beyond the limit used to run)."""
+    run = Run(server_config(pki), client_config(pki), tap=lambda s, d, datagram: [])
+    run.sim.connect(CLIENT_ADDRESS)
+    run.sim.run(max_time=2.0)
+    assert run.sim.now == 1.0
+    assert run.client.stats["retransmissions"] == 1
+    assert run.client.next_timer() == 3.0
+    run.sim.run(max_time=3.0)
+    assert run.client.stats["retransmissions"] == 2
 
 
 # --------------------------------------------------------------------------- unexpected messages
@@ -740,8 +808,13 @@ def test_finished_right_after_client_hello_is_an_unexpected_message(pki: LoadedP
             (record,), _ = parse_datagram(datagram)
             (fragment,) = fragment_message(HandshakeType.FINISHED, 2, bytes(12), 1000)
             forged = encode_record(
-                Record(ContentType.HANDSHAKE, DTLS_1_2, 0, record.sequence_number + 1,
-                       encode_fragment(fragment))
+                Record(
+                    ContentType.HANDSHAKE,
+                    DTLS_1_2,
+                    0,
+                    record.sequence_number + 1,
+                    encode_fragment(fragment),
+                )
             )
             injected.append(forged)
             return [datagram, forged]
@@ -762,8 +835,9 @@ def test_change_cipher_spec_after_the_handshake_is_an_unexpected_message(pki: Lo
     assert_established(run)
     connection = run.server.connection(CLIENT_ADDRESS)
     assert connection is not None
-    ccs = protect(connection._writes[connection._write_epoch], ContentType.CHANGE_CIPHER_SPEC,
-                  b"\x01")
+    ccs = protect(
+        connection._writes[connection._write_epoch], ContentType.CHANGE_CIPHER_SPEC, b"\x01"
+    )
     run.sim.inject(SERVER_ADDRESS, CLIENT_ADDRESS, ccs)
     local, _ = assert_failed_with(
         run, sender="client", alert=AlertDescription.UNEXPECTED_MESSAGE, during_handshake=False
@@ -906,7 +980,9 @@ def test_external_signer_returning_a_wrong_signature_fails_locally(pki: LoadedPK
     assert all(not epoch0_fragments(d) for d in after)
     assert all(r.content_type == ContentType.ALERT for d in after for r in parse_datagram(d)[0])
     for datagram in sent:
-        assert HandshakeType.CERTIFICATE_VERIFY not in [f.msg_type for f in epoch0_fragments(datagram)]
+        assert HandshakeType.CERTIFICATE_VERIFY not in [
+            f.msg_type for f in epoch0_fragments(datagram)
+        ]
     assert not run.completed(run.server_events)
 
 
@@ -915,8 +991,9 @@ def test_signature_from_another_key_is_refused(pki: LoadedPKI) -> None:
     run = Run(server_config(pki), client_config(pki, private_key=None))
     request = signature_request(run)
     other = ec.generate_private_key(ec.SECP256R1())
-    run.client.provide_signature(other.sign(request.transcript, ec.ECDSA(hashes.SHA256())),
-                                 run.sim.now)
+    run.client.provide_signature(
+        other.sign(request.transcript, ec.ECDSA(hashes.SHA256())), run.sim.now
+    )
     assert run.client.is_closed
     assert not run.client.is_established
 
@@ -973,11 +1050,16 @@ def test_client_hello_after_the_handshake_is_refused_with_no_renegotiation(
         compression_methods=(COMPRESSION_NULL,),
         extensions=(extended_master_secret_extension(), renegotiation_info_extension(b"\x00" * 12)),
     )
-    (fragment,) = fragment_message(HandshakeType.CLIENT_HELLO, client._send_seq, hello.encode(), 2000)
+    (fragment,) = fragment_message(
+        HandshakeType.CLIENT_HELLO, client._send_seq, hello.encode(), 2000
+    )
     write = client._writes[client._write_epoch]
     assert write.epoch == 1
-    run.sim.inject(CLIENT_ADDRESS, SERVER_ADDRESS,
-                   protect(write, ContentType.HANDSHAKE, encode_fragment(fragment)))
+    run.sim.inject(
+        CLIENT_ADDRESS,
+        SERVER_ADDRESS,
+        protect(write, ContentType.HANDSHAKE, encode_fragment(fragment)),
+    )
     run.settle()
     warnings = [e for e in run.client_events if isinstance(e, AlertReceived)]
     assert [w.description for w in warnings] == [AlertDescription.NO_RENEGOTIATION]
@@ -995,10 +1077,14 @@ def test_hello_request_is_refused_by_the_client_with_no_renegotiation(pki: Loade
     assert_established(run)
     connection = run.server.connection(CLIENT_ADDRESS)
     assert connection is not None
-    (fragment,) = fragment_message(HandshakeType.HELLO_REQUEST, connection._send_seq,
-                                   HelloRequest().encode(), 100)
-    run.sim.inject(SERVER_ADDRESS, CLIENT_ADDRESS,
-                   protect(connection._writes[1], ContentType.HANDSHAKE, encode_fragment(fragment)))
+    (fragment,) = fragment_message(
+        HandshakeType.HELLO_REQUEST, connection._send_seq, HelloRequest().encode(), 100
+    )
+    run.sim.inject(
+        SERVER_ADDRESS,
+        CLIENT_ADDRESS,
+        protect(connection._writes[1], ContentType.HANDSHAKE, encode_fragment(fragment)),
+    )
     run.settle()
     warnings = [e for e in run.server_events if isinstance(e, AlertReceived)]
     assert [w.description for w in warnings] == [AlertDescription.NO_RENEGOTIATION]

@@ -135,13 +135,19 @@ class Simulation:
         return True
 
     def run(self, until: Callable[[], bool] | None = None, max_time: float = 600.0) -> None:
-        """Step until ``until()`` holds, nothing is pending, or ``max_time`` passes."""
+        """Step until ``until()`` holds, nothing is pending, or ``max_time`` passes.
+
+        Nothing due after ``max_time`` is processed (the clock never passes it).
+        """
         self._flush()
-        while self.now <= max_time:
+        while True:
             if until is not None and until():
                 return
-            if not self.step():
+            timer = self._next_timer()
+            due = [t for t in (timer, self._queue[0].at if self._queue else None) if t is not None]
+            if not due or min(due) > max_time:
                 return
+            self.step()
 
     def inject(self, source: Address, destination: Address, data: bytes) -> None:
         """Deliver an adversary-built datagram as if it came from ``source``."""

@@ -1,0 +1,72 @@
+"""Hypothesis profiles for the attacker-model properties, and counts of adversary actions.
+
+``D2TLS_HYPOTHESIS_PROFILE`` selects the profile (default ``attacker``):
+
+- ``attacker``: bounded, for the default suite (the attacker tests take well under 90 s);
+- ``soak``: at least 10,000 examples per property, no deadline; counts of the adversary actions
+  tried are printed per property and written as JSON to ``D2TLS_SOAK_REPORT`` when set.
+
+Only tests import this module (hypothesis is a test dependency).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+
+PROFILE_ENV = "D2TLS_HYPOTHESIS_PROFILE"
+REPORT_ENV = "D2TLS_SOAK_REPORT"
+SOAK_EXAMPLES = 10_000
+
+#: Adversary actions tried, per property (test name).
+ACTIONS: dict[str, Counter[str]] = {}
+#: Examples run, per property.
+EXAMPLES: Counter[str] = Counter()
+
+
+def profile_name() -> str:
+    return os.environ.get(PROFILE_ENV, "attacker")
+
+
+def is_soak() -> bool:
+    return profile_name() == "soak"
+
+
+def attacker_settings(examples: int, steps: int = 40) -> settings:
+    """Settings of one property: ``examples`` by default, SOAK_EXAMPLES in the soak profile."""
+    common = {
+        "deadline": None,
+        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
+        "stateful_step_count": steps,
+        "print_blob": True,
+    }
+    if is_soak():
+        return settings(max_examples=SOAK_EXAMPLES, **common)  # type: ignore[arg-type]
+    return settings(max_examples=examples, **common)  # type: ignore[arg-type]
+
+
+def count(prop: str, actions: Counter[str]) -> None:
+    """Add one example's adversary actions to the totals of ``prop``."""
+    ACTIONS.setdefault(prop, Counter()).update(actions)
+    EXAMPLES[prop] += 1
+
+
+def report() -> str:
+    """A human-readable summary, and JSON to $D2TLS_SOAK_REPORT when set."""
+    lines = []
+    for prop in sorted(ACTIONS):
+        total = sum(ACTIONS[prop].values())
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(ACTIONS[prop].items()))
+        lines.append(f"{prop}: {EXAMPLES[prop]} examples, {total} actions ({detail})")
+    target = os.environ.get(REPORT_ENV)
+    if target:
+        path = Path(target)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        for prop in ACTIONS:
+            data[prop] = {"examples": EXAMPLES[prop], "actions": dict(ACTIONS[prop])}
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return "\n".join(lines)
