@@ -1,0 +1,174 @@
+"""``d2tls prove``: run Tamarin on the theories and compare with ``proofs/expected.toml``.
+
+Exit status: 0 every lemma got its expected verdict; 1 a mismatch, a lemma without an
+expected verdict, a timeout, an incomplete analysis or a wellformedness warning; 2 a usage
+error (unknown theory or lemma, bad expected file); 3 tamarin-prover or maude is missing.
+``--static`` checks without Tamarin: Tree-sitter syntax and consistency with the spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from d2tls.prove import runner
+from d2tls.prove.runner import (
+    EXIT_MISMATCH,
+    EXIT_NO_PROVER,
+    EXIT_OK,
+    EXIT_USAGE,
+    LemmaResult,
+    ProverMissing,
+)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``prove`` subcommand."""
+    parser = subparsers.add_parser(
+        "prove",
+        help="prove the Tamarin theories and compare with the expected verdicts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "theories",
+        nargs="*",
+        metavar="THEORY",
+        help="a .spthy file, or a theory name in proofs/ (default: every proofs/*.spthy)",
+    )
+    parser.add_argument(
+        "--lemma",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="prove only this lemma (repeatable)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds per lemma before it counts as a timeout (default 600)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the JSON report to FILE")
+    parser.add_argument(
+        "--jobs", type=int, metavar="N", help="lemmas proved at once (default: the core count)"
+    )
+    parser.add_argument(
+        "--expected",
+        metavar="FILE",
+        help=f"expected verdicts (default: proofs/{runner.EXPECTED_FILE})",
+    )
+    parser.add_argument("--tamarin-prover", metavar="PATH", help="tamarin-prover executable")
+    parser.add_argument("--maude", metavar="PATH", help="maude executable")
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="no proving: check syntax (Tree-sitter) and consistency with the spec",
+    )
+    parser.set_defaults(handler=main)
+
+
+def _theory_paths(names: list[str]) -> list[Path]:
+    if not names:
+        return runner.default_theories()
+    paths: list[Path] = []
+    for name in names:
+        path = Path(name)
+        if not path.exists():
+            candidate = runner.PROOFS_DIR / (name if name.endswith(".spthy") else f"{name}.spthy")
+            if not candidate.exists():
+                raise FileNotFoundError(f"no theory {name!r} (nor {candidate})")
+            path = candidate
+        paths.append(path)
+    return paths
+
+
+def _static(theories: list[Path]) -> int:
+    from d2tls.prove.consistency import check_theories
+    from d2tls.prove.syntax import SyntaxCheckUnavailable, check_file
+
+    problems: list[str] = []
+    try:
+        for theory in theories:
+            problems += [str(p) for p in check_file(theory)]
+    except SyntaxCheckUnavailable as exc:
+        print(f"d2tls prove: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report = check_theories(theories)
+    problems += report.problems()
+    for line in problems:
+        print(line)
+    names = ", ".join(t.name for t in theories)
+    if problems:
+        print(f"{len(problems)} problem(s) in {names}")
+        return EXIT_MISMATCH
+    print(
+        f"{names}: syntax ok; {len(report.modelled)} spec transitions modelled, "
+        "every security-relevant one covered"
+    )
+    return EXIT_OK
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        theories = _theory_paths(args.theories)
+    except FileNotFoundError as exc:
+        print(f"d2tls prove: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not theories:
+        print(f"d2tls prove: no .spthy files in {runner.PROOFS_DIR}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.static:
+        return _static(theories)
+
+    expected_path = Path(args.expected) if args.expected else runner.PROOFS_DIR / "expected.toml"
+    try:
+        expected = runner.load_expected(expected_path)
+    except (OSError, ValueError) as exc:
+        print(f"d2tls prove: cannot read expected verdicts: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    jobs = runner.plan(theories, expected, args.lemma)
+    unknown = sorted(set(args.lemma) - {job.lemma for job in jobs})
+    if unknown:
+        print(f"d2tls prove: no such lemma: {', '.join(unknown)}", file=sys.stderr)
+        return EXIT_USAGE
+    if not jobs:
+        print("d2tls prove: the theories declare no lemma", file=sys.stderr)
+        return EXIT_USAGE
+
+    try:
+        prover = runner.find_prover(args.tamarin_prover, args.maude)
+    except ProverMissing as exc:
+        print(exc.message(), file=sys.stderr)
+        return EXIT_NO_PROVER
+
+    version = prover.version()
+    print(f"{version}; {len(jobs)} lemma(s), timeout {args.timeout:g} s each", flush=True)
+
+    def progress(result: LemmaResult) -> None:
+        mark = "ok" if result.ok else "MISMATCH"
+        print(
+            f"  {result.lemma}: {result.verdict} ({result.seconds:.1f}s) {mark}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    results = runner.run_lemmas(prover, jobs, args.timeout, args.jobs, on_result=progress)
+    print(runner.format_table(results))
+    data = runner.report(results, version)
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    bad = [r for r in results if not r.ok]
+    for r in bad:
+        why = r.detail or (
+            f"{r.wellformedness_failures} wellformedness warning(s)"
+            if r.wellformedness_failures
+            else f"expected {r.expected}, got {r.verdict}"
+        )
+        print(f"{r.theory} {r.lemma}: {why}", file=sys.stderr)
+    print(f"{len(results) - len(bad)} of {len(results)} lemmas as expected")
+    return EXIT_OK if not bad else EXIT_MISMATCH

@@ -1,0 +1,334 @@
+"""The protocol spec (spec/dtls.yaml) and the machines built from it.
+
+The spec is the single source of truth for which handshake message is acceptable when; these
+tests check that it loads, that its schema checks reject broken specs with a clear message,
+that the engines implement every callback it names, and that the diagram tool draws it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from d2tls.dtls.client import DTLSClient
+from d2tls.dtls.server import ServerConnection
+from d2tls.errors import ProtocolError, SpecError, UnexpectedMessage
+from d2tls.model.machine import MachineDriver, build_machine, builder_name, missing_callbacks
+from d2tls.model.spec import WILDCARD, RoleSpec, load_spec, parse_spec
+
+ENGINES: dict[str, type] = {"dtls_client": DTLSClient, "dtls_server": ServerConnection}
+
+TINY = """
+version: 1
+messages: [Ping, Pong]
+roles:
+  tiny:
+    initial: idle
+    local_events:
+      start: begin
+      abort: give up
+    states:
+      idle: {flight: none}
+      waiting: {}
+      done: {flight: final}
+      failed: {final: true}
+    transitions:
+      - {trigger: start, source: idle, dest: waiting, actions: [prepare], emits: [Ping]}
+      - {trigger: recv_Pong, source: waiting, dest: done, guards: [pong_ok], actions: [finish]}
+      - {trigger: recv_Pong, source: waiting, dest: failed, actions: [reject]}
+      - {trigger: abort, source: "*", dest: failed}
+"""
+
+
+def tiny(**edits: Any) -> dict[str, Any]:
+    """The TINY spec as data, with ``edits`` applied to its role."""
+    raw: dict[str, Any] = yaml.safe_load(TINY)
+    raw["roles"]["tiny"].update(edits)
+    return raw
+
+
+def tiny_transitions() -> list[dict[str, Any]]:
+    transitions: list[dict[str, Any]] = yaml.safe_load(TINY)["roles"]["tiny"]["transitions"]
+    return transitions
+
+
+def parse(raw: dict[str, Any]) -> RoleSpec:
+    return parse_spec(raw, Path("tiny.yaml")).role("tiny")
+
+
+class TinyModel:
+    """A model implementing every callback TINY names, recording what ran."""
+
+    def __init__(self, pong_ok: bool = True) -> None:
+        self.state = ""
+        self.calls: list[str] = []
+        self._pong_ok = pong_ok
+
+    def pong_ok(self) -> bool:
+        return self._pong_ok
+
+    def prepare(self) -> None:
+        self.calls.append("prepare")
+
+    def finish(self) -> None:
+        self.calls.append("finish")
+
+    def reject(self) -> None:
+        self.calls.append("reject")
+
+    def build_Ping(self) -> None:
+        self.calls.append("build_Ping")
+
+    def emit_flight(self, messages: tuple[str, ...]) -> None:
+        self.calls.append("emit " + ",".join(messages))
+        for name in messages:
+            getattr(self, builder_name(name))()
+
+
+# --------------------------------------------------------------------------- the real spec
+
+
+def test_the_dtls_spec_loads_with_both_roles() -> None:
+    """spec/dtls.yaml: one client and one server role (RFC 6347 §4.2.4 flights)."""
+    spec = load_spec()
+    assert set(spec.roles) == {"dtls_client", "dtls_server"}
+    client, server = spec.role("dtls_client"), spec.role("dtls_server")
+    assert (client.initial, server.initial) == ("start", "listen")
+    for role in (client, server):
+        finals = {name for name, state in role.states.items() if state.final}
+        assert finals == {"closed", "failed"}
+        assert role.states["established"].flight == "final"
+        assert all(t.source != WILDCARD for t in role.transitions)  # "*" is expanded
+        for name, state in role.states.items():
+            if not state.final:  # RFC 5246 §7.2: every live state can close, fail or time out
+                assert {"close", "abort", "peer_closed", "peer_failed", "timeout"} <= (
+                    role.triggers_from(name)
+                )
+    with pytest.raises(SpecError, match="unknown role 'nobody'"):
+        spec.role("nobody")
+
+
+def test_every_message_one_role_sends_the_other_can_receive() -> None:
+    """RFC 5246 §7.3: the two machines describe one protocol; nothing sent is unreceivable."""
+    spec = load_spec()
+    client, server = spec.role("dtls_client"), spec.role("dtls_server")
+
+    def received(role: RoleSpec) -> set[str]:
+        return {m for t in role.transitions if (m := t.received_message) is not None}
+
+    # CloseNotify is an alert: it arrives as the local event peer_closed.
+    assert client.emitted_messages() - {"CloseNotify"} <= received(server)
+    assert server.emitted_messages() - {"CloseNotify"} <= received(client)
+    assert "HelloRequest" in received(client)  # refused with no_renegotiation (§7.4.1.1)
+
+
+@pytest.mark.parametrize("role_name", sorted(ENGINES))
+def test_every_guard_action_and_builder_exists_on_the_engine(role_name: str) -> None:
+    """The spec names only callbacks the engine implements (build_machine refuses otherwise)."""
+    role = load_spec().role(role_name)
+    engine = ENGINES[role_name]
+    assert missing_callbacks(role, engine) == []
+    for name in sorted(role.callbacks()):
+        assert callable(getattr(engine, name, None)), name
+    for message in sorted(role.emitted_messages()):
+        assert callable(getattr(engine, builder_name(message), None)), message
+
+
+def test_the_client_machine_refuses_out_of_order_messages() -> None:
+    """RFC 5246 §7.2.2 via the spec: e.g. no ServerKeyExchange before the server Certificate,
+    no Finished before ChangeCipherSpec."""
+    client = load_spec().role("dtls_client")
+    assert "recv_ServerKeyExchange" not in client.triggers_from("wait_certificate")
+    assert "recv_Finished" not in client.triggers_from("wait_change_cipher_spec")
+    assert "recv_Certificate" in client.triggers_from("wait_certificate")
+    server = load_spec().role("dtls_server")
+    assert "recv_Finished" not in server.triggers_from("wait_certificate")
+    assert server.triggers_from("established") & {"recv_ClientHello"}
+
+
+# --------------------------------------------------------------------------- schema checks
+
+
+def test_the_tiny_spec_is_valid() -> None:
+    role = parse(tiny())
+    assert set(role.states) == {"idle", "waiting", "done", "failed"}
+    assert role.states["waiting"].flight == "await"  # the default for non-final states
+    assert role.callbacks() == {"prepare", "pong_ok", "finish", "reject"}
+    assert [t.source for t in role.transitions if t.trigger == "abort"] == [
+        "idle",
+        "waiting",
+        "done",
+    ]
+
+
+def test_unknown_state_is_rejected() -> None:
+    transitions = tiny_transitions()
+    transitions[1]["dest"] = "nowhere"
+    with pytest.raises(SpecError, match=r"role tiny: transition #2: unknown destination state"):
+        parse(tiny(transitions=transitions))
+    transitions = tiny_transitions()
+    transitions[0]["source"] = "limbo"
+    with pytest.raises(SpecError, match=r"transition #1: unknown source state 'limbo'"):
+        parse(tiny(transitions=transitions))
+    with pytest.raises(SpecError, match="initial state 'nowhere' is not a declared state"):
+        parse(tiny(initial="nowhere"))
+
+
+def test_unreachable_state_is_rejected() -> None:
+    states = yaml.safe_load(TINY)["roles"]["tiny"]["states"]
+    states["orphan"] = {}
+    with pytest.raises(SpecError, match=r"role tiny: unreachable states \['orphan'\]"):
+        parse(tiny(states=states))
+
+
+def test_duplicate_trigger_with_the_same_guards_is_rejected() -> None:
+    transitions = [*tiny_transitions(), dict(tiny_transitions()[1], dest="failed")]
+    with pytest.raises(
+        SpecError,
+        match=r"duplicate trigger 'recv_Pong' from 'waiting' with the same guards "
+        r"\(to 'done' and 'failed'\)",
+    ):
+        parse(tiny(transitions=transitions))
+
+
+def test_transition_shadowed_by_an_unguarded_one_is_rejected() -> None:
+    transitions = tiny_transitions()
+    transitions[1], transitions[2] = transitions[2], transitions[1]
+    with pytest.raises(SpecError, match="can never fire: an earlier one without guards"):
+        parse(tiny(transitions=transitions))
+
+
+def test_unknown_message_is_rejected() -> None:
+    transitions = tiny_transitions()
+    transitions[1]["trigger"] = "recv_Pang"
+    with pytest.raises(SpecError, match=r"transition #2: trigger 'recv_Pang' names an unknown"):
+        parse(tiny(transitions=transitions))
+    transitions = tiny_transitions()
+    transitions[0]["emits"] = ["Ping", "Pang"]
+    with pytest.raises(SpecError, match=r"transition #1: emits unknown message 'Pang'"):
+        parse(tiny(transitions=transitions))
+    transitions = tiny_transitions()
+    transitions[0]["trigger"] = "launch"
+    with pytest.raises(SpecError, match="'launch' is neither recv_<Message> nor a local event"):
+        parse(tiny(transitions=transitions))
+
+
+def test_malformed_entries_are_rejected() -> None:
+    transitions = tiny_transitions()
+    transitions[0]["after"] = ["x"]
+    with pytest.raises(SpecError, match=r"unknown keys \['after'\]"):
+        parse(tiny(transitions=transitions))
+    with pytest.raises(SpecError, match="flight must be one of"):
+        parse(tiny(states={"idle": {"flight": "sometimes"}}))
+    with pytest.raises(SpecError, match="unsupported spec version 2"):
+        parse_spec(dict(tiny(), version=2), Path("tiny.yaml"))
+
+
+# --------------------------------------------------------------------------- machines
+
+
+def test_an_engine_missing_a_callback_is_refused() -> None:
+    role = parse(tiny())
+
+    class Incomplete(TinyModel):
+        reject = None  # type: ignore[assignment]
+
+    assert missing_callbacks(role, TinyModel()) == []
+    assert missing_callbacks(role, Incomplete()) == ["reject"]
+    with pytest.raises(SpecError, match="role tiny: Incomplete lacks callbacks named in the spec"):
+        build_machine(role, Incomplete())
+    assert missing_callbacks(role, object()) == [
+        "build_Ping",
+        "emit_flight",
+        "finish",
+        "pong_ok",
+        "prepare",
+        "reject",
+    ]
+
+
+def test_a_built_machine_runs_guards_actions_and_flights_in_order() -> None:
+    role = parse(tiny())
+    model = TinyModel()
+    machine = build_machine(role, model)
+    machine.events["start"].trigger(model)
+    assert model.state == "waiting"
+    assert model.calls == ["prepare", "emit Ping", "build_Ping"]
+    machine.events["recv_Pong"].trigger(model)
+    assert (model.state, model.calls[-1]) == ("done", "finish")
+    refused = TinyModel(pong_ok=False)
+    machine = build_machine(role, refused)
+    machine.events["start"].trigger(refused)
+    machine.events["recv_Pong"].trigger(refused)
+    assert (refused.state, refused.calls[-1]) == ("failed", "reject")
+
+
+def test_the_driver_turns_a_message_without_transition_into_unexpected_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 5246 §7.2.2: a message the machine has no transition for is unexpected_message;
+    a local event it does not allow is a programming error (internal_error)."""
+    (tmp_path / "tiny_for_driver.yaml").write_text(TINY, encoding="utf-8")
+    monkeypatch.setenv("D2TLS_SPEC_DIR", str(tmp_path))
+    model = TinyModel()
+    driver = MachineDriver("tiny", model, spec_name="tiny_for_driver")
+    assert driver.state == "idle" and not driver.is_final() and driver.flight_kind() == "none"
+    with pytest.raises(UnexpectedMessage, match="Pong is not allowed in state idle"):
+        driver.fire("recv_Pong")
+    assert model.calls == []
+    driver.fire_local("start")
+    assert driver.flight_kind() == "await" and driver.accepts("recv_Pong")
+    with pytest.raises(ProtocolError, match="local event start is not allowed in state waiting"):
+        driver.fire_local("start")
+    driver.fire("recv_Pong")
+    assert driver.state == "done"
+    driver.fire_local("abort")
+    assert driver.is_final()
+
+
+# --------------------------------------------------------------------------- diagrams
+
+
+@pytest.mark.parametrize("role_name", sorted(ENGINES))
+def test_model_diagram_cli_writes_an_svg_with_every_state(tmp_path: Path, role_name: str) -> None:
+    """``d2tls model diagram ROLE -o FILE.svg`` renders the machine with Graphviz."""
+    output = tmp_path / f"{role_name}.svg"
+    result = subprocess.run(
+        [sys.executable, "-m", "d2tls.cli", "model", "diagram", role_name, "-o", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    svg = output.read_text(encoding="utf-8")
+    assert "<svg" in svg
+    for state in load_spec().role(role_name).states:
+        assert f">{state}</text>" in svg, state
+
+
+def test_model_diagram_cli_rejects_an_unknown_role(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "d2tls.cli",
+            "model",
+            "diagram",
+            "nobody",
+            "-o",
+            str(tmp_path / "x.svg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "unknown role 'nobody'" in result.stderr
+    assert not (tmp_path / "x.svg").exists()
