@@ -248,6 +248,7 @@ def test_round_trip(message: DelegationMessage) -> None:
 def test_spec_cddl_accepts_our_encodings() -> None:
     """spec/delegation.md's CDDL parses and matches the codec (pycddl is a test dependency)."""
     import pycddl
+
     spec = (Path(__file__).parent.parent / "spec" / "delegation.md").read_text()
     schema = pycddl.Schema(spec.split("```cddl\n", 1)[1].split("```", 1)[0])
     for _, expected in KNOWN:

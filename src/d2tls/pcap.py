@@ -19,7 +19,7 @@ PCAP_MAGIC = 0xA1B2C3D4
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -47,7 +47,7 @@ def write_pcap(path: Path, packets: Iterable[tuple[float, Address, Address, byte
         for moment, source, destination, payload in packets:
             packet = ipv4_udp_packet(source, destination, payload)
             seconds = int(moment)
-            micros = int(round((moment - seconds) * 1_000_000))
+            micros = round((moment - seconds) * 1_000_000)
             handle.write(struct.pack("<IIII", seconds, micros, len(packet), len(packet)))
             handle.write(packet)
             count += 1

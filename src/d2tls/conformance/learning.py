@@ -1,0 +1,397 @@
+"""State-machine learning of a DTLS 1.2 server with AALpy (as DTLS-Fuzzer does, in Python).
+
+A :class:`DTLSServerSUL` maps the abstract inputs of :data:`.specmodel.INPUTS` to concrete
+messages made by a :class:`~.probe.Prober`, and the server's answers to abstract outputs
+(``ServerHello+Certificate+...``, ``Alert(fatal,decrypt_error)``, ``TIMEOUT``). Every query
+starts from a reset: a fresh client socket (a new port, so a new association) and, when the
+peer needs it, a restarted server. Queries are cached; a query whose answer contradicts an
+earlier one is repeated and decided by majority. AALpy's L# learns the Mealy machine, checked by
+an equivalence oracle that first tries the input sequences where the hypothesis and the
+spec-derived machine differ, then random walks from every state.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from d2tls.conformance.mealy import Difference, Mealy, differences, from_aalpy, render_dot, to_dot
+from d2tls.conformance.probe import (
+    TIMEOUT,
+    ClientCredentials,
+    Prober,
+    ResumableSession,
+    Transport,
+    full_handshake,
+)
+from d2tls.conformance.specmodel import INPUTS, ServerOptions, spec_machine
+from d2tls.dtls.constants import AlertDescription, AlertLevel, CipherSuite
+
+aalpy: Any = importlib.import_module("aalpy")
+_lsharp: Any = importlib.import_module("aalpy.learning_algs.deterministic.LSharp")
+
+TransportFactory = Callable[[], Transport]
+
+
+class ProgressPrinter:
+    """Prints one line at most every ``interval`` seconds (queries, states, elapsed)."""
+
+    def __init__(self, stream: TextIO | None = sys.stderr, interval: float = 2.0) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.started = time.monotonic()
+        self._last = 0.0
+        self.states = 0
+
+    def __call__(self, sul: DTLSServerSUL, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.stream is None or (not force and now - self._last < self.interval):
+            return
+        self._last = now
+        print(
+            f"  learning: {sul.queries} queries ({sul.cache_hits} cached, {sul.steps} steps), "
+            f"hypothesis {self.states} states, {now - self.started:.1f} s",
+            file=self.stream,
+            flush=True,
+        )
+
+
+class DTLSServerSUL(aalpy.SUL):  # type: ignore[misc]
+    """The server under learning, one abstract input at a time."""
+
+    def __init__(
+        self,
+        transport_factory: TransportFactory,
+        credentials: ClientCredentials,
+        *,
+        suite: CipherSuite = CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,
+        reset: Callable[[], None] | None = None,
+        wait: float = 0.15,
+        gap: float = 0.03,
+        dead_wait: float = 0.04,
+        progress: Callable[..., None] | None = None,
+        needs_session: bool = True,
+    ) -> None:
+        super().__init__()
+        self.transport_factory = transport_factory
+        self.credentials = credentials
+        self.suite = suite
+        self.reset = reset
+        self.wait, self.gap, self.dead_wait = wait, gap, dead_wait
+        self.progress = progress
+        self.needs_session = needs_session
+        self.session: ResumableSession | None = None
+        self.prober: Prober | None = None
+        self.dead = False
+        self.cache: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.queries = 0
+        self.steps = 0
+        self.cache_hits = 0
+        self.nondeterministic = 0
+        self.resets = 0
+
+    # ------------------------------------------------------------------ session to resume
+    def establish_session(self) -> ResumableSession | None:
+        """A full handshake whose session the ClientHelloResume input offers later."""
+        for _ in range(3):
+            prober = Prober(self.transport_factory(), self.credentials, suite=self.suite)
+            try:
+                full_handshake(prober)
+                if prober.handshake_complete:
+                    prober.send_records([prober.alert_record()])
+                    prober.receive(wait=self.wait)
+                    return prober.session()
+            finally:
+                prober.close()
+        return None
+
+    # ------------------------------------------------------------------ AALpy interface
+    def pre(self) -> None:
+        if self.reset is not None:
+            self.reset()
+            self.resets += 1
+            if self.needs_session:
+                self.session = self.establish_session()
+        elif self.session is None and self.needs_session:
+            self.session = self.establish_session()
+        self.prober = Prober(
+            self.transport_factory(),
+            self.credentials,
+            suite=self.suite,
+            wait=self.wait,
+            gap=self.gap,
+        )
+        self.dead = False
+
+    def post(self) -> None:
+        prober = self.prober
+        if prober is None:
+            return
+        if self.reset is None and not self.dead:
+            # Leave nothing half-open on a server that serves one client at a time.
+            prober.send_records(
+                [prober.alert_record(AlertLevel.FATAL, AlertDescription.USER_CANCELED)]
+            )
+        prober.close()
+        self.prober = None
+
+    def step(self, letter: str | None) -> str:
+        prober = self.prober
+        assert prober is not None and letter is not None
+        self.steps += 1
+        if letter == "ClientHello":
+            prober.send_client_hello()
+        elif letter == "ClientHelloResume":
+            prober.send_client_hello(session=self.session)
+        elif letter == "Certificate":
+            prober.send_handshake(prober.certificate())
+        elif letter == "EmptyCertificate":
+            prober.send_handshake(prober.certificate(()))
+        elif letter == "ClientKeyExchange":
+            prober.send_client_key_exchange()
+        elif letter == "CertificateVerify":
+            prober.send_handshake(prober.certificate_verify())
+        elif letter == "ChangeCipherSpec":
+            prober.send_change_cipher_spec()
+        elif letter == "Finished":
+            prober.send_handshake(prober.finished())
+        elif letter == "ApplicationData":
+            prober.send_records([prober.application_data(b"ping\n")])
+        elif letter == "Alert":
+            prober.send_records([prober.alert_record()])
+        else:
+            raise ValueError(f"unknown input {letter}")
+        wait = self.wait if not self.dead or letter.startswith("ClientHello") else self.dead_wait
+        observation = prober.receive(wait=wait)
+        if any(
+            i.kind == "alert" and (i.level == 2 or i.description == 0) for i in observation.items
+        ):
+            self.dead = True
+        elif observation.has("ServerHello"):
+            self.dead = False
+        return observation.label
+
+    def query(self, word: tuple[str, ...]) -> list[str]:
+        """Cached query; a contradiction with an earlier answer is re-run, majority wins."""
+        word = tuple(word)
+        cached = self.cache.get(word)
+        if cached is not None:
+            self.cache_hits += 1
+            return list(cached)
+        outputs = tuple(super().query(word))
+        self.queries += 1
+        if self._contradicts(word, outputs):
+            self.nondeterministic += 1
+            runs = [outputs] + [tuple(super().query(word)) for _ in range(2)]
+            outputs = Counter(runs).most_common(1)[0][0]
+            for n in range(1, len(word) + 1):  # the majority answer replaces what was cached
+                self.cache[word[:n]] = outputs[:n]
+        self._store(word, outputs)
+        if self.progress is not None:
+            self.progress(self)
+        return list(outputs)
+
+    def _contradicts(self, word: tuple[str, ...], outputs: tuple[str, ...]) -> bool:
+        for n in range(1, len(word) + 1):
+            known = self.cache.get(word[:n])
+            if known is not None and known != outputs[:n]:
+                return True
+        return False
+
+    def _store(self, word: tuple[str, ...], outputs: tuple[str, ...]) -> None:
+        for n in range(1, len(word) + 1):
+            self.cache.setdefault(word[:n], outputs[:n])
+
+
+class SpecGuidedOracle(aalpy.Oracle):  # type: ignore[misc]
+    """Equivalence oracle: sequences where hypothesis and spec differ, then random walks."""
+
+    def __init__(
+        self,
+        alphabet: Sequence[str],
+        sul: DTLSServerSUL,
+        spec: Mealy | None,
+        *,
+        walks_per_state: int = 20,
+        walk_length: int = 8,
+        seed: int = 6347,
+        progress: ProgressPrinter | None = None,
+    ) -> None:
+        super().__init__(list(alphabet), sul)
+        self.spec = spec
+        self.walks_per_state = walks_per_state
+        self.walk_length = walk_length
+        self.random = random.Random(seed)
+        self.progress = progress
+        self.rounds = 0
+
+    def _check(self, hypothesis: Any, word: tuple[str, ...]) -> tuple[str, ...] | None:
+        observed = self.sul.query(word)
+        hypothesis.reset_to_initial()
+        for index, letter in enumerate(word):
+            if hypothesis.step(letter) != observed[index]:
+                return word[: index + 1]
+        return None
+
+    def find_cex(self, hypothesis: Any) -> tuple[str, ...] | None:
+        self.rounds += 1
+        machine = from_aalpy(hypothesis, self.alphabet)
+        if self.progress is not None:
+            self.progress.states = len(machine.states)
+            self.progress(self.sul, force=True)
+        if self.spec is not None:
+            for difference in differences(self.spec, machine, limit=50):
+                cex = self._check(hypothesis, difference.inputs)
+                if cex is not None:
+                    return cex
+        access = machine.access_sequences()
+        for state in machine.states:
+            prefix = access.get(state)
+            if prefix is None:
+                continue
+            for _ in range(self.walks_per_state):
+                length = self.random.randint(1, self.walk_length)
+                suffix = tuple(self.random.choice(self.alphabet) for _ in range(length))
+                cex = self._check(hypothesis, (*prefix, *suffix))
+                if cex is not None:
+                    return cex
+        return None
+
+
+@dataclass
+class LearningResult:
+    """A learned machine and its comparison with the spec-derived one."""
+
+    machine: Mealy
+    spec: Mealy
+    differences: list[Difference]
+    inputs: tuple[str, ...]
+    queries: int
+    steps: int
+    cache_hits: int
+    nondeterministic: int
+    rounds: int
+    seconds: float
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def equivalent(self) -> bool:
+        return not self.differences
+
+    def verdict(self) -> str:
+        if self.equivalent:
+            return "equivalent"
+        return f"differs from the spec ({len(self.differences)} shortest differences shown)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": "equivalent" if self.equivalent else "different",
+            "inputs": list(self.inputs),
+            "states": len(self.machine.states),
+            "spec_states": len(self.spec.states),
+            "differences": [d.to_dict() for d in self.differences],
+            "queries": self.queries,
+            "steps": self.steps,
+            "cache_hits": self.cache_hits,
+            "nondeterministic_queries": self.nondeterministic,
+            "equivalence_rounds": self.rounds,
+            "seconds": round(self.seconds, 1),
+            "files": self.files,
+            "machine": self.machine.to_dict(),
+        }
+
+
+def learn(
+    transport_factory: TransportFactory,
+    credentials: ClientCredentials,
+    *,
+    inputs: Sequence[str] = INPUTS,
+    options: ServerOptions | None = None,
+    reset: Callable[[], None] | None = None,
+    wait: float = 0.15,
+    walks_per_state: int = 20,
+    walk_length: int = 8,
+    progress: TextIO | None = sys.stderr,
+    output_dir: Path | None = None,
+    name: str = "server",
+) -> LearningResult:
+    """Learn the server's Mealy machine over ``inputs`` and compare it with the spec."""
+    inputs = tuple(inputs)
+    started = time.monotonic()
+    printer = ProgressPrinter(progress)
+    sul = DTLSServerSUL(
+        transport_factory,
+        credentials,
+        reset=reset,
+        wait=wait,
+        progress=printer,
+        needs_session="ClientHelloResume" in inputs,
+    )
+    spec = spec_machine(inputs, options)
+    oracle = SpecGuidedOracle(
+        inputs,
+        sul,
+        spec,
+        walks_per_state=walks_per_state,
+        walk_length=walk_length,
+        progress=printer,
+    )
+    model = _lsharp.run_Lsharp(
+        list(inputs),
+        sul,
+        oracle,
+        automaton_type="mealy",
+        cache_and_non_det_check=False,
+        print_level=0,
+    )
+    machine = from_aalpy(model, inputs).minimized()
+    printer.states = len(machine.states)
+    printer(sul, force=True)
+    result = LearningResult(
+        machine=machine,
+        spec=spec,
+        differences=differences(spec, machine, limit=8),
+        inputs=inputs,
+        queries=sul.queries,
+        steps=sul.steps,
+        cache_hits=sul.cache_hits,
+        nondeterministic=sul.nondeterministic,
+        rounds=oracle.rounds,
+        seconds=time.monotonic() - started,
+    )
+    if output_dir is not None:
+        result.files = save_machines(result, output_dir, name)
+    return result
+
+
+def save_machines(result: LearningResult, directory: Path, name: str) -> dict[str, str]:
+    """Write the learned (and the spec) machine as .dot and, with Graphviz, .png."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    for kind, machine in (("learned", result.machine), ("spec", result.spec)):
+        title = f"{name}: {kind} machine ({len(machine.states)} states)"
+        source = to_dot(machine, title)
+        dot_path = directory / f"{name}-{kind}.dot"
+        dot_path.write_text(source, encoding="utf-8")
+        files[f"{kind}_dot"] = dot_path.name
+        png_path = dot_path.with_suffix(".png")
+        if render_dot(source, png_path):
+            files[f"{kind}_png"] = png_path.name
+    return files
+
+
+__all__ = [
+    "TIMEOUT",
+    "DTLSServerSUL",
+    "LearningResult",
+    "SpecGuidedOracle",
+    "learn",
+    "save_machines",
+]
