@@ -8,10 +8,10 @@ lacks. The driver turns "no transition for this trigger in this state" into a fa
 from __future__ import annotations
 
 import logging
-from functools import partial
+import threading
 from typing import Any
 
-from transitions import Machine
+from transitions import EventData, Machine
 
 from d2tls.errors import ProtocolError, SpecError, UnexpectedMessage
 from d2tls.model.spec import RoleSpec, load_spec
@@ -33,8 +33,64 @@ def missing_callbacks(role: RoleSpec, model: object) -> list[str]:
     return sorted(n for n in needed if not callable(getattr(model, n, None)))
 
 
+class _Callback:
+    """A spec guard or action: calls ``model.<name>()`` on the event's model.
+
+    Machines run with ``send_event=True``, so every callback receives the event data and with it
+    the model; one machine per role and engine class then serves every connection.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, event: EventData) -> Any:
+        return getattr(event.model, self.name)()
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class _EmitFlight:
+    """The action that queues a transition's flight: ``model.emit_flight(messages)``."""
+
+    __slots__ = ("messages",)
+
+    def __init__(self, messages: tuple[str, ...]) -> None:
+        self.messages = messages
+
+    def __call__(self, event: EventData) -> None:
+        model: Any = event.model
+        model.emit_flight(self.messages)
+
+    def __repr__(self) -> str:
+        return f"emit_flight({', '.join(self.messages)})"
+
+
+_MACHINES: dict[tuple[int, type], tuple[RoleSpec, Machine]] = {}
+_MACHINES_LOCK = threading.Lock()
+
+
 def build_machine(role: RoleSpec, model: Any) -> Machine:
-    """Build the machine for ``role`` with ``model`` as its model (the engine object)."""
+    """The machine for ``role`` driving objects of ``model``'s class; puts ``model`` in the
+    initial state.
+
+    The machine is built once per role and class and shared (models are not attached to it:
+    triggers are fired with ``machine.events[trigger].trigger(model)``), because building a
+    ``transitions`` machine costs far more than one handshake message.
+    """
+    key = (id(role), type(model))
+    with _MACHINES_LOCK:
+        entry = _MACHINES.get(key)
+        if entry is None or entry[0] is not role:
+            entry = (role, _new_machine(role, model))
+            _MACHINES[key] = entry
+    model.state = role.initial
+    return entry[1]
+
+
+def _new_machine(role: RoleSpec, model: Any) -> Machine:
     missing = missing_callbacks(role, model)
     if missing:
         raise SpecError(
@@ -42,23 +98,24 @@ def build_machine(role: RoleSpec, model: Any) -> Machine:
             + ", ".join(missing)
         )
     machine = Machine(
-        model=model,
+        model=[],
         states=list(role.states),
         initial=role.initial,
         auto_transitions=False,
         ignore_invalid_triggers=False,
         model_attribute="state",
+        send_event=True,
     )
     for t in role.transitions:
-        after: list[Any] = list(t.actions)
+        after: list[Any] = [_Callback(name) for name in t.actions]
         if t.emits:
-            after.append(partial(model.emit_flight, t.emits))
+            after.append(_EmitFlight(tuple(t.emits)))
         machine.add_transition(
             t.trigger,
             t.source,
             t.dest,
-            conditions=list(t.guards),
-            unless=list(t.unless),
+            conditions=[_Callback(name) for name in t.guards],
+            unless=[_Callback(name) for name in t.unless],
             after=after,
         )
     return machine
