@@ -53,7 +53,13 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="seconds per lemma before it counts as a timeout (default 600)",
     )
-    parser.add_argument("--json", metavar="FILE", help="write the JSON report to FILE")
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="write the JSON report to FILE; without FILE print it instead of the table",
+    )
     parser.add_argument(
         "--jobs", type=int, metavar="N", help="lemmas proved at once (default: the core count)"
     )
@@ -146,8 +152,10 @@ def main(args: argparse.Namespace) -> int:
         print(exc.message(), file=sys.stderr)
         return EXIT_NO_PROVER
 
+    to_stdout = args.json == "-"
+    out = sys.stderr if to_stdout else sys.stdout
     version = prover.version()
-    print(f"{version}; {len(jobs)} lemma(s), timeout {args.timeout:g} s each", flush=True)
+    print(f"{version}; {len(jobs)} lemma(s), timeout {args.timeout:g} s each", file=out, flush=True)
 
     def progress(result: LemmaResult) -> None:
         mark = "ok" if result.ok else "MISMATCH"
@@ -158,9 +166,12 @@ def main(args: argparse.Namespace) -> int:
         )
 
     results = runner.run_lemmas(prover, jobs, args.timeout, args.jobs, on_result=progress)
-    print(runner.format_table(results))
-    data = runner.report(results, version)
-    if args.json:
+    data = runner.report(results, version, args.timeout)
+    if to_stdout:
+        print(json.dumps(data, indent=2))
+    else:
+        print(runner.format_table(results))
+    if args.json and not to_stdout:
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     bad = [r for r in results if not r.ok]
     for r in bad:
@@ -170,5 +181,5 @@ def main(args: argparse.Namespace) -> int:
             else f"expected {r.expected}, got {r.verdict}"
         )
         print(f"{r.theory} {r.lemma}: {why}", file=sys.stderr)
-    print(f"{len(results) - len(bad)} of {len(results)} lemmas as expected")
+    print(f"{len(results) - len(bad)} of {len(results)} lemmas as expected", file=out)
     return EXIT_OK if not bad else EXIT_MISMATCH

@@ -144,6 +144,7 @@ class LemmaResult:
     warnings: list[str] = field(default_factory=list)
     detail: str = ""
     command: list[str] = field(default_factory=list)
+    why: str = ""
 
     @property
     def ok(self) -> bool:
@@ -283,6 +284,7 @@ def run_lemma(prover: Prover, job: Job, timeout: float, threads: int | None = No
     """Run one lemma; on timeout the whole process group is killed."""
     command = build_command(prover, job.theory, job.lemma, threads)
     expected = job.expected.verdict if job.expected else None
+    why = job.expected.why if job.expected else ""
     start = time.monotonic()
     try:
         process = subprocess.Popen(
@@ -295,7 +297,7 @@ def run_lemma(prover: Prover, job: Job, timeout: float, threads: int | None = No
     except OSError as exc:
         return LemmaResult(
             job.theory.name, job.lemma, expected, ERROR, None, 0.0, detail=str(exc),
-            command=command,
+            command=command, why=why,
         )  # fmt: skip
     try:
         output, _ = process.communicate(timeout=timeout)
@@ -304,7 +306,7 @@ def run_lemma(prover: Prover, job: Job, timeout: float, threads: int | None = No
         process.communicate()
         return LemmaResult(
             job.theory.name, job.lemma, expected, TIMEOUT, None, time.monotonic() - start,
-            detail=f"no verdict within {timeout:g} s", command=command,
+            detail=f"no verdict within {timeout:g} s", command=command, why=why,
         )  # fmt: skip
     seconds = time.monotonic() - start
     parsed = parse_output(output, job.lemma)
@@ -322,6 +324,7 @@ def run_lemma(prover: Prover, job: Job, timeout: float, threads: int | None = No
         warnings=list(parsed.warnings),
         detail=detail,
         command=command,
+        why=why,
     )
 
 
@@ -405,11 +408,15 @@ def format_table(results: Sequence[LemmaResult]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def report(results: Sequence[LemmaResult], prover_version: str) -> dict[str, Any]:
-    """The JSON report."""
+def report(
+    results: Sequence[LemmaResult], prover_version: str, timeout: float | None = None
+) -> dict[str, Any]:
+    """The JSON report: overall ``ok``, the prover, and one entry per lemma."""
     return {
         "ok": bool(results) and all(r.ok for r in results),
         "prover": prover_version,
         "cpu_count": os.cpu_count(),
+        "timeout": timeout,
+        "mismatches": sum(1 for r in results if not r.ok),
         "results": [r.to_dict() for r in results],
     }

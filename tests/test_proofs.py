@@ -1,0 +1,576 @@
+"""The Tamarin theories: syntax, consistency with the spec, expected verdicts, `d2tls prove`.
+
+Syntax (Tree-sitter) and consistency tests always run. Tests that need Tamarin run only where
+tamarin-prover and maude are on PATH and are skipped with a loud reason elsewhere; the unit
+tests of the output parser use a stand-in prover, beside the real-prover tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from d2tls.cli import main as d2tls_main
+from d2tls.prove import runner
+from d2tls.prove.consistency import (
+    EXCLUDED,
+    TransitionRef,
+    check_theories,
+    resolve,
+    rule_tags,
+    security_relevant,
+    spec_transitions,
+)
+from d2tls.prove.runner import (
+    EXIT_MISMATCH,
+    EXIT_NO_PROVER,
+    EXIT_OK,
+    EXIT_USAGE,
+    FALSIFIED,
+    INCOMPLETE,
+    VERIFIED,
+    LemmaResult,
+    parse_output,
+)
+from d2tls.prove.syntax import check_file, check_source, top_level_items
+
+ROOT = Path(__file__).resolve().parents[1]
+PROOFS = ROOT / "proofs"
+THEORIES = sorted(PROOFS.glob("*.spthy"))
+MAIN_THEORY = PROOFS / "d2tls_dtls12.spthy"
+
+TAMARIN = shutil.which("tamarin-prover")
+MAUDE = shutil.which("maude")
+NO_PROVER = (
+    "TAMARIN TESTS DID NOT RUN: "
+    + " and ".join(n for n, p in (("tamarin-prover", TAMARIN), ("maude", MAUDE)) if p is None)
+    + " not on PATH. The proofs are unchecked here; install them (see `d2tls prove`) to run."
+)
+needs_prover = pytest.mark.skipif(TAMARIN is None or MAUDE is None, reason=NO_PROVER)
+
+
+# --------------------------------------------------------------------------- syntax
+
+
+def test_there_is_a_theory() -> None:
+    assert MAIN_THEORY in THEORIES
+
+
+@pytest.mark.parametrize("theory", THEORIES, ids=lambda p: p.name)
+def test_theory_parses_with_tree_sitter(theory: Path) -> None:
+    assert check_file(theory) == []
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "rule A: [ In(x ] --> [ Out(x) ]",  # unbalanced parenthesis
+        'lemma l: "All x #i. F(x) @ #i ==> "',  # formula without a conclusion
+        "rule B: [ In(x) ] --[ ]-> [ Out(x) ",  # conclusion never closed
+    ],
+)
+def test_syntax_check_rejects_a_broken_theory(broken: str) -> None:
+    text = MAIN_THEORY.read_text(encoding="utf-8").replace("\nend", f"\n{broken}\n\nend")
+    problems = check_source(text.encode(), "broken.spthy")
+    assert problems, broken
+
+
+def test_tree_sitter_and_runner_agree_on_the_lemmas() -> None:
+    source = MAIN_THEORY.read_bytes()
+    assert top_level_items(source)["lemma"] == runner.lemma_names(source.decode())
+    assert [r.rule for r in rule_tags(MAIN_THEORY)] == top_level_items(source)["rule"]
+
+
+def test_commented_out_lemma_is_not_a_lemma() -> None:
+    text = 'theory T begin\n/* lemma a: "F" */\n// lemma b: "F"\nlemma c: "F"\nend\n'
+    assert runner.lemma_names(text) == ["c"]
+
+
+# --------------------------------------------------------------------------- consistency
+
+
+def test_theories_are_consistent_with_the_spec() -> None:
+    report = check_theories(THEORIES)
+    assert report.ok, "\n".join(report.problems())
+
+
+def test_consistency_check_is_not_vacuous() -> None:
+    relevant = security_relevant()
+    labels = {t.label() for t in relevant}
+    for needed in (
+        "device.awaiting_sign_request->awaiting_context recv_SignRequest"
+        " if sign_request_acceptable",
+        "agent.handing_over->done context_sent",
+        "dtls_server.wait_certificate_verify->wait_change_cipher_spec recv_CertificateVerify",
+        "dtls_client.wait_server_hello->wait_change_cipher_spec_resumed recv_ServerHello"
+        " if server_resumes_session",
+    ):
+        assert needed in labels
+    report = check_theories(THEORIES)
+    modelled = set(report.modelled)
+    assert len(modelled) >= 25
+    assert set(relevant) - set(EXCLUDED_REFS) <= modelled
+
+
+EXCLUDED_REFS = [ref for key in EXCLUDED for ref in resolve(key, spec_transitions())]
+
+
+def test_every_exclusion_names_one_transition_with_a_reason() -> None:
+    transitions = spec_transitions()
+    for key, why in EXCLUDED.items():
+        assert len(resolve(key, transitions)) == 1, key
+        assert len(why) > 20, key
+
+
+def test_every_rule_is_tagged() -> None:
+    for entry in rule_tags(MAIN_THEORY):
+        assert entry.tags, entry.rule
+
+
+def _variant(tmp_path: Path, old: str, new: str) -> Path:
+    text = MAIN_THEORY.read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    path = tmp_path / MAIN_THEORY.name
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    return path
+
+
+def test_tag_naming_no_spec_transition_fails(tmp_path: Path) -> None:
+    theory = _variant(
+        tmp_path,
+        "// spec: agent.handing_over->done context_sent",
+        "// spec: agent.handing_over->done context_shredded",
+    )
+    report = check_theories([theory])
+    assert not report.ok
+    assert any("context_shredded" in p for p in report.bad_tags)
+    wipe = TransitionRef("agent", "handing_over", "done", "context_sent")
+    assert wipe in report.missing  # and the real transition is now unmodelled
+
+
+def test_tag_with_unknown_role_or_guard_fails(tmp_path: Path) -> None:
+    for old, new in (
+        ("// spec: agent.handing_over->done context_sent", "// spec: broker.x->y context_sent"),
+        (
+            "// spec: device.awaiting_context->awaiting_wipe recv_SessionContext"
+            " if context_acceptable",
+            "// spec: device.awaiting_context->awaiting_wipe recv_SessionContext if context_tasty",
+        ),
+    ):
+        report = check_theories([_variant(tmp_path, old, new)])
+        assert report.bad_tags, new
+
+
+def test_removing_the_tag_of_a_security_relevant_transition_fails(tmp_path: Path) -> None:
+    tag = (
+        "// spec: dtls_server.wait_certificate_verify->wait_change_cipher_spec"
+        " recv_CertificateVerify\n"
+    )
+    report = check_theories([_variant(tmp_path, tag, "")])
+    assert not report.ok
+    assert [t.label() for t in report.missing] == [
+        "dtls_server.wait_certificate_verify->wait_change_cipher_spec recv_CertificateVerify"
+    ]
+    assert not report.bad_tags and not report.untagged
+
+
+def test_rule_without_any_tag_fails(tmp_path: Path) -> None:
+    report = check_theories(
+        [_variant(tmp_path, "// spec: agent.handing_over->done context_sent\n", "")]
+    )
+    assert any("Agent_Wipe" in u for u in report.untagged)
+
+
+def test_none_tag_needs_a_reason_and_must_stand_alone(tmp_path: Path) -> None:
+    old = "// spec: none (adversary: the agent is compromised from now on)"
+    report = check_theories([_variant(tmp_path, old, "// spec: none")])
+    assert report.bad_tags
+    mixed = old + "\n// spec: agent.handing_over->done context_sent"
+    report = check_theories([_variant(tmp_path, old, mixed)])
+    assert report.bad_tags
+
+
+def test_modelling_an_excluded_transition_fails(tmp_path: Path) -> None:
+    old = "// spec: agent.handing_over->done context_sent"
+    extra = old + "\n// spec: dtls_server.established->established recv_ClientHello"
+    report = check_theories([_variant(tmp_path, old, extra)])
+    assert [t.label() for t in report.excluded_but_modelled] == [
+        "dtls_server.established->established recv_ClientHello"
+    ]
+
+
+# --------------------------------------------------------------------------- expected verdicts
+
+
+def test_expected_lists_exactly_the_lemmas_of_each_theory() -> None:
+    expected = runner.load_expected(PROOFS / runner.EXPECTED_FILE)
+    assert set(expected) == {t.name for t in THEORIES}
+    for theory in THEORIES:
+        names = runner.lemma_names(theory.read_text(encoding="utf-8"))
+        assert len(names) == len(set(names)), theory.name
+        assert list(expected[theory.name]) == names, theory.name
+
+
+def test_expected_has_the_lemmas_the_issue_asks_for() -> None:
+    expected = runner.load_expected(PROOFS / runner.EXPECTED_FILE)[MAIN_THEORY.name]
+    verdicts = {name: e.verdict for name, e in expected.items()}
+    assert verdicts["executable_bound"] == verdicts["executable_blind"] == VERIFIED
+    assert verdicts["master_secret_secrecy"] == verdicts["resumed_key_secrecy"] == VERIFIED
+    assert verdicts["injective_agreement_full_bound"] == VERIFIED
+    assert verdicts["injective_agreement_full_blind"] == FALSIFIED
+    assert verdicts["server_authentication_resumed"] == VERIFIED
+    assert verdicts["resumed_key_secrecy_compromise_after_handover"] == FALSIFIED
+    assert verdicts["resumed_key_secrecy_wipe_before_compromise"] == VERIFIED
+    for name, entry in expected.items():
+        assert "\n" not in entry.why and len(entry.why) < 200, name
+
+
+def test_every_lemma_is_explained_in_lemmas_md() -> None:
+    doc = (PROOFS / "LEMMAS.md").read_text(encoding="utf-8")
+    for name in runner.lemma_names(MAIN_THEORY.read_text(encoding="utf-8")):
+        assert f"`{name}`" in doc, name
+
+
+def test_load_expected_rejects_bad_entries(tmp_path: Path) -> None:
+    bad = tmp_path / "expected.toml"
+    bad.write_text('["t.spthy".l]\nverdict = "probably"\nwhy = "x"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="verdict"):
+        runner.load_expected(bad)
+    bad.write_text('["t.spthy".l]\nverdict = "verified"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="why"):
+        runner.load_expected(bad)
+
+
+# --------------------------------------------------------------------------- output parsing
+
+#: The end of a `tamarin-prover --prove=injective_agreement_full_blind` run (Tamarin 1.8).
+FALSIFIED_RUN = """\
+maude tool: 'maude'
+ checking version: 3.2.1. OK.
+ checking installation: OK.
+theory D2TLS_DTLS12 begin
+
+// Function signature and definition of the equational theory E
+
+functions: fst/1, h/1, pair/2, pk/1, prf/2, sign/2, snd/1, true/0, verify/3
+...
+lemma injective_agreement_full_blind:
+  all-traces
+  "..."
+simplify
+solve( St_S_AwaitClientFlight( S, cr, sr, sid, ske, ~y ) ▶₀ #i )
+  case Server_Recv_ClientHello_Full
+  ...
+      SOLVED // trace found
+...
+end
+
+==============================================================================
+summary of summaries:
+
+analyzed: proofs/d2tls_dtls12.spthy
+
+  processing time: 41.07s
+
+  context_session_id_known (all-traces): analysis incomplete (1 steps)
+  one_signature_per_request (all-traces): analysis incomplete (1 steps)
+  injective_agreement_full_blind (all-traces): falsified - found trace (23 steps)
+  injective_agreement_resumed (all-traces): analysis incomplete (1 steps)
+
+==============================================================================
+"""
+
+VERIFIED_WITH_WARNING = """\
+theory T begin
+...
+/*
+WARNING: the following wellformedness checks failed!
+
+Fact usage
+==========
+  Possible reasons:
+  1. Fact names are case-sensitive, different capitalizations are considered as different facts
+  rule `Agent_Wipe' uses a fact that no rule produces: AgentHold( A, D, rid, ms )
+*/
+end
+
+==============================================================================
+summary of summaries:
+
+analyzed: proofs/d2tls_dtls12.spthy
+
+  processing time: 2.10s
+
+  WARNING: 1 wellformedness check failed!
+           The analysis results might be wrong!
+
+  executable_bound (exists-trace): verified (31 steps)
+  one_signature_per_request (all-traces): verified (4 steps)
+
+==============================================================================
+"""
+
+
+def test_parse_falsified() -> None:
+    parsed = parse_output(FALSIFIED_RUN, "injective_agreement_full_blind")
+    assert (parsed.verdict, parsed.steps, parsed.kind) == (FALSIFIED, 23, "all-traces")
+    assert parsed.wellformedness_failures == 0
+
+
+def test_parse_unselected_lemma_is_incomplete() -> None:
+    parsed = parse_output(FALSIFIED_RUN, "injective_agreement_resumed")
+    assert (parsed.verdict, parsed.steps) == (INCOMPLETE, 1)
+
+
+def test_parse_verified_with_wellformedness_warning() -> None:
+    parsed = parse_output(VERIFIED_WITH_WARNING, "executable_bound")
+    assert (parsed.verdict, parsed.steps, parsed.kind) == (VERIFIED, 31, "exists-trace")
+    assert parsed.wellformedness_failures == 1
+    assert any("wellformedness" in w for w in parsed.warnings)
+
+
+def test_parse_garbage_is_an_error() -> None:
+    assert parse_output("tamarin-prover: parse error at line 3", "x").verdict == runner.ERROR
+    assert parse_output(FALSIFIED_RUN, "no_such_lemma").verdict == runner.ERROR
+
+
+def test_result_with_wellformedness_warning_is_not_ok() -> None:
+    result = LemmaResult("t", "l", VERIFIED, VERIFIED, 3, 1.0, wellformedness_failures=1)
+    assert not result.ok
+    assert LemmaResult("t", "l", VERIFIED, VERIFIED, 3, 1.0).ok
+    assert not LemmaResult("t", "l", None, VERIFIED, 3, 1.0).ok
+
+
+# --------------------------------------------------------------------------- `d2tls prove`
+
+
+def _run_cli(*args: str, path: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PATH=path)
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from d2tls.cli import main; sys.exit(main())", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_prove_help() -> None:
+    result = _run_cli("prove", "--help", path=os.environ.get("PATH", ""))
+    assert result.returncode == 0
+    for option in ("--lemma", "--timeout", "--json", "--static", "THEORY"):
+        assert option in result.stdout
+
+
+def test_prove_without_tamarin_or_maude_says_so(tmp_path: Path) -> None:
+    result = _run_cli("prove", path=str(tmp_path))  # an empty PATH directory
+    assert result.returncode == EXIT_NO_PROVER
+    assert "tamarin-prover and maude not found on PATH" in result.stderr
+    assert "apt-get install maude" in result.stderr
+    assert "tamarin-prover.com" in result.stderr
+
+
+def test_prove_names_only_the_missing_tool(tmp_path: Path) -> None:
+    _script(tmp_path / "maude", "print('Maude 3.2.1')")
+    result = _run_cli("prove", "--lemma", "executable_bound", path=str(tmp_path))
+    assert result.returncode == EXIT_NO_PROVER
+    assert "tamarin-prover not found on PATH" in result.stderr
+    assert "maude not found" not in result.stderr
+
+
+def test_prove_static_checks_without_tamarin(tmp_path: Path) -> None:
+    result = _run_cli("prove", "--static", path=str(tmp_path))
+    assert result.returncode == EXIT_OK, result.stdout + result.stderr
+    assert "syntax ok" in result.stdout
+
+
+def test_prove_unknown_lemma_or_theory_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert d2tls_main(["prove", "--lemma", "no_such_lemma"]) == EXIT_USAGE
+    assert "no such lemma: no_such_lemma" in capsys.readouterr().err
+    assert d2tls_main(["prove", "no_such_theory"]) == EXIT_USAGE
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text(f"#!{sys.executable}\n{body}\n", encoding="utf-8")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+#: A stand-in for tamarin-prover (the real one is tested below where it is installed): it
+#: answers --version, and for --prove=L prints a summary giving L the verdict VERDICTS[L]
+#: (default: the expected one), with a wellformedness warning if WARN is set.
+STAND_IN = textwrap.dedent(
+    """
+    import json, os, sys, time, tomllib
+    if "--version" in sys.argv:
+        print("tamarin-prover 1.8.0 (stand-in)"); sys.exit(0)
+    lemma = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--prove="))
+    theory = next(a for a in sys.argv if a.endswith(".spthy"))
+    expected = tomllib.load(open(os.environ["EXPECTED"], "rb"))[os.path.basename(theory)]
+    verdict = json.loads(os.environ.get("VERDICTS", "{}")).get(
+        lemma, expected[lemma]["verdict"])
+    if verdict == "sleep":
+        time.sleep(30)
+    status = {"verified": "verified", "falsified": "falsified - found trace",
+              "incomplete": "analysis incomplete"}[verdict]
+    print("summary of summaries:")
+    print("")
+    print("analyzed: " + theory)
+    if os.environ.get("WARN"):
+        print("  WARNING: 1 wellformedness check failed!")
+    print(f"  {lemma} (all-traces): {status} (7 steps)")
+    """
+)
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    tamarin = _script(tmp_path / "tamarin-prover", STAND_IN)
+    maude = _script(tmp_path / "maude", "print('Maude 3.2.1')")
+    monkeypatch.setenv("EXPECTED", str(PROOFS / runner.EXPECTED_FILE))
+    return ["--tamarin-prover", str(tamarin), "--maude", str(maude)]
+
+
+def test_prove_all_as_expected_writes_report(
+    stand_in: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report_file = tmp_path / "report.json"
+    status = d2tls_main(["prove", *stand_in, "--json", str(report_file)])
+    out = capsys.readouterr().out
+    assert status == EXIT_OK, out
+    lemmas = runner.lemma_names(MAIN_THEORY.read_text(encoding="utf-8"))
+    assert "MISMATCH" not in out
+    assert f"{len(lemmas)} of {len(lemmas)} lemmas as expected" in out
+    header = out.splitlines()[1].split()
+    assert header == ["theory", "lemma", "expected", "verdict", "steps", "time"]
+    data = json.loads(report_file.read_text(encoding="utf-8"))
+    assert data["ok"] is True and data["mismatches"] == 0 and data["timeout"] == 600.0
+    assert data["prover"] == "tamarin-prover 1.8.0 (stand-in)"
+    assert [r["lemma"] for r in data["results"]] == lemmas
+    first = data["results"][0]
+    assert set(first) >= {
+        "theory", "lemma", "expected", "verdict", "steps", "seconds", "ok", "why",
+        "wellformedness_failures", "warnings", "command",
+    }  # fmt: skip
+    assert first["steps"] == 7 and first["theory"] == MAIN_THEORY.name
+
+
+def test_prove_mismatch_fails(
+    stand_in: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VERDICTS", json.dumps({"injective_agreement_full_blind": "verified"}))
+    status = d2tls_main(["prove", *stand_in, "--lemma", "injective_agreement_full_blind"])
+    captured = capsys.readouterr()
+    assert status == EXIT_MISMATCH
+    assert "MISMATCH" in captured.out
+    assert "expected falsified, got verified" in captured.err
+
+
+def test_prove_incomplete_fails(
+    stand_in: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VERDICTS", json.dumps({"executable_bound": "incomplete"}))
+    assert d2tls_main(["prove", *stand_in, "--lemma", "executable_bound"]) == EXIT_MISMATCH
+
+
+def test_prove_wellformedness_warning_fails(
+    stand_in: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WARN", "1")
+    status = d2tls_main(["prove", *stand_in, "--lemma", "executable_bound", "--json"])
+    captured = capsys.readouterr()
+    assert status == EXIT_MISMATCH
+    data = json.loads(captured.out)  # --json without FILE: the report replaces the table
+    assert data["ok"] is False
+    assert data["results"][0]["wellformedness_failures"] == 1
+    assert "wellformedness" in captured.err
+
+
+def test_prove_timeout_kills_the_prover(
+    stand_in: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VERDICTS", json.dumps({"executable_bound": "sleep"}))
+    args = ["prove", *stand_in, "--lemma", "executable_bound", "--timeout", "1", "--json"]
+    status = d2tls_main(args)
+    data = json.loads(capsys.readouterr().out)
+    assert status == EXIT_MISMATCH
+    result = data["results"][0]
+    assert result["verdict"] == runner.TIMEOUT and result["seconds"] < 10
+
+
+def test_prove_runs_lemmas_in_parallel(stand_in: list[str]) -> None:
+    prover = runner.Prover(stand_in[1], stand_in[3])
+    expected = runner.load_expected(PROOFS / runner.EXPECTED_FILE)
+    jobs = runner.plan([MAIN_THEORY], expected, ["executable_bound", "executable_blind"])
+    results = runner.run_lemmas(prover, jobs, timeout=30, workers=2)
+    assert [r.lemma for r in results] == ["executable_bound", "executable_blind"]
+    assert all(r.ok for r in results)
+    assert all(r.command[-3:] == ["+RTS", "-N1", "-RTS"] for r in results)
+
+
+# --------------------------------------------------------------------------- the real prover
+
+#: A small theory with one verified and one falsified lemma, to check the parser against what
+#: the installed Tamarin really prints.
+SMALL_THEORY = """\
+theory Small
+begin
+builtins: symmetric-encryption
+rule Send: [ Fr(~k), Fr(~m) ] --[ Secret(~m), Sent(~m) ]-> [ Out(senc(~m, ~k)), Key(~k) ]
+rule Leak: [ Key(k) ] --[ Leaked(k) ]-> [ Out(k) ]
+lemma sent_before_leak:
+  "All m #i. Secret(m) @ #i ==> Ex #j. Sent(m) @ #j"
+lemma secret:
+  "All m #i. Secret(m) @ #i ==> not (Ex #k. K(m) @ #k)"
+end
+"""
+
+
+@needs_prover
+def test_parser_reads_the_real_tamarin(tmp_path: Path) -> None:
+    assert TAMARIN is not None and MAUDE is not None
+    theory = tmp_path / "small.spthy"
+    theory.write_text(SMALL_THEORY, encoding="utf-8")
+    prover = runner.Prover(TAMARIN, MAUDE)
+    for lemma, verdict in (("sent_before_leak", VERIFIED), ("secret", FALSIFIED)):
+        job = runner.Job(theory, lemma, runner.Expectation(verdict, "small theory"))
+        result = runner.run_lemma(prover, job, timeout=120)
+        assert result.verdict == verdict, result.detail
+        assert result.steps is not None and result.steps > 0
+        assert result.ok
+
+
+@needs_prover
+def test_real_prove_of_a_fast_lemma(tmp_path: Path) -> None:
+    report_file = tmp_path / "report.json"
+    status = d2tls_main(
+        ["prove", "--lemma", "one_signature_per_request", "--json", str(report_file)]
+    )
+    data = json.loads(report_file.read_text(encoding="utf-8"))
+    assert status == EXIT_OK, data
+    assert data["results"][0]["verdict"] == VERIFIED
+
+
+@pytest.mark.skipif(
+    TAMARIN is None or MAUDE is None or not os.environ.get("D2TLS_PROVE_ALL"),
+    reason=NO_PROVER
+    if TAMARIN is None or MAUDE is None
+    else "set D2TLS_PROVE_ALL=1 to prove every lemma (minutes to an hour)",
+)
+def test_real_prove_of_every_lemma(tmp_path: Path) -> None:
+    report_file = tmp_path / "report.json"
+    status = d2tls_main(["prove", "--json", str(report_file)])
+    data = json.loads(report_file.read_text(encoding="utf-8"))
+    assert status == EXIT_OK, [r for r in data["results"] if not r["ok"]]
