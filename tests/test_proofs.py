@@ -574,3 +574,22 @@ def test_real_prove_of_every_lemma(tmp_path: Path) -> None:
     status = d2tls_main(["prove", "--json", str(report_file)])
     data = json.loads(report_file.read_text(encoding="utf-8"))
     assert status == EXIT_OK, [r for r in data["results"] if not r["ok"]]
+
+
+def test_parse_unfinishable_is_incomplete() -> None:
+    line = (
+        "  l (all-traces): analysis cannot be finished (reducible operators in subterms) (5 steps)"
+    )
+    assert parse_output(line, "l").verdict == INCOMPLETE
+
+
+def test_every_expected_attack_has_a_graph() -> None:
+    expected = runner.load_expected(PROOFS / runner.EXPECTED_FILE)[MAIN_THEORY.name]
+    doc = (PROOFS / "LEMMAS.md").read_text(encoding="utf-8")
+    for name, entry in expected.items():
+        if entry.verdict != FALSIFIED:
+            continue
+        dot = ROOT / "docs" / "proofs" / f"{name}.dot"
+        assert f"digraph {name} {{" in dot.read_text(encoding="utf-8"), name
+        assert (dot.with_suffix(".svg")).exists(), name
+        assert f"../docs/proofs/{name}.svg" in doc, name

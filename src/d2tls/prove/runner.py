@@ -55,7 +55,9 @@ Both must be on PATH, or pass --tamarin-prover PATH / --maude PATH."""
 _SUMMARY_LINE = re.compile(
     r"^\s*(?P<lemma>[A-Za-z0-9_]+)\s+\((?P<kind>all-traces|exists-trace)\):\s+"
     r"(?P<status>verified|falsified - found trace|falsified - no trace found|"
-    r"analysis incomplete|analysis undetermined)\s+\((?P<steps>\d+) steps?\)\s*$",
+    r"analysis incomplete|analysis undetermined|"
+    r"analysis cannot be finished \(reducible operators in subterms\))"
+    r"\s+\((?P<steps>\d+) steps?\)\s*$",
     re.MULTILINE,
 )
 _WELLFORMEDNESS = re.compile(r"WARNING: (\d+) wellformedness checks? failed", re.IGNORECASE)
@@ -184,7 +186,7 @@ def parse_output(output: str, lemma: str) -> Parsed:
         "falsified - no trace found": FALSIFIED,
         "analysis incomplete": INCOMPLETE,
         "analysis undetermined": UNDETERMINED,
-    }[status]
+    }.get(status, INCOMPLETE)
     return Parsed(verdict, int(match.group("steps")), kind, wellformedness, warnings)
 
 
