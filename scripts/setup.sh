@@ -4,7 +4,9 @@
 #  1. installs the third-party tools the tests drive (gnutls-bin, openssl, graphviz,
 #     redis-server, iproute2, tshark) with apt-get, only when one of them is missing;
 #  2. creates .venv with Python >= 3.11 if it does not exist;
-#  3. installs d2tls editable with its test extras into .venv.
+#  3. installs d2tls editable with its test extras into .venv;
+#  4. builds mbedTLS's ssl_server2 from Debian's source package (scripts/build-mbedtls.sh),
+#     a conformance peer that no Debian binary package ships.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,5 +64,8 @@ fi
 
 log "installing d2tls (editable, with test extras) into .venv"
 .venv/bin/pip install -e '.[test]'
+
+log "mbedTLS ssl_server2 (conformance peer)"
+bash "$ROOT/scripts/build-mbedtls.sh"
 
 log "done: activate with 'source .venv/bin/activate'; tests need root for 'ip netns'"

@@ -1,4 +1,5 @@
-"""Third-party DTLS 1.2 peers (OpenSSL 3.0 and GnuTLS 3.7 command-line tools) as subprocesses.
+"""Third-party DTLS 1.2 peers (OpenSSL 3.0, GnuTLS 3.7 tools, mbedTLS 2.28 ssl_server2) as
+subprocesses.
 
 Used by the interop tests and the conformance suite. Only loopback addresses or network
 namespaces created here are ever used.
@@ -550,6 +551,89 @@ class GnuTLSServer(_ServerProcess):
         super().stop()
         if self._own_namespace:
             self.namespace.close()
+
+
+#: Where scripts/build-mbedtls.sh puts ssl_server2 (override with D2TLS_MBEDTLS_DIR).
+MBEDTLS_DIR = Path(os.environ.get("D2TLS_MBEDTLS_DIR", "/var/cache/d2tls/mbedtls"))
+
+
+def mbedtls_server_program() -> Path:
+    """The ssl_server2 built by ``scripts/build-mbedtls.sh``; :class:`PeerError` if absent."""
+    path = MBEDTLS_DIR / "bin" / "ssl_server2"
+    if not os.access(path, os.X_OK):
+        raise PeerError(f"{path} not found: run scripts/build-mbedtls.sh (or scripts/setup.sh)")
+    return path
+
+
+def mbedtls_version() -> str:
+    """``mbedtls 2.28.3-1 (Debian source package)``, as recorded by the build script."""
+    version = MBEDTLS_DIR / "bin" / "VERSION"
+    return version.read_text().strip() if version.exists() else "mbedtls (unknown version)"
+
+
+class MbedTLSServer(_ServerProcess):
+    """mbedTLS's ``ssl_server2`` sample program in DTLS 1.2 mode on a loopback address.
+
+    Built from Debian's mbedtls source package by ``scripts/build-mbedtls.sh``. It serves one
+    connection at a time: after a handshake and one request/response ``exchanges`` it sends a
+    fixed HTTP-like answer (no echo) and close_notify, then waits for the next client.
+    ``hs_timeout`` (ms, ``min-max``) bounds retransmission so an abandoned handshake frees the
+    server quickly; ``read_timeout`` (ms) does the same for an idle established connection.
+    """
+
+    tool = "ssl_server2"
+    ready_marker = b"Waiting for a remote connection"
+
+    def __init__(
+        self,
+        *,
+        cert: Path,
+        key: Path,
+        ca: Path,
+        client_auth: ClientAuthMode = "required",
+        psk: tuple[bytes, bytes] | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        mtu: int | None = None,
+        cookies: bool = True,
+        hs_timeout: str = "200-1600",
+        read_timeout: int = 2000,
+        extra_args: Sequence[str] = (),
+        log_path: Path | None = None,
+        ready_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(log_path, ready_timeout)
+        self.cert, self.key, self.ca = cert, key, ca
+        self.client_auth = client_auth
+        self.psk = psk
+        self.host = host
+        self.port = port if port is not None else free_udp_port(host)
+        self.mtu, self.cookies = mtu, cookies
+        self.hs_timeout, self.read_timeout = hs_timeout, read_timeout
+        self.extra_args = list(extra_args)
+
+    def argv(self) -> list[str]:
+        """The ``ssl_server2`` command line (key=value arguments)."""
+        argv = [
+            str(mbedtls_server_program()),
+            "dtls=1",
+            "force_version=dtls12",
+            f"server_addr={self.host}",
+            f"server_port={self.port}",
+            f"crt_file={self.cert}",
+            f"key_file={self.key}",
+            f"ca_file={self.ca}",
+            f"auth_mode={self.client_auth}",
+            f"cookies={1 if self.cookies else 0}",
+            f"hs_timeout={self.hs_timeout}",
+            f"read_timeout={self.read_timeout}",
+        ]
+        if self.psk is not None:
+            identity, key = self.psk
+            argv += [f"psk={key.hex()}", f"psk_identity={identity.decode()}"]
+        if self.mtu is not None:
+            argv.append(f"mtu={self.mtu}")
+        return argv + self.extra_args
 
 
 # --------------------------------------------------------------------------- clients

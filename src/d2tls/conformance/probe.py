@@ -43,6 +43,7 @@ from d2tls.dtls.constants import (
     ExtensionType,
     HandshakeType,
 )
+from d2tls.dtls.events import ApplicationDataReceived
 from d2tls.dtls.fragments import HandshakeFragment, encode_fragment, parse_handshake_fragments
 from d2tls.dtls.messages import (
     CHANGE_CIPHER_SPEC_BODY,
@@ -83,6 +84,10 @@ TIMEOUT = "TIMEOUT"
 # --------------------------------------------------------------------------- transports
 
 
+class ProbeError(D2TLSError):
+    """The prober cannot reach or drive the server under test."""
+
+
 class Transport(Protocol):
     """Moves datagrams between the prober and one server."""
 
@@ -101,13 +106,14 @@ class UDPTransport:
     """A UDP socket connected to ``target``, bound to ``source`` (port 0: any free port)."""
 
     def __init__(self, target: Address, source: Address | None = None) -> None:
+        if not _is_loopback(target[0]):
+            raise ProbeError(f"{target[0]} is not a loopback address (the prober stays on lo)")
         family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
         self.target = target
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         if source is None:
+            # Loopback only: the conformance suite never binds a wildcard address.
             source = ("::1" if family == socket.AF_INET6 else "127.0.0.1", 0)
-            if not _is_loopback(target[0]):
-                source = ("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
         self._sock.bind(source)
         self._sock.connect(target)
         self.local_address: Address = tuple(self._sock.getsockname()[:2])
@@ -137,19 +143,23 @@ class UDPTransport:
 class InProcessTransport:
     """Our own sans-IO server, called directly (no sockets, no timers, no waiting)."""
 
-    def __init__(self, server: DTLSServer, address: Address = ("192.0.2.1", 40000)) -> None:
+    def __init__(
+        self, server: DTLSServer, address: Address = ("192.0.2.1", 40000), *, echo: bool = False
+    ) -> None:
         self.server = server
         self.local_address = address
+        self.echo = echo
         self._pending: list[bytes] = []
 
     def send(self, datagram: bytes) -> None:
         now = time.monotonic()
         self.server.receive_datagram(datagram, self.local_address, now)
+        while (event := self.server.next_event()) is not None:
+            if self.echo and isinstance(event, ApplicationDataReceived):
+                self.server.send_application_data(self.local_address, event.data)
         self._pending += [
             d for d, peer in self.server.datagrams_to_send(now) if peer == self.local_address
         ]
-        while self.server.next_event() is not None:
-            pass
 
     def receive(self, wait: float, gap: float) -> list[bytes]:
         out, self._pending = self._pending, []
@@ -330,6 +340,7 @@ class Prober:
         self._partials: dict[tuple[int, int, int, int], dict[int, bytes]] = {}
         self._seen: dict[tuple[int, int], bytes] = {}
         self.old_reads: dict[int, EpochState] = {}
+        self.largest_datagram = 0
 
     # ------------------------------------------------------------------ record output
     def _seal(self, content_type: int, payload: bytes, epoch_state: EpochState) -> bytes:
@@ -558,6 +569,7 @@ class Prober:
     def receive(self, wait: float | None = None) -> Observation:
         """Collect the server's answer and learn from it."""
         datagrams = self.transport.receive(self.wait if wait is None else wait, self.gap)
+        self.largest_datagram = max([self.largest_datagram, *map(len, datagrams)])
         observation = Observation()
         for datagram in datagrams:
             records, _ = parse_datagram(datagram)
@@ -754,16 +766,34 @@ def full_handshake(
     session: ResumableSession | None = None,
     send_certificate: bool = True,
     max_hello_verify: int = 3,
+    fragment_size: int | None = None,
+    extended_master_secret: bool = True,
 ) -> Observation:
     """Run a complete, correct handshake (or an abbreviated one when ``session`` is
-    resumed); returns the server's last answer. ``prober.handshake_complete`` tells."""
-    prober.send_client_hello(session=session)
-    answer = prober.receive()
+    resumed); returns the server's last answer. ``prober.handshake_complete`` tells.
+
+    ``fragment_size`` splits every handshake message into fragments of at most that many
+    bytes, each record in its own datagram (RFC 6347 §4.2.3), as a small-MTU client does.
+    """
+
+    def send(records: list[bytes]) -> None:
+        prober.send_records(records, one_datagram=fragment_size is None)
+
+    def hello() -> Observation:
+        message = prober.client_hello(
+            session=session, extended_master_secret=extended_master_secret
+        )
+        send(prober.handshake_records(message, fragment_size=fragment_size))
+        return prober.receive()
+
+    def handshake(message: HandshakeMessage) -> list[bytes]:
+        return prober.handshake_records(message, fragment_size=fragment_size)
+
+    answer = hello()
     for _ in range(max_hello_verify):
         if not answer.has("HelloVerifyRequest"):
             break
-        prober.send_client_hello(session=session)
-        answer = prober.receive()
+        answer = hello()
     if not answer.has("ServerHello"):
         return answer
     if prober.resumed:
@@ -773,8 +803,8 @@ def full_handshake(
         if not prober.server_finished_ok:
             return answer
         records = [prober.ccs_record()]
-        records += prober.handshake_records(prober.finished())
-        prober.send_records(records)
+        records += handshake(prober.finished())
+        send(records)
         prober.handshake_complete = True
         return prober.receive(wait=min(prober.wait, 0.2))
     if not answer.has("ServerHelloDone"):
@@ -785,15 +815,15 @@ def full_handshake(
     records = []
     certified = prober.certificate_requested and send_certificate and prober.credentials.chain
     if prober.certificate_requested:
-        records += prober.handshake_records(prober.certificate(None if certified else ()))
+        records += handshake(prober.certificate(None if certified else ()))
     pending = prober.client_key_exchange()
-    records += prober.handshake_records(pending.message)
+    records += handshake(pending.message)
     prober.derive_master(pending.pre_master, pending.known)
     if certified:
-        records += prober.handshake_records(prober.certificate_verify())
+        records += handshake(prober.certificate_verify())
     records.append(prober.ccs_record())
-    records += prober.handshake_records(prober.finished())
-    prober.send_records(records)
+    records += handshake(prober.finished())
+    send(records)
     answer = prober.receive()
     if answer.has("ChangeCipherSpec") and not answer.has("Finished"):
         answer.items += prober.receive().items
@@ -808,6 +838,7 @@ __all__ = [
     "InProcessTransport",
     "Item",
     "Observation",
+    "ProbeError",
     "Prober",
     "ResumableSession",
     "Transport",

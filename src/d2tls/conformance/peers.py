@@ -1,0 +1,347 @@
+"""``d2tls conformance-peers``: the suites against our server, OpenSSL, GnuTLS and mbedTLS.
+
+Each peer is started on loopback with a fresh test PKI (:func:`d2tls.pki.init_pki`), requiring
+client certificates and accepting the PSK. Servers that serve one connection at a time
+(``openssl s_server``, ``gnutls-serv --udp``, mbedTLS ``ssl_server2``) are restarted before
+every scenario and learning query, so that no half-open association of one query leaks into
+the next (they would otherwise wait out their retransmission timers first).
+``gnutls-serv`` binds every address, so its run happens inside a private network namespace
+(this command re-executes itself there). The report goes to ``OUT/<peer>.json``,
+``OUT/<peer>.md`` and ``OUT/machines/``; ``OUT/README.md`` is left to a human (it explains
+the findings) but ``OUT/summary.md`` is regenerated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from d2tls.conformance.probe import ClientCredentials
+from d2tls.conformance.report import markdown, summary_rows, summary_table, write_json
+from d2tls.conformance.runner import INPUT_SETS, report_ok, run_conformance
+from d2tls.peers import (
+    GnuTLSServer,
+    MbedTLSServer,
+    NetNamespace,
+    OpenSSLServer,
+    PeerError,
+    free_udp_port,
+    mbedtls_version,
+    require_tool,
+)
+from d2tls.pki.generate import PKIPaths, init_pki
+from d2tls.pki.verify import (
+    load_certificate_chain,
+    load_private_key,
+    load_psk_file,
+    load_trust_store,
+)
+
+PEERS = ("d2tls", "openssl", "gnutls", "mbedtls")
+NAMESPACE_ENV = "D2TLS_CONFORMANCE_NETNS"
+
+
+def _version(argv: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
+    except OSError as exc:
+        return f"unknown ({exc})"
+    return (out.stdout or out.stderr).strip().splitlines()[0]
+
+
+class ManagedServer:
+    """A started peer: its address, how to restart it, its version and command line."""
+
+    def __init__(
+        self,
+        name: str,
+        start: Callable[[], Any],
+        version: str,
+        *,
+        restart_per_query: bool,
+    ) -> None:
+        self.name = name
+        self._start = start
+        self.version = version
+        self.restart_per_query = restart_per_query
+        self.process: Any = None
+
+    def start(self) -> None:
+        self.process = self._start()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.process is not None
+        return (self.process.host, int(self.process.port))
+
+    def command(self) -> list[str]:
+        assert self.process is not None
+        return [str(a) for a in self.process.argv()]
+
+
+class D2TLSServerProcess:
+    """``d2tls server`` as a subprocess (what a user runs), with the peers' interface."""
+
+    def __init__(self, pki: PKIPaths, psk: tuple[bytes, bytes], port: int) -> None:
+        self.host, self.port = "127.0.0.1", port
+        self.pki, self.psk = pki, psk
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        identity, key = self.psk
+        return [
+            sys.executable,
+            "-m",
+            "d2tls.cli",
+            "server",
+            "--listen",
+            f"{self.host}:{self.port}",
+            "--cert",
+            str(self.pki.server_chain),
+            "--key",
+            str(self.pki.server_key),
+            "--ca",
+            str(self.pki.ca_cert),
+            "--require-client-cert",
+            "--echo",
+            "--quiet",
+            "--psk",
+            f"{identity.decode()}:{key.hex()}",
+            "--cipher",
+            "ECDHE-ECDSA-AES128-CCM8",
+            "--cipher",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            "--cipher",
+            "PSK-AES128-CCM8",
+        ]
+
+    def start(self) -> D2TLSServerProcess:
+        self.popen = subprocess.Popen(
+            self.argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        assert self.popen.stdout is not None
+        line = self.popen.stdout.readline()
+        if b"listening" not in line:
+            self.stop()
+            raise PeerError(f"d2tls server did not start: {line!r}")
+        return self
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=5)
+
+
+def make_server(peer: str, pki: PKIPaths, psk: tuple[bytes, bytes]) -> ManagedServer:
+    """A (not yet started) managed server for ``peer``."""
+    cert, key, ca = pki.server_chain, pki.server_key, pki.ca_cert
+    port = free_udp_port()
+    if peer == "d2tls":
+        from d2tls import __version__
+
+        server = D2TLSServerProcess(pki, psk, port)
+        return ManagedServer(peer, server.start, f"d2tls {__version__}", restart_per_query=False)
+    if peer == "openssl":
+        version = _version([require_tool("openssl"), "version"])
+
+        def start_openssl() -> OpenSSLServer:
+            server = OpenSSLServer(
+                cert=cert, key=key, ca=ca, client_auth="required", psk=psk, port=port
+            )
+            server.start()
+            return server
+
+        return ManagedServer(peer, start_openssl, version, restart_per_query=True)
+    if peer == "mbedtls":
+        version = mbedtls_version()
+
+        def start_mbedtls() -> MbedTLSServer:
+            server = MbedTLSServer(cert=cert, key=key, ca=ca, psk=psk, port=port)
+            server.start()
+            return server
+
+        return ManagedServer(peer, start_mbedtls, version, restart_per_query=True)
+    if peer == "gnutls":
+        version = _version([require_tool("gnutls-serv"), "--version"])
+
+        def start_gnutls() -> GnuTLSServer:
+            # Already inside our private namespace: run gnutls-serv as a plain child.
+            server = _InsideGnuTLSServer(
+                cert=cert,
+                key=key,
+                ca=ca,
+                client_auth="required",
+                psk_file=pki.psk_file,
+                port=port,
+                namespace=NetNamespace(),
+            )
+            server.start()
+            return server
+
+        return ManagedServer(peer, start_gnutls, version, restart_per_query=True)
+    raise ValueError(f"unknown peer {peer!r} (one of {', '.join(PEERS)})")
+
+
+class _InsideGnuTLSServer(GnuTLSServer):
+    """gnutls-serv started directly, by a process that already is in the namespace."""
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+
+
+def _scrub(text: str, pki: Path) -> str:
+    return text.replace(str(pki), "$PKI")
+
+
+def run_peer(
+    peer: str,
+    out: Path,
+    *,
+    suites: Sequence[str],
+    inputs: str = "full",
+    pki_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Start ``peer``, run the suites, write ``OUT/<peer>.json`` and ``.md``; the report."""
+    if peer == "gnutls" and os.environ.get(NAMESPACE_ENV) is None:
+        return _run_in_namespace(peer, out, suites=suites, inputs=inputs)
+    directory = pki_dir or Path(tempfile.mkdtemp(prefix="d2tls-conformance-"))
+    pki = init_pki(directory, server_name="localhost", devices=1)
+    psk = next(iter(load_psk_file(pki.psk_file).items()))
+    device = pki.devices[0]
+    credentials = ClientCredentials(
+        chain=tuple(load_certificate_chain(device.cert)),
+        key=load_private_key(device.key),
+        server_name="localhost",
+    )
+    server = make_server(peer, pki, psk)
+    server.start()
+    try:
+        target = server.address
+        reset = server.restart if server.restart_per_query else None
+        command = [
+            "d2tls",
+            "conformance-peers",
+            "--peers",
+            peer,
+            "--out",
+            str(out),
+            *(
+                ["--only", *suites]
+                if tuple(suites) != ("readiness", "scenarios", "learning")
+                else []
+            ),
+            *(["--inputs", inputs] if inputs != "full" else []),
+        ]
+        peer_info = {
+            "peer": peer,
+            "version": server.version,
+            "command": [_scrub(a, directory) for a in server.command()],
+            "restarted_per_query": server.restart_per_query,
+            "network_namespace": os.environ.get(NAMESPACE_ENV),
+            "equivalent_command": [
+                "d2tls",
+                "conformance",
+                f"{target[0]}:{target[1]}",
+                "--ca",
+                "$PKI/ca.pem",
+                "--cert",
+                _scrub(str(device.cert), directory),
+                "--key",
+                _scrub(str(device.key), directory),
+                "--psk",
+                f"{psk[0].decode()}:<hex>",
+            ],
+        }
+        report = run_conformance(
+            target,
+            credentials,
+            name=peer,
+            command=command,
+            suites=suites,
+            trust_store=load_trust_store(pki.ca_cert),
+            psk=psk,
+            reset=reset,
+            peer=peer_info,
+            inputs=INPUT_SETS[inputs],
+            wait=0.4,
+            learn_wait=0.1,
+            machines=out / "machines",
+        )
+    finally:
+        server.stop()
+    write_json(report, out / f"{peer}.json")
+    (out / f"{peer}.md").write_text(markdown(report, image_dir="machines/"), encoding="utf-8")
+    return report
+
+
+def _run_in_namespace(
+    peer: str, out: Path, *, suites: Sequence[str], inputs: str
+) -> dict[str, Any]:
+    """Re-execute ``conformance-peers --peers PEER`` inside a private network namespace."""
+    with NetNamespace("d2tls-conf") as namespace:
+        argv = [sys.executable, "-m", "d2tls.cli", "conformance-peers", "--peers", peer]
+        argv += ["--out", str(out.resolve()), "--only", *suites, "--inputs", inputs]
+        env = dict(os.environ, **{NAMESPACE_ENV: namespace.name})
+        process = subprocess.run(namespace.command(argv), env=env, check=False)
+        if process.returncode not in (0, 1):
+            raise PeerError(f"conformance run for {peer} in {namespace.name} failed")
+    report: dict[str, Any] = json.loads((out / f"{peer}.json").read_text())
+    return report
+
+
+def write_summary(out: Path) -> None:
+    """``OUT/summary.md``: one table over every ``OUT/<peer>.json`` present."""
+    lines = ["# Conformance summary (generated by `d2tls conformance-peers`)", ""]
+    lines += ["| peer | version | suite | result | details |", "|---|---|---|---|---|"]
+    for peer in PEERS:
+        path = out / f"{peer}.json"
+        if not path.exists():
+            continue
+        report = json.loads(path.read_text())
+        version = report.get("peer", {}).get("version", "")
+        for suite, result, details in summary_rows(report):
+            cells = (f"[{peer}]({peer}.md)", version, suite, result, details)
+            lines.append("| " + " | ".join(re.sub(r"\|", "\\|", c) for c in cells) + " |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run_all_peers(
+    out: Path, *, peers: Sequence[str], suites: Sequence[str], inputs: str = "full"
+) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    ok = True
+    for peer in peers:
+        started = time.monotonic()
+        report = run_peer(peer, out, suites=suites, inputs=inputs)
+        print(summary_table(report))
+        print(f"  ({time.monotonic() - started:.0f} s)")
+        ok = ok and report_ok(report)
+    if os.environ.get(NAMESPACE_ENV) is None:
+        write_summary(out)
+    return 0 if ok else 1
+
+
+__all__ = ["PEERS", "make_server", "run_all_peers", "run_peer", "write_summary"]
