@@ -101,10 +101,20 @@ class HostileNetwork(RuleBasedStateMachine):
         super().__init__()
         self.net: AdversaryNetwork | None = None
 
-    @initialize(suite=st.sampled_from(["psk", "psk", "ecdhe"]), seed=st.integers(0, 1 << 16))
-    def setup(self, suite: str, seed: int) -> None:
+    @initialize(
+        suite=st.sampled_from(["psk", "psk", "ecdhe"]),
+        seed=st.integers(0, 1 << 16),
+        established_first=st.booleans(),
+    )
+    def setup(self, suite: str, seed: int, established_first: bool) -> None:
+        """Half the examples attack the handshake, half an established connection."""
         self.suite = suite
-        self.net = AdversaryNetwork(seed=seed, intercept=lambda s, d: MALLORY not in (s, d))
+        self.attacking = not established_first
+
+        def intercept(source: Address, destination: Address) -> bool:
+            return self.attacking and MALLORY not in (source, destination)
+
+        self.net = AdversaryNetwork(seed=seed, intercept=intercept)
         self.observer = Observer(self.net)
         self.server = DTLSServer(server_config(suite))
         self.net.add_server(self.server, SERVER)
@@ -116,6 +126,10 @@ class HostileNetwork(RuleBasedStateMachine):
         self.client.connect(0.0)
         self.mallory.connect(0.0)
         self.net.flush()
+        if established_first:
+            self.net.run(lambda: self._both_established(), max_time=30.0)
+            assert self._both_established()
+            self.attacking = True
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -140,6 +154,13 @@ class HostileNetwork(RuleBasedStateMachine):
     @rule(i=INDEX)
     def deliver(self, i: int) -> None:
         self.n.deliver(i)
+
+    @precondition(held)
+    @rule(n=st.integers(1, 8))
+    def release(self, n: int) -> None:
+        """Let the ``n`` oldest held datagrams through in order (progress between attacks)."""
+        for _ in range(n):
+            self.n.deliver(0)
 
     @precondition(held)
     @rule(i=INDEX, delay=st.floats(0.01, 5.0))
@@ -235,6 +256,43 @@ class HostileNetwork(RuleBasedStateMachine):
             self.n.inject(old.source, old.destination, old.data, count=False)
         self.n.count("replay", n)
 
+    @precondition(lambda self: self.net is not None and self.client.is_established)
+    @rule(
+        sender=ENDPOINTS,
+        seqs=st.lists(
+            st.one_of(
+                st.integers(0, 200),
+                st.integers(0, (1 << 48) - 1),
+                st.integers(-70, 70),
+            ),
+            min_size=1,
+            max_size=40,
+        ),
+    )
+    def bogo_sequences(self, sender: str, seqs: list[int]) -> None:
+        """BoGo-style: the honest sender's own keys at chosen sequence numbers (large gaps,
+        non-monotonic, repeated, just below the window) — the receiver must follow RFC 6347
+        §4.1.2.6 exactly (the observer's reference window decides what is deliverable)."""
+        conn = self.client if sender == "client" else self.server_conn()
+        if conn is None or not conn.is_established:
+            return
+        keys = write_keys(conn)
+        link = (self.address(sender), self.peer(sender))
+        base = keys.next_seq
+        self.n.count("bogo_sequences")
+        for offset in seqs:
+            seq = offset if offset > 200 else max(0, base + offset)
+            data = self.payloads.next()
+            record = seal(keys.protection, keys.epoch, seq, data)
+            if (keys.epoch, record.sequence_number) in self.n.honest_records.get(link, {}):
+                # a sequence number the sender already used: send a copy (a replay)
+                self.n.count("replay")
+                old = self.n.honest_records[link][(keys.epoch, record.sequence_number)]
+                self.n.inject(*link, datagram(old), count=False)
+                continue
+            self.observer.register_sent(link, record, data)
+            self.n.inject(*link, datagram(record), count=False)
+
     # ------------------------------------------------------------------ honest traffic
     @rule(direction=ENDPOINTS, size=st.integers(0, 600))
     def send(self, direction: str, size: int) -> None:
@@ -278,7 +336,14 @@ class HostileNetwork(RuleBasedStateMachine):
             max_time=stopped + bound.seconds,
         )
         self.observer.check()
-        if bound.retransmissions_left >= 2:
+        forged = bool({CLIENT, SERVER} & self.observer.forged_handshake_at)
+        if forged and not self._both_established():
+            # a spoofed epoch-0 handshake message was consumed: failing is allowed, silently
+            # hanging is not (the observer checked every termination has a reason)
+            assert self.client.is_closed, (
+                f"liveness: poisoned handshake neither completed nor ended ({self.client.state})"
+            )
+        elif bound.retransmissions_left >= 2:
             assert self._both_established(), (
                 f"liveness: handshake not complete {net.now - stopped:.1f}s after the adversary "
                 f"stopped (bound {bound.seconds:.1f}s); client {self.client.state}, server "
@@ -286,6 +351,30 @@ class HostileNetwork(RuleBasedStateMachine):
             )
         else:  # the adversary used up the retransmissions: it must at least end cleanly
             assert self._both_established() or self.client.is_closed
+        self._exchange_after_attack()
+
+    def _exchange_after_attack(self) -> None:
+        """Once the adversary stopped, fresh data flows both ways and is delivered once."""
+        conn = self.server_conn()
+        if not self._both_established() or conn is None:
+            return
+        net = self.n
+        up, down = self.payloads.next(), self.payloads.next()
+        before = len(self.observer.deliveries)
+        self.client.send_application_data(up)
+        conn.send_application_data(down)
+        net.advance(1.0)
+        self.observer.check()
+        got = {d.data for d in self.observer.deliveries[before:]}
+        # a sequence-number jump may push the receiver's window past the honest sender
+        if write_keys(self.client).next_seq > self.observer_highest(CLIENT, SERVER):
+            assert up in got, "liveness: fresh client data not delivered after the attack"
+
+    def observer_highest(self, source: Address, destination: Address) -> int:
+        """Highest sequence number of the sender's current epoch the adversary put on the link."""
+        epoch = write_keys(self.client).epoch
+        book = self.n.honest_records.get((source, destination), {})
+        return max((seq for (e, seq) in book if e == epoch), default=-1) - 64
 
     def _both_established(self) -> bool:
         conn = self.server_conn()

@@ -89,7 +89,15 @@ class Observer:
         self.deliveries: list[Delivery] = []
         self.violations: list[str] = []
         self.terminations: list[tuple[Address, ConnectionTerminated]] = []
-        self.stats: dict[str, int] = {"records_checked": 0, "deliveries": 0, "rejected": 0}
+        self.stats: dict[str, int] = {
+            "records_checked": 0,
+            "deliveries": 0,
+            "rejected": 0,
+            "forged_handshake_records": 0,
+        }
+        #: Local addresses that handled an epoch-0 handshake record no honest peer sent there
+        #: (DTLS 1.2 cannot authenticate those: such a handshake may fail, cleanly).
+        self.forged_handshake_at: set[Address] = set()
         self._watched: dict[int, _Watched] = {}
         self._payloads_seen: set[tuple[Link, bytes]] = set()
         net.on_node_added(self._node_added)
@@ -156,6 +164,9 @@ class Observer:
         honest = self.net.honest_records.get((watched.remote, watched.local), {})
         original = honest.get((record.epoch, record.sequence_number))
         authentic = original is not None and original == record
+        if not authentic and record.epoch == 0 and record.content_type == ContentType.HANDSHAKE:
+            self.stats["forged_handshake_records"] += 1
+            self.forged_handshake_at.add(watched.local)
         window: ReferenceWindow | None = None
         if record.epoch == read_epoch and record.epoch >= 1:
             window = watched.windows.setdefault(record.epoch, ReferenceWindow())

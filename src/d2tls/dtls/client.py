@@ -194,6 +194,8 @@ class DTLSClient(Connection):
             raise HandshakeFailure("too many HelloVerifyRequests")
         self._cookie = self._current.cookie
         self._transcript.clear()  # RFC 6347 §4.2.6: exclude ClientHello #1 and the HVR
+        # Nothing buffered before ClientHello #2 leaves can answer it: drop spoofed messages.
+        self._reassembler.reset(self._reassembler.next_seq)
 
     def process_server_hello(self) -> None:
         """Check the server's choices against what we offered (RFC 5246 §7.4.1.3)."""

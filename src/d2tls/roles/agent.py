@@ -140,6 +140,8 @@ class AgentSession:
             self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, "message for an unknown request")
             return
         self._current = message
+        if isinstance(message, DelegationError):
+            self.error = f"device: {message.code.name.lower()}: {message.reason}"
         try:
             self._driver.fire(f"recv_{MESSAGE_NAMES[type(message)]}")
         except ProtocolError as exc:
@@ -175,6 +177,8 @@ class AgentSession:
         self._fire("status_good" if good else "status_bad")
 
     def channel_closed(self) -> None:
+        if not self._driver.is_final():
+            self.error = self.error or "the channel to the device closed"
         self._fire("channel_closed")
 
     def _abort(self, code: DelegationErrorCode, reason: str) -> None:
