@@ -447,7 +447,8 @@ def test_prove_all_as_expected_writes_report(
     stand_in: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report_file = tmp_path / "report.json"
-    status = d2tls_main(["prove", *stand_in, "--json", str(report_file)])
+    table = tmp_path / "table.md"
+    status = d2tls_main(["prove", *stand_in, "--json", str(report_file), "--markdown", str(table)])
     out = capsys.readouterr().out
     assert status == EXIT_OK, out
     lemmas = runner.lemma_names(MAIN_THEORY.read_text(encoding="utf-8"))
@@ -465,6 +466,10 @@ def test_prove_all_as_expected_writes_report(
         "wellformedness_failures", "warnings", "command",
     }  # fmt: skip
     assert first["steps"] == 7 and first["theory"] == MAIN_THEORY.name
+    rows = [
+        line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("| `")
+    ]
+    assert len(rows) == len(lemmas) and all(row.endswith("| ok |") for row in rows)
 
 
 def test_prove_mismatch_fails(

@@ -61,6 +61,9 @@ def register(subparsers: Any) -> None:
         help="write the JSON report to FILE; without FILE print it instead of the table",
     )
     parser.add_argument(
+        "--markdown", metavar="FILE", help="also write the results as a Markdown table to FILE"
+    )
+    parser.add_argument(
         "--jobs", type=int, metavar="N", help="lemmas proved at once (default: the core count)"
     )
     parser.add_argument(
@@ -171,6 +174,8 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(runner.format_table(results))
+    if args.markdown:
+        Path(args.markdown).write_text(runner.format_markdown(results, version), encoding="utf-8")
     if args.json and not to_stdout:
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     bad = [r for r in results if not r.ok]

@@ -410,6 +410,24 @@ def format_table(results: Sequence[LemmaResult]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def format_markdown(results: Sequence[LemmaResult], prover_version: str) -> str:
+    """The results as a Markdown table (for proofs/LEMMAS.md)."""
+    lines = [
+        f"Prover: {prover_version}; {os.cpu_count()} cores.",
+        "",
+        "| lemma | expected | got | steps | time | |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for r in results:
+        steps = "-" if r.steps is None else str(r.steps)
+        mark = "ok" if r.ok else "**MISMATCH**"
+        lines.append(
+            f"| `{r.lemma}` | {r.expected or '-'} | {r.verdict} | {steps} | {r.seconds:.1f} s "
+            f"| {mark} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def report(
     results: Sequence[LemmaResult], prover_version: str, timeout: float | None = None
 ) -> dict[str, Any]:
