@@ -132,6 +132,8 @@ class DeviceDriver:
         self.attempts = 0
         self.outcomes: list[tuple[str, str | None]] = []
         self.sent_messages: list[DelegationMessage] = []
+        #: Why each refused resumption ended (the resumption engine's reason).
+        self.resumption_failures: list[str] = []
         self._ports = itertools.count(40000)
         self._next_request_id = first_request_id
         self._deadline: TimerHandle | None = None
@@ -212,6 +214,7 @@ class DeviceDriver:
         if p.state in _CHANNEL_STATES:
             p.channel_failed("agent channel: timed out")
         elif p.state == "resuming":
+            self.resumption_failures.append("timed out (no record of the server authenticated)")
             if self.connection is not None:
                 self.connection.close()
             p.resumption_refused()
@@ -291,6 +294,7 @@ class DeviceDriver:
             if isinstance(event, HandshakeCompleted):
                 p.resumed()
             elif isinstance(event, ConnectionTerminated):
+                self.resumption_failures.append(event.reason)
                 p.resumption_refused()
             else:
                 return
