@@ -8,7 +8,9 @@ routes datagrams, events and timers.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
+import itertools
 import os
 import time
 from collections import deque
@@ -505,7 +507,12 @@ PARTIAL_HELLO_TIMEOUT = 5.0
 
 
 class DTLSServer:
-    """A DTLS 1.2 server endpoint serving many client addresses (sans-IO)."""
+    """A DTLS 1.2 server endpoint serving many client addresses (sans-IO).
+
+    Work per call is independent of the number of associations: only connections touched
+    since the last :meth:`datagrams_to_send` are polled for output, and timers are kept in a
+    heap whose stale entries are skipped lazily.
+    """
 
     def __init__(self, config: ServerConfig, tracer: Tracer | None = None) -> None:
         config.validate()
@@ -515,6 +522,11 @@ class DTLSServer:
         self._events: deque[Event] = deque()
         self._stateless_out: list[tuple[bytes, Address]] = []
         self._partial_hellos: dict[Address, tuple[ServerConnection, float]] = {}
+        #: Connections that may have output or a new timer (insertion-ordered set).
+        self._touched: dict[Address, None] = {}
+        #: (deadline, tie-breaker, address); an entry is live while it equals the timer.
+        self._timers: list[tuple[float, int, Address]] = []
+        self._timer_entries = itertools.count()
         self._tracer = tracer
         self.stats = {"stateless_replies": 0, "dropped_datagrams": 0}
 
@@ -528,6 +540,7 @@ class DTLSServer:
         ):
             connection.receive_datagram(data, now)
             self._collect(connection)
+            self._touch(peer)
             return
         held = self._partial_hellos.pop(peer, None)
         if held is not None and now - held[1] <= PARTIAL_HELLO_TIMEOUT:
@@ -563,6 +576,7 @@ class DTLSServer:
             self._collect(connection)
         self._connections[peer] = candidate
         self._collect(candidate)
+        self._touch(peer)
 
     def _evict_one(self) -> None:
         for address, conn in list(self._connections.items()):
@@ -576,29 +590,62 @@ class DTLSServer:
         while (event := connection.next_event()) is not None:
             self._events.append(event)
 
+    def _touch(self, peer: Address) -> None:
+        """Note that ``peer``'s connection may have output or a changed timer."""
+        self._touched[peer] = None
+
+    def _schedule(self, peer: Address, connection: ServerConnection) -> None:
+        deadline = connection.next_timer()
+        if deadline is not None:
+            heapq.heappush(self._timers, (deadline, next(self._timer_entries), peer))
+
+    def _live_timer(self) -> tuple[float, Address] | None:
+        """The earliest timer that is still current, dropping stale heap entries."""
+        while self._timers:
+            deadline, _, peer = self._timers[0]
+            connection = self._connections.get(peer)
+            if connection is not None and connection.next_timer() == deadline:
+                return deadline, peer
+            heapq.heappop(self._timers)
+        return None
+
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
         out, self._stateless_out = self._stateless_out, []
-        for address, connection in list(self._connections.items()):
+        touched, self._touched = self._touched, {}
+        for address in touched:
+            connection = self._connections.get(address)
+            if connection is None:
+                continue
             out.extend((d, address) for d in connection.datagrams_to_send(now))
             if connection.is_closed:
                 del self._connections[address]
+            else:
+                self._schedule(address, connection)
         return out
 
     def next_timer(self) -> float | None:
-        deadlines = [d for c in self._connections.values() if (d := c.next_timer()) is not None]
-        return min(deadlines) if deadlines else None
+        live = self._live_timer()
+        return live[0] if live is not None else None
 
     def handle_timer(self, now: float) -> None:
-        for connection in list(self._connections.values()):
-            deadline = connection.next_timer()
-            if deadline is not None and now >= deadline:
-                connection.handle_timer(now)
-                self._collect(connection)
+        due: dict[Address, None] = {}
+        while (live := self._live_timer()) is not None and live[0] <= now:
+            heapq.heappop(self._timers)
+            due[live[1]] = None
+        for peer in due:
+            connection = self._connections[peer]
+            connection.handle_timer(now)
+            self._collect(connection)
+            self._touch(peer)
+            self._schedule(peer, connection)
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
     def connection(self, peer: Address) -> ServerConnection | None:
+        """The association with ``peer``; the caller may act on it, so it is polled next."""
+        if peer in self._connections:
+            self._touch(peer)
         return self._connections.get(peer)
 
     def send_application_data(self, peer: Address, data: bytes) -> None:
@@ -606,12 +653,14 @@ class DTLSServer:
         if connection is None:
             raise InvalidStateError(f"no connection with {peer}")
         connection.send_application_data(data)
+        self._touch(peer)
 
     def close(self, peer: Address) -> None:
         connection = self._connections.get(peer)
         if connection is not None:
             connection.close()
             self._collect(connection)
+            self._touch(peer)
 
     def close_all(self) -> None:
         for peer in list(self._connections):
