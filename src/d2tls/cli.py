@@ -19,6 +19,7 @@ from d2tls.dtls.keylog import keylog_from_environment
 from d2tls.dtls.server import DTLSServer
 from d2tls.dtls.session_file import load_session, save_session
 from d2tls.errors import D2TLSError
+from d2tls.model.spec import RoleSpec
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed, ServerEndpoint
 from d2tls.pki.verify import (
     certificate_subject,
@@ -397,20 +398,31 @@ def run_pki_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_model_diagram(args: argparse.Namespace) -> int:
-    from d2tls.model.diagram import render
+def _spec_role(name: str) -> RoleSpec:
+    """A role of spec/dtls.yaml or spec/d2tls.yaml (the D2TLS device and agent)."""
+    from d2tls.errors import SpecError
     from d2tls.model.spec import load_spec
 
-    out = render(load_spec().role(args.role), Path(args.output))
+    specs = [load_spec("dtls"), load_spec("d2tls")]
+    for spec in specs:
+        if name in spec.roles:
+            return spec.roles[name]
+    known = sorted(role for spec in specs for role in spec.roles)
+    raise SpecError(f"unknown role {name!r}; known: {known}")
+
+
+def run_model_diagram(args: argparse.Namespace) -> int:
+    from d2tls.model.diagram import render
+
+    out = render(_spec_role(args.role), Path(args.output))
     print(f"wrote {out}")
     return 0
 
 
 def run_model_table(args: argparse.Namespace) -> int:
     from d2tls.model.diagram import GLOBAL_TRIGGERS, transition_label
-    from d2tls.model.spec import load_spec
 
-    role = load_spec().role(args.role)
+    role = _spec_role(args.role)
     for t in role.transitions:
         if t.trigger in GLOBAL_TRIGGERS:
             continue

@@ -1,4 +1,4 @@
-"""The protocol spec (spec/*.yaml) turned into explicit state machines and diagrams."""
+"""The protocol spec (``spec/*.yaml``) turned into explicit state machines and diagrams."""
 
 from d2tls.model.machine import MachineDriver, build_machine
 from d2tls.model.spec import RoleSpec, Spec, TransitionSpec, load_spec
