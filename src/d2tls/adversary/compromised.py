@@ -60,6 +60,8 @@ class Leak(StrEnum):
     AFTER_SIGNING = "after signing"
     AFTER_HANDOVER = "after handover, not wiped"
     AFTER_WIPING = "after wiping"
+    #: The agent is the adversary's from the start (its own state matters less than its acts).
+    FROM_START = "from the start"
 
 
 class Verdict(StrEnum):
@@ -72,7 +74,7 @@ class Verdict(StrEnum):
 class Plan:
     """What the rogue agent does (all off: an honest agent whose state leaks)."""
 
-    leak: Leak = Leak.AFTER_WIPING
+    leak: Leak = Leak.FROM_START
     wipe: bool = True
     keep_connection: bool = False
     extra_signature: str = ""  # "same request" | "unknown request"
@@ -497,7 +499,13 @@ def run_case(case: Case) -> Outcome:
             f"{_device_error(world) or _resumption_error(world)}; delegated again "
             f"({delegations} delegations)",
         )
-    return Outcome(case, Verdict.SUCCEEDS, "nobody", "the delegation completed normally")
+    signatures = world.signer.signatures - signed_before
+    return Outcome(
+        case,
+        Verdict.SUCCEEDS,
+        "nobody",
+        f"the delegation completed normally ({signatures} signatures)",
+    )
 
 
 def _failed_delegation(world: D2TLSWorld, case: Case, loot: Loot, signed_before: int) -> Outcome:
