@@ -27,11 +27,11 @@ def test_mypy_strict_is_clean() -> None:
 
 def test_ruff_check_is_clean() -> None:
     ruff = _ruff()
-    result = _run(ruff, "check", "src", "tests")
+    result = _run(ruff, "check", "src", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_format_is_clean() -> None:
     ruff = _ruff()
-    result = _run(ruff, "format", "--check", "src", "tests")
+    result = _run(ruff, "format", "--check", "src", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
