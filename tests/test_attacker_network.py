@@ -390,3 +390,22 @@ def _report_counts() -> Any:
     yield
     if profiles.is_soak():
         print("\n" + profiles.report())
+
+
+def test_spoofed_server_hello_before_hello_verify_request_is_forgotten() -> None:
+    """Regression (found by HostileNetwork): a ServerHello of another connection, injected
+    before the HelloVerifyRequest, was buffered as message 1 and later taken for the answer to
+    ClientHello #2, so the handshake hung until its retransmissions ran out. Nothing buffered
+    before ClientHello #2 leaves can answer it (RFC 6347 §4.2.1): the client now drops it."""
+    machine = HostileNetwork()
+    machine.setup(suite="psk", seed=0, established_first=False)
+    net = machine.n
+    net.advance(0.5)  # Mallory's handshake (not intercepted) runs; the client's is held
+    foreign = [d for d in net.history if d.source == SERVER and d.destination == MALLORY]
+    server_hello = next(d for d in foreign if b"\x02\x00\x00" in d.data[13:16])
+    net.inject(SERVER, CLIENT, server_hello.data)
+    assert machine.client.state == "wait_server_hello"
+    stop_adversary(net)
+    net.run(lambda: machine._both_established() or machine.client.is_closed, max_time=60.0)
+    machine.observer.check()
+    assert machine._both_established(), machine.client.state

@@ -248,3 +248,17 @@ def _report_counts() -> Any:
     yield
     if profiles.is_soak():
         print("\n" + profiles.report())
+
+
+def test_agent_failures_carry_a_reason() -> None:
+    """Regression (found by the 30%-loss property): an agent session ended by the device's
+    channel closing, or by the device's DelegationError, failed with an empty reason."""
+    world = D2TLSWorld(WorldOptions(intercept=lambda s, d: s[1] == 4433 or d[1] == 4433))
+    world.device.start()
+    world.run(lambda: bool(world.agent.history) and world.agent.history[0].state != "", 5.0)
+    world.run(max_time=world.net.now + 60.0)  # the server never answers: everything times out
+    assert world.agent.history
+    for session in world.agent.history:
+        assert session.is_final
+        assert session.error, session.state
+    check_roles(world)
