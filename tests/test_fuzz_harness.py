@@ -13,7 +13,15 @@ import pytest
 
 from d2tls.adversary.fuzz import TARGETS, _all, guarded, main
 from d2tls.adversary.world import D2TLSWorld
-from d2tls.delegation.messages import encode_message
+from d2tls.delegation.messages import (
+    DelegationError,
+    DelegationErrorCode,
+    DelegationMessage,
+    SessionContext,
+    SignRequest,
+    Wiped,
+    encode_message,
+)
 from d2tls.dtls.fragments import parse_handshake_fragments
 from d2tls.dtls.record import parse_datagram
 from d2tls.errors import D2TLSError
@@ -31,7 +39,13 @@ def _seeds() -> dict[str, list[bytes]]:
                 handshakes.append(record.fragment)
                 for fragment in parse_handshake_fragments(record.fragment):
                     handshakes.append(bytes([fragment.msg_type]) + fragment.body)
-    messages = [encode_message(m) for m in world.device.sent_messages]
+    replies: list[DelegationMessage] = [
+        SignRequest(1, bytes(32), handshakes[0] if handshakes else None),
+        SessionContext(1, bytes(32), bytes(48), 0xC0AE, True, (b"cert",), 3600, 0),
+        DelegationError(1, DelegationErrorCode.TIMEOUT, "the server did not answer"),
+        Wiped(1),
+    ]
+    messages = [encode_message(m) for m in [*world.device.sent_messages, *replies]]
     return {"record": datagrams, "handshake": handshakes, "delegation": messages}
 
 
