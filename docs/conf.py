@@ -28,7 +28,8 @@ extensions = [
 
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "_generated/*.md", "_generated/**/*.txt", "**/.*"]
+# conformance/*.md are included by the generated _generated/reports/conformance.md.
+exclude_patterns = ["_build", "_generated/*.md", "_generated/**/*.txt", "**/.*", "conformance/**"]
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
