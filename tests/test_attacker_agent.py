@@ -31,6 +31,7 @@ EXPECTED: dict[str, tuple[Verdict, str, str]] = {
     "wrong-master-secret": (D, "device", "timed out"),
     "stale-session-id": (D, "device", "resumption_refused; delegated again (2 delegations)"),
     "context-without-ems": (D, "device", "context without the extended master secret"),
+    "replayed-context": (D, "device", "message for an unknown request"),
     "made-up-context": (S, "nobody", "real server took no part"),
     "other-server": (S, "device (afterwards)", "delegated again (2 delegations)"),
 }

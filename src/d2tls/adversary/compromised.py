@@ -94,6 +94,7 @@ class Loot:
     prestarted: DTLSClient | None = None
     prestarted_request: SignatureRequested | None = None
     made_up: Session | None = None
+    old_context: SessionContext | None = None
 
     def take(self, session: AgentSession) -> None:
         """Copy the agent's whole state (its session, its engine's working secrets)."""
@@ -180,18 +181,22 @@ class RogueSession(AgentSession):
                     server_name=self.request.server_name,
                     peer_certificates=self.request.certificate_chain,
                 )
-            self._send(
-                SessionContext(
-                    request_id=self.request.request_id,
-                    session_id=session_id,
-                    master_secret=master,
-                    cipher_suite=int(session.cipher_suite),
-                    extended_master_secret=ems,
-                    server_certificates=tuple(session.peer_certificates),
-                    lifetime=self.config.context_lifetime,
-                    ocsp_status=0,
-                )
+            context = SessionContext(
+                request_id=self.request.request_id,
+                session_id=session_id,
+                master_secret=master,
+                cipher_suite=int(session.cipher_suite),
+                extended_master_secret=ems,
+                server_certificates=tuple(session.peer_certificates),
+                lifetime=self.config.context_lifetime,
+                ocsp_status=0,
             )
+            if kind == "previous request":  # the first delegation's context, replayed later
+                if self.loot.old_context is None:
+                    self.loot.old_context = context
+                else:
+                    context = self.loot.old_context
+            self._send(context)
         self._leak_at(Leak.AFTER_HANDOVER)
 
     def wipe_context(self) -> None:
@@ -333,6 +338,12 @@ CASES: tuple[Case, ...] = (
         lemmas=(),
     ),
     Case(
+        "replayed-context",
+        "hand the device the context of its previous request again (a stale context)",
+        Plan(context="previous request"),
+        rogue_sessions=2,
+    ),
+    Case(
         "made-up-context",
         "hand the device a made-up context and answer its resumption as the server (on path)",
         Plan(context="made up"),
@@ -467,6 +478,10 @@ def run_case(case: Case) -> Outcome:
                 "the real server took no part",
             )
         return Outcome(case, Verdict.DETECTED, "device", _device_error(world))
+    if case.plan.context == "previous request":
+        world.connect_device(max_time=120)
+        world.device.context = None  # the application needs a new session
+        signed_before = world.signer.signatures
     world.connect_device(max_time=120)
     if case.plan.prestarted and world.signer.signatures > signed_before:
         return _prestarted_outcome(world, case, loot)
