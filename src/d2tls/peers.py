@@ -40,6 +40,16 @@ Observed behaviour (OpenSSL 3.0.19, GnuTLS 3.7.9):
 * **Binding.** ``gnutls-serv`` has no bind-address option and listens on 0.0.0.0 and ::,
   hence :class:`GnuTLSServer` runs it inside a private :class:`NetNamespace` whose only
   interface is its own loopback.
+* **One client at a time.** ``gnutls-serv --udp`` handles one association at a time and its
+  accept loop (src/udp-serv.c) peeks at the next datagram and skips anything that is not a
+  ClientHello *without consuming it*: one stray record wedges it until it is restarted.
+* **mbedTLS 2.28.3** (Debian's source package; ``ssl_server2`` built by
+  ``scripts/build-mbedtls.sh``, see :class:`MbedTLSServer`): cookie exchange on by default
+  (32-byte cookie), binds only ``server_addr``, serves one connection at a time, answers the
+  first application record with a fixed HTTP-like page and close_notify (no echo), resumes by
+  session ID, and does not check the extended master secret when resuming (it keeps no EMS
+  flag in its cached sessions, RFC 7627 §5.3). ``auth_mode=required`` verifies the client
+  chain against ``ca_file``.
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ def register(sub: Any) -> None:
     )
     peers.add_argument("--only", nargs="+", choices=SUITES, metavar="SUITE")
     peers.add_argument("--inputs", choices=["full", "small"], default="full")
+    peers.add_argument("--wait", type=float, default=0.4, help="answer timeout (s)")
     peers.set_defaults(handler=run_peers)
 
 
@@ -119,4 +120,5 @@ def run_peers(args: argparse.Namespace) -> int:
         peers=args.peers or list(PEERS),
         suites=args.only or SUITES,
         inputs=args.inputs,
+        wait=args.wait,
     )

@@ -7,7 +7,8 @@ starts from a reset: a fresh client socket (a new port, so a new association) an
 peer needs it, a restarted server. Queries are cached; a query whose answer contradicts an
 earlier one is repeated and decided by majority. AALpy's L# learns the Mealy machine, checked by
 an equivalence oracle that first tries the input sequences where the hypothesis and the
-spec-derived machine differ, then random walks from every state.
+spec-derived machine differ, then the spec's transition cover (which holds the complete
+handshakes), then random walks from every state.
 """
 
 from __future__ import annotations
@@ -211,7 +212,8 @@ class DTLSServerSUL(aalpy.SUL):  # type: ignore[misc]
 
 
 class SpecGuidedOracle(aalpy.Oracle):  # type: ignore[misc]
-    """Equivalence oracle: sequences where hypothesis and spec differ, then random walks."""
+    """Equivalence oracle: sequences where hypothesis and spec differ, the spec's transition
+    cover, then random walks from every hypothesis state."""
 
     def __init__(
         self,
@@ -251,6 +253,15 @@ class SpecGuidedOracle(aalpy.Oracle):  # type: ignore[misc]
                 cex = self._check(hypothesis, difference.inputs)
                 if cex is not None:
                     return cex
+            # The spec's transition cover: every spec state's access sequence and one more
+            # input. It contains the complete (and the abbreviated) handshake, which random
+            # walks almost never hit, so a server that goes silent early is not mistaken for
+            # a server with no deeper states.
+            for spec_prefix in self.spec.access_sequences().values():
+                for letter in self.alphabet:
+                    cex = self._check(hypothesis, (*spec_prefix, letter))
+                    if cex is not None:
+                        return cex
         access = machine.access_sequences()
         for state in machine.states:
             prefix = access.get(state)
@@ -321,6 +332,7 @@ def learn(
     progress: TextIO | None = sys.stderr,
     output_dir: Path | None = None,
     name: str = "server",
+    formats: Sequence[str] = ("svg", "png"),
 ) -> LearningResult:
     """Learn the server's Mealy machine over ``inputs`` and compare it with the spec."""
     inputs = tuple(inputs)
@@ -367,12 +379,17 @@ def learn(
         seconds=time.monotonic() - started,
     )
     if output_dir is not None:
-        result.files = save_machines(result, output_dir, name)
+        result.files = save_machines(result, output_dir, name, formats)
     return result
 
 
-def save_machines(result: LearningResult, directory: Path, name: str) -> dict[str, str]:
-    """Write the learned (and the spec) machine as .dot and, with Graphviz, .png."""
+def save_machines(
+    result: LearningResult,
+    directory: Path,
+    name: str,
+    formats: Sequence[str] = ("svg", "png"),
+) -> dict[str, str]:
+    """Write the learned (and the spec) machine as .dot and, with Graphviz, as ``formats``."""
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     for kind, machine in (("learned", result.machine), ("spec", result.spec)):
@@ -381,9 +398,10 @@ def save_machines(result: LearningResult, directory: Path, name: str) -> dict[st
         dot_path = directory / f"{name}-{kind}.dot"
         dot_path.write_text(source, encoding="utf-8")
         files[f"{kind}_dot"] = dot_path.name
-        png_path = dot_path.with_suffix(".png")
-        if render_dot(source, png_path):
-            files[f"{kind}_png"] = png_path.name
+        for suffix in formats:
+            image = dot_path.with_suffix(f".{suffix}")
+            if render_dot(source, image):
+                files[f"{kind}_{suffix}"] = image.name
     return files
 
 

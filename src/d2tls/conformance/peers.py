@@ -212,8 +212,10 @@ class _InsideGnuTLSServer(GnuTLSServer):
         )
 
 
-def _scrub(text: str, pki: Path) -> str:
-    return text.replace(str(pki), "$PKI")
+def _scrub(text: str, pki: Path, secret: bytes = b"") -> str:
+    """Recorded commands name the PKI directory ``$PKI`` and never show the PSK."""
+    text = text.replace(str(pki), "$PKI")
+    return text.replace(secret.hex(), "<psk-hex>") if secret else text
 
 
 def run_peer(
@@ -223,10 +225,12 @@ def run_peer(
     suites: Sequence[str],
     inputs: str = "full",
     pki_dir: Path | None = None,
+    wait: float = 0.4,
 ) -> dict[str, Any]:
-    """Start ``peer``, run the suites, write ``OUT/<peer>.json`` and ``.md``; the report."""
+    """Start ``peer``, run the suites, write ``OUT/<peer>.json`` and ``.md``; the report.
+    ``wait``: how long an answer may take before it counts as silence (s)."""
     if peer == "gnutls" and os.environ.get(NAMESPACE_ENV) is None:
-        return _run_in_namespace(peer, out, suites=suites, inputs=inputs)
+        return _run_in_namespace(peer, out, suites=suites, inputs=inputs, wait=wait)
     directory = pki_dir or Path(tempfile.mkdtemp(prefix="d2tls-conformance-"))
     pki = init_pki(directory, server_name="localhost", devices=1)
     psk = next(iter(load_psk_file(pki.psk_file).items()))
@@ -258,7 +262,7 @@ def run_peer(
         peer_info = {
             "peer": peer,
             "version": server.version,
-            "command": [_scrub(a, directory) for a in server.command()],
+            "command": [_scrub(a, directory, psk[1]) for a in server.command()],
             "restarted_per_query": server.restart_per_query,
             "network_namespace": os.environ.get(NAMESPACE_ENV),
             "equivalent_command": [
@@ -272,7 +276,7 @@ def run_peer(
                 "--key",
                 _scrub(str(device.key), directory),
                 "--psk",
-                f"{psk[0].decode()}:<hex>",
+                f"{psk[0].decode()}:<psk-hex>",
             ],
         }
         report = run_conformance(
@@ -286,9 +290,10 @@ def run_peer(
             reset=reset,
             peer=peer_info,
             inputs=INPUT_SETS[inputs],
-            wait=0.4,
+            wait=wait,
             learn_wait=0.1,
             machines=out / "machines",
+            image_formats=("svg",),  # small enough to commit; the .dot files are there too
         )
     finally:
         server.stop()
@@ -298,12 +303,12 @@ def run_peer(
 
 
 def _run_in_namespace(
-    peer: str, out: Path, *, suites: Sequence[str], inputs: str
+    peer: str, out: Path, *, suites: Sequence[str], inputs: str, wait: float
 ) -> dict[str, Any]:
     """Re-execute ``conformance-peers --peers PEER`` inside a private network namespace."""
     with NetNamespace("d2tls-conf") as namespace:
         argv = [sys.executable, "-m", "d2tls.cli", "conformance-peers", "--peers", peer]
-        argv += ["--out", str(out.resolve()), "--only", *suites, "--inputs", inputs]
+        argv += ["--out", str(out), "--only", *suites, "--inputs", inputs, "--wait", str(wait)]
         env = dict(os.environ, **{NAMESPACE_ENV: namespace.name})
         process = subprocess.run(namespace.command(argv), env=env, check=False)
         if process.returncode not in (0, 1):
@@ -329,13 +334,18 @@ def write_summary(out: Path) -> None:
 
 
 def run_all_peers(
-    out: Path, *, peers: Sequence[str], suites: Sequence[str], inputs: str = "full"
+    out: Path,
+    *,
+    peers: Sequence[str],
+    suites: Sequence[str],
+    inputs: str = "full",
+    wait: float = 0.4,
 ) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ok = True
     for peer in peers:
         started = time.monotonic()
-        report = run_peer(peer, out, suites=suites, inputs=inputs)
+        report = run_peer(peer, out, suites=suites, inputs=inputs, wait=wait)
         print(summary_table(report))
         print(f"  ({time.monotonic() - started:.0f} s)")
         ok = ok and report_ok(report)

@@ -116,6 +116,10 @@ def markdown(report: dict[str, Any], *, heading: int = 2, image_dir: str = "") -
         out.append(f"- version: {peer.get('version', '?')}")
         if peer.get("command"):
             out.append(f"- server command: `{' '.join(peer['command'])}`")
+        if peer.get("network_namespace"):
+            out.append("- run inside a private network namespace (its only interface: lo)")
+        if peer.get("restarted_per_query"):
+            out.append("- the server is restarted before every scenario and learning query")
     out.append(f"- conformance command: `{' '.join(report['command'])}`")
     out += ["", "| suite | result | details |", "|---|---|---|"]
     out += [f"| {_md(a)} | {_md(b)} | {_md(c)} |" for a, b, c in summary_rows(report)]
@@ -147,8 +151,9 @@ def markdown(report: dict[str, Any], *, heading: int = 2, image_dir: str = "") -
         )
         files = learning.get("files", {})
         for kind in ("learned", "spec"):
-            if f"{kind}_png" in files:
-                out += ["", f"![{kind} machine]({image_dir}{files[kind + '_png']})"]
+            image = files.get(f"{kind}_svg") or files.get(f"{kind}_png")
+            if image:
+                out += ["", f"![{kind} machine]({image_dir}{image})"]
             elif f"{kind}_dot" in files:
                 out += [
                     "",

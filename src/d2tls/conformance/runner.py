@@ -72,6 +72,7 @@ def run_conformance(
     wait: float = 0.4,
     learn_wait: float = 0.15,
     machines: Path | None = None,
+    image_formats: Sequence[str] = ("svg", "png"),
     d2tls_flow: bool = True,
     stream: TextIO | None = sys.stderr,
 ) -> dict[str, Any]:
@@ -123,6 +124,7 @@ def run_conformance(
             progress=stream,
             output_dir=machines,
             name=_slug(name),
+            formats=image_formats,
         )
         learning = outcome.to_dict()
         learning["echo"] = echo

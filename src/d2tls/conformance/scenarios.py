@@ -678,6 +678,9 @@ class ScenarioRunner:
         observed = answer.label
         if answer.timeout and answer.retransmitted:
             observed = "retransmitted its last flight"
+        if hello is not None and answer.has("ServerHello"):
+            suite = prober.cipher_suite.name if prober.cipher_suite else hex(hello.cipher_suite)
+            observed += f" [{suite}{', resumed' if prober.resumed else ''}]"
         if "alive" in step.either and fatal is None:
             alive = self._alive(prober)
             observed += f"; then {'alive' if alive else 'no answer to close_notify or data'}"
