@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import TypedDict
 
@@ -127,6 +128,9 @@ def test_net_namespace_isolation_and_cleanup() -> None:
         assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
         assert "UP" in links
         sleeper = ns.popen(["sleep", "60"])
+        deadline = time.monotonic() + 10  # `ip netns exec` needs a moment to enter and exec
+        while not ns.pids() and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert ns.pids() == [sleeper.pid]
     assert sleeper.wait(timeout=5) != 0
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

@@ -74,13 +74,18 @@ def test_without_relay_delay_the_round_trip_stays_small(echo: Address) -> None:
     assert rtt < 0.005
 
 
-def _send_burst(address: Address, count: int) -> None:
+def _send_burst(relay: Relay, count: int) -> None:
+    """Send ``count`` numbered datagrams, 50 at a time, each batch once the relay has read the
+    previous one: the kernel's socket buffers must not drop anything (the relay's loss is the
+    only loss under test), however slowly a loaded machine schedules the relay thread."""
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for i in range(count):
-            client.sendto(i.to_bytes(4, "big"), address)
-            if i % 50 == 0:
-                time.sleep(0.001)  # keep the socket buffers from overflowing
+            client.sendto(i.to_bytes(4, "big"), relay.address)
+            if i % 50 == 49:
+                deadline = time.monotonic() + 10
+                while relay.stats()["up"]["received"] <= i and time.monotonic() < deadline:  # type: ignore[index]
+                    time.sleep(0.001)
     finally:
         client.close()
 
@@ -102,7 +107,7 @@ def _received_through_lossy_relay(seed: int, count: int = 1000) -> tuple[set[int
     reader.start()
     try:
         with Relay(sink.getsockname(), up=LinkProfile(loss=0.3), seed=seed) as relay:
-            _send_burst(relay.address, count)
+            _send_burst(relay, count)
             reader.join(timeout=10)
             stats = relay.stats()["up"]
             assert stats["received"] == count  # type: ignore[index]
