@@ -2,9 +2,12 @@
 
 ``D2TLS_HYPOTHESIS_PROFILE`` selects the profile (default ``attacker``):
 
-- ``attacker``: bounded, for the default suite (the attacker tests take well under 90 s);
+- ``attacker``: bounded, for the default suite (all attacker tests together: about 80 s);
 - ``soak``: at least 10,000 examples per property, no deadline; counts of the adversary actions
   tried are printed per property and written as JSON to ``D2TLS_SOAK_REPORT`` when set.
+  ``D2TLS_SOAK_EXAMPLES`` and ``D2TLS_SOAK_STEPS`` override the examples per process and the
+  steps per example, so that one property can be run in shards (e.g. 4 x 2,500 examples,
+  counts summed by ``python -m d2tls.adversary.profiles FILE...``).
 
 Only tests import this module (hypothesis is a test dependency).
 """
@@ -13,14 +16,18 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 
 PROFILE_ENV = "D2TLS_HYPOTHESIS_PROFILE"
 REPORT_ENV = "D2TLS_SOAK_REPORT"
 SOAK_EXAMPLES = 10_000
+EXAMPLES_ENV = "D2TLS_SOAK_EXAMPLES"
+STEPS_ENV = "D2TLS_SOAK_STEPS"
 
 #: Adversary actions tried, per property (test name).
 ACTIONS: dict[str, Counter[str]] = {}
@@ -45,7 +52,9 @@ def attacker_settings(examples: int, steps: int = 40) -> settings:
         "print_blob": True,
     }
     if is_soak():
-        return settings(max_examples=SOAK_EXAMPLES, **common)  # type: ignore[arg-type]
+        common["stateful_step_count"] = int(os.environ.get(STEPS_ENV, steps))
+        examples = int(os.environ.get(EXAMPLES_ENV, SOAK_EXAMPLES))
+        return settings(max_examples=examples, **common)  # type: ignore[arg-type]
     return settings(max_examples=examples, **common)  # type: ignore[arg-type]
 
 
@@ -70,3 +79,28 @@ def report() -> str:
             data[prop] = {"examples": EXAMPLES[prop], "actions": dict(ACTIONS[prop])}
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return "\n".join(lines)
+
+
+def merge(paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """Sum the JSON reports of several soak shards, per property."""
+    total: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for prop, entry in json.loads(path.read_text()).items():
+            into = total.setdefault(prop, {"examples": 0, "actions": Counter()})
+            into["examples"] += entry["examples"]
+            into["actions"].update(entry["actions"])
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the summed counts of soak shards: ``python -m d2tls.adversary.profiles FILE...``."""
+    paths = [Path(p) for p in (sys.argv[1:] if argv is None else argv)]
+    for prop, entry in sorted(merge(paths).items()):
+        actions = entry["actions"]
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(actions.items()))
+        print(f"{prop}: {entry['examples']} examples, {sum(actions.values())} actions ({detail})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
