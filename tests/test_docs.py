@@ -485,6 +485,9 @@ def test_security_page_lists_every_lemma_with_its_verdict(built: Path) -> None:
     for theory, lemmas in raw.items():
         for lemma, entry in lemmas.items():
             assert rows.get((theory, lemma)) == entry["verdict"], (theory, lemma)
+    page = (built / "security.html").read_text(encoding="utf-8")
+    for graph in sorted((DOCS / "proofs").glob("*.svg")):
+        assert f'src="_images/{graph.name}"' in page, f"attack graph {graph.name} not shown"
 
 
 # --------------------------------------------------------------------------- examples

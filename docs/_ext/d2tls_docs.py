@@ -260,11 +260,34 @@ def conformance_page(reports: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def attack_graphs_page(graphs: Path) -> str:
+    """A figure per attack graph in ``docs/proofs/`` (written by ``d2tls prove``), captioned
+    with the lemma's expected verdict and reason from ``proofs/expected.toml``."""
+    raw = tomllib.loads((ROOT / "proofs" / "expected.toml").read_text(encoding="utf-8"))
+    expected = {lemma: entry for lemmas in raw.values() for lemma, entry in lemmas.items()}
+    lines: list[str] = []
+    for svg in sorted(graphs.glob("*.svg")):
+        entry = expected.get(svg.stem, {})
+        verdict = entry.get("verdict", "not in proofs/expected.toml")
+        lines += [
+            f"```{{figure}} proofs/{svg.name}",
+            f":alt: attack graph of {svg.stem}",
+            "",
+            f"`{svg.stem}` (expected: {verdict}): {entry.get('why', '')}",
+            "```",
+            "",
+        ]
+    if not lines:
+        lines = ["No attack graph has been written yet (`d2tls prove` writes them)."]
+    return "\n".join(lines) + "\n"
+
+
 def generate(app: Sphinx) -> None:
     out = Path(app.srcdir) / "_generated"
     generate_machines(out / "machines")
     _write(out / "cli.md", cli_page())
     _write(out / "lemmas.md", lemmas_page())
+    _write(out / "attack-graphs.md", attack_graphs_page(Path(app.srcdir) / "proofs"))
     _write(out / "reports" / "conformance.md", conformance_page(Path(app.srcdir) / "conformance"))
 
 
