@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         args.target,
         credentials,
         name=args.name or f"{args.target[0]}:{args.target[1]}",
-        command=["d2tls", *sys.argv[1:]] if sys.argv[0].endswith("d2tls") else sys.argv,
+        command=["d2tls", *sys.argv[1:]],
         suites=args.only or SUITES,
         trust_store=load_trust_store(Path(args.ca)),
         psk=args.psk,
