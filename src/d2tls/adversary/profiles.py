@@ -62,6 +62,8 @@ def count(prop: str, actions: Counter[str]) -> None:
     """Add one example's adversary actions to the totals of ``prop``."""
     ACTIONS.setdefault(prop, Counter()).update(actions)
     EXAMPLES[prop] += 1
+    if is_soak() and os.environ.get(REPORT_ENV) and EXAMPLES[prop] % 100 == 0:
+        report()  # progress of a long soak run survives an interruption
 
 
 def report() -> str:
