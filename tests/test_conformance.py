@@ -123,7 +123,7 @@ def test_learned_machine_of_our_server_is_equivalent_to_the_spec(
     assert "equivalent" in summary_table(report)
     assert "![learned machine](d2tls-learned.svg)" in markdown(report)
     write_html(report, tmp_path / "r.html")
-    assert "data:image/png;base64," in (tmp_path / "r.html").read_text()
+    assert "data:image/svg+xml;base64," in (tmp_path / "r.html").read_text()
 
 
 def test_spec_comparison_reports_shortest_differences() -> None:

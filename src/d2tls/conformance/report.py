@@ -229,12 +229,14 @@ def write_html(report: dict[str, Any], path: Path, image_root: Path | None = Non
         files = learning.get("files", {})
         root = image_root or path.parent
         for kind in ("learned", "spec"):
-            png = files.get(f"{kind}_png")
-            if png and (root / png).exists():
-                data = base64.b64encode((root / png).read_bytes()).decode()
-                parts.append(
-                    f"<h3>{kind}</h3><img alt='{kind}' src='data:image/png;base64,{data}'>"
-                )
+            for suffix, mime in (("svg", "svg+xml"), ("png", "png")):
+                image = files.get(f"{kind}_{suffix}")
+                if image and (root / image).exists():
+                    data = base64.b64encode((root / image).read_bytes()).decode()
+                    parts.append(
+                        f"<h3>{kind}</h3><img alt='{kind}' src='data:image/{mime};base64,{data}'>"
+                    )
+                    break
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
 
