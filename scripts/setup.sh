@@ -2,7 +2,7 @@
 # Set up a development/test environment for d2tls on Debian (run as root; idempotent).
 #
 #  1. installs the third-party tools the tests drive (gnutls-bin, openssl, graphviz,
-#     redis-server, iproute2, tshark) with apt-get, only when one of them is missing;
+#     redis-server, iproute2, tshark, maude for Tamarin) with apt-get, only when one of them is missing;
 #  2. creates .venv with Python >= 3.11 if it does not exist;
 #  3. installs d2tls editable with its test extras into .venv;
 #  4. builds mbedTLS's ssl_server2 from Debian's source package (scripts/build-mbedtls.sh),
@@ -32,7 +32,7 @@ fi
 log "using $PYTHON ($("$PYTHON" --version 2>&1))"
 
 # --- system packages ---------------------------------------------------------------------
-PACKAGES=(gnutls-bin openssl graphviz redis-server iproute2 tshark)
+PACKAGES=(gnutls-bin openssl graphviz redis-server iproute2 tshark maude)
 # A Debian python3 needs python3-venv for "python -m venv" (ensurepip).
 if [ ! -d .venv ] && ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
     PACKAGES+=(python3-venv)
