@@ -236,6 +236,8 @@ class Case:
     mode: DelegationMode = DelegationMode.BOUND
     lemmas: tuple[str, ...] = ()
     rogue_sessions: int = 1
+    #: How the lemmas relate to the row when that is not obvious from their verdicts.
+    lemma_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,7 @@ CASES: tuple[Case, ...] = (
         Plan(leak=Leak.BEFORE_SIGNING),
         "inject known seq",
         lemmas=("resumed_key_secrecy",),
+        lemma_note="its hypothesis excludes agent compromise; this row shows why",
     ),
     Case(
         "inject-after-signing",
@@ -262,6 +265,7 @@ CASES: tuple[Case, ...] = (
         Plan(leak=Leak.AFTER_SIGNING),
         "inject known seq",
         lemmas=("resumed_key_secrecy",),
+        lemma_note="its hypothesis excludes agent compromise; this row shows why",
     ),
     Case(
         "inject-after-handover",
@@ -293,6 +297,7 @@ CASES: tuple[Case, ...] = (
         Plan(leak=Leak.AFTER_HANDOVER, keep_connection=True),
         "send on kept connection",
         lemmas=("injective_agreement_full_bound",),
+        lemma_note="agreement covers the handshake, not who uses its keys afterwards",
     ),
     Case(
         "second-signature",
@@ -354,6 +359,7 @@ CASES: tuple[Case, ...] = (
         "run the handshake with a different server than the device asked for",
         Plan(other_server=True),
         lemmas=("injective_agreement_full_bound",),
+        lemma_note="it does not claim the server is the one the device asked for",
     ),
 )
 

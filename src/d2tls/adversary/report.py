@@ -98,6 +98,8 @@ def render(outcomes: Iterable[Outcome], verdicts: dict[str, str] | None = None) 
     for o in outcomes:
         c = o.case
         lemmas = ", ".join(f"`{name}` ({verdicts.get(name, '?')})" for name in c.lemmas) or "—"
+        if c.lemma_note:
+            lemmas += f": {c.lemma_note}"
         cells = [
             f"`{c.id}`",
             c.plan.leak.value,
