@@ -75,6 +75,7 @@ def test_theory_parses_with_tree_sitter(theory: Path) -> None:
         "rule A: [ In(x ] --> [ Out(x) ]",  # unbalanced parenthesis
         'lemma l: "All x #i. F(x) @ #i ==> "',  # formula without a conclusion
         "rule B: [ In(x) ] --[ ]-> [ Out(x) ",  # conclusion never closed
+        "rule C: [ In(x) ] --> [ Out(<'key expansion', x>) ]",  # Tamarin rejects the space
     ],
 )
 def test_syntax_check_rejects_a_broken_theory(broken: str) -> None:
@@ -558,14 +559,29 @@ def test_parser_reads_the_real_tamarin(tmp_path: Path) -> None:
 
 
 @needs_prover
-def test_real_prove_of_a_fast_lemma(tmp_path: Path) -> None:
-    report_file = tmp_path / "report.json"
-    status = d2tls_main(
-        ["prove", "--lemma", "one_signature_per_request", "--json", str(report_file)]
+def test_real_prove_cli_on_a_small_theory(tmp_path: Path) -> None:
+    theory = tmp_path / "small.spthy"
+    theory.write_text(SMALL_THEORY, encoding="utf-8")
+    expected = tmp_path / "expected.toml"
+    expected.write_text(
+        '["small.spthy".sent_before_leak]\nverdict = "verified"\nwhy = "trivial"\n'
+        '["small.spthy".secret]\nverdict = "falsified"\nwhy = "the key leaks"\n',
+        encoding="utf-8",
     )
+    report_file = tmp_path / "report.json"
+    args = ["prove", str(theory), "--expected", str(expected), "--json", str(report_file)]
+    assert d2tls_main(args) == EXIT_OK
     data = json.loads(report_file.read_text(encoding="utf-8"))
-    assert status == EXIT_OK, data
-    assert data["results"][0]["verdict"] == VERIFIED
+    assert [(r["lemma"], r["verdict"]) for r in data["results"]] == [
+        ("sent_before_leak", VERIFIED),
+        ("secret", FALSIFIED),
+    ]
+    assert data["prover"].startswith("tamarin-prover 1.")
+    expected.write_text(
+        expected.read_text(encoding="utf-8").replace('"falsified"', '"verified"'),
+        encoding="utf-8",
+    )
+    assert d2tls_main(args) == EXIT_MISMATCH
 
 
 @pytest.mark.skipif(

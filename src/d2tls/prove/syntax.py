@@ -3,15 +3,19 @@
 Needs the ``py-tree-sitter-spthy`` package (test extra). The grammar is Tamarin's own
 (``tree-sitter/tree-sitter-spthy`` in the Tamarin repository): a file with an ERROR or MISSING
 node would not load in Tamarin either. The check is syntactic only; well-formedness (sorts,
-unbound variables, fact arities) is Tamarin's job.
+unbound variables, fact arities) is Tamarin's job. One lexical rule the grammar does not
+enforce is checked on top: a public constant ('name') holds no whitespace (Tamarin rejects it).
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+_CONSTANT = re.compile(r"'([^'\n]*)'")
 
 
 class SyntaxCheckUnavailable(Exception):
@@ -68,7 +72,22 @@ def check_source(source: bytes, path: str = "<theory>") -> list[SyntaxProblem]:
         stack.extend(reversed(node.children))
     if tree.root_node.has_error and not problems:  # defensive: the flag without a node
         problems.append(SyntaxProblem(path, 1, 1, "ERROR", "parse failed"))
+    problems.extend(_spaced_constants(source.decode("utf-8", "replace"), path))
     return problems
+
+
+def _spaced_constants(text: str, path: str) -> list[SyntaxProblem]:
+    from d2tls.prove.runner import strip_comments
+
+    code = strip_comments(text)
+    found: list[SyntaxProblem] = []
+    for match in _CONSTANT.finditer(code):
+        if not any(ch.isspace() for ch in match.group(1)):
+            continue
+        line = code.count("\n", 0, match.start()) + 1
+        column = match.start() - (code.rfind("\n", 0, match.start()) + 1) + 1
+        found.append(SyntaxProblem(path, line, column, "CONSTANT WITH WHITESPACE", match.group(0)))
+    return found
 
 
 def check_file(path: Path) -> list[SyntaxProblem]:
