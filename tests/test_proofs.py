@@ -520,10 +520,12 @@ def test_prove_runs_lemmas_in_parallel(stand_in: list[str]) -> None:
     prover = runner.Prover(stand_in[1], stand_in[3])
     expected = runner.load_expected(PROOFS / runner.EXPECTED_FILE)
     jobs = runner.plan([MAIN_THEORY], expected, ["executable_bound", "executable_blind"])
+    prover = runner.Prover(prover.tamarin, prover.maude, extra_args=("--open-chains=5",))
     results = runner.run_lemmas(prover, jobs, timeout=30, workers=2)
     assert [r.lemma for r in results] == ["executable_bound", "executable_blind"]
     assert all(r.ok for r in results)
     assert all(r.command[-3:] == ["+RTS", "-N1", "-RTS"] for r in results)
+    assert all(r.command[-5:-3] == ["--open-chains=5", str(MAIN_THEORY)] for r in results)
 
 
 # --------------------------------------------------------------------------- the real prover

@@ -9,6 +9,7 @@ error (unknown theory or lemma, bad expected file); 3 tamarin-prover or maude is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -73,6 +74,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--tamarin-prover", metavar="PATH", help="tamarin-prover executable")
     parser.add_argument("--maude", metavar="PATH", help="maude executable")
+    parser.add_argument(
+        "--prover-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra tamarin-prover option, e.g. --prover-arg=--open-chains=5 (repeatable)",
+    )
     parser.add_argument(
         "--static",
         action="store_true",
@@ -157,6 +165,7 @@ def main(args: argparse.Namespace) -> int:
 
     to_stdout = args.json == "-"
     out = sys.stderr if to_stdout else sys.stdout
+    prover = dataclasses.replace(prover, extra_args=tuple(args.prover_arg))
     version = prover.version()
     print(f"{version}; {len(jobs)} lemma(s), timeout {args.timeout:g} s each", file=out, flush=True)
 

@@ -85,6 +85,7 @@ class Prover:
 
     tamarin: str
     maude: str
+    extra_args: tuple[str, ...] = ()  # passed to every tamarin-prover run
 
     def version(self) -> str:
         """First line of ``tamarin-prover --version`` (or the error)."""
@@ -285,6 +286,7 @@ def build_command(
         f"--prove={lemma}",
         f"--derivcheck-timeout={DERIVCHECK_TIMEOUT}",
         f"--with-maude={prover.maude}",
+        *prover.extra_args,
         str(theory),
     ]
     if threads is not None:
