@@ -576,13 +576,7 @@ def _register_plugins(sub: Any) -> None:
     import importlib
 
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue  # that part of the package is not there (yet)
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
