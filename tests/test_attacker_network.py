@@ -34,6 +34,7 @@ from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig, TimerConfig
 from d2tls.dtls.connection import Connection
 from d2tls.dtls.constants import CipherSuite, ContentType
+from d2tls.dtls.record import parse_datagram
 from d2tls.dtls.server import DTLSServer
 
 SERVER: Address = ("203.0.113.10", 4433)
@@ -336,10 +337,12 @@ class HostileNetwork(RuleBasedStateMachine):
             max_time=stopped + bound.seconds,
         )
         self.observer.check()
-        forged = bool({CLIENT, SERVER} & self.observer.forged_handshake_at)
+        forged = bool({CLIENT, SERVER} & self.observer.forged_handshake_at) or self._forged_epoch0()
         if forged and not self._both_established():
-            # a spoofed epoch-0 handshake message was consumed: failing is allowed, silently
-            # hanging is not (the observer checked every termination has a reason)
+            # a forged epoch-0 record reached an endpoint (DTLS 1.2 cannot authenticate it; the
+            # answer, e.g. the server's decode_error alert, may arrive after the adversary
+            # stopped): failing is allowed, silently hanging is not (every termination has a
+            # reason, checked by the observer)
             assert self.client.is_closed, (
                 f"liveness: poisoned handshake neither completed nor ended ({self.client.state})"
             )
@@ -369,6 +372,17 @@ class HostileNetwork(RuleBasedStateMachine):
         # a sequence-number jump may push the receiver's window past the honest sender
         if write_keys(self.client).next_seq > self.observer_highest(CLIENT, SERVER):
             assert up in got, "liveness: fresh client data not delivered after the attack"
+
+    def _forged_epoch0(self) -> bool:
+        """Did the adversary deliver an epoch-0 record that is not its link's honest record?"""
+        for sent in self.n.history:
+            if sent.honest or sent.destination not in (CLIENT, SERVER):
+                continue
+            honest = self.n.honest_records.get((sent.source, sent.destination), {})
+            for record in parse_datagram(sent.data)[0]:
+                if record.epoch == 0 and honest.get((0, record.sequence_number)) != record:
+                    return True
+        return False
 
     def observer_highest(self, source: Address, destination: Address) -> int:
         """Highest sequence number of the sender's current epoch the adversary put on the link."""
@@ -409,3 +423,16 @@ def test_spoofed_server_hello_before_hello_verify_request_is_forgotten() -> None
     net.run(lambda: machine._both_established() or machine.client.is_closed, max_time=60.0)
     machine.observer.check()
     assert machine._both_established(), machine.client.state
+
+
+def test_modified_client_hello_may_end_the_handshake_cleanly() -> None:
+    """Soak finding: a ClientHello with a flipped length byte makes the server answer with a
+    fatal alert that reaches the client only after the adversary stopped. DTLS 1.2 cannot
+    authenticate epoch 0, so the handshake may fail, but with a reason, never by hanging."""
+    machine = HostileNetwork()
+    machine.setup(suite="psk", seed=0, established_first=False)
+    machine.flip(i=0, mask=1, position=15)
+    assert machine._forged_epoch0()
+    machine.teardown()  # liveness: established, or ended with a reason
+    assert machine.client.is_closed or machine._both_established()
+    assert all(event.reason for _, event in machine.observer.terminations)
