@@ -10,7 +10,9 @@ directory. Examples are run by a small runner:
   A block with the class ``long-running`` (a server in its own terminal) is started in the
   background; the runner waits until its output shows the lines given, and stops it at the end
   of the page. A ``% docs-test: interrupt NAME`` comment on the page is the reader's Ctrl-C for
-  the background command that starts with NAME.
+  the background command that starts with NAME. A block with the class ``checkout`` (the
+  repository's own tests and scripts) runs in the root of the checkout instead, as the reader
+  who cloned the repository does; it must not write files there.
 * ```` ```pycon ```` blocks are doctests and ```` ```python ```` blocks are executed, in the
   page's directory, with one namespace per page.
 * The class ``setup`` marks the installation commands (``scripts/setup.sh``), which CI runs
@@ -18,8 +20,8 @@ directory. Examples are run by a small runner:
   command, which the build fixture runs.
 
 The well-known ports of the pages (4433, 5684) are replaced by free ports, so the examples can
-run beside other tests. Pages of other topics written before this runner existed are listed in
-NOT_EXECUTED with the reason; the test fails on any other code block it cannot run.
+run beside other tests. A page whose blocks cannot be run would be listed in NOT_EXECUTED with
+the reason (none is); the test fails on any other code block it cannot run.
 """
 
 from __future__ import annotations
@@ -57,16 +59,7 @@ PORTS = (4433, 5684)
 SETTLE = 1.0
 
 #: Pages (relative to docs/) whose code blocks are not run here, and why.
-NOT_EXECUTED = {
-    "stores.md": "written for real deployments (absolute paths, 0.0.0.0, a key file in /etc);"
-    " the stores are exercised by tests/test_store*.py instead",
-    "conformance/README.md": "the full conformance run against four servers takes the better"
-    " part of an hour; tests/test_conformance.py runs its suites",
-    "attacker-soak.md": "the soak run takes over an hour (>= 10,000 examples per property);"
-    " the same property tests run in the default suite with the default profile",
-    "benchmarks.md": "full benchmark runs (50 runs each, minutes) and the pytest-benchmark suite;"
-    " tests/test_bench.py runs every bench command on small counts",
-}
+NOT_EXECUTED: dict[str, str] = {}
 #: Languages of blocks that are output or illustrations, not commands.
 LITERAL_LANGUAGES = {"text", "cddl", "", "none"}
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
@@ -199,7 +192,8 @@ class PageRunner:
                 if "long-running" in block.classes:
                     self.start(block, command, expected)
                 else:
-                    self.command(block, command, expected)
+                    cwd = ROOT if "checkout" in block.classes else self.workdir
+                    self.command(block, command, expected, cwd)
         elif block.language == "pycon":
             self.doctest(block)
         elif block.language == "python":
@@ -207,10 +201,10 @@ class PageRunner:
         elif block.language not in LITERAL_LANGUAGES:
             raise AssertionError(f"{self.where(block)}: no way to run a {block.language!r} block")
 
-    def command(self, block: Block, command: str, expected: str) -> None:
+    def command(self, block: Block, command: str, expected: str, cwd: Path) -> None:
         result = subprocess.run(
             ["bash", "-c", self.ported(command)],
-            cwd=self.workdir,
+            cwd=cwd,
             env=self.env,
             capture_output=True,
             text=True,
