@@ -64,6 +64,7 @@ import socket
 import subprocess
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,7 +287,7 @@ class NetNamespace:
 # --------------------------------------------------------------------------- servers
 
 
-class _ServerProcess:
+class _ServerProcess(ABC):
     """A long-running peer with captured stdout+stderr; a context manager."""
 
     tool = ""
@@ -298,9 +299,9 @@ class _ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._capture: OutputCapture | None = None
 
+    @abstractmethod
     def argv(self) -> list[str]:
         """The full command line."""
-        raise NotImplementedError
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -654,7 +655,7 @@ _GNUTLS_DESCRIPTION = re.compile(r"^- Description: (.*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
-class ClientResult:
+class ClientResult(ABC):
     """Outcome of one client run."""
 
     argv: tuple[str, ...]
@@ -669,19 +670,19 @@ class ClientResult:
         return (self.stdout + b"\n" + self.stderr).decode("utf-8", "replace")
 
     @property
+    @abstractmethod
     def handshake_ok(self) -> bool:
         """Whether a handshake completed."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def resumed(self) -> bool:
         """Whether the (last) handshake resumed a session."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def suite(self) -> CipherSuite | None:
         """The negotiated d2tls suite, if it is one of ours."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)

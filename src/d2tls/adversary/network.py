@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,29 +74,30 @@ class TimerHandle:
         self._timer.cancelled[0] = True
 
 
-class Node:
+class Node(ABC):
     """An endpoint at one address: wraps a sans-IO engine."""
 
     address: Address
 
-    def receive(self, data: bytes, source: Address, now: float) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def receive(self, data: bytes, source: Address, now: float) -> None: ...
 
-    def outgoing(self, now: float) -> list[tuple[Address, bytes]]:
-        raise NotImplementedError
+    @abstractmethod
+    def outgoing(self, now: float) -> list[tuple[Address, bytes]]: ...
 
-    def events(self) -> list[Event]:
-        raise NotImplementedError
+    @abstractmethod
+    def events(self) -> list[Event]: ...
 
-    def next_timer(self) -> float | None:
-        raise NotImplementedError
+    @abstractmethod
+    def next_timer(self) -> float | None: ...
 
-    def handle_timer(self, now: float) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def handle_timer(self, now: float) -> None: ...
 
+    @abstractmethod
     def connections(self) -> list[tuple[Connection, Address]]:
         """Live connections of this node with their remote address (for observers)."""
-        raise NotImplementedError
+        ...
 
 
 class ClientNode(Node):
