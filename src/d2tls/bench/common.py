@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import Store
 
-from d2tls.pki.generate import DevicePaths, PKIPaths, device_name, init_pki
+from d2tls.pki.generate import PKIPaths, init_pki
 from d2tls.pki.verify import (
     load_certificate_chain,
     load_private_key,
@@ -190,29 +190,6 @@ class Progress:
 
 
 # --------------------------------------------------------------------------- PKI
-def pki_paths(directory: Path, devices: int = 1) -> PKIPaths:
-    """The paths :func:`init_pki` wrote into ``directory``."""
-    return PKIPaths(
-        directory=directory,
-        ca_cert=directory / "ca.pem",
-        ca_key=directory / "ca.key",
-        server_cert=directory / "server.pem",
-        server_key=directory / "server.key",
-        server_chain=directory / "server-chain.pem",
-        devices=tuple(
-            DevicePaths(
-                name=device_name(i),
-                cert=directory / f"{device_name(i)}.pem",
-                key=directory / f"{device_name(i)}.key",
-            )
-            for i in range(1, devices + 1)
-        ),
-        psk_file=directory / "psk.txt",
-        other_ca_cert=directory / "other-ca.pem",
-        other_ca_key=directory / "other-ca.key",
-    )
-
-
 @dataclass
 class Materials:
     """A loaded test PKI for benchmarks (made in a temporary directory unless given)."""

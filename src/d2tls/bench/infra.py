@@ -159,11 +159,12 @@ class Peers:
 
 
 async def _peers(spec: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
-    from d2tls.bench.common import Materials, pki_paths
+    from d2tls.bench.common import Materials
     from d2tls.dtls.config import ClientAuth, ServerConfig
     from d2tls.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
     from d2tls.dtls.session import MemorySessionStore
     from d2tls.net.udp import ServerEndpoint
+    from d2tls.pki.generate import pki_paths
     from d2tls.roles.agent import Agent, AgentConfig
 
     materials = Materials.load(pki_paths(Path(spec["pki_directory"])))

@@ -227,6 +227,29 @@ def device_name(index: int) -> str:
     return f"device-{index}"
 
 
+def pki_paths(directory: Path, devices: int = 1) -> PKIPaths:
+    """The file paths of a PKI that :func:`init_pki` writes (or wrote) into ``directory``."""
+    return PKIPaths(
+        directory=directory,
+        ca_cert=directory / "ca.pem",
+        ca_key=directory / "ca.key",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server.key",
+        server_chain=directory / "server-chain.pem",
+        devices=tuple(
+            DevicePaths(
+                name=device_name(i),
+                cert=directory / f"{device_name(i)}.pem",
+                key=directory / f"{device_name(i)}.key",
+            )
+            for i in range(1, devices + 1)
+        ),
+        psk_file=directory / "psk.txt",
+        other_ca_cert=directory / "other-ca.pem",
+        other_ca_key=directory / "other-ca.key",
+    )
+
+
 def init_pki(
     directory: Path,
     server_name: str = "localhost",
@@ -255,25 +278,7 @@ def init_pki(
         validity_days=validity_days,
     )
 
-    paths = PKIPaths(
-        directory=directory,
-        ca_cert=directory / "ca.pem",
-        ca_key=directory / "ca.key",
-        server_cert=directory / "server.pem",
-        server_key=directory / "server.key",
-        server_chain=directory / "server-chain.pem",
-        devices=tuple(
-            DevicePaths(
-                name=device_name(i),
-                cert=directory / f"{device_name(i)}.pem",
-                key=directory / f"{device_name(i)}.key",
-            )
-            for i in range(1, devices + 1)
-        ),
-        psk_file=directory / "psk.txt",
-        other_ca_cert=directory / "other-ca.pem",
-        other_ca_key=directory / "other-ca.key",
-    )
+    paths = pki_paths(directory, devices)
     write_pem_certificate(paths.ca_cert, ca_cert)
     write_pem_private_key(paths.ca_key, ca_key)
     write_pem_certificate(paths.other_ca_cert, other_cert)
