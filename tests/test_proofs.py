@@ -411,12 +411,20 @@ def _script(path: Path, body: str) -> Path:
 
 #: A stand-in for tamarin-prover (the real one is tested below where it is installed): it
 #: answers --version, and for --prove=L prints a summary giving L the verdict VERDICTS[L]
-#: (default: the expected one), with a wellformedness warning if WARN is set.
+#: (default: the expected one), with a wellformedness warning if WARN is set; without --prove
+#: (the wellformedness check) it fails like `--quit-on-warning` does if WF_FAIL is set.
 STAND_IN = textwrap.dedent(
     """
     import json, os, sys, time, tomllib
     if "--version" in sys.argv:
         print("tamarin-prover 1.8.0 (stand-in)"); sys.exit(0)
+    if not any(a.startswith("--prove=") for a in sys.argv):
+        if os.environ.get("WF_FAIL"):
+            print("WARNING: the following wellformedness checks failed!")
+            print("Derivation Checks")
+            print("quit-on-warning mode selected - aborting on wellformedness errors.")
+            sys.exit(1)
+        print("summary of summaries:"); sys.exit(0)
     lemma = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--prove="))
     theory = next(a for a in sys.argv if a.endswith(".spthy"))
     expected = tomllib.load(open(os.environ["EXPECTED"], "rb"))[os.path.basename(theory)]
@@ -504,6 +512,56 @@ def test_prove_wellformedness_warning_fails(
     assert "wellformedness" in captured.err
 
 
+def test_prove_fails_when_the_theory_is_not_well_formed(
+    stand_in: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WF_FAIL", "1")
+    status = d2tls_main(["prove", *stand_in, "--lemma", "executable_bound", "--json"])
+    captured = capsys.readouterr()
+    assert status == EXIT_MISMATCH
+    data = json.loads(captured.out)
+    assert data["ok"] is False and data["mismatches"] == 1
+    assert data["results"][0]["ok"] is True  # the lemma itself got its verdict
+    (check,) = data["wellformedness"]
+    assert check["ok"] is False and check["theory"] == MAIN_THEORY.name
+    assert "--quit-on-warning" in check["command"]
+    assert f"{MAIN_THEORY.name}: not well formed" in captured.err
+    assert "0 of 1 theories well formed" in captured.err
+
+
+def test_wellformedness_check_runs_once_per_theory_and_lemmas_skip_it(
+    stand_in: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = d2tls_main(
+        ["prove", *stand_in, "--lemma", "executable_bound", "--lemma", "executable_blind"]
+    )
+    out = capsys.readouterr().out
+    assert status == EXIT_OK, out
+    assert out.count(runner.WELLFORMEDNESS_ROW) == 1
+    prover = runner.Prover(stand_in[1], stand_in[3])
+    lemma_run = runner.build_command(prover, MAIN_THEORY, "executable_bound")
+    check_run = runner.wellformedness_command(prover, MAIN_THEORY)
+    assert "--derivcheck-timeout=0" in lemma_run and "--quit-on-warning" not in lemma_run
+    assert f"--derivcheck-timeout={runner.DERIVCHECK_TIMEOUT}" in check_run
+    assert "--quit-on-warning" in check_run
+    assert not any(arg.startswith("--prove") for arg in check_run)
+
+
+def test_parse_wellformedness() -> None:
+    ok = "theory T begin\nend\n" + "=" * 78 + "\nsummary of summaries:\n\nanalyzed: t.spthy\n"
+    assert runner.parse_wellformedness(ok, 0) == (True, [], "")
+    failed = "WARNING: the following wellformedness checks failed!\n\nFact usage\n"
+    good, warnings, detail = runner.parse_wellformedness(failed, 1)
+    assert not good and warnings and "Fact usage" in detail
+    timed_out = ok.replace(
+        "end", "Derivation checks timed out. Use --derivcheck-timeout=INT to configure timeout\nend"
+    )
+    good, warnings, _ = runner.parse_wellformedness(timed_out, 0)
+    assert not good and any("timed out" in w for w in warnings)
+    assert not runner.parse_wellformedness("segmentation fault", 139)[0]
+    assert not runner.parse_wellformedness("", 0)[0]  # no summary: did not get through
+
+
 def test_prove_timeout_kills_the_prover(
     stand_in: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -558,6 +616,32 @@ def test_parser_reads_the_real_tamarin(tmp_path: Path) -> None:
         assert result.verdict == verdict, result.detail
         assert result.steps is not None and result.steps > 0
         assert result.ok
+
+
+@needs_prover
+def test_real_wellformedness_check(tmp_path: Path) -> None:
+    assert TAMARIN is not None and MAUDE is not None
+    prover = runner.Prover(TAMARIN, MAUDE)
+    good = tmp_path / "small.spthy"
+    good.write_text(SMALL_THEORY, encoding="utf-8")
+    result = runner.check_wellformedness(prover, good, timeout=120)
+    assert result.ok, result.detail
+    bad = tmp_path / "bad.spthy"  # a rule consumes a fact no rule produces
+    bad.write_text(
+        SMALL_THEORY.replace("rule Leak: [ Key(k) ]", "rule Leak: [ Kee(k) ]"), encoding="utf-8"
+    )
+    result = runner.check_wellformedness(prover, bad, timeout=120)
+    assert not result.ok and result.warnings, result
+    underivable = tmp_path / "underivable.spthy"  # a variable of In() that cannot be derived
+    underivable.write_text(
+        SMALL_THEORY.replace(
+            "rule Leak: [ Key(k) ]",
+            "rule Open: [ In(senc(m, k)) ] --[ Opened(m) ]-> [ ]\nrule Leak: [ Key(k) ]",
+        ),
+        encoding="utf-8",
+    )
+    result = runner.check_wellformedness(prover, underivable, timeout=120)
+    assert not result.ok and "Derivation" in result.detail, result
 
 
 @needs_prover

@@ -1,7 +1,11 @@
 """``d2tls prove``: run Tamarin on the theories and compare with ``proofs/expected.toml``.
 
-Exit status: 0 every lemma got its expected verdict; 1 a mismatch, a lemma without an
-expected verdict, a timeout, an incomplete analysis or a wellformedness warning; 2 a usage
+Each theory first gets one run of Tamarin's wellformedness and derivation checks
+(``--quit-on-warning``); the per-lemma proofs then run with the derivation checks off.
+
+Exit status: 0 every theory well formed and every lemma got its expected verdict; 1 a
+mismatch, a lemma without an expected verdict, a timeout, an incomplete analysis or a
+wellformedness warning; 2 a usage
 error (unknown theory or lemma, bad expected file); 3 tamarin-prover or maude is missing.
 ``--static`` checks without Tamarin: Tree-sitter syntax and consistency with the spec.
 """
@@ -23,6 +27,7 @@ from d2tls.prove.runner import (
     EXIT_USAGE,
     LemmaResult,
     ProverMissing,
+    WellformednessResult,
 )
 
 
@@ -177,16 +182,29 @@ def main(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    results = runner.run_lemmas(prover, jobs, args.timeout, args.jobs, on_result=progress)
-    data = runner.report(results, version, args.timeout)
+    def checked(result: WellformednessResult) -> None:
+        state = "well-formed" if result.ok else "NOT well-formed"
+        print(f"  {result.theory}: {state} ({result.seconds:.1f}s)", file=sys.stderr, flush=True)
+
+    proved = sorted({job.theory for job in jobs}, key=theories.index)
+    run = runner.run_all(
+        prover, proved, jobs, args.timeout, args.jobs, on_result=progress, on_check=checked
+    )
+    results, checks = run.lemmas, run.checks
+    data = runner.report(results, version, args.timeout, checks)
     if to_stdout:
         print(json.dumps(data, indent=2))
     else:
-        print(runner.format_table(results))
+        print(runner.format_table(results, checks))
     if args.markdown:
-        Path(args.markdown).write_text(runner.format_markdown(results, version), encoding="utf-8")
+        Path(args.markdown).write_text(
+            runner.format_markdown(results, version, checks), encoding="utf-8"
+        )
     if args.json and not to_stdout:
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    for c in checks:
+        if not c.ok:
+            print(f"{c.theory}: not well formed: {c.detail}", file=sys.stderr)
     bad = [r for r in results if not r.ok]
     for r in bad:
         why = r.detail or (
@@ -195,5 +213,10 @@ def main(args: argparse.Namespace) -> int:
             else f"expected {r.expected}, got {r.verdict}"
         )
         print(f"{r.theory} {r.lemma}: {why}", file=sys.stderr)
-    print(f"{len(results) - len(bad)} of {len(results)} lemmas as expected", file=out)
-    return EXIT_OK if not bad else EXIT_MISMATCH
+    well_formed = sum(1 for c in checks if c.ok)
+    print(
+        f"{len(results) - len(bad)} of {len(results)} lemmas as expected; "
+        f"{well_formed} of {len(checks)} theories well formed",
+        file=out,
+    )
+    return EXIT_OK if run.ok else EXIT_MISMATCH

@@ -9,6 +9,12 @@ one line per lemma, e.g.::
 
 and a ``WARNING: N wellformedness check failed!`` line above them when the theory is not well
 formed. :func:`parse_output` reads exactly that; :func:`run_lemmas` runs the lemmas in parallel.
+
+Tamarin's derivation check (part of its wellformedness checks: can every variable of a rule be
+derived?) saturates the sources of the whole theory a second time, and it does not depend on
+the lemma. So it runs once per theory, in :func:`check_wellformedness`
+(``--quit-on-warning``, any warning or a timeout of the check is a failure), and the per-lemma
+runs switch it off (``--derivcheck-timeout=0``); :func:`run_all` schedules both.
 """
 
 from __future__ import annotations
@@ -45,8 +51,9 @@ EXIT_NO_PROVER = 3
 PROOFS_DIR = Path(__file__).resolve().parents[3] / "proofs"
 
 #: Seconds Tamarin may spend on its message-derivation wellformedness check (its default of
-#: 5 s is too short for our theory on 2 cores; a timeout is reported as a warning).
-DERIVCHECK_TIMEOUT = 120
+#: 5 s is too short for our theory on 2 cores; a timeout is reported as a warning, which
+#: fails the check).
+DERIVCHECK_TIMEOUT = 300
 EXPECTED_FILE = "expected.toml"
 
 INSTALL_HELP = """\
@@ -65,6 +72,7 @@ _SUMMARY_LINE = re.compile(
     re.MULTILINE,
 )
 _WELLFORMEDNESS = re.compile(r"WARNING: (\d+) wellformedness checks? failed", re.IGNORECASE)
+_SUMMARY_HEADER = "summary of summaries:"
 _LEMMA_DECL = re.compile(r"^\s*lemma\s+([A-Za-z0-9_]+)\s*(?:\[[^\]]*\])?\s*:", re.MULTILINE)
 
 
@@ -284,21 +292,44 @@ def build_command(
     command = [
         prover.tamarin,
         f"--prove={lemma}",
+        "--derivcheck-timeout=0",  # checked once per theory by check_wellformedness
+        f"--with-maude={prover.maude}",
+        *prover.extra_args,
+        str(theory),
+    ]
+    return command + _rts(threads)
+
+
+def wellformedness_command(prover: Prover, theory: Path, threads: int | None = None) -> list[str]:
+    """Load and close the theory without proving; stop at the first wellformedness warning."""
+    command = [
+        prover.tamarin,
+        "--quit-on-warning",
         f"--derivcheck-timeout={DERIVCHECK_TIMEOUT}",
         f"--with-maude={prover.maude}",
         *prover.extra_args,
         str(theory),
     ]
-    if threads is not None:
-        command += ["+RTS", f"-N{threads}", "-RTS"]
-    return command
+    return command + _rts(threads)
 
 
-def run_lemma(prover: Prover, job: Job, timeout: float, threads: int | None = None) -> LemmaResult:
-    """Run one lemma; on timeout the whole process group is killed."""
-    command = build_command(prover, job.theory, job.lemma, threads)
-    expected = job.expected.verdict if job.expected else None
-    why = job.expected.why if job.expected else ""
+def _rts(threads: int | None) -> list[str]:
+    return [] if threads is None else ["+RTS", f"-N{threads}", "-RTS"]
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """How one tamarin-prover process ended: its output, or why there is none."""
+
+    output: str | None
+    returncode: int | None
+    seconds: float
+    failure: str = ""  # TIMEOUT or ERROR when output is None
+    detail: str = ""
+
+
+def _run(command: list[str], timeout: float) -> _Finished:
+    """Run one prover process; on timeout its whole process group is killed."""
     start = time.monotonic()
     try:
         process = subprocess.Popen(
@@ -309,37 +340,98 @@ def run_lemma(prover: Prover, job: Job, timeout: float, threads: int | None = No
             start_new_session=True,
         )
     except OSError as exc:
-        return LemmaResult(
-            job.theory.name, job.lemma, expected, ERROR, None, 0.0, detail=str(exc),
-            command=command, why=why,
-        )  # fmt: skip
+        return _Finished(None, None, 0.0, ERROR, str(exc))
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(process)
         process.communicate()
+        seconds = time.monotonic() - start
+        return _Finished(None, None, seconds, TIMEOUT, f"no verdict within {timeout:g} s")
+    return _Finished(output, process.returncode, time.monotonic() - start)
+
+
+def run_lemma(prover: Prover, job: Job, timeout: float, threads: int | None = None) -> LemmaResult:
+    """Prove one lemma (derivation checks off: :func:`check_wellformedness` does them)."""
+    command = build_command(prover, job.theory, job.lemma, threads)
+    expected = job.expected.verdict if job.expected else None
+    why = job.expected.why if job.expected else ""
+    done = _run(command, timeout)
+    if done.output is None:
         return LemmaResult(
-            job.theory.name, job.lemma, expected, TIMEOUT, None, time.monotonic() - start,
-            detail=f"no verdict within {timeout:g} s", command=command, why=why,
+            job.theory.name, job.lemma, expected, done.failure, None, done.seconds,
+            detail=done.detail, command=command, why=why,
         )  # fmt: skip
-    seconds = time.monotonic() - start
-    parsed = parse_output(output, job.lemma)
+    parsed = parse_output(done.output, job.lemma)
     detail = ""
     if parsed.verdict == ERROR:
-        detail = f"exit status {process.returncode}; output ends: " + _tail(output)
+        detail = f"exit status {done.returncode}; output ends: " + _tail(done.output)
     return LemmaResult(
         theory=job.theory.name,
         lemma=job.lemma,
         expected=expected,
         verdict=parsed.verdict,
         steps=parsed.steps,
-        seconds=seconds,
+        seconds=done.seconds,
         wellformedness_failures=parsed.wellformedness_failures,
         warnings=list(parsed.warnings),
         detail=detail,
         command=command,
         why=why,
     )
+
+
+@dataclass
+class WellformednessResult:
+    """Tamarin's wellformedness checks (derivation checks included) of one theory."""
+
+    theory: str
+    ok: bool
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+    detail: str = ""
+    command: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_wellformedness(output: str, returncode: int | None) -> tuple[bool, list[str], str]:
+    """(ok, warning lines, detail) of a ``--quit-on-warning`` run without ``--prove``.
+
+    Well formed means: exit status 0, no WARNING line, and the summary printed (so the run
+    got through loading and closing the theory).
+    """
+    # Other WARNING lines (e.g. about the Maude version) are not about the theory.
+    warnings = [
+        line.strip()
+        for line in output.splitlines()
+        if "WARNING" in line and "wellformedness check" in line
+    ]
+    if "Derivation checks timed out" in output:
+        warnings.append(
+            f"Derivation checks timed out after {DERIVCHECK_TIMEOUT} s (DERIVCHECK_TIMEOUT)"
+        )
+    if warnings:
+        return False, warnings, "wellformedness warnings: " + _tail(output, 20)
+    if returncode != 0 or _SUMMARY_HEADER not in output:
+        return False, [], f"exit status {returncode}; output ends: " + _tail(output)
+    return True, [], ""
+
+
+def check_wellformedness(
+    prover: Prover, theory: Path, timeout: float, threads: int | None = None
+) -> WellformednessResult:
+    """Run Tamarin's wellformedness and derivation checks on one theory, once."""
+    command = wellformedness_command(prover, theory, threads)
+    done = _run(command, timeout)
+    if done.output is None:
+        return WellformednessResult(
+            theory.name, False, done.seconds, detail=f"{done.failure}: {done.detail}",
+            command=command,
+        )  # fmt: skip
+    ok, warnings, detail = parse_wellformedness(done.output, done.returncode)
+    return WellformednessResult(theory.name, ok, done.seconds, warnings, detail, command)
 
 
 def _kill_group(process: subprocess.Popen[str]) -> None:
@@ -353,6 +445,13 @@ def _tail(output: str, lines: int = 8) -> str:
     return " | ".join(line.strip() for line in output.strip().splitlines()[-lines:])
 
 
+def _workers(requested: int | None, tasks: int) -> tuple[int, int | None]:
+    """(processes at once, Tamarin threads each): with several processes each gets one thread
+    (``+RTS -N1``) so that they do not compete for the cores; a single one may use them all."""
+    workers = max(1, min(requested or os.cpu_count() or 1, tasks or 1))
+    return workers, (1 if workers > 1 else None)
+
+
 def run_lemmas(
     prover: Prover,
     jobs: Sequence[Job],
@@ -360,22 +459,55 @@ def run_lemmas(
     workers: int | None = None,
     on_result: Callable[[LemmaResult], None] | None = None,
 ) -> list[LemmaResult]:
-    """Run the jobs in parallel (``workers``, default the core count); results in job order.
+    """Run the jobs in parallel (``workers``, default the core count); results in job order."""
+    return run_all(prover, [], jobs, timeout, workers, on_result).lemmas
 
-    With more than one worker each Tamarin process gets one thread (``+RTS -N1``) so that the
-    lemmas do not compete for the cores; a single worker lets Tamarin use them all.
+
+@dataclass
+class Run:
+    """Everything one ``d2tls prove`` run found."""
+
+    checks: list[WellformednessResult]
+    lemmas: list[LemmaResult]
+
+    @property
+    def ok(self) -> bool:
+        return (
+            bool(self.lemmas) and all(c.ok for c in self.checks) and all(r.ok for r in self.lemmas)
+        )
+
+
+def run_all(
+    prover: Prover,
+    theories: Sequence[Path],
+    jobs: Sequence[Job],
+    timeout: float,
+    workers: int | None = None,
+    on_result: Callable[[LemmaResult], None] | None = None,
+    on_check: Callable[[WellformednessResult], None] | None = None,
+) -> Run:
+    """One wellformedness check per theory and one proof per job, all in one process pool.
+
+    The checks are queued first; results come back in the order of ``theories`` and ``jobs``.
     """
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
-    threads = 1 if workers > 1 else None
+    count, threads = _workers(workers, len(theories) + len(jobs))
 
-    def one(job: Job) -> LemmaResult:
+    def check(theory: Path) -> WellformednessResult:
+        result = check_wellformedness(prover, theory, timeout, threads)
+        if on_check is not None:
+            on_check(result)
+        return result
+
+    def prove(job: Job) -> LemmaResult:
         result = run_lemma(prover, job, timeout, threads)
         if on_result is not None:
             on_result(result)
         return result
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, jobs))
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        checks = [pool.submit(check, theory) for theory in theories]
+        lemmas = [pool.submit(prove, job) for job in jobs]
+        return Run([c.result() for c in checks], [r.result() for r in lemmas])
 
 
 def plan(
@@ -396,10 +528,24 @@ def plan(
 # --------------------------------------------------------------------------- reporting
 
 
-def format_table(results: Sequence[LemmaResult]) -> str:
-    """A plain-text table: theory, lemma, expected, verdict, steps, time, status."""
+WELLFORMEDNESS_ROW = "(wellformedness)"
+
+
+def format_table(
+    results: Sequence[LemmaResult], checks: Sequence[WellformednessResult] = ()
+) -> str:
+    """A plain-text table: theory, lemma, expected, verdict, steps, time, status.
+
+    Each theory's wellformedness check comes first, as a row named ``(wellformedness)``.
+    """
     header = ("theory", "lemma", "expected", "verdict", "steps", "time", "")
     rows = [header]
+    for c in checks:
+        verdict = "well-formed" if c.ok else "NOT well-formed"
+        status = "ok" if c.ok else "WELLFORMEDNESS"
+        rows.append(
+            (c.theory, WELLFORMEDNESS_ROW, "well-formed", verdict, "-", f"{c.seconds:.1f}s", status)
+        )
     for r in results:
         status = "ok" if r.ok else "MISMATCH"
         if r.expected is None:
@@ -422,14 +568,21 @@ def format_table(results: Sequence[LemmaResult]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def format_markdown(results: Sequence[LemmaResult], prover_version: str) -> str:
+def format_markdown(
+    results: Sequence[LemmaResult],
+    prover_version: str,
+    checks: Sequence[WellformednessResult] = (),
+) -> str:
     """The results as a Markdown table (for proofs/LEMMAS.md)."""
-    lines = [
-        f"Prover: {prover_version}; {os.cpu_count()} cores.",
-        "",
-        "| lemma | expected | got | steps | time | |",
-        "|---|---|---|---:|---:|---|",
-    ]
+    lines = [f"Prover: {prover_version}; {os.cpu_count()} cores.", ""]
+    for c in checks:
+        state = "passed" if c.ok else "**FAILED**"
+        lines.append(
+            f"Wellformedness and derivation checks of `{c.theory}`: {state} ({c.seconds:.1f} s)."
+        )
+    if checks:
+        lines.append("")
+    lines += ["| lemma | expected | got | steps | time | |", "|---|---|---|---:|---:|---|"]
     for r in results:
         steps = "-" if r.steps is None else str(r.steps)
         mark = "ok" if r.ok else "**MISMATCH**"
@@ -441,14 +594,19 @@ def format_markdown(results: Sequence[LemmaResult], prover_version: str) -> str:
 
 
 def report(
-    results: Sequence[LemmaResult], prover_version: str, timeout: float | None = None
+    results: Sequence[LemmaResult],
+    prover_version: str,
+    timeout: float | None = None,
+    checks: Sequence[WellformednessResult] = (),
 ) -> dict[str, Any]:
-    """The JSON report: overall ``ok``, the prover, and one entry per lemma."""
+    """The JSON report: overall ``ok``, the prover, the wellformedness checks, one entry per
+    lemma."""
     return {
-        "ok": bool(results) and all(r.ok for r in results),
+        "ok": Run(list(checks), list(results)).ok,
         "prover": prover_version,
         "cpu_count": os.cpu_count(),
         "timeout": timeout,
-        "mismatches": sum(1 for r in results if not r.ok),
+        "mismatches": sum(1 for r in results if not r.ok) + sum(1 for c in checks if not c.ok),
+        "wellformedness": [c.to_dict() for c in checks],
         "results": [r.to_dict() for r in results],
     }
