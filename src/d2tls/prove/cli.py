@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from d2tls.prove import runner
+from d2tls.prove.graphs import AttackGraph, export_attack_graphs
 from d2tls.prove.runner import (
     EXIT_MISMATCH,
     EXIT_NO_PROVER,
@@ -68,6 +69,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--markdown", metavar="FILE", help="also write the results as a Markdown table to FILE"
+    )
+    parser.add_argument(
+        "--attack-graphs",
+        metavar="DIR",
+        help="for every falsified lemma, write Tamarin's attack graph to DIR/LEMMA.svg and "
+        "DIR/LEMMA.dot (Tamarin's interactive mode on 127.0.0.1); e.g. docs/proofs",
     )
     parser.add_argument(
         "--jobs", type=int, metavar="N", help="lemmas proved at once (default: the core count)"
@@ -192,15 +199,23 @@ def main(args: argparse.Namespace) -> int:
     )
     results, checks = run.lemmas, run.checks
     data = runner.report(results, version, args.timeout, checks)
-    if to_stdout:
-        print(json.dumps(data, indent=2))
-    else:
+    if not to_stdout:
         print(runner.format_table(results, checks))
     if args.markdown:
         Path(args.markdown).write_text(
             runner.format_markdown(results, version, checks), encoding="utf-8"
         )
-    if args.json and not to_stdout:
+    graphs_ok = True
+    if args.attack_graphs:
+        graphs = _attack_graphs(prover, proved, results, Path(args.attack_graphs), args.timeout)
+        data["attack_graphs"] = [g.to_dict() for g in graphs]
+        graphs_ok = all(g.ok for g in graphs)
+        for g in graphs:
+            state = f"{g.svg}, {g.dot}" if g.ok else f"NO GRAPH: {g.detail}"
+            print(f"attack graph {g.lemma}: {state} ({g.seconds:.1f}s)", file=out)
+    if to_stdout:
+        print(json.dumps(data, indent=2))
+    elif args.json:
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     for c in checks:
         if not c.ok:
@@ -219,4 +234,22 @@ def main(args: argparse.Namespace) -> int:
         f"{well_formed} of {len(checks)} theories well formed",
         file=out,
     )
-    return EXIT_OK if run.ok else EXIT_MISMATCH
+    return EXIT_OK if run.ok and graphs_ok else EXIT_MISMATCH
+
+
+def _attack_graphs(
+    prover: runner.Prover,
+    theories: list[Path],
+    results: list[LemmaResult],
+    out_dir: Path,
+    timeout: float,
+) -> list[AttackGraph]:
+    """Tamarin's attack graph of every lemma that got the verdict falsified."""
+    graphs: list[AttackGraph] = []
+    for theory in theories:
+        falsified = [
+            r.lemma for r in results if r.theory == theory.name and r.verdict == runner.FALSIFIED
+        ]
+        if falsified:
+            graphs += export_attack_graphs(prover, theory, falsified, out_dir, timeout)
+    return graphs

@@ -344,7 +344,7 @@ def _run(command: list[str], timeout: float) -> _Finished:
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(process)
+        kill_group(process)
         process.communicate()
         seconds = time.monotonic() - start
         return _Finished(None, None, seconds, TIMEOUT, f"no verdict within {timeout:g} s")
@@ -434,7 +434,8 @@ def check_wellformedness(
     return WellformednessResult(theory.name, ok, done.seconds, warnings, detail, command)
 
 
-def _kill_group(process: subprocess.Popen[str]) -> None:
+def kill_group(process: subprocess.Popen[Any]) -> None:
+    """Kill a process started with ``start_new_session=True`` and all its children."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
