@@ -108,7 +108,8 @@ class Prover:
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"unknown ({exc})"
         lines = (out.stdout or out.stderr).strip().splitlines()
-        return lines[0] if lines else "unknown"
+        # "tamarin-prover 1.8.0, (C) David Basin, ..." -> "tamarin-prover 1.8.0"
+        return lines[0].split(", (C)")[0] if lines else "unknown"
 
 
 def find_prover(tamarin: str | None = None, maude: str | None = None) -> Prover:
