@@ -647,8 +647,8 @@ def test_real_wellformedness_check(tmp_path: Path) -> None:
     assert not result.ok and "Derivation" in result.detail, result
 
 
-@needs_prover
-def test_real_prove_cli_on_a_small_theory(tmp_path: Path) -> None:
+def _small_theory_with_expected(tmp_path: Path) -> tuple[Path, Path]:
+    """SMALL_THEORY and an expected.toml with its true verdicts, in tmp_path."""
     theory = tmp_path / "small.spthy"
     theory.write_text(SMALL_THEORY, encoding="utf-8")
     expected = tmp_path / "expected.toml"
@@ -657,6 +657,12 @@ def test_real_prove_cli_on_a_small_theory(tmp_path: Path) -> None:
         '["small.spthy".secret]\nverdict = "falsified"\nwhy = "the key leaks"\n',
         encoding="utf-8",
     )
+    return theory, expected
+
+
+@needs_prover
+def test_real_prove_cli_on_a_small_theory(tmp_path: Path) -> None:
+    theory, expected = _small_theory_with_expected(tmp_path)
     report_file = tmp_path / "report.json"
     args = ["prove", str(theory), "--expected", str(expected), "--json", str(report_file)]
     assert d2tls_main(args) == EXIT_OK
@@ -728,8 +734,11 @@ def test_attack_graphs_fail_loudly_when_the_server_does_not_start(tmp_path: Path
 
 
 @needs_prover
-def test_real_attack_graph_export(tmp_path: Path) -> None:
+def test_real_attack_graph_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert TAMARIN is not None and MAUDE is not None
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # the Tamarin web server must leave the caller's directory alone
     theory = tmp_path / "small.spthy"
     theory.write_text(SMALL_THEORY, encoding="utf-8")
     out = tmp_path / "graphs"
@@ -745,18 +754,12 @@ def test_real_attack_graph_export(tmp_path: Path) -> None:
     assert dot.startswith("// Attack on lemma secret of small.spthy:") and "digraph" in dot
     assert not sent.ok and "no counterexample" in sent.detail  # a verified lemma has no attack
     assert not (out / "sent_before_leak.svg").exists()
+    assert not list(cwd.iterdir())
 
 
 @needs_prover
 def test_real_prove_cli_writes_attack_graphs(tmp_path: Path) -> None:
-    theory = tmp_path / "small.spthy"
-    theory.write_text(SMALL_THEORY, encoding="utf-8")
-    expected = tmp_path / "expected.toml"
-    expected.write_text(
-        '["small.spthy".sent_before_leak]\nverdict = "verified"\nwhy = "trivial"\n'
-        '["small.spthy".secret]\nverdict = "falsified"\nwhy = "the key leaks"\n',
-        encoding="utf-8",
-    )
+    theory, expected = _small_theory_with_expected(tmp_path)
     report_file = tmp_path / "report.json"
     out = tmp_path / "graphs"
     args = ["prove", str(theory), "--expected", str(expected), "--json", str(report_file)]

@@ -100,6 +100,7 @@ class _Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=dict(os.environ, TMPDIR=str(self.cache)),
+                cwd=scratch,  # its web framework writes client_session_key.aes into the cwd
                 start_new_session=True,
             )
 
