@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -251,6 +252,24 @@ def test_load_expected_rejects_bad_entries(tmp_path: Path) -> None:
     bad.write_text('["t.spthy".l]\nverdict = "verified"\n', encoding="utf-8")
     with pytest.raises(ValueError, match="why"):
         runner.load_expected(bad)
+    bad.write_text('["t.spthy".l]\nverdict = "verified"\nwhy = "x"\nalone = "yes"\n')
+    with pytest.raises(ValueError, match="alone"):
+        runner.load_expected(bad)
+    bad.write_text('["t.spthy".l]\nverdict = "verified"\nwhy = "x"\nalso = true\n')
+    with pytest.raises(ValueError, match="unknown keys"):
+        runner.load_expected(bad)
+
+
+def test_load_expected_reads_alone(tmp_path: Path) -> None:
+    path = tmp_path / "expected.toml"
+    path.write_text(
+        '["t.spthy".a]\nverdict = "verified"\nwhy = "x"\nalone = true\n'
+        '["t.spthy".b]\nverdict = "falsified"\nwhy = "y"\n',
+        encoding="utf-8",
+    )
+    table = runner.load_expected(path)["t.spthy"]
+    assert table["a"] == runner.Expectation("verified", "x", alone=True)
+    assert table["b"] == runner.Expectation("falsified", "y", alone=False)
 
 
 # --------------------------------------------------------------------------- output parsing
@@ -433,8 +452,13 @@ STAND_IN = textwrap.dedent(
     expected = tomllib.load(open(os.environ["EXPECTED"], "rb"))[os.path.basename(theory)]
     verdict = json.loads(os.environ.get("VERDICTS", "{}")).get(
         lemma, expected[lemma]["verdict"])
+    if os.environ.get("LOG"):
+        open(os.environ["LOG"], "a").write(f"start {lemma}\\n")
+        time.sleep(0.5)
     if verdict == "sleep":
         time.sleep(30)
+    if os.environ.get("LOG"):
+        open(os.environ["LOG"], "a").write(f"end {lemma}\\n")
     status = {"verified": "verified", "falsified": "falsified - found trace",
               "incomplete": "analysis incomplete"}[verdict]
     print("summary of summaries:")
@@ -587,6 +611,29 @@ def test_prove_runs_lemmas_in_parallel(stand_in: list[str]) -> None:
     assert all(r.ok for r in results)
     assert all(r.command[-3:] == ["+RTS", "-N1", "-RTS"] for r in results)
     assert all(r.command[-5:-3] == ["--open-chains=5", str(MAIN_THEORY)] for r in results)
+
+
+def test_alone_lemmas_run_one_at_a_time_after_the_others(
+    stand_in: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "log"
+    monkeypatch.setenv("LOG", str(log))
+    prover = runner.Prover(stand_in[1], stand_in[3])
+    expected = runner.load_expected(PROOFS / runner.EXPECTED_FILE)["d2tls_dtls12.spthy"]
+    names = ["executable_bound", "server_authentication_compromised_agent", "executable_blind"]
+    jobs = [
+        runner.Job(MAIN_THEORY, name, replace(expected[name], alone=(i == 1)))
+        for i, name in enumerate(names)
+    ]
+    run = runner.run_all(prover, [], jobs, timeout=30, workers=2)
+    assert [r.lemma for r in run.lemmas] == names  # job order, not run order
+    assert all(r.ok for r in run.lemmas)
+    pooled, alone = [run.lemmas[0], run.lemmas[2]], run.lemmas[1]
+    assert all(r.command[-3:] == ["+RTS", "-N1", "-RTS"] for r in [*pooled, alone])
+    events = log.read_text(encoding="utf-8").split("\n")
+    start_alone = events.index(f"start {names[1]}")
+    assert {f"end {names[0]}", f"end {names[2]}"} <= set(events[:start_alone])
+    assert events[start_alone + 1] == f"end {names[1]}"  # nothing else ran beside it
 
 
 # --------------------------------------------------------------------------- the real prover

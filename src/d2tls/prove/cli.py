@@ -179,7 +179,13 @@ def main(args: argparse.Namespace) -> int:
     out = sys.stderr if to_stdout else sys.stdout
     prover = dataclasses.replace(prover, extra_args=tuple(args.prover_arg))
     version = prover.version()
-    print(f"{version}; {len(jobs)} lemma(s), timeout {args.timeout:g} s each", file=out, flush=True)
+    alone = sum(1 for job in jobs if job.expected is not None and job.expected.alone)
+    after = f" ({alone} of them alone, after the others)" if alone else ""
+    print(
+        f"{version}; {len(jobs)} lemma(s){after}, timeout {args.timeout:g} s each",
+        file=out,
+        flush=True,
+    )
 
     def progress(result: LemmaResult) -> None:
         mark = "ok" if result.ok else "MISMATCH"

@@ -129,10 +129,15 @@ def find_prover(tamarin: str | None = None, maude: str | None = None) -> Prover:
 
 @dataclass(frozen=True)
 class Expectation:
-    """The expected verdict of one lemma, and why."""
+    """The expected verdict of one lemma, and why.
+
+    ``alone``: the lemma is proved by itself (one Tamarin thread), after the others, because
+    two at a time it runs past the time limit (see "Running" in proofs/LEMMAS.md).
+    """
 
     verdict: str
     why: str
+    alone: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,7 +274,13 @@ def load_expected(path: Path) -> dict[str, dict[str, Expectation]]:
                 raise ValueError(f"{path}: {theory}.{lemma}: verdict must be one of {EXPECTABLE}")
             if not isinstance(why, str) or not why.strip():
                 raise ValueError(f"{path}: {theory}.{lemma}: 'why' must be a non-empty string")
-            table[theory][lemma] = Expectation(verdict, why.strip())
+            alone = entry.get("alone", False)
+            if not isinstance(alone, bool):
+                raise ValueError(f"{path}: {theory}.{lemma}: 'alone' must be true or false")
+            unknown = sorted(set(entry) - {"verdict", "why", "alone"})
+            if unknown:
+                raise ValueError(f"{path}: {theory}.{lemma}: unknown keys {unknown}")
+            table[theory][lemma] = Expectation(verdict, why.strip(), alone)
     return table
 
 
@@ -448,10 +459,10 @@ def _tail(output: str, lines: int = 8) -> str:
 
 
 def _workers(requested: int | None, tasks: int) -> tuple[int, int | None]:
-    """(processes at once, Tamarin threads each): with several processes each gets one thread
-    (``+RTS -N1``) so that they do not compete for the cores; a single one may use them all."""
+    """(processes at once, Tamarin threads each): always one thread (``+RTS -N1``); more make
+    Tamarin 1.8 slower, not faster (its parallel garbage collector; see proofs/LEMMAS.md)."""
     workers = max(1, min(requested or os.cpu_count() or 1, tasks or 1))
-    return workers, (1 if workers > 1 else None)
+    return workers, 1
 
 
 def run_lemmas(
@@ -488,11 +499,16 @@ def run_all(
     on_result: Callable[[LemmaResult], None] | None = None,
     on_check: Callable[[WellformednessResult], None] | None = None,
 ) -> Run:
-    """One wellformedness check per theory and one proof per job, all in one process pool.
+    """One wellformedness check per theory and one proof per job.
 
-    The checks are queued first; results come back in the order of ``theories`` and ``jobs``.
+    The checks and the ordinary jobs share one process pool (checks queued first); then the
+    jobs whose expectation says ``alone`` run one at a time, each with one Tamarin thread
+    (more threads make Tamarin 1.8 slower, not faster: parallel GC). Results come
+    back in the order of ``theories`` and ``jobs``.
     """
-    count, threads = _workers(workers, len(theories) + len(jobs))
+    alone = [job for job in jobs if job.expected is not None and job.expected.alone]
+    shared = [job for job in jobs if job not in alone]
+    count, threads = _workers(workers, len(theories) + len(shared))
 
     def check(theory: Path) -> WellformednessResult:
         result = check_wellformedness(prover, theory, timeout, threads)
@@ -500,16 +516,20 @@ def run_all(
             on_check(result)
         return result
 
-    def prove(job: Job) -> LemmaResult:
-        result = run_lemma(prover, job, timeout, threads)
+    def prove(job: Job, job_threads: int | None) -> LemmaResult:
+        result = run_lemma(prover, job, timeout, job_threads)
         if on_result is not None:
             on_result(result)
         return result
 
     with ThreadPoolExecutor(max_workers=count) as pool:
         checks = [pool.submit(check, theory) for theory in theories]
-        lemmas = [pool.submit(prove, job) for job in jobs]
-        return Run([c.result() for c in checks], [r.result() for r in lemmas])
+        pooled = [pool.submit(prove, job, threads) for job in shared]
+        check_results = [c.result() for c in checks]
+        by_job = dict(zip(shared, [p.result() for p in pooled], strict=True))
+    for job in alone:
+        by_job[job] = prove(job, 1)
+    return Run(check_results, [by_job[job] for job in jobs])
 
 
 def plan(
