@@ -185,7 +185,8 @@ def _signals_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
-    caught = (signal.SIGINT, signal.SIGTERM)
+    # A signal ignored from the start (e.g. SIGINT of a background job) stays ignored.
+    caught = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
     previous = {signum: signal.signal(signum, _interrupt) for signum in caught}
     try:
         yield
