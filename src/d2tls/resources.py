@@ -2,7 +2,7 @@
 
 Both ship inside the package, as ``d2tls/data/spec`` (``dtls.yaml``, ``d2tls.yaml``,
 ``delegation.md``) and ``d2tls/data/proofs`` (the Tamarin theories and ``expected.toml``), and
-are found with :mod:`importlib.resources`, so a wheel installed anywhere finds them. In the
+are found with ``importlib.resources``, so a wheel installed anywhere finds them. In the
 repository the top-level ``spec/`` and ``proofs/`` are symbolic links to those two directories.
 
 For development, ``D2TLS_SPEC_DIR`` and ``D2TLS_PROOFS_DIR`` name another directory to use
