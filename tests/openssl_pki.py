@@ -19,18 +19,22 @@ SERVER_NAME = "localhost"
 
 #: Extension files (``openssl x509 -req -extfile``) of the certificates below.
 DEVICE_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-DEVICE_EXT += "extendedKeyUsage=clientAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+DEVICE_EXT += (
+    "extendedKeyUsage=clientAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+)
 MINIMAL_EXT = "basicConstraints=critical,CA:FALSE\n"
 SERVER_EXT = (
     "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
     "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\n"
 )
-SERVER_AUTH_ONLY_EXT = MINIMAL_EXT + "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
-KEY_ENCIPHERMENT_EXT = MINIMAL_EXT + "keyUsage=critical,keyEncipherment\n"
-CA_AS_LEAF_EXT = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,digitalSignature\n"
-WRONG_NAME_EXT = SERVER_EXT.replace(
-    "DNS:localhost,IP:127.0.0.1,IP:::1", "DNS:other.example"
+SERVER_AUTH_ONLY_EXT = (
+    MINIMAL_EXT + "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
 )
+KEY_ENCIPHERMENT_EXT = MINIMAL_EXT + "keyUsage=critical,keyEncipherment\n"
+CA_AS_LEAF_EXT = (
+    "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,digitalSignature\n"
+)
+WRONG_NAME_EXT = SERVER_EXT.replace("DNS:localhost,IP:127.0.0.1,IP:::1", "DNS:other.example")
 CA_EXT = "keyUsage=critical,keyCertSign,cRLSign"
 
 #: ``openssl ca`` configuration for certificates with chosen (past or future) dates.
@@ -116,9 +120,7 @@ class OpenSSLPKI:
                 cwd=self.dir)  # fmt: skip
         return key, csr
 
-    def issue(
-        self, name: str, cn: str, ext: str | None, *, ca: Identity | None = None
-    ) -> Identity:
+    def issue(self, name: str, cn: str, ext: str | None, *, ca: Identity | None = None) -> Identity:
         """``openssl x509 -req`` with ``ext`` as extension file (``None``: no -extfile, which
         OpenSSL 3.0 turns into an X.509 version 1 certificate)."""
         ca = ca or self.ca
@@ -163,4 +165,6 @@ class OpenSSLPKI:
         return Identity(cert, key)
 
     def expired_device(self) -> Identity:
-        return self.issue_dated("expired", DEVICE_CN, "device", "20200101000000Z", "20210101000000Z")
+        return self.issue_dated(
+            "expired", DEVICE_CN, "device", "20200101000000Z", "20210101000000Z"
+        )

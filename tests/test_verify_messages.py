@@ -89,7 +89,9 @@ CLIENT_CASES: dict[str, Case] = {
         "expired on 2021-01-01 00:00:00 UTC",
     ),
     "not-yet-valid": (
-        lambda p: p.issue_dated("future", DEVICE_CN, "device", "20400101000000Z", "20410101000000Z"),
+        lambda p: p.issue_dated(
+            "future", DEVICE_CN, "device", "20400101000000Z", "20410101000000Z"
+        ),
         A.CERTIFICATE_EXPIRED,
         "not yet valid: valid from 2040-01-01 00:00:00 UTC",
     ),

@@ -115,10 +115,8 @@ def _issuer_problem(raw: str, top: x509.Certificate, leaf: x509.Certificate) -> 
             f"trusted CA of that name (forged, or issued by another CA with the same name)"
         )
     if "not valid at validation time" in raw:
-        return (
-            f"the CA certificate {issuer} that issued {'it' if top is leaf else name_of(top.subject)} "
-            f"has expired or is not yet valid"
-        )
+        what = "it" if top is leaf else name_of(top.subject)
+        return f"the CA certificate {issuer} that issued {what} has expired or is not yet valid"
     if "keyUsage" in raw and "missing required extension" in raw.lower():
         return (
             f"the CA certificate {issuer} has no keyUsage extension; a CA must assert "
@@ -181,7 +179,9 @@ def explain(
         if reason is not None:
             return f"certificate {name_of(leaf.subject)} not accepted: {reason}"
         top = _top(chain)
-        return f"certificate {name_of(leaf.subject)} not accepted: " + _issuer_problem(raw, top, leaf)
+        return f"certificate {name_of(leaf.subject)} not accepted: " + _issuer_problem(
+            raw, top, leaf
+        )
     if "signature does not match" in raw:
         return prefix + "bad signature: the issuer's signature does not verify"
     return prefix + _tail(raw)
