@@ -225,6 +225,52 @@ def test_in_process_server_identifies_the_device_by_cn(
 # --------------------------------------------------------------------------- D2TLS
 
 
+def run_delegation(
+    *,
+    psk_file: Path,
+    psk_arg: str,
+    ca: Path,
+    server_port: int,
+    cert: Path,
+    key: Path,
+    connections: int = 2,
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``d2tls agent`` (its own process) + ``d2tls device --json --connections N`` against our
+    server on ``server_port``; the device's process and the agent's output."""
+    agent_argv = [sys.executable, "-m", "d2tls.cli", "agent", "--listen", "127.0.0.1:0"]
+    agent_argv += ["--psk-file", str(psk_file), "--ca", str(ca)]
+    agent = subprocess.Popen(
+        agent_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert agent.stdout is not None
+    capture = OutputCapture(agent.stdout)
+    try:
+        ready = re.compile(rb"agent listening on 127\.0\.0\.1:(\d+)")
+        assert capture.wait_for(ready, 15), capture.text()
+        match = ready.search(capture.data())
+        assert match is not None
+        argv = [sys.executable, "-m", "d2tls.cli", "device", "--json"]
+        argv += ["--connections", str(connections), "--send", "hello-d2tls"]
+        argv += ["--agent", f"127.0.0.1:{int(match.group(1))}", "--psk", psk_arg]
+        argv += ["--server", f"127.0.0.1:{server_port}", "--server-name", "localhost"]
+        argv += ["--cert", str(cert), "--key", str(key)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+        capture.join()
+    return proc, capture.text()
+
+
+def assert_delegated_then_resumed(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ok"] is True, result
+    assert [c["received"] for c in result["connections"]] == ["hello-d2tls"] * 2, result
+    assert result["connections"][0]["delegations"] == 1, result
+    assert result["connections"][1]["delegations"] == 0, result
+
+
 def test_delegated_flow_with_openssl_device_certificate(
     opki: OpenSSLPKI, server: CLIServer, tmp_path: Path
 ) -> None:
@@ -235,36 +281,14 @@ def test_delegated_flow_with_openssl_device_certificate(
     ).stdout.strip()
     psk_file = tmp_path / "psk.txt"
     psk_file.write_text(f"{DEVICE_CN}:{key}\n")
-    agent_argv = [sys.executable, "-m", "d2tls.cli", "agent", "--listen", "127.0.0.1:0"]
-    agent_argv += ["--psk-file", str(psk_file), "--ca", str(opki.ca.cert)]
-    agent = subprocess.Popen(
-        agent_argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    mark = server.mark()
+    proc, _ = run_delegation(
+        psk_file=psk_file,
+        psk_arg=f"{DEVICE_CN}:{key}",
+        ca=opki.ca.cert,
+        server_port=server.port,
+        cert=opki.device.cert,
+        key=opki.device.key,
     )
-    assert agent.stdout is not None
-    capture = OutputCapture(agent.stdout)
-    try:
-        ready = re.compile(rb"agent listening on 127\.0\.0\.1:(\d+)")
-        assert capture.wait_for(ready, 15), capture.text()
-        match = ready.search(capture.data())
-        assert match is not None
-        mark = server.mark()
-        argv = [sys.executable, "-m", "d2tls.cli", "device", "--json", "--connections", "2"]
-        argv += ["--agent", f"127.0.0.1:{int(match.group(1))}", "--psk", f"{DEVICE_CN}:{key}"]
-        argv += ["--server", f"127.0.0.1:{server.port}", "--server-name", "localhost"]
-        argv += ["--cert", str(opki.device.cert), "--key", str(opki.device.key)]
-        argv += ["--send", "hello-d2tls"]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert result["ok"] is True, result
-        assert [c["received"] for c in result["connections"]] == ["hello-d2tls"] * 2, result
-        assert result["connections"][0]["delegations"] == 1, result
-        assert result["connections"][1]["delegations"] == 0, result
-        assert_full_then_resumed(server, mark, CCM8)
-    finally:
-        agent.terminate()
-        agent.wait(timeout=10)
-        capture.join()
+    assert_delegated_then_resumed(proc)
+    assert_full_then_resumed(server, mark, CCM8)
