@@ -19,7 +19,12 @@ import pytest
 from conftest import LoadedPKI
 from d2tls.dtls.constants import CipherSuite
 from d2tls.dtls.session import Session
-from d2tls.dtls.session_file import SessionNotResumable, load_session, save_session
+from d2tls.dtls.session_file import (
+    SessionNotResumable,
+    load_session,
+    save_session,
+    session_to_dict,
+)
 from d2tls.peers import OpenSSLServer
 
 PSK = (b"device-1", bytes(range(32)))
@@ -55,6 +60,10 @@ def test_save_session_refuses_an_empty_session_id(tmp_path: Path) -> None:
     with pytest.raises(SessionNotResumable, match="cannot be resumed"):
         save_session(session, path, "example:5684")
     assert not path.exists()
+    # A file written by an older d2tls, which saved such sessions, is explained on loading.
+    path.write_text(json.dumps(session_to_dict(session)))
+    with pytest.raises(SessionNotResumable, match="holds an empty session ID"):
+        load_session(path)
 
 
 def test_openssl_no_cache_really_sends_an_empty_session_id() -> None:

@@ -74,6 +74,11 @@ def session_from_dict(data: dict[str, object]) -> Session:
         )
     except (KeyError, ValueError, TypeError, AssertionError) as exc:
         raise ConfigurationError(f"malformed session file: {exc}") from exc
+    if not session.session_id:
+        raise SessionNotResumable(
+            "session file holds an empty session ID: the server that issued it does not cache "
+            "sessions, so it cannot be resumed (RFC 5246 §7.4.1.3)"
+        )
     if not 1 <= len(session.session_id) <= 32 or len(session.master_secret) != 48:
         raise ConfigurationError("malformed session file: bad session ID or master secret length")
     return session
