@@ -322,10 +322,10 @@ PSK_OK = "device-1:00112233445566778899aabbccddeeff"
             id="client-psk-not-hex-json",
         ),
         pytest.param(
-            [*SERVER, "--psk", "device-1:00"],
-            "16..64 bytes",
+            [*SERVER, "--psk", "device-1:" + "00" * 65],
+            "is 65 bytes; it must be 1..64 bytes",
             False,
-            id="server-psk-too-short",
+            id="server-psk-too-long",
         ),
         pytest.param(
             ["client", "127.0.0.1:9", "--ca", "{ca}", "--cert", "{c}"],

@@ -190,7 +190,13 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
             ),
         )
         if args.session_out:
-            save_session(done.session, Path(args.session_out))
+            try:  # an empty session ID cannot be resumed: say so now, write no file
+                save_session(
+                    done.session, Path(args.session_out), f"{args.address[0]}:{args.address[1]}"
+                )
+            except D2TLSError:
+                await endpoint.close()
+                raise
         result["received"] = None
         if args.send is not None:
             endpoint.send(args.send.encode())
@@ -374,7 +380,12 @@ def print_device_result(result: dict[str, Any], as_json: bool) -> None:
 def run_pki_init(args: argparse.Namespace) -> int:
     from d2tls.pki.generate import init_pki
 
-    paths = init_pki(Path(args.directory), server_name=args.server_name, devices=args.devices)
+    paths = init_pki(
+        Path(args.directory),
+        server_name=args.server_name,
+        devices=args.devices,
+        replace=args.force,
+    )
     print(f"CA:      {paths.ca_cert}")
     print(f"server:  {paths.server_cert} (key {paths.server_key})")
     for device in paths.devices:
@@ -498,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("directory")
     init.add_argument("--server-name", default="localhost")
     init.add_argument("--devices", type=positive_int, default=1)
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing PKI in DIRECTORY (deletes its CA, keys, devices and PSKs)",
+    )
     ocsp = pki.add_parser("ocsp", help="run an OCSP responder for the PKI's CA (RFC 6960)")
     ocsp.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT")
     ocsp.add_argument("--pki", required=True, metavar="DIR")

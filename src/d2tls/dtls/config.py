@@ -12,6 +12,7 @@ from cryptography.x509.verification import Store
 from d2tls.dtls.constants import ECDHE_SUITES, PSK_SUITES, CipherSuite
 from d2tls.dtls.session import MemorySessionStore, Session, SessionStore
 from d2tls.errors import ConfigurationError
+from d2tls.pki.verify import check_psk
 
 #: Called with one NSS key log line (``CLIENT_RANDOM <random> <master>``) when key logging is on.
 KeyLogCallback = Callable[[str], None]
@@ -81,6 +82,8 @@ class ClientConfig:
             self.psk is None or self.psk_identity is None
         ):
             raise ConfigurationError("PSK suite configured without a PSK identity and key")
+        if self.psk is not None and self.psk_identity is not None:
+            check_psk(self.psk_identity, self.psk)
         if self.client_random is not None and len(self.client_random) != 32:
             raise ConfigurationError("client_random must be 32 bytes")
         if self.mtu < 256:
@@ -117,6 +120,8 @@ class ServerConfig:
             raise ConfigurationError("certificate suites need a certificate chain and key")
         if any(s in PSK_SUITES for s in self.cipher_suites) and not self.psk_keys:
             raise ConfigurationError("PSK suite configured without PSK keys")
+        for identity, key in self.psk_keys.items():
+            check_psk(identity, key)
         if self.client_auth is not ClientAuth.NONE and self.trust_store is None:
             raise ConfigurationError("client certificates cannot be verified without --ca")
         if self.mtu < 256:

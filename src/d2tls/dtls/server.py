@@ -67,7 +67,7 @@ from d2tls.errors import (
     IllegalParameter,
     ProtocolError,
 )
-from d2tls.pki.verify import verify_client_chain
+from d2tls.pki.verify import certificate_identity, verify_client_chain
 
 
 class CookieJar:
@@ -469,6 +469,14 @@ class ServerConnection(Connection):
         if not self._client_certificates:
             return None
         return x509.load_der_x509_certificate(self._client_certificates[0]).subject.rfc4514_string()
+
+    def peer_identity(self) -> str | None:
+        """The client's identity: its first SAN, else its subject CN (``certificate_identity``)."""
+        return (
+            certificate_identity(self._client_certificates[0])
+            if self._client_certificates
+            else None
+        )
 
 
 def _is_initial_client_hello(data: bytes) -> bool:
