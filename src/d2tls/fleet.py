@@ -307,10 +307,10 @@ def _print_text(result: dict[str, Any]) -> None:
     print("\nresult: OK")
 
 
-def run_fleet_demo(n: int, as_json: bool = False) -> int:
+def run_fleet_demo(n: int, as_json: bool = False, keep: str | None = None) -> int:
     """Entry point of ``d2tls demo --fleet N``; returns the exit status."""
     try:
-        result = run_fleet(n)
+        result = run_fleet(n, Path(keep) if keep else None)
     except (DemoError, D2TLSError, OSError, subprocess.SubprocessError) as exc:
         message = str(exc)
         if as_json:
