@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+CLI = [sys.executable, "-m", "d2tls.cli"]
 COMMANDS = [
     pytest.param(["--help"], id="help"),
     pytest.param(["client", "--help"], id="client"),
@@ -46,8 +47,7 @@ def test_cli_startup(benchmark: Any, args: list[str]) -> None:
 
 def _client_run(port: int) -> str:
     completed = subprocess.run(
-        [sys.executable, "-m", "d2tls.cli", "client", f"127.0.0.1:{port}", "--timeout", "5"]
-        + ["--psk", "dev:" + "11" * 16],
+        [*CLI, "client", f"127.0.0.1:{port}", "--timeout", "5", "--psk", "dev:" + "11" * 16],
         capture_output=True,
         text=True,
         check=False,

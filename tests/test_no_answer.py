@@ -91,7 +91,7 @@ def test_default_timeout_is_10_s_for_client_and_device() -> None:
     assert HANDSHAKE_TIMEOUT == 10.0
     client = parser.parse_args(["client", "127.0.0.1:1"])
     device = parser.parse_args(
-        ["device", "--server", "127.0.0.1:1", "--server-name", "x"] + ["--cert", "c", "--key", "k"]
+        ["device", "--server", "127.0.0.1:1", "--server-name", "x", "--cert", "c", "--key", "k"]
     )
     assert client.timeout == device.timeout == 10.0
 

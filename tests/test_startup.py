@@ -27,6 +27,7 @@ from d2tls.cli import PLUGINS, build_parser
 from d2tls.peers import OutputCapture, free_udp_port
 
 PSK = "dev:" + "11" * 16
+IMPORTTIME = [sys.executable, "-X", "importtime", "-m", "d2tls.cli"]
 #: Top-level packages (and submodules) that must not load on the four main paths.
 HEAVY = (
     "matplotlib",
@@ -143,8 +144,7 @@ def _run_until(argv: list[str], ready: bytes) -> str:
 def test_client_path_is_light() -> None:
     port = free_udp_port()  # closed: fails at once with port unreachable
     run = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "d2tls.cli", "client", f"127.0.0.1:{port}"]
-        + ["--psk", PSK, "--timeout", "2"],
+        [*IMPORTTIME, "client", f"127.0.0.1:{port}", "--psk", PSK, "--timeout", "2"],
         capture_output=True,
         text=True,
         check=False,
@@ -156,10 +156,13 @@ def test_client_path_is_light() -> None:
 def test_device_path_is_light(pki: LoadedPKI) -> None:
     device = pki.paths.devices[0]
     run = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "d2tls.cli", "device"]
-        + ["--agent", f"127.0.0.1:{free_udp_port()}", "--psk", PSK]
-        + ["--server", "127.0.0.1:9", "--server-name", "localhost"]
-        + ["--cert", str(device.cert), "--key", str(device.key), "--timeout", "2"],
+        [
+            *IMPORTTIME,
+            "device",
+            *("--agent", f"127.0.0.1:{free_udp_port()}", "--psk", PSK),
+            *("--server", "127.0.0.1:9", "--server-name", "localhost"),
+            *("--cert", str(device.cert), "--key", str(device.key), "--timeout", "2"),
+        ],
         capture_output=True,
         text=True,
         check=False,
