@@ -200,3 +200,19 @@ def test_fleet_demo_stops_redis_and_servers() -> None:
 
 def _have(tool: str) -> bool:
     return any(os.access(Path(d) / tool, os.X_OK) for d in os.environ["PATH"].split(os.pathsep))
+
+
+def alive_for(seconds: float) -> Callable[[subprocess.Popen[bytes], OutputCapture], bool]:
+    started = time.monotonic()
+    return lambda proc, capture: time.monotonic() - started >= seconds
+
+
+def test_conformance_probing_a_silent_server(pki: LoadedPKI, silent: socket.socket) -> None:
+    paths = pki.paths
+    argv = ["conformance", f"127.0.0.1:{silent.getsockname()[1]}", "--ca", str(paths.ca_cert)]
+    argv += ["--cert", str(paths.devices[0].cert), "--key", str(paths.devices[0].key)]
+    stop_and_check(argv, signal.SIGINT, received(silent))
+
+
+def test_bench_record() -> None:
+    stop_and_check(["bench", "record", "--runs", "100000"], signal.SIGTERM, alive_for(2))
