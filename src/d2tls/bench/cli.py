@@ -178,7 +178,7 @@ def register(subparsers: Any) -> None:
         "device", help="device cost per new session: D2TLS bound/blind vs standalone DTLS"
     )
     _common(device)
-    device.add_argument("--warmup", type=int, default=3)
+    device.add_argument("--warmup", type=int, default=3, help="unmeasured runs first (default 3)")
     device.add_argument(
         "--no-breakdown", action="store_true", help="skip the bytes-by-record-type pass"
     )
@@ -209,8 +209,10 @@ def register(subparsers: Any) -> None:
     latency.add_argument(
         "--local-rtt", type=float, default=0.0, metavar="MS", help="device-agent link RTT"
     )
-    latency.add_argument("--seed", type=int, default=0)
-    latency.add_argument("--warmup", type=int, default=2)
+    latency.add_argument(
+        "--seed", type=int, default=0, help="seed of the relay's jitter and loss (default 0)"
+    )
+    latency.add_argument("--warmup", type=int, default=2, help="unmeasured runs first (default 2)")
     latency.add_argument(
         "--device-sign-ms",
         type=float,
@@ -237,21 +239,33 @@ def register(subparsers: Any) -> None:
         metavar="N,N,...",
         help="cached sessions to test resumption against (default 1e3,1e4,1e5,1e6)",
     )
-    server.add_argument("--cache-duration", type=float, default=3.0)
+    server.add_argument(
+        "--cache-duration",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="seconds of resumptions per cache size (default 3)",
+    )
     server.add_argument(
         "--store",
         action="append",
         metavar="URL",
         help="session store to benchmark with d2tls.store.bench (default memory:// and sqlite)",
     )
-    server.add_argument("--store-n", type=int, default=1000)
-    server.add_argument("--no-stores", action="store_true")
+    server.add_argument(
+        "--store-n", type=int, default=1000, help="sessions per store benchmark (default 1000)"
+    )
+    server.add_argument("--no-stores", action="store_true", help="skip the store benchmarks")
     server.set_defaults(handler=_server)
 
     record = kinds.add_parser("record", help="application-data record cost vs the raw AEAD")
     _common(record)
     record.add_argument(
-        "--sizes", type=_int_list, default=[16, 64, 256, 1024, 1345], metavar="B,B,..."
+        "--sizes",
+        type=_int_list,
+        default=[16, 64, 256, 1024, 1345],
+        metavar="B,B,...",
+        help="application-data sizes in bytes (default 16,64,256,1024,1345)",
     )
     record.set_defaults(handler=_record)
 
@@ -260,8 +274,8 @@ def register(subparsers: Any) -> None:
     over = subparsers.add_parser(
         "overhead", help="24-hour session-overhead model of the paper (Figs. 9-10)"
     )
-    over.add_argument("--json", action="store_true")
-    over.add_argument("--save", metavar="FILE")
+    over.add_argument("--json", action="store_true", help="print one JSON object")
+    over.add_argument("--save", metavar="FILE", help="also write the JSON result to FILE")
     over.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -297,7 +311,13 @@ def register(subparsers: Any) -> None:
         metavar="H,H,...",
         help="context lifetimes in hours for Figure 10",
     )
-    over.add_argument("--figure9-lifetime", type=float, default=24.0, metavar="H")
+    over.add_argument(
+        "--figure9-lifetime",
+        type=float,
+        default=24.0,
+        metavar="H",
+        help="context lifetime in hours for Figure 9 (default 24)",
+    )
     over.add_argument(
         "--trace",
         metavar="FILE",
@@ -317,8 +337,12 @@ def register(subparsers: Any) -> None:
         help="inactivity that separates sessions (paper §3: 60 s)",
     )
     over.add_argument("--plot-dir", metavar="DIR", help="write Figure 9/10 (and trace) plots")
-    over.add_argument("--plot-prefix", default="overhead")
-    over.add_argument("--format", choices=["png", "svg"], default="png")
+    over.add_argument(
+        "--plot-prefix", default="overhead", help="file name prefix of the plots (default overhead)"
+    )
+    over.add_argument(
+        "--format", choices=["png", "svg"], default="png", help="plot format (default png)"
+    )
     over.set_defaults(handler=_overhead)
 
 

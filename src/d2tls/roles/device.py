@@ -518,7 +518,7 @@ class Device:
 
 
 async def run_standalone(
-    config: ClientConfig, server: Address, tracer: Tracer | None = None
+    config: ClientConfig, server: Address, tracer: Tracer | None = None, timeout: float = 30.0
 ) -> tuple[DeviceConnection, DeviceReport]:
     """The baseline: the device runs the full handshake itself (same engine)."""
     report = DeviceReport(mode="standalone")
@@ -526,7 +526,7 @@ async def run_standalone(
     wall_start = time.perf_counter()
     engine = DTLSClient(config, tracer=tracer)
     endpoint = await ClientEndpoint.connect(server[0], server[1], engine)
-    done = await endpoint.handshake(timeout=30)
+    done = await endpoint.handshake(timeout=timeout)
     report.cpu_ms = (time.process_time() - cpu_start) * 1000
     report.wall_ms = (time.perf_counter() - wall_start) * 1000
     report.server_link.add_engine(engine.stats)
