@@ -714,8 +714,10 @@ class DTLSServer:
             self.stats["refused_handshakes"] += candidate.refused
             self._stateless_out.extend((d, peer) for d in candidate.datagrams_to_send(now))
             if connection is None or connection.is_closed:
-                # A failed stray ClientHello must not look like the end of the live association.
                 self._collect(candidate)
+            else:
+                # A failed stray ClientHello must not look like the end of the live association.
+                self.stats["internal_errors"] += candidate.stats["internal_errors"]
             return
         if connection is not None:
             self._drop(peer, now)  # the same address starts over (its cookie proved it)
