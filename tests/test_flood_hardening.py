@@ -40,6 +40,7 @@ from d2tls.dtls.constants import (
 )
 from d2tls.dtls.events import ConnectionTerminated
 from d2tls.dtls.fragments import HandshakeFragment, encode_fragment, parse_handshake_fragments
+from d2tls.dtls.messages import ClientHello
 from d2tls.dtls.record import Record, encode_record, parse_datagram
 from d2tls.dtls.server import (
     MAX_CLIENT_HELLO_LENGTH,
@@ -173,6 +174,30 @@ def test_client_hello_with_message_seq_65535_is_refused_with_illegal_parameter()
     third = cookie_hello(server, DTLSClient(psk_client_config()), ("198.51.100.8", 1), 2.0)
     server.receive_datagram(with_message_seq(third, 2), ("198.51.100.8", 1), 2.0)
     assert server.counters().half_open == 1
+
+
+def test_hello_verify_request_is_never_larger_than_the_smallest_client_hello() -> None:
+    """RFC 6347 §4.2.1: the HelloVerifyRequest must be small (no amplification). The smallest
+    ClientHello the server answers (one suite, no extensions: 67 bytes) gets 60 bytes back."""
+    server = DTLSServer(psk_server_config())
+    body = ClientHello(DTLS_1_2, bytes(32), b"", b"", (0xC0A8,), (0,), ()).encode()
+    datagram = encode_record(
+        Record(
+            ContentType.HANDSHAKE,
+            DTLS_1_2,
+            0,
+            0,
+            encode_fragment(
+                HandshakeFragment(HandshakeType.CLIENT_HELLO, len(body), 0, 0, len(body), body)
+            ),
+        )
+    )
+    server.receive_datagram(datagram, CLIENT_ADDRESS, 0.0)
+    ((reply, _),) = server.datagrams_to_send(0.0)
+    ((record,), _) = parse_datagram(reply)
+    (fragment,) = parse_handshake_fragments(record.fragment)
+    assert fragment.msg_type == HandshakeType.HELLO_VERIFY_REQUEST
+    assert (len(datagram), len(reply)) == (67, 60)
 
 
 def test_client_hello_record_sequence_number_near_2_48_is_refused() -> None:
