@@ -68,8 +68,10 @@ log = logging.getLogger("d2tls.dtls")
 
 #: Per-record overhead of our AEAD suites: header + explicit nonce (8) + tag (at most 16).
 AEAD_OVERHEAD = RECORD_HEADER_LEN + 8 + 16
-#: Records of the next epoch kept until its ChangeCipherSpec arrives (RFC 6347 §4.1).
+#: Records of the next epoch kept until its ChangeCipherSpec arrives (RFC 6347 §4.1), and
+#: the bytes they may hold in all (a Finished and a little early data are what peers send).
 MAX_FUTURE_RECORDS = 16
+MAX_FUTURE_BYTES = 32 * 1024
 
 
 class InvalidStateError(D2TLSError):
@@ -272,7 +274,11 @@ class Connection:
             return self._dispatch(record, payload, old_epoch=False)
         if record.epoch == self._read.epoch + 1 and self.state != "established":
             # Once established no further epoch can start (renegotiation is refused).
-            if len(self._future_records) < MAX_FUTURE_RECORDS:
+            held = sum(len(r.fragment) for r in self._future_records)
+            if (
+                len(self._future_records) < MAX_FUTURE_RECORDS
+                and held + len(record.fragment) <= MAX_FUTURE_BYTES
+            ):
                 self._future_records.append(record)
             else:
                 self._discard(record, "too many records of the next epoch")
