@@ -127,6 +127,8 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
         cookie_exchange=not args.no_cookie,
         mtu=args.mtu,
         keylog=keylog_from_environment(),
+        max_connections=args.max_connections,
+        max_half_open=args.max_half_open,
     )
     return config
 
@@ -341,6 +343,8 @@ async def run_agent(args: argparse.Namespace) -> int:
         context_lifetime=args.context_lifetime,
         keylog=keylog_from_environment(),
         tracer=trace,
+        max_connections=args.max_connections,
+        max_half_open=args.max_half_open,
     )
     agent = Agent(config, ocsp_issuer=issuer)
     host, port = await agent.start(*args.listen)
@@ -554,6 +558,27 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def add_association_limits(parser: argparse.ArgumentParser) -> None:
+    """``--max-connections`` / ``--max-half-open`` (docs/security.md, association limits)."""
+    from d2tls.dtls.config import ServerConfig
+
+    defaults = ServerConfig()
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=defaults.max_connections,
+        metavar="N",
+        help="associations held; a live established one is never evicted (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-half-open",
+        type=positive_int,
+        default=defaults.max_half_open,
+        metavar="N",
+        help="unfinished handshakes held, oldest evicted first (default %(default)s)",
+    )
+
+
 # One ``_add_<command>(subparsers)`` per subcommand: it declares the options and sets
 # ``handler`` (``args -> exit status``) and, if needed, ``check`` (``(parser, args) -> None``,
 # calls ``parser.error`` for combinations argparse cannot express). Adding an option is a
@@ -598,6 +623,8 @@ def _add_server(sub: Any) -> None:
     server.add_argument("--no-cookie", action="store_true", help="skip HelloVerifyRequest (unsafe)")
     server.add_argument("--quiet", action="store_true", help="do not print one line per handshake")
     server.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    add_association_limits(server)
+    add_association_limits(server)
     server.add_argument(
         "--session-store",
         default="memory://",
@@ -716,6 +743,7 @@ def _add_agent(sub: Any) -> None:
         help="seconds a device may resume a handed-over session (default 21600)",
     )
     agent.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    add_association_limits(agent)
     agent.set_defaults(handler=lambda args: _run_async(run_agent(args)))
 
 

@@ -87,6 +87,9 @@ class AgentConfig:
     handshake_timeout: float = 30.0
     #: Only these server addresses may be targeted (None: any loopback/any address given).
     allowed_servers: frozenset[Address] | None = None
+    #: Association limits of the agent's DTLS server (see ServerConfig).
+    max_connections: int = 10_000
+    max_half_open: int = 1_000
 
 
 class AgentSession:
@@ -364,6 +367,8 @@ class Agent:
                 psk_keys=dict(config.psk_keys),
                 mtu=CHANNEL_MTU,
                 timers=config.timers or TimerConfig(),
+                max_connections=config.max_connections,
+                max_half_open=config.max_half_open,
             )
         )
 
