@@ -624,7 +624,6 @@ def _add_server(sub: Any) -> None:
     server.add_argument("--quiet", action="store_true", help="do not print one line per handshake")
     server.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
     add_association_limits(server)
-    add_association_limits(server)
     server.add_argument(
         "--session-store",
         default="memory://",
