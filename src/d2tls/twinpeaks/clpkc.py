@@ -1,4 +1,4 @@
-"""Certificateless public-key cryptography for TwinPeaks (spec/twinpeaks.md §4-§6).
+"""Certificateless public-key cryptography for TwinPeaks (spec/twinpeaks.md §3-§7).
 
 The seven algorithms of section 2.3 of "A New Certificateless Public Key Distribution and
 Lightweight Secure Communication" (Eunsang Cho, Seoul National University), instantiated with
@@ -69,7 +69,7 @@ MAX_AGREED_LENGTH: Final = 255 * 32
 
 
 class Kind(IntEnum):
-    """Value of key 0 of every TwinPeaks CL-PKC structure (spec/twinpeaks.md §6)."""
+    """Value of key 0 of every TwinPeaks CL-PKC structure (spec/twinpeaks.md §7)."""
 
     PARAMS = 1
     PARTIAL_KEY_REQUEST = 2
@@ -137,11 +137,11 @@ class Params:
             raise EncodingError(f"zone {self.zone!r} is not in normalised form")
 
     def encode(self) -> bytes:
-        """``{0: 1, 1: suite, 2: zone, 3: P_pub}`` (spec/twinpeaks.md §6.1)."""
+        """``{0: 1, 1: suite, 2: zone, 3: P_pub}`` (spec/twinpeaks.md §7)."""
         return _dump(Kind.PARAMS, {1: self.suite, 2: self.zone, 3: self.p_pub.encode()})
 
     def digest(self) -> bytes:
-        """h(params) = SHA-256 of the encoding (spec/twinpeaks.md §3)."""
+        """h(params) = SHA-256 of the encoding (spec/twinpeaks.md §3, §7.1)."""
         return sha256(self.encode())
 
     @classmethod
@@ -203,7 +203,7 @@ class PartialKeyRequest:
     u: Point
 
     def encode(self) -> bytes:
-        """``{0: 2, 1: ID, 2: U}`` (spec/twinpeaks.md §6.2)."""
+        """``{0: 2, 1: ID, 2: U}`` (spec/twinpeaks.md §7.2)."""
         return _dump(Kind.PARTIAL_KEY_REQUEST, {1: self.identity.encode(), 2: self.u.encode()})
 
     @classmethod
@@ -255,7 +255,7 @@ class PartialPrivateKey:
         curve.check_scalar(self.d)
 
     def encode(self) -> bytes:
-        """``{0: 3, 1: ID, 2: X, 3: d}`` (spec/twinpeaks.md §6.3)."""
+        """``{0: 3, 1: ID, 2: X, 3: d}`` (spec/twinpeaks.md §7.2)."""
         return _dump(
             Kind.PARTIAL_PRIVATE_KEY,
             {1: self.identity.encode(), 2: self.x_point.encode(), 3: curve.encode_scalar(self.d)},
@@ -297,7 +297,7 @@ class PublicKey:
     x_point: Point
 
     def encode(self) -> bytes:
-        """``{0: 4, 1: ID, 2: X}`` (spec/twinpeaks.md §6.4)."""
+        """``{0: 4, 1: ID, 2: X}`` (spec/twinpeaks.md §7.2)."""
         return _dump(Kind.PUBLIC_KEY, {1: self.identity.encode(), 2: self.x_point.encode()})
 
     @classmethod
