@@ -85,22 +85,23 @@ def _dump(kind: Kind, fields: dict[int, Any]) -> bytes:
 
 def _load(data: bytes, kind: Kind, keys: set[int]) -> dict[int, Any]:
     """The fields of a CBOR map of the given kind; structure only, values unchecked."""
+    what = kind.name.lower().replace("_", " ")
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise EncodingError(f"{kind.name.lower()}: must be bytes")
+        raise EncodingError(f"{what}: must be bytes")
     data = bytes(data)
     if len(data) > MAX_ENCODED_SIZE:
-        raise EncodingError(f"{kind.name.lower()}: longer than {MAX_ENCODED_SIZE} bytes")
+        raise EncodingError(f"{what}: longer than {MAX_ENCODED_SIZE} bytes")
     try:
         items: Any = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises several types on malformed input
-        raise EncodingError(f"{kind.name.lower()}: undecodable CBOR ({exc})") from None
+        raise EncodingError(f"{what}: undecodable CBOR ({exc})") from None
     if type(items) is not dict:
-        raise EncodingError(f"{kind.name.lower()}: not a CBOR map")
+        raise EncodingError(f"{what}: not a CBOR map")
     found = items.get(0)
     if type(found) is not int or found != kind:
-        raise EncodingError(f"{kind.name.lower()}: key 0 is not {int(kind)}")
+        raise EncodingError(f"{what}: key 0 is not {int(kind)}")
     if set(items) != {0, *keys} or not all(type(k) is int for k in items):
-        raise EncodingError(f"{kind.name.lower()}: keys must be exactly {sorted({0, *keys})}")
+        raise EncodingError(f"{what}: keys must be exactly {sorted({0, *keys})}")
     return items
 
 
