@@ -25,7 +25,7 @@ from ecdsa.ellipticcurve import INFINITY, PointJacobi  # type: ignore[import-unt
 from d2tls.twinpeaks.errors import InvalidPoint, InvalidScalar, TwinPeaksError
 
 RandomSource: TypeAlias = Callable[[int], bytes]
-"""Returns the given number of uniformly random bytes (like :func:`os.urandom`)."""
+"""Returns the given number of uniformly random bytes (like ``os.urandom``)."""
 
 ORDER: Final[int] = cast(int, NIST256p.order)
 """n, the order of the base point G (prime; the cofactor of P-256 is 1)."""

@@ -59,7 +59,7 @@ def normalize_zone(zone: str) -> str:
 
 def parse_address(address: str | bytes | IPAddress) -> IPAddress:
     """An IPv4 or IPv6 address, given as text, as its 4- or 16-byte form, or as an
-    :mod:`ipaddress` object. IPv4-mapped IPv6 addresses and scoped IPv6 addresses are refused
+    ``ipaddress`` object. IPv4-mapped IPv6 addresses and scoped IPv6 addresses are refused
     (an IPv4 host has exactly one identity: the 4-byte one)."""
     if isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address):
         parsed: IPAddress = address
