@@ -714,7 +714,9 @@ class DTLSServer:
         self.config = config
         self._cookies = CookieJar(config.cookie_rotation)
         #: Client-chain verdicts shared by every association (``config.verdict_cache_size``).
-        self.verdicts = VerdictCache(max(1, config.verdict_cache_size), config.verdict_cache_max_age)
+        self.verdicts = VerdictCache(
+            max(1, config.verdict_cache_size), config.verdict_cache_max_age
+        )
         self._connections: dict[Address, ServerConnection] = {}
         #: Half-open associations by creation time (first = oldest).
         self._half_open: dict[Address, float] = {}
