@@ -450,3 +450,54 @@ def test_openssl_s_client_resumes_without_cookie(opki: OpenSSLPKI, tmp_path: Pat
     assert second_types[0] == HandshakeType.SERVER_HELLO, second.text
     assert HandshakeType.HELLO_VERIFY_REQUEST not in second_types, second.text
     assert re.search(r"resumed=True", log), log
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def test_lost_final_client_flight_is_recovered_by_the_one_retransmission(pki: Any) -> None:
+    """The abbreviated handshake ends with the client's flight; if it is lost, only the
+    server's timer retransmission makes the client repeat it (RFC 6347 §4.2.4). The single
+    retransmission a resumption without cookie keeps is enough (virtual clock, sans-IO)."""
+    from conftest import CLIENT_ADDRESS, Run, client_config, server_config
+
+    server_cfg = server_config(pki, resume_without_cookie=True)
+    first = Run(server_cfg, client_config(pki))
+    first.handshake()
+    assert first.both_established()
+    session = first.completed(first.client_events)[0].session
+    dropped: list[bytes] = []
+    address = (CLIENT_ADDRESS[0], CLIENT_ADDRESS[1] + 1)
+
+    def drop_final_client_flight(source: Any, destination: Any, data: bytes) -> list[bytes]:
+        records, _ = parse_datagram(data)
+        final = source == address and any(r.epoch == 1 for r in records)
+        if final and not dropped:
+            dropped.append(data)
+            return []
+        return [data]
+
+    second = Run(
+        server_cfg,
+        make_resume_config(session),
+        tap=drop_final_client_flight,
+        server=first.server,
+        address=address,
+    )
+    second.handshake()
+    assert dropped, "the final client flight was never sent"
+    assert second.both_established()
+    resumed = second.completed(second.server_events)
+    assert resumed and resumed[-1].resumed
+    assert first.server.counters().cookieless_resumptions == 1
+    connection = first.server.connection(address)
+    assert connection is not None and connection.stats["retransmissions"] == 1
+
+
+def make_resume_config(session: Session) -> ClientConfig:
+    return ClientConfig(
+        cipher_suites=(session.cipher_suite,),
+        server_name=SERVER_NAME,
+        session=session,
+        resume_only=True,
+    )

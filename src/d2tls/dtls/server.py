@@ -223,9 +223,14 @@ class ServerConnection(Connection):
 
     def resume_without_cookie(self) -> bool:
         """RFC 6347 §4.2.1: a server MAY skip the cookie exchange when resuming. Only when the
-        operator allows it (``config.resume_without_cookie``) and the address holds no live
+        operator allows it (``config.resume_without_cookie``), for a ClientHello that carries
+        no cookie (one that does is on the cookie path), and when the address holds no live
         association, which a spoofed ClientHello must not be able to replace."""
-        return self._cookieless and self.config.resume_without_cookie
+        return (
+            self._cookieless
+            and self.config.resume_without_cookie
+            and not self._client_hello().cookie
+        )
 
     def association_available(self) -> bool:
         """Room for this association: the server may evict a half-open one or an idle
