@@ -62,6 +62,7 @@ nitpick_ignore = [
         "Session",
         "Tracer",
         "ClientEndpoint",
+        "VerdictCache",
         "DelegationMessage",
         "x509.Certificate",
         "ec.EllipticCurvePrivateKey",

@@ -21,6 +21,7 @@ from d2tls.errors import D2TLSError
 if TYPE_CHECKING:
     from d2tls.dtls.config import ClientConfig, ServerConfig
     from d2tls.model.spec import RoleSpec
+    from d2tls.pki.revocation import ClientRevocations
 
 #: Default ``--timeout`` of ``client`` and ``device``: the whole handshake, with the RFC 6347
 #: retransmissions (1 s, 2 s, 4 s, ...) inside it.
@@ -129,8 +130,22 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
         keylog=keylog_from_environment(),
         max_connections=args.max_connections,
         max_half_open=args.max_half_open,
+        resume_without_cookie=args.resume_without_cookie,
+        revocations=_server_revocations(args),
     )
     return config
+
+
+def _server_revocations(args: argparse.Namespace) -> ClientRevocations | None:
+    """The CRLs of ``--crl`` (checked against the CAs of ``--ca``), or None."""
+    from d2tls.errors import ConfigurationError
+    from d2tls.pki.revocation import ClientRevocations
+
+    if not args.crl:
+        return None
+    if not args.ca:
+        raise ConfigurationError("--crl needs --ca (the CA that signed the CRL)")
+    return ClientRevocations.load([Path(p) for p in args.crl], Path(args.ca))
 
 
 async def run_server(args: argparse.Namespace) -> int:
@@ -621,6 +636,18 @@ def _add_server(sub: Any) -> None:
         "--mtu", type=int, default=1400, help="largest datagram to send, bytes (default 1400)"
     )
     server.add_argument("--no-cookie", action="store_true", help="skip HelloVerifyRequest (unsafe)")
+    server.add_argument(
+        "--resume-without-cookie",
+        action="store_true",
+        help="resume known sessions without HelloVerifyRequest (RFC 6347 4.2.1; "
+        "see docs/security.md for the amplification bound)",
+    )
+    server.add_argument(
+        "--crl",
+        action="append",
+        metavar="FILE",
+        help="refuse client certificates this CRL revokes (PEM/DER, signed by a --ca; repeatable)",
+    )
     server.add_argument("--quiet", action="store_true", help="do not print one line per handshake")
     server.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
     add_association_limits(server)
