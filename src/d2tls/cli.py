@@ -110,6 +110,8 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
         cookie_exchange=not args.no_cookie,
         mtu=args.mtu,
         keylog=keylog_from_environment(),
+        max_connections=args.max_connections,
+        max_half_open=args.max_half_open,
     )
     return config
 
@@ -280,6 +282,8 @@ async def run_agent(args: argparse.Namespace) -> int:
         context_lifetime=args.context_lifetime,
         keylog=keylog_from_environment(),
         tracer=trace,
+        max_connections=args.max_connections,
+        max_half_open=args.max_half_open,
     )
     agent = Agent(config, ocsp_issuer=issuer)
     host, port = await agent.start(*args.listen)
@@ -466,6 +470,25 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def add_association_limits(parser: argparse.ArgumentParser) -> None:
+    """``--max-connections`` / ``--max-half-open`` (docs/security.md, association limits)."""
+    defaults = ServerConfig()
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=defaults.max_connections,
+        metavar="N",
+        help="associations held; a live established one is never evicted (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-half-open",
+        type=positive_int,
+        default=defaults.max_half_open,
+        metavar="N",
+        help="unfinished handshakes held, oldest evicted first (default %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d2tls", description="D2TLS: delegation-based DTLS 1.2")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -486,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--no-cookie", action="store_true", help="skip HelloVerifyRequest (unsafe)")
     server.add_argument("--quiet", action="store_true")
     server.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    add_association_limits(server)
     server.add_argument(
         "--session-store",
         default="memory://",
@@ -554,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--ocsp", metavar="URL", help="check the server certificate with OCSP")
     agent.add_argument("--context-lifetime", type=int, default=6 * 3600, metavar="S")
     agent.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    add_association_limits(agent)
 
     device = sub.add_parser("device", help="run a D2TLS device (or the standalone baseline)")
     device.add_argument("--agent", type=parse_address, metavar="HOST:PORT")

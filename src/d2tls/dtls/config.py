@@ -106,7 +106,13 @@ class ServerConfig:
     mtu: int = 1400
     timers: TimerConfig = field(default_factory=TimerConfig)
     keylog: KeyLogCallback | None = None
+    #: Associations a server holds (established ones, plus half-open ones while they fit);
+    #: a new handshake never displaces an established association (docs/security.md).
     max_connections: int = 10_000
+    #: Half-open associations (cookie verified, handshake unfinished); the oldest is evicted.
+    max_half_open: int = 1_000
+    #: An established association idle this long may be closed (close_notify) to make room.
+    idle_timeout: float = 600.0
 
     def validate(self) -> None:
         """Refuse unusable or unsafe combinations with a clear message."""
@@ -121,3 +127,5 @@ class ServerConfig:
             raise ConfigurationError("client certificates cannot be verified without --ca")
         if self.mtu < 256:
             raise ConfigurationError("MTU below 256 bytes is not supported")
+        if self.max_connections < 1 or self.max_half_open < 1:
+            raise ConfigurationError("max_connections and max_half_open must be at least 1")

@@ -8,7 +8,9 @@ decided only by the state machine built from ``spec/dtls.yaml``: this module fee
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from d2tls.dtls.events import (
     ApplicationDataReceived,
     ConnectionTerminated,
     Event,
+    InternalError,
 )
 from d2tls.dtls.fragments import (
     HandshakeFragment,
@@ -68,6 +71,8 @@ from d2tls.model.machine import MachineDriver
 Address = tuple[str, int]
 Tracer = Callable[[dict[str, Any]], None]
 
+log = logging.getLogger("d2tls.dtls")
+
 #: Per-record overhead of our AEAD suites: header + explicit nonce (8) + tag (at most 16).
 AEAD_OVERHEAD = RECORD_HEADER_LEN + 8 + 16
 #: Records of the next epoch kept until its ChangeCipherSpec arrives (RFC 6347 §4.1).
@@ -94,6 +99,10 @@ class Connection:
 
     ROLE: ClassVar[str]
     IS_CLIENT: ClassVar[bool]
+    #: Production keeps a bug inside the engine from reaching the transport: the connection
+    #: ends with internal_error (see :class:`~d2tls.dtls.events.InternalError`). The test suite
+    #: sets this to True so that the original exception propagates and the test fails.
+    raise_internal_errors: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -135,6 +144,9 @@ class Connection:
         self._now = 0.0
         self._current: HandshakeMessage | None = None
         self._error: ProtocolError | None = None
+        self._internal: str | None = None
+        #: Time of the last datagram received (the server evicts idle associations by it).
+        self.last_activity = 0.0
         self._peer_alert: AlertDescription | None = None
         self._master: bytearray = bytearray()
         self.client_random = b""
@@ -154,6 +166,7 @@ class Connection:
             "verify": 0,
             "ecdh": 0,
             "keygen": 0,
+            "internal_errors": 0,
         }
         self._driver = MachineDriver(self.ROLE, self)
 
@@ -161,6 +174,7 @@ class Connection:
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Process one datagram. Never raises on hostile input: failures become events."""
         self._now = now
+        self.last_activity = now
         self.stats["datagrams_received"] += 1
         self.stats["bytes_received"] += len(data)
         if self._driver.is_final():
@@ -177,7 +191,7 @@ class Connection:
             except ProtocolError as exc:
                 self._fail(exc)
             except Exception as exc:  # a bug must not escape to the transport
-                self._fail(ProtocolError(f"internal error: {type(exc).__name__}: {exc}"))
+                self._internal_error(exc)
         if saw_duplicate and not self._driver.is_final():
             self._retransmit_on_duplicate()
 
@@ -233,6 +247,12 @@ class Connection:
     def has_partial_message(self) -> bool:
         """True while fragments of a handshake message wait for the rest (RFC 6347 §4.2.3)."""
         return self._reassembler.pending > 0
+
+    @property
+    def reassembly_bytes(self) -> int:
+        """Accounted bytes held for handshake messages not yet complete (bounded by
+        :data:`~d2tls.dtls.fragments.MAX_REASSEMBLY_BYTES`)."""
+        return self._reassembler.buffered_bytes
 
     @property
     def is_established(self) -> bool:
@@ -418,12 +438,32 @@ class Connection:
         except ProtocolError as exc:
             self._fail(exc)
         except Exception as exc:
-            self._fail(ProtocolError(f"internal error: {type(exc).__name__}: {exc}"))
+            self._internal_error(exc)
+
+    def _internal_error(self, exc: Exception) -> None:
+        """A bug, not the peer: count and log it, then end with internal_error (RFC 5246
+        §7.2.2), or let it propagate when :attr:`raise_internal_errors` is set (tests)."""
+        self.stats["internal_errors"] += 1
+        log.error(
+            "internal error in %s (peer %s, state %s): %s: %s",
+            self.ROLE,
+            self.peer,
+            self.state,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        if self.raise_internal_errors:
+            raise exc
+        self._internal = f"{type(exc).__name__}: {exc}"
+        self._fail(ProtocolError(f"internal error: {self._internal}"))
 
     def _fail(self, error: ProtocolError) -> None:
         """End the connection with a fatal alert for ``error`` (RFC 5246 §7.2.2)."""
         if self._driver.is_final():
             return
+        # A failure in the middle of building a flight drops that flight: the alert goes alone.
+        self._building_flight = None
         self._error = error
         self._trace("error", reason=error.reason, alert=error.alert.name.lower())
         try:
@@ -536,12 +576,26 @@ class Connection:
     def send_fatal_alert(self) -> None:
         """Action of ``abort``: send the fatal alert for the recorded error."""
         error = self._error or ProtocolError("aborted")
-        self._queue_alert(AlertLevel.FATAL, error.alert)
-        self._events.append(
-            ConnectionTerminated(
-                error.reason, error.alert, by_peer=False, error=True, peer=self.peer
+        # With no record sequence number left for the alert (RFC 6347 §4.1) it ends silently.
+        with contextlib.suppress(ProtocolError):
+            self._queue_alert(AlertLevel.FATAL, error.alert)
+        if self._internal is not None:
+            self._events.append(
+                InternalError(
+                    error.reason,
+                    error.alert,
+                    by_peer=False,
+                    error=True,
+                    peer=self.peer,
+                    exception=self._internal,
+                )
             )
-        )
+        else:
+            self._events.append(
+                ConnectionTerminated(
+                    error.reason, error.alert, by_peer=False, error=True, peer=self.peer
+                )
+            )
         self._wipe()
 
     def report_closed(self) -> None:

@@ -107,6 +107,9 @@ class AgentConfig:
     #: ``d2tls agent`` always sets one (default: serve nothing). None, for in-process tests
     #: and simulations only, serves any server for any identity of ``psk_keys``.
     policy: AgentPolicy | None = None
+    #: Association limits of the agent's DTLS server (see ServerConfig).
+    max_connections: int = 10_000
+    max_half_open: int = 1_000
 
 
 def describe_server_failure(event: ConnectionTerminated) -> tuple[DelegationErrorCode, str]:
@@ -445,6 +448,8 @@ class Agent:
                 psk_keys=dict(config.psk_keys),
                 mtu=CHANNEL_MTU,
                 timers=config.timers or TimerConfig(),
+                max_connections=config.max_connections,
+                max_half_open=config.max_half_open,
             )
         )
 
