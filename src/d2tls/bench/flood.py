@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import select
+import selectors
 import signal
 import socket
 import statistics
@@ -340,10 +340,13 @@ def flood_half_open(
                     sent += 1
                 batch[sock.fileno()] = (sock, client)
             deadline = time.monotonic() + 3.0
+            selector = selectors.DefaultSelector()  # epoll: descriptors beyond 1024
+            for sock, _ in batch.values():
+                selector.register(sock, selectors.EVENT_READ)
             while batch and time.monotonic() < deadline:
-                ready, _, _ = select.select(list(batch), [], [], 0.2)
-                for fd in ready:
-                    sock, client = batch.pop(fd)
+                for key, _ in selector.select(0.2):
+                    sock, client = batch.pop(key.fd)
+                    selector.unregister(sock)
                     try:
                         data = sock.recv(65536)
                     except (BlockingIOError, ConnectionRefusedError):
@@ -354,7 +357,8 @@ def flood_half_open(
                         sock.sendto(datagram, target)
                         sent += 1
                     completed_cookies += 1
-            received += _drain(sockets)
+            selector.close()
+            received += _drain(sockets[-window:])
         time.sleep(0.5)
         received += _drain(sockets)
     finally:
