@@ -41,6 +41,8 @@ MIB = 1024 * 1024
 RSS_TARGET_MIB = 16.0
 AMPLIFICATION_TARGET = 1.0
 LATENCY_FACTOR_TARGET = 3.0
+#: Pause between the legitimate client's handshakes during a flood (about 20 per second).
+LEGITIMATE_INTERVAL = 0.05
 PAGE_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -274,7 +276,8 @@ def flood_partial(
         for sock in sockets:
             sock.close()
     return {
-        "datagrams": sent,
+        "datagrams": ports,  # per target: what the server received
+        "datagrams_all_targets": sent,
         "bytes_sent": sent * len(datagram),
         "bytes_received": received,
         "seconds": time.monotonic() - start,
@@ -480,8 +483,13 @@ class Bench:
             return None
         return endpoint, (time.perf_counter() - started) * 1000
 
-    async def sample_latency(self, phase: Phase, until: Callable[[], bool], least: int) -> None:
+    async def sample_latency(
+        self, phase: Phase, until: Callable[[], bool], least: int, interval: float = 0.0
+    ) -> None:
+        """Handshakes one after the other, ``interval`` s apart (so that during a flood the
+        legitimate client's share of the server's CPU stays small)."""
         while not until() or len(phase.latencies_ms) + phase.failed_handshakes < least:
+            await asyncio.sleep(interval)
             result = await self.handshake()
             if result is None:
                 phase.failed_handshakes += 1
@@ -511,7 +519,7 @@ class Bench:
         def done() -> bool:
             return child.poll() is not None
 
-        await self.sample_latency(phase, done, least=5)
+        await self.sample_latency(phase, done, least=5, interval=LEGITIMATE_INTERVAL)
         output, _ = await asyncio.get_running_loop().run_in_executor(None, child.communicate)
         if child.returncode != 0:
             raise RuntimeError(f"the {function} flooder failed (status {child.returncode})")
