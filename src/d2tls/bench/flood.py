@@ -43,6 +43,9 @@ AMPLIFICATION_TARGET = 1.0
 LATENCY_FACTOR_TARGET = 3.0
 #: Pause between the legitimate client's handshakes during a flood (about 20 per second).
 LEGITIMATE_INTERVAL = 0.05
+#: Sockets a flooder keeps open (the usual descriptor limit is 1024..20000); beyond, the
+#: oldest half-open handshakes' sockets are closed (the server keeps their state regardless).
+MAX_OPEN_SOCKETS = 8_000
 PAGE_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -362,6 +365,8 @@ def flood_half_open(
                     completed_cookies += 1
             selector.close()
             received += _drain(sockets[-window:])
+            while len(sockets) > MAX_OPEN_SOCKETS:  # the descriptor limit: oldest first
+                sockets.pop(0).close()
         time.sleep(0.5)
         received += _drain(sockets)
     finally:
