@@ -188,6 +188,8 @@ async def run_server(args: argparse.Namespace) -> int:
             print(f"closed {event.peer}: {event.reason} (alert {alert})", flush=True)
 
     endpoint = await ServerEndpoint.listen(host, port, engine, echo=args.echo, on_event=report)
+    if args.stats_file:
+        _write_stats_on_sigusr1(engine, Path(args.stats_file))
     print(
         f"listening on {endpoint.address[0]}:{endpoint.address[1]}" if endpoint.address else "",
         flush=True,
@@ -197,6 +199,22 @@ async def run_server(args: argparse.Namespace) -> int:
     finally:
         endpoint.close()
     return 0
+
+
+def _write_stats_on_sigusr1(engine: Any, path: Path) -> None:
+    """On SIGUSR1, write ``engine.counters()`` as one JSON object to ``path`` (atomically:
+    a temporary file renamed over it, so a reader never sees half a file)."""
+    import asyncio
+    import dataclasses
+    import os
+    import signal
+
+    def write() -> None:
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(dataclasses.asdict(engine.counters())), encoding="utf-8")
+        os.replace(temporary, path)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, write)
 
 
 def _run_async(coroutine: Coroutine[Any, Any, int]) -> int:
@@ -674,6 +692,12 @@ def _add_server(sub: Any) -> None:
     )
     server.add_argument("--quiet", action="store_true", help="do not print one line per handshake")
     server.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    server.add_argument(
+        "--stats-file",
+        metavar="FILE",
+        help="on SIGUSR1, write the server's counters (pending hellos, half-open and "
+        "established associations, drops, internal errors) to FILE as JSON",
+    )
     add_association_limits(server)
     server.add_argument(
         "--session-store",
