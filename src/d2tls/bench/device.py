@@ -25,6 +25,7 @@ import tracemalloc
 from dataclasses import dataclass
 from typing import Any
 
+from d2tls.bench import device_profiles
 from d2tls.bench.common import (
     SERVER_NAME,
     Materials,
@@ -36,7 +37,6 @@ from d2tls.bench.common import (
     table,
     target_line,
 )
-from d2tls.bench import device_profiles
 from d2tls.bench.floor import device_floor, public_key_op_times
 from d2tls.bench.infra import LoopThread, Peers, PeersSpec, RelayProcess, RelaySpec
 from d2tls.delegation.messages import DelegationMode

@@ -142,9 +142,9 @@ class Profile:
             + counts.ecdh * p["ecdh_ms"]
             + counts.keygen * p["keygen_ms"]
         )
-        radio = (counts.agent_round_trips + counts.server_round_trips) * p[
-            "round_trip_ms"
-        ] + (counts.agent_bytes + counts.server_bytes) * p["byte_us"] / 1000.0
+        radio = (counts.agent_round_trips + counts.server_round_trips) * p["round_trip_ms"] + (
+            counts.agent_bytes + counts.server_bytes
+        ) * p["byte_us"] / 1000.0
         wait = (counts.server_round_trips + counts.agent_server_round_trips) * p[
             f"rtt_{network}_ms"
         ]
