@@ -258,8 +258,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 async def run_client(args: argparse.Namespace) -> dict[str, Any]:
     from d2tls.dtls.client import DTLSClient
-    from d2tls.dtls.session_file import save_session
     from d2tls.dtls.rawpk import fingerprint
+    from d2tls.dtls.session_file import save_session
     from d2tls.net.udp import ClientEndpoint, ConnectionFailed
     from d2tls.pki.verify import certificate_subject
 

@@ -611,7 +611,12 @@ class ServerConnection(Connection):
     def process_client_certificate(self) -> None:
         """Verify the client chain against the trust store (RFC 5246 §7.4.6)."""
         certificate = self._current
-        assert isinstance(certificate, Certificate) and self.config.trust_store is not None
+        assert isinstance(certificate, Certificate)
+        if self.config.trust_store is None:  # only raw keys are accepted (RFC 7250 §4.2)
+            raise CertificateError(
+                "client sent an X.509 certificate but only raw public keys are trusted",
+                AlertDescription.UNSUPPORTED_CERTIFICATE,
+            )
         path = verify_client_path(certificate.certificates, self.config.trust_store)
         self._check_revocation(path)
         key = path[0].public_key()

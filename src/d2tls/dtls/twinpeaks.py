@@ -112,7 +112,9 @@ def key_hash(params: Params, key: PublicKey) -> bytes:
     """h(public key || params) = SHA-256(context || len || PK || len || params), with PK and
     params in their spec/twinpeaks.md §7 encodings and 2-byte lengths (§9.2)."""
     pk, pp = key.encode(), params.encode()
-    return sha256(KEY_HASH_CONTEXT + len(pk).to_bytes(2, "big") + pk + len(pp).to_bytes(2, "big") + pp)
+    return sha256(
+        KEY_HASH_CONTEXT + len(pk).to_bytes(2, "big") + pk + len(pp).to_bytes(2, "big") + pp
+    )
 
 
 def hello_for(params: Params, key: PublicKey) -> TwinPeaksHello:
