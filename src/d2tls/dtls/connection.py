@@ -401,9 +401,11 @@ class Connection:
         self._trace("alert_received", level=alert.level, description=alert.description)
         if description == AlertDescription.CLOSE_NOTIFY:
             self._fire_safely("peer_closed")
+            self._timer_deadline = None  # nothing is retransmitted after the end
         elif alert.level == AlertLevel.FATAL:
             self._peer_alert = description
             self._fire_safely("peer_failed")
+            self._timer_deadline = None
         else:
             self._events.append(AlertReceived(description, peer=self.peer))
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import enum
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
+from d2tls.dtls.config import ClientConfig
 from d2tls.dtls.constants import AlertDescription
 from d2tls.dtls.events import ConnectionTerminated, TwinPeaksRefused
 from d2tls.dtls.messages import TwinPeaksHello
@@ -180,3 +181,23 @@ class KeyCache:
     def expected_key(self, server_name: str | None) -> bytes | None:
         entry = self._entries.get(server_name) if server_name is not None else None
         return entry.spki if entry is not None else None
+
+    def client_config(self, name: str, base: ClientConfig) -> ClientConfig:
+        """``base`` set up for a TwinPeaks handshake with ``name``: the key resolved now (from
+        the cache or a lookup) is the only one trusted, and the extension names it."""
+        entry = self.resolve(name)
+        return replace(
+            base,
+            server_name=name,
+            server_key_lookup=self.expected_key,
+            twinpeaks=entry.hello,
+        )
+
+    def handle_failure(self, name: str, event: ConnectionTerminated) -> TwinPeaksRefusal | None:
+        """After a failed handshake with ``name``: the typed refusal, if any; an outdated
+        public key also drops the cached entry, so that a retry (:meth:`client_config`) looks
+        the key up again (dissertation 2.4.4)."""
+        error = refusal_error(event)
+        if isinstance(error, OutdatedPublicKey):
+            self.invalidate(name)
+        return error
