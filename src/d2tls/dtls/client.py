@@ -285,7 +285,7 @@ class DTLSClient(Connection):
             ExtensionType.EXTENDED_MASTER_SECRET,
             ExtensionType.RENEGOTIATION_INFO,
         }
-        offered |= {e.type for e in self._certificate_type_extensions()}
+        offered |= {ExtensionType(e.type) for e in self._certificate_type_extensions()}
         for extension in hello.extensions:
             if extension.type not in offered or extension.type in (
                 ExtensionType.SUPPORTED_GROUPS,

@@ -343,11 +343,11 @@ TWINPEAKS_KEY_HASH_LEN = 32
 class TwinPeaksHello:
     """The TwinPeaks ClientHello extension (spec/twinpeaks.md §9.2)::
 
-        struct {
-            opaque host_name<1..2^8-1>;   /* normalised domain name, ASCII */
-            opaque address<4..16>;        /* 4 (IPv4) or 16 (IPv6) bytes */
-            opaque key_hash[32];          /* h(public key || params) */
-        } TwinPeaksHello;
+    struct {
+        opaque host_name<1..2^8-1>;   /* normalised domain name, ASCII */
+        opaque address<4..16>;        /* 4 (IPv4) or 16 (IPv6) bytes */
+        opaque key_hash[32];          /* h(public key || params) */
+    } TwinPeaksHello;
     """
 
     host_name: str

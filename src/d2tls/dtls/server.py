@@ -477,8 +477,8 @@ class ServerConnection(Connection):
             )
         # With optional client authentication and no common type, the client_certificate_type
         # extension is omitted: the client may still answer with an empty Certificate.
-        self._client_cert_type = CertificateType(chosen) if chosen is not None else (
-            CertificateType.X509
+        self._client_cert_type = (
+            CertificateType(chosen) if chosen is not None else (CertificateType.X509)
         )
 
     def note_unproven_address(self) -> None:

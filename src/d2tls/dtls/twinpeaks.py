@@ -2,7 +2,7 @@
 
 The client already holds the server's key from the key-server hierarchy, so the server
 authenticates with that key as an RFC 7250 raw public key, and the ClientHello carries the
-TwinPeaks extension (:class:`~d2tls.dtls.messages.TwinPeaksHello`): the server's domain name,
+TwinPeaks extension (``TwinPeaksHello`` of ``d2tls.dtls.messages``): the server's domain name,
 IP address and ``h(public key || params)``. The server checks each field and refuses a wrong
 one with the alert that names it (:data:`REFUSAL_ALERTS`); the client surfaces the refusal as
 a :class:`~d2tls.dtls.events.TwinPeaksRefused` event and, through :func:`refusal_error`, as a
@@ -101,7 +101,7 @@ _ERRORS: Final[dict[Refusal, type[TwinPeaksRefusal]]] = {
 
 
 def refusal_error(event: ConnectionTerminated) -> TwinPeaksRefusal | None:
-    """The typed error of a :class:`TwinPeaksRefused` termination, else None."""
+    """The typed error of a :class:`~d2tls.dtls.events.TwinPeaksRefused` termination, else None."""
     if not isinstance(event, TwinPeaksRefused):
         return None
     refusal = Refusal(event.refusal)
@@ -156,7 +156,7 @@ class KeyCache:
 
     :meth:`resolve` returns the cached entry or looks it up; :meth:`invalidate` drops one after
     an :class:`OutdatedPublicKey` refusal, so that the next :meth:`resolve` fetches it again.
-    :meth:`expected_key` is a :data:`~d2tls.dtls.config.ServerKeyLookup` over the cache.
+    :meth:`expected_key` is a ``ServerKeyLookup`` (``d2tls.dtls.config``) over the cache.
     """
 
     def __init__(self, lookup: Callable[[str], ResolvedKey]) -> None:
