@@ -43,6 +43,17 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def server_rule(text: str) -> str:
+    """An argparse type for ``--allow-server`` (d2tls.delegation.policy.parse_server_rule)."""
+    from d2tls.delegation.policy import parse_server_rule
+
+    try:
+        parse_server_rule(text)
+    except D2TLSError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def positive_int(text: str) -> int:
     """An argparse type for counts >= 1."""
     if not text.isdigit() or int(text) < 1:
@@ -182,6 +193,8 @@ async def run_server(args: argparse.Namespace) -> int:
             print(f"closed {event.peer}: {event.reason} (alert {alert})", flush=True)
 
     endpoint = await ServerEndpoint.listen(host, port, engine, echo=args.echo, on_event=report)
+    if args.stats_file:
+        _write_stats_on_sigusr1(engine, Path(args.stats_file))
     print(
         f"listening on {endpoint.address[0]}:{endpoint.address[1]}" if endpoint.address else "",
         flush=True,
@@ -191,6 +204,22 @@ async def run_server(args: argparse.Namespace) -> int:
     finally:
         endpoint.close()
     return 0
+
+
+def _write_stats_on_sigusr1(engine: Any, path: Path) -> None:
+    """On SIGUSR1, write ``engine.counters()`` as one JSON object to ``path`` (atomically:
+    a temporary file renamed over it, so a reader never sees half a file)."""
+    import asyncio
+    import dataclasses
+    import os
+    import signal
+
+    def write() -> None:
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(dataclasses.asdict(engine.counters())), encoding="utf-8")
+        os.replace(temporary, path)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, write)
 
 
 def _run_async(coroutine: Coroutine[Any, Any, int]) -> int:
@@ -358,10 +387,21 @@ def print_client_result(result: dict[str, Any], as_json: bool) -> None:
 # --------------------------------------------------------------------------- agent, device
 async def run_agent(args: argparse.Namespace) -> int:
     """Serve devices until stopped by a signal; the finally block closes and reports."""
+    import logging
+
+    from d2tls.delegation.policy import AgentPolicy, load_agent_psk_file
     from d2tls.dtls.keylog import keylog_from_environment
-    from d2tls.pki.verify import load_certificate_chain, load_psk_file, load_trust_store
+    from d2tls.pki.verify import load_certificate_chain, load_trust_store
     from d2tls.roles.agent import Agent, AgentConfig
     from d2tls.trace import TraceFile
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("agent: %(message)s"))
+    logging.getLogger("d2tls.agent").addHandler(handler)
+    logging.getLogger("d2tls.agent").setLevel(logging.INFO)
+    policy = AgentPolicy.build(
+        load_agent_psk_file(Path(args.psk_file)), args.allow_server or (), args.allow_unbound
+    )
 
     trace = TraceFile(Path(args.trace)) if args.trace else None
     issuer = None
@@ -370,8 +410,9 @@ async def run_agent(args: argparse.Namespace) -> int:
 
         issuer = x509.load_der_x509_certificate(load_certificate_chain(Path(args.ca))[0])
     config = AgentConfig(
-        psk_keys=load_psk_file(Path(args.psk_file)),
+        psk_keys=policy.psk_keys,
         trust_store=load_trust_store(Path(args.ca)),
+        policy=policy,
         ocsp_url=args.ocsp,
         context_lifetime=args.context_lifetime,
         keylog=keylog_from_environment(),
@@ -527,6 +568,7 @@ def run_pki_init(args: argparse.Namespace) -> int:
     for device in paths.devices:
         print(f"device:  {device.cert} (key {device.key})")
     print(f"PSKs:    {paths.psk_file}")
+    print(f"agent:   {paths.agent_psk_file} (the PSKs bound to the device certificates)")
     return 0
 
 
@@ -674,6 +716,12 @@ def _add_server(sub: Any) -> None:
     )
     server.add_argument("--quiet", action="store_true", help="do not print one line per handshake")
     server.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    server.add_argument(
+        "--stats-file",
+        metavar="FILE",
+        help="on SIGUSR1, write the server's counters (pending hellos, half-open and "
+        "established associations, drops, internal errors) to FILE as JSON",
+    )
     add_association_limits(server)
     server.add_argument(
         "--session-store",
@@ -790,7 +838,25 @@ def _add_agent(sub: Any) -> None:
         metavar="HOST:PORT",
         help="UDP address for the devices' DTLS-PSK channel",
     )
-    agent.add_argument("--psk-file", required=True, help="device PSKs, one ID:HEX per line")
+    agent.add_argument(
+        "--psk-file",
+        required=True,
+        help="the agent's PSK file: one 'ID:HEX [cert-sha256=FP] [allow=RULE,...]' line per "
+        "device (written by 'd2tls pki init' as agent-psk.txt)",
+    )
+    agent.add_argument(
+        "--allow-server",
+        action="append",
+        type=server_rule,
+        metavar="RULE",
+        help="a server any device may delegate to: HOST:PORT, ADDRESS[:PORT], CIDR[:PORT], "
+        "[IPV6]:PORT (repeatable; default: only the PSK file's allow= entries)",
+    )
+    agent.add_argument(
+        "--allow-unbound",
+        action="store_true",
+        help="let PSK identities without a certificate binding delegate (default: refuse)",
+    )
     agent.add_argument("--ca", required=True, help="trust store for server certificates (PEM)")
     agent.add_argument("--ocsp", metavar="URL", help="check the server certificate with OCSP")
     agent.add_argument(
@@ -898,7 +964,7 @@ PLUGINS: dict[str, tuple[str, str]] = {
         "d2tls.prove.cli",
         "prove the Tamarin theories and compare with the expected verdicts",
     ),
-    "bench": ("d2tls.bench.cli", "benchmarks (device, latency, server, record)"),
+    "bench": ("d2tls.bench.cli", "benchmarks (device, latency, server, record, flood)"),
     "overhead": ("d2tls.bench.cli", "24-hour session-overhead model of the paper (Figs. 9-10)"),
     "conformance": (
         "d2tls.conformance.cli",
