@@ -34,6 +34,8 @@ from d2tls.dtls.twinpeaks import (
     server_identity,
 )
 from d2tls.errors import DecodeError, IllegalParameter
+from d2tls.model.diagram import to_dot
+from d2tls.model.spec import load_spec
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed, ServerEndpoint
 from d2tls.twinpeaks import clpkc
 from d2tls.twinpeaks.clpkc import FullPrivateKey, MasterKey
@@ -346,3 +348,22 @@ def test_twinpeaks_over_udp_loopback_with_recovery(master: MasterKey) -> None:
     assert outcome == "OutdatedPublicKey"
     assert echoed == b"over udp"
     assert keys.lookups == 2
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+@pytest.mark.parametrize(
+    ("role", "guards"),
+    [
+        ("dtls_client", ("server_sent_raw_public_key", "twinpeaks_refused")),
+        ("dtls_server", ("client_sent_raw_public_key", "twinpeaks_hello_mismatch")),
+    ],
+)
+def test_spec_transitions_are_drawn(role: str, guards: tuple[str, ...]) -> None:
+    """The TwinPeaks and RFC 7250 transitions are in spec/dtls.yaml and on the diagram."""
+    spec_role = load_spec("dtls").role(role)
+    dot = to_dot(spec_role)
+    for guard in guards:
+        assert any(guard in t.guards for t in spec_role.transitions), guard
+        assert f"[{guard}" in dot or f", {guard}" in dot, guard
