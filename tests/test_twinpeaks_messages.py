@@ -407,8 +407,9 @@ def test_random_bytes_fail_typed(data: bytes) -> None:
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.binary(max_size=70) | st.text(max_size=20),
-        lambda inner: st.lists(inner, max_size=4)
-        | st.dictionaries(st.integers(-2, 12), inner, max_size=10),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.integers(-2, 12), inner, max_size=10)
+        ),
         max_leaves=20,
     ),
     st.sampled_from(list(m.MessageKind)),
