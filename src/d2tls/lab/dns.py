@@ -102,9 +102,13 @@ class Zone:
             lines += [f"{owner} {_rdtype(a)} {a}" for a in addresses]
         return "\n".join(lines) + "\n"
 
-    def with_hosts(self, hosts: Mapping[str, Sequence[IPAddress]]) -> Zone:
-        """The zone with other host records and the next SOA serial (for a reload)."""
-        return replace(self, hosts=dict(hosts), serial=self.serial + 1)
+    def with_hosts(self, hosts: Mapping[str, Sequence[str | IPAddress]]) -> Zone:
+        """The zone with other host records (addresses as text or objects) and the next SOA
+        serial (for a reload)."""
+        parsed = {
+            host: [ipaddress.ip_address(a) for a in addresses] for host, addresses in hosts.items()
+        }
+        return replace(self, hosts=parsed, serial=self.serial + 1)
 
 
 def _rdtype(address: IPAddress) -> str:
@@ -158,11 +162,13 @@ class KnotServer:
     :data:`STOP_TIMEOUT`) and waits for it, so none is left behind. Every file the server
     writes is under ``directory``."""
 
-    def __init__(self, zones: Sequence[Zone], directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, zones: Sequence[Zone], directory: Path | str, port: int | None = None
+    ) -> None:
         if not zones:
             raise DnsLabError("a server needs at least one zone")
         self.zones: dict[str, Zone] = {zone.name: zone for zone in zones}
-        self.directory = Path(directory)
+        self.directory = Path(directory).resolve()
         self.port = port if port is not None else free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.config = self.directory / "knot.conf"
@@ -347,7 +353,7 @@ class Resolver:
 
 
 @contextlib.contextmanager
-def running(zones: Sequence[Zone], directory: Path) -> Iterator[KnotServer]:
+def running(zones: Sequence[Zone], directory: Path | str) -> Iterator[KnotServer]:
     """``with running(demo_zones(), tmp) as server:`` a started server, stopped at the end."""
     server = KnotServer(zones, directory)
     with server:
