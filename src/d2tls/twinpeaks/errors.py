@@ -33,3 +33,18 @@ class KeyValidationError(TwinPeaksError):
 
 class SignatureError(TwinPeaksError):
     """A certificateless signature that does not verify."""
+
+
+class StaleRecord(TwinPeaksError):
+    """A key record outside its time window: issued in the future, past its TTL, or a
+    subject key outside its validity (spec/twinpeaks.md §8.5)."""
+
+
+class ResponseMismatch(TwinPeaksError):
+    """A key response that does not answer the request it claims to: another request ID,
+    name, address or signer, or issuer parameters other than those the chain led to."""
+
+
+class CrossCheckError(TwinPeaksError):
+    """Answers for one name from several roots that disagree (spec/twinpeaks.md §8.8;
+    section 2.5.1 of the dissertation: cross-verification among root key servers)."""
