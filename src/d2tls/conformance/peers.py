@@ -33,9 +33,11 @@ from d2tls.peers import (
     NetNamespace,
     OpenSSLServer,
     PeerError,
+    WolfSSLServer,
     free_udp_port,
     mbedtls_version,
     require_tool,
+    wolfssl_version,
 )
 from d2tls.pki.generate import PKIPaths, init_pki
 from d2tls.pki.verify import (
@@ -45,7 +47,7 @@ from d2tls.pki.verify import (
     load_trust_store,
 )
 
-PEERS = ("d2tls", "openssl", "gnutls", "mbedtls")
+PEERS = ("d2tls", "openssl", "gnutls", "mbedtls", "wolfssl")
 NAMESPACE_ENV = "D2TLS_CONFORMANCE_NETNS"
 
 
@@ -182,6 +184,15 @@ def make_server(peer: str, pki: PKIPaths, psk: tuple[bytes, bytes]) -> ManagedSe
             return server
 
         return ManagedServer(peer, start_mbedtls, version, restart_per_query=True)
+    if peer == "wolfssl":
+        version = wolfssl_version()
+
+        def start_wolfssl() -> WolfSSLServer:
+            server = WolfSSLServer(cert=cert, key=key, ca=ca, psk=psk, port=port)
+            server.start()
+            return server
+
+        return ManagedServer(peer, start_wolfssl, version, restart_per_query=True)
     if peer == "gnutls":
         version = _version([require_tool("gnutls-serv"), "--version"])
 
