@@ -40,6 +40,7 @@
 #include <string.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #define MAX_PSK 64
@@ -109,10 +110,13 @@ static const char *address_text(const struct sockaddr_in *addr, char *out, size_
 static void next_client(int sock, struct sockaddr_in *peer)
 {
     unsigned char first[1];
+    struct timeval forever = {0, 0};
+    /* wolfSSL's blocking DTLS I/O left its retransmission timeout on the socket. */
+    setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &forever, sizeof(forever));
     for (;;) {
         socklen_t len = sizeof(*peer);
         ssize_t n = recvfrom(sock, first, sizeof(first), MSG_PEEK, (struct sockaddr *)peer, &len);
-        if (n < 0 && errno == EINTR)
+        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
             continue;
         if (n < 0)
             die("recvfrom failed");

@@ -224,12 +224,30 @@ class DTLSServerSUL(aalpy.SUL):  # type: ignore[misc]
             self.nondeterministic += 1
             runs = [outputs] + [self._run(word) for _ in range(2)]
             outputs = Counter(runs).most_common(1)[0][0]
-            for n in range(1, len(word) + 1):  # the majority answer replaces what was cached
-                self.cache[word[:n]] = outputs[:n]
+            # The learner already holds the answers to this word's prefixes: keep them (its
+            # observation tree must stay consistent) and take only the new tail.
+            known = max((n for n in range(1, len(word)) if word[:n] in self.cache), default=0)
+            if known:
+                outputs = self.cache[word[:known]] + outputs[known:]
         self._store(word, outputs)
         if self.progress is not None:
             self.progress(self)
         return list(outputs)
+
+    def adaptive_query(self, word: list[str], ads: Any) -> tuple[list[str], list[str]]:
+        """L#'s adaptive distinguishing sequences, one cached query per step, so that every
+        answer goes through the cache (and the busy-server handling) like any other."""
+        word = list(word)
+        outputs = self.query(tuple(word)) if word else []
+        last: str | None = None  # as AALpy's SUL.adaptive_query: the ADS starts from None
+        while True:
+            letter = ads.next_input(last)
+            if letter is None:
+                break
+            word.append(letter)
+            outputs = self.query(tuple(word))
+            last = outputs[-1]
+        return word, outputs
 
     def _run(self, word: tuple[str, ...]) -> tuple[str, ...]:
         """One query; a server that never answers its first ClientHello is given time to
@@ -271,8 +289,11 @@ class SpecGuidedOracle(aalpy.Oracle):  # type: ignore[misc]
         walk_length: int = 8,
         seed: int = 6347,
         progress: ProgressPrinter | None = None,
+        query_budget: int | None = None,
     ) -> None:
         super().__init__(list(alphabet), sul)
+        self.query_budget = query_budget
+        self.budget_reached = False
         self.spec = spec
         self.walks_per_state = walks_per_state
         self.walk_length = walk_length
@@ -281,12 +302,19 @@ class SpecGuidedOracle(aalpy.Oracle):  # type: ignore[misc]
         self.rounds = 0
 
     def _check(self, hypothesis: Any, word: tuple[str, ...]) -> tuple[str, ...] | None:
+        if self._over_budget():
+            return None  # the budget is spent: the hypothesis stands (say so in the result)
         observed = self.sul.query(word)
         hypothesis.reset_to_initial()
         for index, letter in enumerate(word):
             if hypothesis.step(letter) != observed[index]:
                 return word[: index + 1]
         return None
+
+    def _over_budget(self) -> bool:
+        if self.query_budget is not None and self.sul.queries >= self.query_budget:
+            self.budget_reached = True
+        return self.budget_reached
 
     def find_cex(self, hypothesis: Any) -> tuple[str, ...] | None:
         self.rounds += 1
@@ -339,6 +367,7 @@ class LearningResult:
     files: dict[str, str] = field(default_factory=dict)
     busy_queries: int = 0
     reset: str = "restart"
+    budget_reached: bool = False
 
     @property
     def equivalent(self) -> bool:
@@ -363,6 +392,7 @@ class LearningResult:
             "equivalence_rounds": self.rounds,
             "busy_retries": self.busy_queries,
             "reset": self.reset,
+            "query_budget_reached": self.budget_reached,
             "seconds": round(self.seconds, 1),
             "files": self.files,
             "machine": self.machine.to_dict(),
@@ -384,6 +414,7 @@ def learn(
     name: str = "server",
     formats: Sequence[str] = ("svg", "png"),
     settle: float = 0.1,
+    query_budget: int | None = None,
 ) -> LearningResult:
     """Learn the server's Mealy machine over ``inputs`` and compare it with the spec.
     ``reset`` restarts the server before each query; without it, each query is a new client
@@ -408,6 +439,7 @@ def learn(
         walks_per_state=walks_per_state,
         walk_length=walk_length,
         progress=printer,
+        query_budget=query_budget,
     )
     model = _lsharp.run_Lsharp(
         list(inputs),
@@ -432,6 +464,7 @@ def learn(
         rounds=oracle.rounds,
         seconds=time.monotonic() - started,
         busy_queries=sul.busy,
+        budget_reached=oracle.budget_reached,
         reset="restart" if reset is not None else f"new client port + close_notify + {settle} s",
     )
     if output_dir is not None:

@@ -1,10 +1,13 @@
 """``d2tls conformance-peers``: the suites against our server, OpenSSL, GnuTLS and mbedTLS.
 
 Each peer is started on loopback with a fresh test PKI (:func:`d2tls.pki.init_pki`), requiring
-client certificates and accepting the PSK. Servers that serve one connection at a time
-(``openssl s_server``, ``gnutls-serv --udp``, mbedTLS ``ssl_server2``) are restarted before
-every scenario and learning query, so that no half-open association of one query leaks into
-the next (they would otherwise wait out their retransmission timers first).
+client certificates and accepting the PSK. The readiness checks run against the server as it
+runs, never restarted between checks (what a user meets). Servers that serve one connection
+at a time (``openssl s_server``, ``gnutls-serv --udp``, mbedTLS ``ssl_server2``, the wolfSSL
+server) are restarted before every scenario (scenarios send deliberately stray records, and
+one stray record wedges ``gnutls-serv``) and, except ``s_server``, before every learning
+query; ``s_server`` is learned without restarts, the way ``d2tls conformance`` learns a server
+somebody else runs (a new client port, a clean close and a settle delay per query).
 ``gnutls-serv`` binds every address, so its run happens inside a private network namespace
 (this command re-executes itself there). The report goes to ``OUT/<peer>.json``,
 ``OUT/<peer>.md`` and ``OUT/machines/``; ``OUT/README.md`` is left to a human (it explains
@@ -69,11 +72,13 @@ class ManagedServer:
         version: str,
         *,
         restart_per_query: bool,
+        learn_by_restart: bool = True,
     ) -> None:
         self.name = name
         self._start = start
         self.version = version
         self.restart_per_query = restart_per_query
+        self.learn_by_restart = restart_per_query and learn_by_restart
         self.process: Any = None
 
     def start(self) -> None:
@@ -174,7 +179,11 @@ def make_server(peer: str, pki: PKIPaths, psk: tuple[bytes, bytes]) -> ManagedSe
             server.start()
             return server
 
-        return ManagedServer(peer, start_openssl, version, restart_per_query=True)
+        # Learned as a user's server would be: never restarted (a new client port, a clean
+        # close and a settle delay between queries).
+        return ManagedServer(
+            peer, start_openssl, version, restart_per_query=True, learn_by_restart=False
+        )
     if peer == "mbedtls":
         version = mbedtls_version()
 
@@ -275,6 +284,7 @@ def run_peer(
             "version": server.version,
             "command": [_scrub(a, directory, psk[1]) for a in server.command()],
             "restarted_per_query": server.restart_per_query,
+            "restarted_per_learning_query": server.learn_by_restart,
             "network_namespace": os.environ.get(NAMESPACE_ENV),
             "equivalent_command": [
                 "d2tls",
@@ -299,6 +309,7 @@ def run_peer(
             trust_store=load_trust_store(pki.ca_cert),
             psk=psk,
             reset=reset,
+            learn_by_restart=server.learn_by_restart,
             peer=peer_info,
             inputs=INPUT_SETS[inputs],
             wait=wait,
