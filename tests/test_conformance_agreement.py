@@ -5,6 +5,9 @@ time the way a real client meets them.
   against the server as it runs (never restarted between checks), agrees with direct runs
   against the same running server: ``d2tls client`` (full handshake, then resumption) and
   ``d2tls agent`` + ``d2tls device`` (bound mode: a delegated connection, then a resumed one).
+  "Agrees": the checks those runs exercise pass exactly when the runs succeed; "ready" only
+  when they succeed; a server they succeed against is "not ready" only for a failed security
+  check (RFC 7627 §5.3, client-certificate refusal) that a working client cannot observe.
 * State-machine learning works against ``openssl s_server`` without restarting it (a new
   client port, a clean close and a settle delay per query), with a small query budget.
 * The wolfSSL peer (scripts/peers/wolfssl_server.c on Debian's libwolfssl) works, and says
@@ -42,6 +45,26 @@ EXPECTED = {
     # from an unknown CA: the checks after that one cannot reach a verdict, and the direct
     # runs after the suite fail the same way.
     "gnutls": "inconclusive",
+}
+
+
+#: Readiness checks that the direct runs exercise too (a client and a device that work show
+#: that each of these passes, and the other way round).
+FUNCTIONAL = (
+    "cookie",
+    "suite-ccm8",
+    "client-auth-requested",
+    "resumption",
+    "resumption-new-port",
+    "d2tls",
+)
+#: Refusals a working client never sees: a server can serve every client and still fail one.
+SECURITY = {
+    "ems",
+    "ems-resume-without",
+    "ems-upgrade",
+    "client-auth-required",
+    "client-auth-verified",
 }
 
 
@@ -84,7 +107,18 @@ def test_readiness_verdict_agrees_with_direct_runs(peer: str, tmp_path: Path) ->
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     direct = _direct_ok(result)
-    assert (result["verdict"] == "ready") is direct, result
+    statuses: dict[str, str] = result["statuses"]
+    # What the direct runs exercise must agree with them check by check ...
+    functional = all(statuses[c] == "pass" for c in FUNCTIONAL)
+    assert functional is direct, result
+    # ... and the verdict with them: ready only if they work; a working server is not ready
+    # only for a failed security check that a working client cannot see (never a check
+    # without a verdict).
+    if result["verdict"] == "ready":
+        assert direct, result
+    elif direct:
+        failed = {c for c, status in statuses.items() if status == "fail"}
+        assert failed and failed <= SECURITY, result
     assert result["verdict"] == EXPECTED[peer], result["reason"]
     if peer == "gnutls":
         assert result["statuses"]["client-auth-verified"] == "pass"

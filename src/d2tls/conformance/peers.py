@@ -319,9 +319,32 @@ def run_peer(
         )
     finally:
         server.stop()
+    _keep_previous(report, out / f"{peer}.json", suites)
     write_json(report, out / f"{peer}.json")
     (out / f"{peer}.md").write_text(markdown(report, image_dir="machines/"), encoding="utf-8")
     return report
+
+
+def _keep_previous(report: dict[str, Any], path: Path, suites: Sequence[str]) -> None:
+    """Suites not run this time keep their section from the previous ``OUT/<peer>.json``
+    (each section then names the run it comes from), so ``--only`` refreshes part of a
+    committed report without losing the rest."""
+    if not path.exists():
+        return
+    previous = json.loads(path.read_text())
+    for suite, keys in (
+        ("readiness", ("readiness",)),
+        ("scenarios", ("scenarios", "scenario_counts")),
+        ("learning", ("learning",)),
+    ):
+        if suite in suites or previous.get(keys[0]) is None:
+            continue
+        for key in keys:
+            report[key] = previous[key]
+        if isinstance(report[keys[0]], dict):
+            report[keys[0]].setdefault("from_run", previous.get("started", "an earlier run"))
+        else:
+            report.setdefault("sections_from_run", {})[suite] = previous.get("started", "")
 
 
 def _run_in_namespace(

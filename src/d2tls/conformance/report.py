@@ -147,6 +147,8 @@ def markdown(report: dict[str, Any], *, heading: int = 2, image_dir: str = "") -
     learning = report.get("learning")
     if learning is not None:
         out += ["", f"{h}# Learned state machine: {learning['verdict']}", ""]
+        if learning.get("from_run"):
+            out += [f"(Kept from the run started {learning['from_run']}.)", ""]
         out.append(
             f"{learning['states']} states (spec: {learning['spec_states']}), "
             f"{learning['queries']} queries ({learning['steps']} inputs, "
