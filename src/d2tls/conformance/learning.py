@@ -6,8 +6,8 @@ messages made by a :class:`~.probe.Prober`, and the server's answers to abstract
 starts from a reset: a fresh client socket (a new port, so a new association) and, when the
 peer can be restarted, a restarted server. A server the suite cannot restart (``reset`` is
 None) is reset the way a client would leave it: each query ends its association with
-close_notify (in both epochs when the server may not have switched; nothing after the server
-ended it), the learner waits a settle delay, and a query that starts with a ClientHello
+close_notify (in every epoch written, as the server may not have switched; nothing after the
+server ended it), the learner waits a settle delay, and a query that starts with a ClientHello
 retransmits it on RFC 6347 §4.2.4 timers until the server, busy finishing an earlier
 association, answers (a query it never answers is retried, not recorded as TIMEOUT).
 Queries are cached; a query whose answer contradicts an earlier one is repeated and decided

@@ -1,4 +1,4 @@
-"""``d2tls conformance-peers``: the suites against our server, OpenSSL, GnuTLS and mbedTLS.
+"""``d2tls conformance-peers``: our server, OpenSSL, GnuTLS, mbedTLS and wolfSSL.
 
 Each peer is started on loopback with a fresh test PKI (:func:`d2tls.pki.init_pki`), requiring
 client certificates and accepting the PSK. The readiness checks run against the server as it

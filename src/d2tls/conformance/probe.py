@@ -433,15 +433,19 @@ class Prober:
         """End the association cleanly (RFC 5246 §7.2.1): close_notify, unless the server
         already ended it (its fatal alert or close_notify: anything more would be a stray
         datagram to a server that has moved on). Mid-handshake, when the server may not have
-        switched to our new epoch, close_notify goes in both epochs (it drops the one it
-        cannot read). Waits ``linger`` s for the server's own close_notify."""
+        switched to our new epoch, close_notify goes in every epoch we wrote in (it drops the
+        ones it cannot read). Waits ``linger`` s for the server's own close_notify."""
         if self.server_closed or self.closed:
             self.closed = True
             return
         self.closed = True
         records = [self.alert_record()]
-        if self.write.epoch > 0 and not self.handshake_complete and self.server_ccs_count == 0:
-            records.append(self.record(ContentType.ALERT, bytes((1, 0)), epoch=0))
+        if self.write.epoch > 0 and not self.handshake_complete:
+            # The server may read any epoch we wrote in (it may have dropped our CCS).
+            for epoch in sorted(self.old_writes, reverse=True):
+                records.append(
+                    self._seal_only(ContentType.ALERT, bytes((1, 0)), self.old_writes[epoch])
+                )
         for record in records:
             self.transport.send(record)
         if linger > 0:
