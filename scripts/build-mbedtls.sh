@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# Build mbedTLS's ssl_server2 sample program (not shipped in any Debian binary package) from
-# Debian's mbedtls source package, for the conformance peer (src/d2tls/peers.py, MbedTLSServer).
+# Build mbedTLS's ssl_server2 and ssl_client2 sample programs (not shipped in any Debian binary
+# package) from Debian's mbedtls source package, for the peers in src/d2tls/peers.py
+# (MbedTLSServer, MbedTLSClient).
 #
-# Idempotent and fast when already built: the binary lives in $D2TLS_MBEDTLS_DIR
-# (default /var/cache/d2tls/mbedtls) as bin/ssl_server2, with bin/VERSION naming the source
-# package version. Needs root the first time (deb-src line, apt-get update).
+# Idempotent and fast when already built: the binaries live in $D2TLS_MBEDTLS_DIR
+# (default /var/cache/d2tls/mbedtls) as bin/ssl_server2 and bin/ssl_client2, with bin/VERSION
+# naming the source package version. A program that is missing (e.g. a cache made before
+# ssl_client2 was added) is built from the cached source. Needs root the first time (deb-src
+# line, apt-get update).
 set -euo pipefail
 
 CACHE="${D2TLS_MBEDTLS_DIR:-/var/cache/d2tls/mbedtls}"
-BIN="$CACHE/bin/ssl_server2"
+PROGRAMS=(ssl_server2 ssl_client2)
 log() { printf '[build-mbedtls] %s\n' "$*"; }
 
-if [ -x "$BIN" ] && [ -s "$CACHE/bin/VERSION" ]; then
-    log "present: $BIN ($(cat "$CACHE/bin/VERSION"))"
+missing=()
+for program in "${PROGRAMS[@]}"; do
+    [ -x "$CACHE/bin/$program" ] || missing+=("$program")
+done
+if [ "${#missing[@]}" -eq 0 ] && [ -s "$CACHE/bin/VERSION" ]; then
+    log "present: ${PROGRAMS[*]} in $CACHE/bin ($(cat "$CACHE/bin/VERSION"))"
     exit 0
 fi
+[ -s "$CACHE/bin/VERSION" ] || missing=("${PROGRAMS[@]}")
 
 need=()
 for tool in dpkg-source make gcc; do
@@ -62,12 +70,13 @@ srcdir="$(ls -d mbedtls-*/ | head -n1)"
 srcdir="${srcdir%/}"
 version="$(ls mbedtls_*.dsc | head -n1 | sed -e 's/^mbedtls_//' -e 's/\.dsc$//')"
 
-log "building ssl_server2 from $srcdir ($version)"
+log "building ${missing[*]} from $srcdir ($version)"
 jobs="$(nproc 2>/dev/null || echo 2)"
 make -C "$srcdir/library" -j"$jobs" static >/dev/null
-make -C "$srcdir/programs" -j"$jobs" ssl/ssl_server2 >/dev/null
-
 mkdir -p "$CACHE/bin"
-install -m 0755 "$srcdir/programs/ssl/ssl_server2" "$BIN"
+for program in "${missing[@]}"; do
+    make -C "$srcdir/programs" -j"$jobs" "ssl/$program" >/dev/null
+    install -m 0755 "$srcdir/programs/ssl/$program" "$CACHE/bin/$program"
+done
 echo "mbedtls $version (Debian source package)" >"$CACHE/bin/VERSION"
-log "built $BIN ($(cat "$CACHE/bin/VERSION"))"
+log "built ${missing[*]} in $CACHE/bin ($(cat "$CACHE/bin/VERSION"))"

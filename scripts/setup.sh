@@ -5,8 +5,8 @@
 #     redis-server, iproute2, tshark, maude for Tamarin) with apt-get, only when one of them is missing;
 #  2. creates .venv with Python >= 3.11 if it does not exist;
 #  3. installs d2tls editable with its test extras into .venv;
-#  4. builds mbedTLS's ssl_server2 from Debian's source package (scripts/build-mbedtls.sh),
-#     a conformance peer that no Debian binary package ships.
+#  4. builds mbedTLS's ssl_server2 and ssl_client2 from Debian's source package
+#     (scripts/build-mbedtls.sh): peers that no Debian binary package ships.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -20,6 +20,7 @@ from cryptography.x509.verification import Store
 
 from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
+from d2tls.dtls.connection import Connection
 from d2tls.dtls.constants import CipherSuite
 from d2tls.dtls.events import (
     ApplicationDataReceived,
@@ -94,6 +95,13 @@ class LoadedPKI:
             ca_cert, ca_key, common_name, server_names=names, client=client, **window
         )
         return Identity((cert.public_bytes(Encoding.DER),), key)
+
+
+@pytest.fixture(autouse=True)
+def strict_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test fails on an engine bug: an exception the engine would catch and turn into
+    an internal_error termination in production propagates instead."""
+    monkeypatch.setattr(Connection, "raise_internal_errors", True)
 
 
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:

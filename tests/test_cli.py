@@ -188,7 +188,7 @@ def test_client_json_failure_object(pki: LoadedPKI, server: ServerProcess) -> No
 
 
 def test_client_json_timeout_object(pki: LoadedPKI) -> None:
-    """A peer that never answers: ``handshake timed out`` with no alert, exit status 1."""
+    """A peer that never answers: the error names the peer and the wait, exit status 1."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         silent.settimeout(1)
@@ -197,7 +197,11 @@ def test_client_json_timeout_object(pki: LoadedPKI) -> None:
         assert silent.recv(4096)  # the ClientHello did arrive
     assert run.returncode == 1, run.output
     result = run.json()
-    assert result == {"ok": False, "error": "handshake timed out", "alert": None}
+    assert result == {
+        "ok": False,
+        "error": f"no answer from 127.0.0.1:{port} after 1 s",
+        "alert": None,
+    }
 
 
 def test_client_human_output(pki: LoadedPKI, server: ServerProcess) -> None:
@@ -238,6 +242,7 @@ def test_pki_init_writes_the_files(tmp_path: Path) -> None:
     assert names == {f"{n}.pem" for n in expected} | {f"{n}.key" for n in expected} | {
         "server-chain.pem",
         "psk.txt",
+        "agent-psk.txt",
     }
     for name in expected:
         key_path = directory / f"{name}.key"
@@ -322,10 +327,10 @@ PSK_OK = "device-1:00112233445566778899aabbccddeeff"
             id="client-psk-not-hex-json",
         ),
         pytest.param(
-            [*SERVER, "--psk", "device-1:00"],
-            "16..64 bytes",
+            [*SERVER, "--psk", "device-1:" + "00" * 65],
+            "is 65 bytes; it must be 1..64 bytes",
             False,
-            id="server-psk-too-short",
+            id="server-psk-too-long",
         ),
         pytest.param(
             ["client", "127.0.0.1:9", "--ca", "{ca}", "--cert", "{c}"],

@@ -20,6 +20,10 @@ What happens to garbage (documented behaviour, checked below):
   completes or ends with exactly one ConnectionTerminated event: it never hangs or raises.
   Once the peer's epoch 1 is active, epoch-0 records only serve to detect retransmissions and
   are never fatal.
+* An engine bug is never an acceptable outcome: tests run the engines strict
+  (``Connection.raise_internal_errors``, set in tests/conftest.py), so an exception the engine
+  would turn into an internal_error termination in production propagates and fails the test;
+  an :class:`~d2tls.dtls.events.InternalError` event fails it as well.
 """
 
 from __future__ import annotations
@@ -39,10 +43,18 @@ from conftest import (
     client_config,
     server_config,
 )
+from d2tls.dtls.connection import Connection
 from d2tls.dtls.constants import DTLS_1_0, DTLS_1_2, AlertDescription, ContentType, HandshakeType
-from d2tls.dtls.events import ConnectionTerminated, Event, HandshakeCompleted, SignatureRequested
+from d2tls.dtls.events import (
+    ConnectionTerminated,
+    Event,
+    HandshakeCompleted,
+    InternalError,
+    SignatureRequested,
+)
 from d2tls.dtls.fragments import HandshakeFragment, encode_fragment
 from d2tls.dtls.record import Record, encode_record, parse_datagram
+from d2tls.dtls.server import ServerConnection
 
 MTU = 256  # small flights: more datagrams, so more states between them
 #: Deterministic by default; D2TLS_FUZZ_EXAMPLES=N runs N random examples per test instead.
@@ -217,7 +229,11 @@ def terminations(
 
 def check_outcome(run: Run, client_reads_plaintext: bool, garbage: list[bytes]) -> None:
     """After the garbage and the rest of the honest exchange: completed, or exactly one
-    ConnectionTerminated at the client (never a hang, never a second end)."""
+    ConnectionTerminated at the client (never a hang, never a second end, never a bug)."""
+    bugs = [e for e in run.client_events + run.server_events if isinstance(e, InternalError)]
+    assert not bugs, bugs
+    assert run.server.counters().internal_errors == 0
+    assert run.client.stats["internal_errors"] == 0
     ends = terminations(run.client_events)
     assert len(ends) <= 1, ends
     if not any(plaintext_records(d) for d in garbage) or not client_reads_plaintext:
@@ -403,3 +419,23 @@ def test_handshake_garbage_in_the_handshake_ends_it_with_an_alert(pki: LoadedPKI
     assert end.reason == "Finished is not allowed in state wait_server_hello"
     assert (end.alert, end.by_peer) == (AlertDescription.UNEXPECTED_MESSAGE, False)
     assert not any(isinstance(e, HandshakeCompleted) for e in run.client_events)
+
+
+def test_an_injected_engine_bug_fails_the_fuzz_checks(
+    pki: LoadedPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fuzz tests can catch engine bugs: a crashing callback used to become a quiet
+    "internal error" termination that ``check_outcome`` accepted as one ConnectionTerminated."""
+
+    def crash(self: ServerConnection) -> None:
+        raise RuntimeError("injected bug")
+
+    monkeypatch.setattr(ServerConnection, "process_client_key_exchange", crash)
+    run = server_at(pki, "none")
+    with pytest.raises(RuntimeError, match="injected bug"):  # strict: the bug propagates
+        finish(run, pki)
+    monkeypatch.setattr(Connection, "raise_internal_errors", False)
+    run = server_at(pki, "none")
+    finish(run, pki)  # production: caught, alert sent, counted, but still a failed check
+    with pytest.raises(AssertionError, match="InternalError"):
+        check_outcome(run, True, [])

@@ -333,9 +333,20 @@ def test_background_load_balancer_for_synchronous_callers() -> None:
 # --------------------------------------------------------------------------- the demo
 
 
-def test_fleet_demo_as_processes() -> None:
+@pytest.mark.parametrize(
+    ("n", "device_instances", "rows"),
+    [
+        # Two instances: the second resumption wraps around to A, after B in time (this once
+        # failed: resumptions were compared in instance order, A before B).
+        (2, ["B", "A"], {"A": [False, True], "B": [True]}),
+        (3, ["B", "C"], {"A": [False], "B": [True], "C": [True]}),
+    ],
+)
+def test_fleet_demo_as_processes(
+    n: int, device_instances: list[str], rows: dict[str, list[bool]]
+) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "d2tls.cli", "demo", "--fleet", "3", "--json"],
+        [sys.executable, "-m", "d2tls.cli", "demo", "--fleet", str(n), "--json"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -345,20 +356,35 @@ def test_fleet_demo_as_processes() -> None:
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["ok"] is True
     assert result["agent_instance"] == "A"
-    assert result["device_instances"] == ["B", "C"]
+    assert result["device_instances"] == device_instances
     assert [c["delegations"] for c in result["device"]] == [1, 0]
     assert result["sessions_in_redis"] == 1
-    rows = {i["name"]: [h["resumed"] for h in i["handshakes"]] for i in result["instances"]}
-    assert rows == {"A": [False], "B": [True], "C": [True]}
+    seen = {i["name"]: [h["resumed"] for h in i["handshakes"]] for i in result["instances"]}
+    assert seen == rows
 
 
-def test_fleet_demo_text_and_bad_size() -> None:
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--fleet", "0"], "2 to 26"),
+        (["--fleet", "1"], "2 to 26"),
+        (["--fleet", "27"], "2 to 26"),
+        (["--fleet", "x"], "2 to 26"),
+        (["--fleet", "3", "--server", "openssl"], "--server openssl"),
+        (["--fleet", "3", "--server", "gnutls"], "--server gnutls"),
+    ],
+)
+def test_fleet_demo_bad_arguments_exit_2(args: list[str], fragment: str) -> None:
+    """argparse's usual usage error (status 2) before anything starts; never a silent fallback."""
     completed = subprocess.run(
-        [sys.executable, "-m", "d2tls.cli", "demo", "--fleet", "1"],
+        [sys.executable, "-m", "d2tls.cli", "demo", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert completed.returncode != 0
-    assert "2 to" in completed.stderr
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    assert "usage: d2tls demo" in completed.stderr
+    assert fragment in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert completed.stdout == ""

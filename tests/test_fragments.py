@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from d2tls.dtls.constants import MAX_HANDSHAKE_MESSAGE, HandshakeType
 from d2tls.dtls.fragments import (
+    MAX_REASSEMBLY_BYTES,
+    PIECE_OVERHEAD,
     HandshakeFragment,
     ReassembledMessage,
     Reassembler,
@@ -425,3 +427,49 @@ def test_disagreeing_overlap_always_detected(body: bytes, data: st.DataObject) -
     r.add(HandshakeFragment(1, n, 0, a1, b1 - a1, first[a1:b1]))
     with pytest.raises(IllegalParameter):
         r.add(HandshakeFragment(1, n, 0, a2, b2 - a2, second[a2:b2]))
+
+
+def test_memory_follows_the_bytes_received_not_the_declared_length() -> None:
+    """A fragment declaring a 64 KiB message used to allocate 64 KiB at once; now only what
+    arrived is held (plus PIECE_OVERHEAD per piece), and the accounting returns to zero."""
+    r = Reassembler()
+    assert r.add(HandshakeFragment(11, MAX_HANDSHAKE_MESSAGE, 0, 30_000, 10, bytes(10))) == (
+        "buffered"
+    )
+    assert r.buffered_bytes == 10 + PIECE_OVERHEAD
+    assert r.add(HandshakeFragment(11, MAX_HANDSHAKE_MESSAGE, 0, 30_005, 10, bytes(10))) == (
+        "buffered"
+    )
+    assert r.buffered_bytes == 15 + 2 * PIECE_OVERHEAD  # only the 5 new bytes are stored
+    r.reset(0)
+    assert r.buffered_bytes == 0
+    body = bytes(range(256)) * 8
+    for fragment in reversed(fragment_message(11, 0, body, 100)):
+        assert r.add(fragment) == "buffered"
+    assert r.pop() == ReassembledMessage(11, 0, body)
+    assert r.buffered_bytes == 0
+
+
+def test_per_association_bounds_drop_what_exceeds_them() -> None:
+    """Per association: at most max_bytes accounted bytes and messages of max_length; what
+    exceeds a bound is dropped (RFC 6347 §4.1.2.7) and counted, never an error."""
+    assert MAX_REASSEMBLY_BYTES >= MAX_HANDSHAKE_MESSAGE + PIECE_OVERHEAD
+    r = Reassembler(max_bytes=1000, max_length=600)
+    assert r.add(HandshakeFragment(11, 601, 0, 0, 10, bytes(10))) == "dropped"
+    assert r.add(HandshakeFragment(11, 600, 0, 0, 500, bytes(500))) == "buffered"
+    assert r.add(HandshakeFragment(11, 600, 1, 0, 500, bytes(500))) == "dropped"  # 1128 > 1000
+    assert r.add(HandshakeFragment(11, 600, 1, 0, 300, bytes(300))) == "buffered"
+    assert r.buffered_bytes == 800 + 2 * PIECE_OVERHEAD and r.dropped == 2
+    assert r.add(HandshakeFragment(11, 600, 0, 500, 100, bytes(100))) == "dropped"
+    assert r.add(HandshakeFragment(11, 600, 0, 500, 8, bytes(8))) == "buffered"  # 1000: fits
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5000), st.integers(0, 200)), max_size=80)
+)
+def test_accounting_never_exceeds_max_bytes(items: list[tuple[int, int, int]]) -> None:
+    r = Reassembler(max_ahead=4, max_bytes=4000)
+    for seq, offset, size in items:
+        body = bytes((offset + i) % 251 for i in range(size))  # consistent bytes per position
+        r.add(HandshakeFragment(1, 5200, seq, offset, size, body))
+        assert r.buffered_bytes <= 4000

@@ -7,11 +7,12 @@ seeds, or let an untyped exception through, would make the fuzzing runs meaningl
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
 
-from d2tls.adversary.fuzz import TARGETS, _all, guarded, main
+from d2tls.adversary.fuzz import TARGETS, _all, fuzz_record, guarded, main
 from d2tls.adversary.world import D2TLSWorld
 from d2tls.delegation.messages import (
     DelegationError,
@@ -22,8 +23,14 @@ from d2tls.delegation.messages import (
     Wiped,
     encode_message,
 )
+from d2tls.dtls.client import DTLSClient
+from d2tls.dtls.config import ClientConfig, ServerConfig
+from d2tls.dtls.connection import Connection
+from d2tls.dtls.constants import AlertDescription, CipherSuite
+from d2tls.dtls.events import InternalError
 from d2tls.dtls.fragments import parse_handshake_fragments
 from d2tls.dtls.record import parse_datagram
+from d2tls.dtls.server import DTLSServer, ServerConnection
 from d2tls.errors import D2TLSError
 
 
@@ -91,3 +98,67 @@ def test_harness_lets_untyped_errors_through() -> None:
 
 def test_unknown_target_is_an_error() -> None:
     assert main(["fuzz", "nonsense"]) == 2
+
+
+def _client_hello_datagram() -> bytes:
+    client = DTLSClient(
+        ClientConfig(
+            cipher_suites=(CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,),
+            psk_identity=b"device-1",
+            psk=bytes(32),
+        )
+    )
+    client.connect(0.0)
+    (hello,) = client.datagrams_to_send(0.0)
+    return hello
+
+
+def _inject_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A callback of the server's state machine that crashes: an engine bug."""
+
+    def crash(self: object) -> None:
+        raise KeyError("injected bug")
+
+    monkeypatch.setattr(ServerConnection, "check_client_hello", crash)
+
+
+def test_an_injected_internal_error_fails_the_strict_harness(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tests run the engine strict (tests/conftest.py): the bug itself propagates through the
+    harness, which lets only typed rejections pass."""
+    hello = _client_hello_datagram()
+    guarded(fuzz_record)(hello)  # the real ClientHello passes
+    _inject_bug(monkeypatch)
+    with pytest.raises(KeyError, match="injected bug"):
+        guarded(fuzz_record)(hello)
+
+
+def test_without_strict_mode_an_internal_error_is_still_a_finding(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Production mode (atheris runs): the engine catches the bug and ends the handshake with
+    a fatal internal_error alert, an InternalError event, a counter and a log line; the
+    harness turns the counter into a finding."""
+    monkeypatch.setattr(Connection, "raise_internal_errors", False)
+    _inject_bug(monkeypatch)
+    hello = _client_hello_datagram()
+    with pytest.raises(AssertionError, match="internal error in the server engine"):
+        guarded(fuzz_record)(hello)
+
+    server = DTLSServer(
+        ServerConfig(
+            cipher_suites=(CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,),
+            psk_keys={b"device-1": bytes(32)},
+        )
+    )
+    with caplog.at_level(logging.ERROR, logger="d2tls.dtls"):
+        server.receive_datagram(hello, ("192.0.2.9", 9), 0.0)
+    ((reply, _),) = server.datagrams_to_send(0.0)
+    ((record,), _) = parse_datagram(reply)
+    assert (record.content_type, record.fragment) == (21, bytes([2, 80]))  # fatal internal_error
+    (event,) = iter(server.next_event, None)
+    assert isinstance(event, InternalError) and event.exception == "KeyError: 'injected bug'"
+    assert event.alert == AlertDescription.INTERNAL_ERROR
+    assert server.counters().internal_errors == 1
+    assert "internal error in dtls_server" in caplog.text and "KeyError" in caplog.text

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -391,8 +393,12 @@ def _run_cli(*args: str, path: str) -> subprocess.CompletedProcess[str]:
 def test_prove_help() -> None:
     result = _run_cli("prove", "--help", path=os.environ.get("PATH", ""))
     assert result.returncode == 0
-    for option in ("--lemma", "--timeout", "--json", "--static", "THEORY"):
+    for option in ("--lemma", "--timeout", "--json", "--static", "--check-only", "THEORY"):
         assert option in result.stdout
+    # Plain text, not the module's reStructuredText.
+    for markup in ("``", ":data:", ":func:", "::"):
+        assert markup not in result.stdout, markup
+    assert "130" in result.stdout and "143" in result.stdout  # the signal exit statuses
 
 
 def test_prove_without_tamarin_or_maude_says_so(tmp_path: Path) -> None:
@@ -411,10 +417,26 @@ def test_prove_names_only_the_missing_tool(tmp_path: Path) -> None:
     assert "maude not found" not in result.stderr
 
 
-def test_prove_static_checks_without_tamarin(tmp_path: Path) -> None:
-    result = _run_cli("prove", "--static", path=str(tmp_path))
+@pytest.mark.parametrize("option", ["--static", "--check-only"])
+def test_prove_static_checks_without_tamarin(tmp_path: Path, option: str) -> None:
+    result = _run_cli("prove", option, path=str(tmp_path))
     assert result.returncode == EXIT_OK, result.stdout + result.stderr
-    assert "syntax ok" in result.stdout
+    assert "d2tls_dtls12.spthy: syntax ok" in result.stdout
+
+
+def test_prove_uses_the_proofs_directory_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """D2TLS_PROOFS_DIR replaces the installed theories; naming no directory is an error."""
+    other = tmp_path / "proofs"
+    other.mkdir()
+    shutil.copy(MAIN_THEORY, other / "renamed.spthy")
+    monkeypatch.setenv("D2TLS_PROOFS_DIR", str(other))
+    assert d2tls_main(["prove", "--static"]) == EXIT_OK
+    assert "renamed.spthy: syntax ok" in capsys.readouterr().out
+    monkeypatch.setenv("D2TLS_PROOFS_DIR", str(tmp_path / "missing"))
+    assert d2tls_main(["prove", "--static"]) == EXIT_USAGE
+    assert f"D2TLS_PROOFS_DIR={tmp_path / 'missing'}: no such directory" in capsys.readouterr().err
 
 
 def test_prove_unknown_lemma_or_theory_is_a_usage_error(
@@ -423,6 +445,89 @@ def test_prove_unknown_lemma_or_theory_is_a_usage_error(
     assert d2tls_main(["prove", "--lemma", "no_such_lemma"]) == EXIT_USAGE
     assert "no such lemma: no_such_lemma" in capsys.readouterr().err
     assert d2tls_main(["prove", "no_such_theory"]) == EXIT_USAGE
+
+
+#: A tamarin-prover stand-in that never finishes a proof: it starts a child of its own (as
+#: Tamarin starts maude), appends "PID CHILD_PID" to $PIDS and sleeps.
+SLEEPER = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    if "--version" in sys.argv:
+        print("tamarin-prover 1.8.0 (stand-in)"); sys.exit(0)
+    if not any(a.startswith("--prove=") for a in sys.argv):
+        print("summary of summaries:"); sys.exit(0)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    with open(os.environ["PIDS"], "a") as f:
+        f.write(f"{os.getpid()} {child.pid}\\n")
+    time.sleep(300)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` is a process that is not a zombie."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "lemmas",
+    [
+        ["executable_bound", "executable_blind"],  # proved side by side by the thread pool
+        ["injective_agreement_full_blind"],  # alone = true: proved in the main thread
+    ],
+    ids=["pooled", "alone"],
+)
+def test_prove_exits_on_signal_and_kills_every_prover(
+    tmp_path: Path, signum: signal.Signals, lemmas: list[str]
+) -> None:
+    """SIGINT/SIGTERM: exit status 128 + signal, no traceback, no tamarin-prover left."""
+    tamarin = _script(tmp_path / "tamarin-prover", SLEEPER)
+    maude = _script(tmp_path / "maude", "print('Maude 3.2.1')")
+    pids_file = tmp_path / "pids"
+    argv = [sys.executable, "-m", "d2tls.cli", "prove", "--tamarin-prover", str(tamarin)]
+    argv += ["--maude", str(maude), "--jobs", str(len(lemmas))]
+    for lemma in lemmas:
+        argv += ["--lemma", lemma]
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PIDS=str(pids_file)),
+        cwd=tmp_path,
+        # A test runner started in the background may hand SIGINT down as ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            lines = pids_file.read_text().splitlines() if pids_file.exists() else []
+            if len(lines) == len(lemmas):
+                break
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the stand-in provers did not start: {lines}")
+        pids = [int(pid) for line in lines for pid in line.split()]
+        assert all(_alive(pid) for pid in pids)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 128 + signum, out + err
+    assert f"stopped by {signum.name}" in err
+    assert "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in pids if _alive(pid)], "orphan stand-in provers"
 
 
 def _script(path: Path, body: str) -> Path:

@@ -1,34 +1,33 @@
-"""The ``d2tls`` command line."""
+"""The ``d2tls`` command line.
+
+Start-up is kept short: this module imports only what building the parser needs; each
+command imports its engines when it runs, and the plugin commands (``PLUGINS``) are imported
+only when chosen.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
 from d2tls.dtls.constants import CIPHER_SUITE_NAMES, CipherSuite
-from d2tls.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
-from d2tls.dtls.keylog import keylog_from_environment
-from d2tls.dtls.server import DTLSServer
-from d2tls.dtls.session_file import load_session, save_session
 from d2tls.errors import D2TLSError
-from d2tls.model.spec import RoleSpec
-from d2tls.net.udp import ClientEndpoint, ConnectionFailed, ServerEndpoint
-from d2tls.pki.verify import (
-    certificate_subject,
-    load_certificate_chain,
-    load_private_key,
-    load_trust_store,
-    parse_psk,
-)
-from d2tls.trace import TraceFile, tagged
+
+if TYPE_CHECKING:
+    from d2tls.dtls.config import ClientConfig, ServerConfig
+    from d2tls.model.spec import RoleSpec
+    from d2tls.pki.revocation import ClientRevocations
+
+#: Default ``--timeout`` of ``client`` and ``device``: the whole handshake, with the RFC 6347
+#: retransmissions (1 s, 2 s, 4 s, ...) inside it.
+HANDSHAKE_TIMEOUT = 10.0
+#: ``demo --fleet N``: instances are named A..Z.
+MAX_FLEET = 26
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -44,10 +43,42 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def server_rule(text: str) -> str:
+    """An argparse type for ``--allow-server`` (d2tls.delegation.policy.parse_server_rule)."""
+    from d2tls.delegation.policy import parse_server_rule
+
+    try:
+        parse_server_rule(text)
+    except D2TLSError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def positive_int(text: str) -> int:
     """An argparse type for counts >= 1."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type for durations > 0 (seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def fleet_size(text: str) -> int:
+    """An argparse type for ``demo --fleet``: 2..MAX_FLEET server instances."""
+    if not text.isdigit() or not 2 <= int(text) <= MAX_FLEET:
+        raise argparse.ArgumentTypeError(
+            f"expected 2 to {MAX_FLEET} server instances, got {text!r} "
+            "(without --fleet the demo runs one server)"
+        )
     return int(text)
 
 
@@ -77,6 +108,15 @@ def open_session_store(url: str, key_file: str | None) -> Any:
 
 
 def build_server_config(args: argparse.Namespace) -> ServerConfig:
+    from d2tls.dtls.config import ClientAuth, ServerConfig
+    from d2tls.dtls.keylog import keylog_from_environment
+    from d2tls.pki.verify import (
+        load_certificate_chain,
+        load_private_key,
+        load_trust_store,
+        parse_psk,
+    )
+
     psk_keys = dict(parse_psk(p) for p in args.psk or [])
     default: tuple[CipherSuite, ...]
     if args.cert:
@@ -99,11 +139,33 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
         cookie_exchange=not args.no_cookie,
         mtu=args.mtu,
         keylog=keylog_from_environment(),
+        max_connections=args.max_connections,
+        max_half_open=args.max_half_open,
+        resume_without_cookie=args.resume_without_cookie,
+        revocations=_server_revocations(args),
     )
     return config
 
 
+def _server_revocations(args: argparse.Namespace) -> ClientRevocations | None:
+    """The CRLs of ``--crl`` (checked against the CAs of ``--ca``), or None."""
+    from d2tls.errors import ConfigurationError
+    from d2tls.pki.revocation import ClientRevocations
+
+    if not args.crl:
+        return None
+    if not args.ca:
+        raise ConfigurationError("--crl needs --ca (the CA that signed the CRL)")
+    return ClientRevocations.load([Path(p) for p in args.crl], Path(args.ca))
+
+
 async def run_server(args: argparse.Namespace) -> int:
+    """Serve until stopped by a signal (d2tls.interrupt); the finally block closes it."""
+    from d2tls.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
+    from d2tls.dtls.server import DTLSServer
+    from d2tls.net.udp import ServerEndpoint
+    from d2tls.trace import TraceFile, tagged
+
     host, port = args.listen
     trace = TraceFile(Path(args.trace)) if args.trace else None
     engine = DTLSServer(
@@ -126,21 +188,60 @@ async def run_server(args: argparse.Namespace) -> int:
             print(f"closed {event.peer}: {event.reason} (alert {alert})", flush=True)
 
     endpoint = await ServerEndpoint.listen(host, port, engine, echo=args.echo, on_event=report)
+    if args.stats_file:
+        _write_stats_on_sigusr1(engine, Path(args.stats_file))
     print(
         f"listening on {endpoint.address[0]}:{endpoint.address[1]}" if endpoint.address else "",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    endpoint.close()
+    try:
+        await _forever()
+    finally:
+        endpoint.close()
     return 0
+
+
+def _write_stats_on_sigusr1(engine: Any, path: Path) -> None:
+    """On SIGUSR1, write ``engine.counters()`` as one JSON object to ``path`` (atomically:
+    a temporary file renamed over it, so a reader never sees half a file)."""
+    import asyncio
+    import dataclasses
+    import os
+    import signal
+
+    def write() -> None:
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(dataclasses.asdict(engine.counters())), encoding="utf-8")
+        os.replace(temporary, path)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, write)
+
+
+def _run_async(coroutine: Coroutine[Any, Any, int]) -> int:
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
+async def _forever() -> None:
+    """Wait until cancelled (a signal stops the command: see d2tls.interrupt)."""
+    import asyncio
+
+    await asyncio.get_running_loop().create_future()
 
 
 # --------------------------------------------------------------------------- client
 def build_client_config(args: argparse.Namespace) -> ClientConfig:
+    from d2tls.dtls.config import ClientConfig
+    from d2tls.dtls.keylog import keylog_from_environment
+    from d2tls.dtls.session_file import load_session
+    from d2tls.pki.verify import (
+        load_certificate_chain,
+        load_private_key,
+        load_trust_store,
+        parse_psk,
+    )
+
     psk_identity, psk = parse_psk(args.psk) if args.psk else (None, None)
     default = (
         (CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,)
@@ -164,7 +265,20 @@ def build_client_config(args: argparse.Namespace) -> ClientConfig:
     )
 
 
+def _cmd_client(args: argparse.Namespace) -> int:
+    import asyncio
+
+    result = asyncio.run(run_client(args))
+    print_client_result(result, args.json)
+    return 0 if result["ok"] else 1
+
+
 async def run_client(args: argparse.Namespace) -> dict[str, Any]:
+    from d2tls.dtls.client import DTLSClient
+    from d2tls.dtls.session_file import save_session
+    from d2tls.net.udp import ClientEndpoint, ConnectionFailed
+    from d2tls.pki.verify import certificate_subject
+
     result: dict[str, Any] = {"ok": False}
     config = build_client_config(args)
     if config.certificate_chain and config.private_key is None:
@@ -190,7 +304,13 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
             ),
         )
         if args.session_out:
-            save_session(done.session, Path(args.session_out))
+            try:  # an empty session ID cannot be resumed: say so now, write no file
+                save_session(
+                    done.session, Path(args.session_out), f"{args.address[0]}:{args.address[1]}"
+                )
+            except D2TLSError:
+                await endpoint.close()
+                raise
         result["received"] = None
         if args.send is not None:
             endpoint.send(args.send.encode())
@@ -204,12 +324,13 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
     except ConnectionFailed as exc:
         result.update(
             ok=False,
-            error=exc.terminated.reason,
+            error=exc.terminated.reason or str(exc),
             alert=exc.terminated.alert.name.lower() if exc.terminated.alert else None,
             alert_from_peer=exc.terminated.by_peer,
         )
-    except TimeoutError:
-        result.update(ok=False, error="handshake timed out", alert=None)
+        await endpoint.close()
+    except TimeoutError as exc:  # NoAnswer / HandshakeTimeout name the peer and the wait
+        result.update(ok=False, error=str(exc) or "handshake timed out", alert=None)
         await endpoint.close()
     return result
 
@@ -237,13 +358,32 @@ def print_client_result(result: dict[str, Any], as_json: bool) -> None:
         if "received" in result:
             print(f"received: {result['received']}")
     else:
-        print(f"failed: {result.get('error')} (alert {result.get('alert')})", file=sys.stderr)
+        alert = result.get("alert")
+        if alert:
+            side = "from the server" if result.get("alert_from_peer") else "sent"
+            print(f"failed: {result.get('error')} (alert {alert} {side})", file=sys.stderr)
+        else:
+            print(f"failed: {result.get('error')}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- agent, device
 async def run_agent(args: argparse.Namespace) -> int:
-    from d2tls.pki.verify import load_psk_file
+    """Serve devices until stopped by a signal; the finally block closes and reports."""
+    import logging
+
+    from d2tls.delegation.policy import AgentPolicy, load_agent_psk_file
+    from d2tls.dtls.keylog import keylog_from_environment
+    from d2tls.pki.verify import load_certificate_chain, load_trust_store
     from d2tls.roles.agent import Agent, AgentConfig
+    from d2tls.trace import TraceFile
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("agent: %(message)s"))
+    logging.getLogger("d2tls.agent").addHandler(handler)
+    logging.getLogger("d2tls.agent").setLevel(logging.INFO)
+    policy = AgentPolicy.build(
+        load_agent_psk_file(Path(args.psk_file)), args.allow_server or (), args.allow_unbound
+    )
 
     trace = TraceFile(Path(args.trace)) if args.trace else None
     issuer = None
@@ -252,30 +392,49 @@ async def run_agent(args: argparse.Namespace) -> int:
 
         issuer = x509.load_der_x509_certificate(load_certificate_chain(Path(args.ca))[0])
     config = AgentConfig(
-        psk_keys=load_psk_file(Path(args.psk_file)),
+        psk_keys=policy.psk_keys,
         trust_store=load_trust_store(Path(args.ca)),
+        policy=policy,
         ocsp_url=args.ocsp,
         context_lifetime=args.context_lifetime,
         keylog=keylog_from_environment(),
         tracer=trace,
+        max_connections=args.max_connections,
+        max_half_open=args.max_half_open,
     )
     agent = Agent(config, ocsp_issuer=issuer)
     host, port = await agent.start(*args.listen)
     print(f"agent listening on {host}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    agent.close()
-    print(f"agent: {agent.completed} delegations completed, {agent.failed} failed", flush=True)
+    try:
+        await _forever()
+    finally:
+        agent.close()
+        print(f"agent: {agent.completed} delegations completed, {agent.failed} failed", flush=True)
     return 0
+
+
+def _cmd_device(args: argparse.Namespace) -> int:
+    import asyncio
+
+    result = asyncio.run(run_device(args))
+    print_device_result(result, args.json)
+    return 0 if result["ok"] else 1
 
 
 async def run_device(args: argparse.Namespace) -> dict[str, Any]:
     from d2tls.delegation.messages import DelegationMode
+    from d2tls.dtls.config import ClientConfig
+    from d2tls.dtls.keylog import keylog_from_environment
+    from d2tls.net.udp import ConnectionFailed
+    from d2tls.pki.verify import (
+        load_certificate_chain,
+        load_private_key,
+        load_trust_store,
+        parse_psk,
+    )
     from d2tls.roles.device import DelegationFailed, Device, DeviceConfig, run_standalone
     from d2tls.roles.signer import DeviceSigner
+    from d2tls.trace import TraceFile, tagged
 
     trace = TraceFile(Path(args.trace)) if args.trace else None
     chain = tuple(load_certificate_chain(Path(args.cert)))
@@ -298,10 +457,13 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.connections):
             try:
                 connection, report = await run_standalone(
-                    config, args.server, tracer=tagged(trace, party="device", link="device-server")
+                    config,
+                    args.server,
+                    tracer=tagged(trace, party="device", link="device-server"),
+                    timeout=args.timeout,
                 )
             except (ConnectionFailed, TimeoutError) as exc:
-                result["error"] = str(exc)
+                result["error"] = str(exc) or f"no answer from the server after {args.timeout:g} s"
                 return result
             entry = report.to_dict()
             entry["received"] = await _exchange(connection, args)
@@ -324,13 +486,14 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             cipher_suites=suites,
             keylog=keylog_from_environment(),
             tracer=trace,
+            timeout=args.timeout,
         )
     )
     for _ in range(args.connections):
         try:
             connection = await device.connect()
         except DelegationFailed as exc:
-            result["error"] = str(exc)
+            result["error"] = str(exc) or "delegation failed (no reason given)"
             return result
         entry = connection.report.to_dict()
         entry["session_id"] = connection.session.session_id.hex()
@@ -341,6 +504,8 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _exchange(connection: Any, args: argparse.Namespace) -> str | None:
+    from d2tls.net.udp import ConnectionFailed
+
     received = None
     if args.send is not None:
         connection.send(args.send.encode())
@@ -374,16 +539,23 @@ def print_device_result(result: dict[str, Any], as_json: bool) -> None:
 def run_pki_init(args: argparse.Namespace) -> int:
     from d2tls.pki.generate import init_pki
 
-    paths = init_pki(Path(args.directory), server_name=args.server_name, devices=args.devices)
+    paths = init_pki(
+        Path(args.directory),
+        server_name=args.server_name,
+        devices=args.devices,
+        replace=args.force,
+    )
     print(f"CA:      {paths.ca_cert}")
     print(f"server:  {paths.server_cert} (key {paths.server_key})")
     for device in paths.devices:
         print(f"device:  {device.cert} (key {device.key})")
     print(f"PSKs:    {paths.psk_file}")
+    print(f"agent:   {paths.agent_psk_file} (the PSKs bound to the device certificates)")
     return 0
 
 
 def run_pki_ocsp(args: argparse.Namespace) -> int:
+    """Serve OCSP until stopped by a signal (d2tls.interrupt)."""
     from d2tls.pki.ocsp import run_ocsp_responder_forever
 
     run_ocsp_responder_forever(Path(args.pki), args.listen[0], args.listen[1])
@@ -433,36 +605,100 @@ def run_model_table(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from d2tls.demo import run_demo as demo
-
-    if args.fleet:
+    if args.fleet is not None:
         from d2tls.fleet import run_fleet_demo
 
-        return run_fleet_demo(args.fleet, as_json=args.json)
-    return demo(as_json=args.json, server_kind=args.server, keep=args.keep)
+        return run_fleet_demo(args.fleet, as_json=args.json, keep=args.keep)
+    from d2tls.demo import run_demo as demo
+
+    return demo(as_json=args.json, server_kind=args.server or "d2tls", keep=args.keep)
 
 
 # --------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="d2tls", description="D2TLS: delegation-based DTLS 1.2")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_association_limits(parser: argparse.ArgumentParser) -> None:
+    """``--max-connections`` / ``--max-half-open`` (docs/security.md, association limits)."""
+    from d2tls.dtls.config import ServerConfig
 
-    server = sub.add_parser("server", help="run a DTLS 1.2 server")
-    server.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT")
+    defaults = ServerConfig()
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=defaults.max_connections,
+        metavar="N",
+        help="associations held; a live established one is never evicted (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-half-open",
+        type=positive_int,
+        default=defaults.max_half_open,
+        metavar="N",
+        help="unfinished handshakes held, oldest evicted first (default %(default)s)",
+    )
+
+
+# One ``_add_<command>(subparsers)`` per subcommand: it declares the options and sets
+# ``handler`` (``args -> exit status``) and, if needed, ``check`` (``(parser, args) -> None``,
+# calls ``parser.error`` for combinations argparse cannot express). Adding an option is a
+# local change to one of these functions.
+def _add_server(sub: Any) -> None:
+    server = sub.add_parser("server", help="run a DTLS 1.2 server (until Ctrl-C)")
+    server.add_argument(
+        "--listen",
+        type=parse_address,
+        required=True,
+        metavar="HOST:PORT",
+        help="UDP address to listen on (port 0: any free port, printed at start)",
+    )
     server.add_argument("--cert", help="server certificate chain (PEM)")
     server.add_argument("--key", help="server private key (PEM, P-256)")
     server.add_argument("--ca", help="trust store for client certificates (PEM)")
-    server.add_argument("--require-client-cert", action="store_true")
+    server.add_argument(
+        "--require-client-cert",
+        action="store_true",
+        help="refuse clients without a certificate (needs --ca)",
+    )
     server.add_argument(
         "--psk", action="append", metavar="ID:HEX", help="accept this PSK (repeatable)"
     )
-    server.add_argument("--cipher", action="append", choices=sorted(CIPHER_SUITE_NAMES))
+    server.add_argument(
+        "--cipher",
+        action="append",
+        choices=sorted(CIPHER_SUITE_NAMES),
+        help="offer only these cipher suites (repeatable; default: all that the keys allow)",
+    )
     server.add_argument("--echo", action="store_true", help="echo application data back")
-    server.add_argument("--session-lifetime", type=float, default=3600.0, metavar="S")
-    server.add_argument("--mtu", type=int, default=1400)
+    server.add_argument(
+        "--session-lifetime",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="seconds a session can be resumed (default 3600)",
+    )
+    server.add_argument(
+        "--mtu", type=int, default=1400, help="largest datagram to send, bytes (default 1400)"
+    )
     server.add_argument("--no-cookie", action="store_true", help="skip HelloVerifyRequest (unsafe)")
-    server.add_argument("--quiet", action="store_true")
+    server.add_argument(
+        "--resume-without-cookie",
+        action="store_true",
+        help="resume known sessions without HelloVerifyRequest (RFC 6347 4.2.1; "
+        "see docs/security.md for the amplification bound)",
+    )
+    server.add_argument(
+        "--crl",
+        action="append",
+        metavar="FILE",
+        help="refuse client certificates this CRL revokes (PEM/DER, signed by a --ca; repeatable)",
+    )
+    server.add_argument("--quiet", action="store_true", help="do not print one line per handshake")
     server.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    server.add_argument(
+        "--stats-file",
+        metavar="FILE",
+        help="on SIGUSR1, write the server's counters (pending hellos, half-open and "
+        "established associations, drops, internal errors) to FILE as JSON",
+    )
+    add_association_limits(server)
     server.add_argument(
         "--session-store",
         default="memory://",
@@ -474,149 +710,317 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="key that encrypts master secrets in sqlite/redis stores (32 bytes, hex)",
     )
+    server.set_defaults(handler=lambda args: _run_async(run_server(args)))
 
-    client = sub.add_parser("client", help="run a DTLS 1.2 client")
-    client.add_argument("address", type=parse_address, metavar="HOST:PORT")
+
+def _add_client(sub: Any) -> None:
+    client = sub.add_parser("client", help="run a DTLS 1.2 client (one handshake)")
+    client.add_argument(
+        "address", type=parse_address, metavar="HOST:PORT", help="the server's UDP address"
+    )
     client.add_argument("--ca", help="trust store for the server certificate (PEM)")
     client.add_argument("--cert", help="client certificate chain (PEM)")
     client.add_argument("--key", help="client private key (PEM)")
     client.add_argument("--server-name", help="expected server name (default: HOST)")
-    client.add_argument("--psk", metavar="ID:HEX")
-    client.add_argument("--cipher", action="append", choices=sorted(CIPHER_SUITE_NAMES))
-    client.add_argument("--mtu", type=int, default=1400)
+    client.add_argument("--psk", metavar="ID:HEX", help="pre-shared key: identity and hex key")
+    client.add_argument(
+        "--cipher",
+        action="append",
+        choices=sorted(CIPHER_SUITE_NAMES),
+        help="offer only these cipher suites (repeatable)",
+    )
+    client.add_argument(
+        "--mtu", type=int, default=1400, help="largest datagram to send, bytes (default 1400)"
+    )
     client.add_argument("--session-in", metavar="FILE", help="resume the session saved in FILE")
     client.add_argument(
         "--session-out", metavar="FILE", help="save the session (holds a secret; 0600)"
     )
     client.add_argument("--send", metavar="TEXT", help="send TEXT and print the reply")
     client.add_argument("--json", action="store_true", help="print one JSON object")
-    client.add_argument("--timeout", type=float, default=30.0)
-    client.add_argument("--receive-timeout", type=float, default=3.0)
+    _add_timeouts(client)
+    client.set_defaults(handler=_cmd_client)
 
+
+def _add_timeouts(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=HANDSHAKE_TIMEOUT,
+        metavar="S",
+        help=f"give up a handshake after S seconds, retransmissions included "
+        f"(RFC 6347 §4.2.4; default {HANDSHAKE_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--receive-timeout",
+        type=positive_float,
+        default=3.0,
+        metavar="S",
+        help="seconds to wait for the reply to --send (default 3)",
+    )
+
+
+def _add_pki(sub: Any) -> None:
     pki = sub.add_parser("pki", help="test PKI").add_subparsers(dest="pki_command", required=True)
     init = pki.add_parser("init", help="create a CA, a server certificate, devices and PSKs")
-    init.add_argument("directory")
-    init.add_argument("--server-name", default="localhost")
-    init.add_argument("--devices", type=positive_int, default=1)
-    ocsp = pki.add_parser("ocsp", help="run an OCSP responder for the PKI's CA (RFC 6960)")
-    ocsp.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT")
-    ocsp.add_argument("--pki", required=True, metavar="DIR")
+    init.add_argument("directory", help="where to write the PKI (created if missing)")
+    init.add_argument(
+        "--server-name", default="localhost", help="DNS name in the server certificate"
+    )
+    init.add_argument(
+        "--devices", type=positive_int, default=1, help="device certificates to issue (default 1)"
+    )
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing PKI in DIRECTORY (deletes its CA, keys, devices and PSKs)",
+    )
+    init.set_defaults(handler=run_pki_init)
+    ocsp = pki.add_parser(
+        "ocsp", help="run an OCSP responder for the PKI's CA (RFC 6960; until Ctrl-C)"
+    )
+    ocsp.add_argument(
+        "--listen",
+        type=parse_address,
+        required=True,
+        metavar="HOST:PORT",
+        help="TCP address of the HTTP responder",
+    )
+    ocsp.add_argument("--pki", required=True, metavar="DIR", help="a directory from 'pki init'")
+    ocsp.set_defaults(handler=run_pki_ocsp)
     revoke = pki.add_parser("revoke", help="mark a certificate revoked for the OCSP responder")
-    revoke.add_argument("pki", metavar="DIR")
-    revoke.add_argument("certificate")
-    revoke.add_argument("--reason", default="keyCompromise")
+    revoke.add_argument("pki", metavar="DIR", help="a directory from 'pki init'")
+    revoke.add_argument("certificate", help="the certificate to revoke (PEM or DER)")
+    revoke.add_argument(
+        "--reason", default="keyCompromise", help="RFC 5280 revocation reason (keyCompromise)"
+    )
+    revoke.set_defaults(handler=run_pki_revoke)
 
-    agent = sub.add_parser("agent", help="run a D2TLS security agent")
-    agent.add_argument("--listen", type=parse_address, required=True, metavar="HOST:PORT")
-    agent.add_argument("--psk-file", required=True, help="device PSKs, one ID:HEX per line")
+
+def _add_agent(sub: Any) -> None:
+    agent = sub.add_parser("agent", help="run a D2TLS security agent (until Ctrl-C)")
+    agent.add_argument(
+        "--listen",
+        type=parse_address,
+        required=True,
+        metavar="HOST:PORT",
+        help="UDP address for the devices' DTLS-PSK channel",
+    )
+    agent.add_argument(
+        "--psk-file",
+        required=True,
+        help="the agent's PSK file: one 'ID:HEX [cert-sha256=FP] [allow=RULE,...]' line per "
+        "device (written by 'd2tls pki init' as agent-psk.txt)",
+    )
+    agent.add_argument(
+        "--allow-server",
+        action="append",
+        type=server_rule,
+        metavar="RULE",
+        help="a server any device may delegate to: HOST:PORT, ADDRESS[:PORT], CIDR[:PORT], "
+        "[IPV6]:PORT (repeatable; default: only the PSK file's allow= entries)",
+    )
+    agent.add_argument(
+        "--allow-unbound",
+        action="store_true",
+        help="let PSK identities without a certificate binding delegate (default: refuse)",
+    )
     agent.add_argument("--ca", required=True, help="trust store for server certificates (PEM)")
     agent.add_argument("--ocsp", metavar="URL", help="check the server certificate with OCSP")
-    agent.add_argument("--context-lifetime", type=int, default=6 * 3600, metavar="S")
+    agent.add_argument(
+        "--context-lifetime",
+        type=int,
+        default=6 * 3600,
+        metavar="S",
+        help="seconds a device may resume a handed-over session (default 21600)",
+    )
     agent.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    add_association_limits(agent)
+    agent.set_defaults(handler=lambda args: _run_async(run_agent(args)))
 
+
+def _add_device(sub: Any) -> None:
     device = sub.add_parser("device", help="run a D2TLS device (or the standalone baseline)")
-    device.add_argument("--agent", type=parse_address, metavar="HOST:PORT")
+    device.add_argument(
+        "--agent", type=parse_address, metavar="HOST:PORT", help="the security agent's address"
+    )
     device.add_argument("--psk", metavar="ID:HEX", help="PSK shared with the agent")
-    device.add_argument("--server", type=parse_address, required=True, metavar="HOST:PORT")
-    device.add_argument("--server-name", required=True)
+    device.add_argument(
+        "--server",
+        type=parse_address,
+        required=True,
+        metavar="HOST:PORT",
+        help="the DTLS server's UDP address",
+    )
+    device.add_argument(
+        "--server-name", required=True, help="the name the server certificate must carry"
+    )
     device.add_argument("--cert", required=True, help="device certificate chain (PEM)")
     device.add_argument(
         "--key", required=True, help="device private key (PEM); never leaves the device"
     )
-    device.add_argument("--mode", choices=["bound", "blind"], default="bound")
+    device.add_argument(
+        "--mode",
+        choices=["bound", "blind"],
+        default="bound",
+        help="bound (default): check the handshake before signing; blind: sign the given hash",
+    )
     device.add_argument("--standalone", action="store_true", help="full handshake without an agent")
     device.add_argument("--ca", help="trust store (only for --standalone)")
-    device.add_argument("--cipher", action="append", choices=sorted(CIPHER_SUITE_NAMES))
+    device.add_argument(
+        "--cipher",
+        action="append",
+        choices=sorted(CIPHER_SUITE_NAMES),
+        help="offer only these cipher suites (repeatable)",
+    )
     device.add_argument(
         "--connections", type=positive_int, default=1, help="connect N times in a row"
     )
-    device.add_argument("--send", metavar="TEXT")
-    device.add_argument("--receive-timeout", type=float, default=3.0)
-    device.add_argument("--json", action="store_true")
+    device.add_argument("--send", metavar="TEXT", help="send TEXT on each connection")
+    device.add_argument("--json", action="store_true", help="print one JSON object")
     device.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    _add_timeouts(device)
+    device.set_defaults(handler=_cmd_device)
 
+
+def _add_model(sub: Any) -> None:
     model = sub.add_parser("model", help="the spec's state machines").add_subparsers(
         dest="model_command", required=True
     )
     diagram = model.add_parser("diagram", help="draw a role's machine (.svg, .png, .dot)")
-    diagram.add_argument("role")
-    diagram.add_argument("-o", "--output", required=True)
+    diagram.add_argument("role", help="a role of the spec, e.g. dtls_client or d2tls_device")
+    diagram.add_argument(
+        "-o", "--output", required=True, help="output file; its suffix picks the format"
+    )
+    diagram.set_defaults(handler=run_model_diagram)
     table = model.add_parser("table", help="print a role's transition table")
-    table.add_argument("role")
+    table.add_argument("role", help="a role of the spec, e.g. dtls_server")
+    table.set_defaults(handler=run_model_table)
 
+
+def _add_demo(sub: Any) -> None:
     demo = sub.add_parser("demo", help="run the end-to-end demo on loopback")
     demo.add_argument("--json", action="store_true", help="print the whole result as JSON")
     demo.add_argument(
         "--server",
         choices=["d2tls", "openssl", "gnutls"],
-        default="d2tls",
-        help="which DTLS server the device and agent talk to",
+        help="which DTLS server the device and agent talk to (default d2tls)",
     )
     demo.add_argument("--keep", metavar="DIR", help="keep PKI, logs and traces in DIR")
     demo.add_argument(
         "--fleet",
-        type=int,
+        type=fleet_size,
         metavar="N",
-        help="run N server instances sharing a Redis session store behind a UDP load balancer",
+        help=f"run N (2..{MAX_FLEET}) d2tls server instances sharing a Redis session store "
+        "behind a UDP load balancer",
     )
-    _register_plugins(sub)
+    demo.set_defaults(handler=run_demo, check=_check_demo)
+
+
+def _check_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.fleet is not None and args.server not in (None, "d2tls"):
+        parser.error(
+            f"--fleet runs d2tls servers only; it cannot be combined with --server {args.server}"
+        )
+
+
+#: Subcommands that live in other modules, imported only when chosen: name -> (module, help).
+#: Each module has ``register(subparsers)`` adding its commands with ``handler`` set; the
+#: help here is what ``d2tls --help`` lists (tests/test_cli.py checks that it matches).
+PLUGINS: dict[str, tuple[str, str]] = {
+    "prove": (
+        "d2tls.prove.cli",
+        "prove the Tamarin theories and compare with the expected verdicts",
+    ),
+    "bench": ("d2tls.bench.cli", "benchmarks (device, latency, server, record, flood)"),
+    "overhead": ("d2tls.bench.cli", "24-hour session-overhead model of the paper (Figs. 9-10)"),
+    "conformance": (
+        "d2tls.conformance.cli",
+        "D2TLS readiness, scripted RFC scenarios and state-machine learning of a server",
+    ),
+    "conformance-peers": (
+        "d2tls.conformance.cli",
+        "start OpenSSL, GnuTLS, mbedTLS and d2tls servers on loopback and test each",
+    ),
+}
+
+
+def _add_plugins(sub: Any, load: set[str] | None) -> None:
+    """Register every plugin module in ``load`` (None: all); list the others by name only."""
+    import importlib
+
+    modules = list(dict.fromkeys(module for module, _ in PLUGINS.values()))
+    for module in modules:
+        if load is None or module in load:
+            importlib.import_module(module).register(sub)
+            continue
+        for name, (owner, help_text) in PLUGINS.items():
+            if owner == module:
+                sub.add_parser(name, help=help_text, add_help=False)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole ``d2tls`` parser; with ``command``, plugin modules other than the one that
+    provides ``command`` are listed but not imported (fast start-up)."""
+    parser = argparse.ArgumentParser(prog="d2tls", description="D2TLS: delegation-based DTLS 1.2")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_server, _add_client, _add_pki, _add_agent, _add_device, _add_model, _add_demo):
+        add(sub)
+    load = None
+    if command is not None:
+        load = {PLUGINS[command][0]} if command in PLUGINS else set()
+    _add_plugins(sub, load)
     return parser
 
 
-#: Modules that add subcommands: each has ``register(subparsers)`` and sets a ``handler``
-#: (``args -> exit status``) with ``set_defaults(handler=...)``. Keeps this file small.
-COMMAND_MODULES = (
-    "d2tls.prove.cli",
-    "d2tls.bench.cli",
-    "d2tls.conformance.cli",
-)
+def _chosen_command(argv: list[str]) -> str:
+    """The subcommand named on the command line ('' for none, e.g. ``d2tls --help``)."""
+    return next((arg for arg in argv if not arg.startswith("-")), "")
 
 
-def _register_plugins(sub: Any) -> None:
-    import importlib
-
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+def _subparser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The (sub)parser that parsed ``args``, for ``parser.error`` in ``check`` hooks."""
+    current = parser
+    for dest in ("command", "pki_command", "model_command"):
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction) and action.dest == dest:
+                name = getattr(args, dest, None)
+                if name in action.choices:
+                    current = action.choices[name]
+    return current
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Entry point of ``d2tls``: exit status 0 success, 1 failure, 2 usage error, 130/143
+    stopped by SIGINT/SIGTERM (see :mod:`d2tls.interrupt`)."""
+    from d2tls import interrupt
+
+    argv = sys.argv[1:] if argv is None else argv
+    with interrupt.stop_on_signals():
+        try:
+            return _run(argv)
+        except KeyboardInterrupt as exc:
+            print(f"d2tls: {exc or 'interrupted'}", file=sys.stderr)
+            return interrupt.exit_status(exc)
+
+
+def _run(argv: list[str]) -> int:
+    parser = build_parser(_chosen_command(argv))
+    args = parser.parse_args(argv)
+    check = getattr(args, "check", None)
+    if check is not None:
+        check(_subparser(parser, args), args)
     try:
-        handler = getattr(args, "handler", None)
-        if handler is not None:
-            status: int = handler(args)
-            return status
-        if args.command == "server":
-            return asyncio.run(run_server(args))
-        if args.command == "client":
-            result = asyncio.run(run_client(args))
-            print_client_result(result, args.json)
-            return 0 if result["ok"] else 1
-        if args.command == "pki":
-            if args.pki_command == "ocsp":
-                return run_pki_ocsp(args)
-            if args.pki_command == "revoke":
-                return run_pki_revoke(args)
-            return run_pki_init(args)
-        if args.command == "agent":
-            return asyncio.run(run_agent(args))
-        if args.command == "device":
-            device_result = asyncio.run(run_device(args))
-            print_device_result(device_result, args.json)
-            return 0 if device_result["ok"] else 1
-        if args.command == "model":
-            if args.model_command == "diagram":
-                return run_model_diagram(args)
-            return run_model_table(args)
-        if args.command == "demo":
-            return run_demo(args)
+        status: int = args.handler(args)
+        return status
     except (D2TLSError, OSError) as exc:
         if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "error": str(exc), "alert": None}))
+            print(json.dumps({"ok": False, "error": str(exc) or type(exc).__name__, "alert": None}))
         else:
-            print(f"d2tls: error: {exc}", file=sys.stderr)
+            print(f"d2tls: error: {exc or type(exc).__name__}", file=sys.stderr)
         return 2
-    return 2
 
 
 if __name__ == "__main__":

@@ -69,12 +69,16 @@ def _start(name: str, argv: list[str], directory: Path, ready: str, prefix: list
     )
     process = Process(name, popen, log)
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if ready.encode() in log.read_bytes():
-            return process
-        if popen.poll() is not None:
-            break
-        time.sleep(0.05)
+    try:
+        while time.monotonic() < deadline:
+            if ready.encode() in log.read_bytes():
+                return process
+            if popen.poll() is not None:
+                break
+            time.sleep(0.05)
+    except BaseException:  # Ctrl-C / SIGTERM while waiting: do not leave it running
+        process.stop()
+        raise
     process.stop()
     raise DemoError(f"{name} did not start: {log.read_text(errors='replace')[-2000:]}")
 
@@ -189,7 +193,9 @@ def run(server_kind: str = "d2tls", keep: Path | None = None) -> dict[str, Any]:
                     "--listen",
                     f"127.0.0.1:{agent_port}",
                     "--psk-file",
-                    str(pki.psk_file),
+                    str(pki.agent_psk_file),
+                    "--allow-server",
+                    f"127.0.0.1:{server_port}",
                     "--ca",
                     str(pki.ca_cert),
                     "--ocsp",

@@ -83,34 +83,34 @@ def parse_handshakes(log: str) -> list[Handshake]:
 def _start_all(specs: list[tuple[str, list[str], str]], directory: Path) -> list[Process]:
     """Start processes in parallel; wait until each printed its ``ready`` text."""
     started: list[tuple[Process, str]] = []
-    for name, argv, ready in specs:
-        log = directory / f"{name}.log"
-        with log.open("wb") as handle:
-            popen = subprocess.Popen(
-                argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        started.append((Process(name, popen, log), ready))
-    processes = [p for p, _ in started]
-    deadline = time.monotonic() + 30
-    waiting = list(started)
-    while waiting and time.monotonic() < deadline:
-        for process, ready in list(waiting):
-            if ready.encode() in process.log.read_bytes():
-                waiting.remove((process, ready))
-            elif process.popen.poll() is not None:
-                for p in processes:
-                    p.stop()
-                raise DemoError(
-                    f"{process.name} did not start: "
-                    f"{process.log.read_text(errors='replace')[-2000:]}"
+    try:
+        for name, argv, ready in specs:
+            log = directory / f"{name}.log"
+            with log.open("wb") as handle:
+                popen = subprocess.Popen(
+                    argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
                 )
-        time.sleep(0.05)
-    if waiting:
-        for p in processes:
-            p.stop()
-        names = ", ".join(p.name for p, _ in waiting)
-        raise DemoError(f"{names} did not start in time")
-    return processes
+            started.append((Process(name, popen, log), ready))
+        deadline = time.monotonic() + 30
+        waiting = list(started)
+        while waiting and time.monotonic() < deadline:
+            for process, ready in list(waiting):
+                if ready.encode() in process.log.read_bytes():
+                    waiting.remove((process, ready))
+                elif process.popen.poll() is not None:
+                    raise DemoError(
+                        f"{process.name} did not start: "
+                        f"{process.log.read_text(errors='replace')[-2000:]}"
+                    )
+            time.sleep(0.05)
+        if waiting:
+            names = ", ".join(p.name for p, _ in waiting)
+            raise DemoError(f"{names} did not start in time")
+    except BaseException:  # a failed start, Ctrl-C or SIGTERM: stop what was started
+        for process, _ in started:
+            process.stop()
+        raise
+    return [p for p, _ in started]
 
 
 def run_fleet(n: int, keep: Path | None = None) -> dict[str, Any]:
@@ -165,7 +165,9 @@ def run_fleet(n: int, keep: Path | None = None) -> dict[str, Any]:
                     "--listen",
                     f"127.0.0.1:{agent_port}",
                     "--psk-file",
-                    str(pki.psk_file),
+                    str(pki.agent_psk_file),
+                    "--allow-server",
+                    "127.0.0.1",  # the balancer's port is chosen after the agent starts
                     "--ca",
                     str(pki.ca_cert),
                 ),
@@ -209,6 +211,8 @@ def run_fleet(n: int, keep: Path | None = None) -> dict[str, Any]:
         connections = result["connections"]
         flows = balancer.history()
         upstream_of = {record.upstream: record for record in flows}
+        #: The balancer saw the flows in time order: a handshake's flow index is its time.
+        flow_index = {record.upstream: index for index, record in enumerate(flows)}
         instances: list[dict[str, Any]] = []
         deadline = time.monotonic() + 5
         while True:  # the servers print their lines asynchronously: wait for all three
@@ -223,6 +227,7 @@ def run_fleet(n: int, keep: Path | None = None) -> dict[str, Any]:
                 record = upstream_of.get(handshake.peer)
                 rows.append(
                     {
+                        "flow": flow_index.get(handshake.peer),
                         "resumed": handshake.resumed,
                         "cipher": handshake.suite,
                         "client_certificate": handshake.client,
@@ -237,8 +242,14 @@ def run_fleet(n: int, keep: Path | None = None) -> dict[str, Any]:
         store = open_store(store_url, None, keys=keys)
         stored_sessions = store.count()
 
-        full = [(i["name"], h) for i in instances for h in i["handshakes"] if not h["resumed"]]
-        resumed = [(i["name"], h) for i in instances for h in i["handshakes"] if h["resumed"]]
+        # In time order (the balancer's flow order), not instance order: with 2 instances the
+        # device's second resumption lands on A again, after its first one on B.
+        in_time = sorted(
+            ((i["name"], h) for i in instances for h in i["handshakes"]),
+            key=lambda pair: (pair[1]["flow"] is None, pair[1]["flow"] or 0),
+        )
+        full = [(name, h) for name, h in in_time if not h["resumed"]]
+        resumed = [(name, h) for name, h in in_time if h["resumed"]]
         summary = {
             "ok": False,
             "fleet": n,
@@ -307,10 +318,10 @@ def _print_text(result: dict[str, Any]) -> None:
     print("\nresult: OK")
 
 
-def run_fleet_demo(n: int, as_json: bool = False) -> int:
+def run_fleet_demo(n: int, as_json: bool = False, keep: str | None = None) -> int:
     """Entry point of ``d2tls demo --fleet N``; returns the exit status."""
     try:
-        result = run_fleet(n)
+        result = run_fleet(n, Path(keep) if keep else None)
     except (DemoError, D2TLSError, OSError, subprocess.SubprocessError) as exc:
         message = str(exc)
         if as_json:

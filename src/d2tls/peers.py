@@ -879,6 +879,118 @@ class OpenSSLClient:
         return OpenSSLResult(tuple(argv), rc, out, err, timed_out)
 
 
+_MBEDTLS_SUITE = re.compile(r"\[ Ciphersuite is (\S+) \]")
+
+
+@dataclass(frozen=True)
+class MbedTLSResult(ClientResult):
+    """``ssl_client2`` outcome (``[ Ciphersuite is X ]``; resumption from its debug log)."""
+
+    @property
+    def handshakes(self) -> int:
+        """Handshakes that completed (1, or 2 with ``reconnect=1``): debug lines
+        ``<= handshake wrapup``, which only a finished handshake reaches."""
+        return len(re.findall(r"\|3\| <= handshake wrapup$", self.text, re.MULTILINE))
+
+    @property
+    def handshake_ok(self) -> bool:
+        """Every handshake completed and ssl_client2 exited cleanly."""
+        return self.handshakes > 0 and self.returncode == 0 and not self.timed_out
+
+    @property
+    def resumed(self) -> bool:
+        """The last handshake resumed (``|3| a session has been resumed``, debug_level 3)."""
+        lines = re.findall(r"(a|no) session has been resumed", self.text)
+        return bool(lines) and lines[-1] == "a"
+
+    @property
+    def suite(self) -> CipherSuite | None:
+        """The negotiated d2tls suite (``TLS-PSK-WITH-AES-128-CCM-8`` -> the enum)."""
+        matches = _MBEDTLS_SUITE.findall(self.text)
+        if not matches:
+            return None
+        return CipherSuite.__members__.get(str(matches[-1]).replace("-", "_"))
+
+
+def mbedtls_client_program() -> Path:
+    """The ssl_client2 built by ``scripts/build-mbedtls.sh``; :class:`PeerError` if absent."""
+    path = MBEDTLS_DIR / "bin" / "ssl_client2"
+    if not os.access(path, os.X_OK):
+        raise PeerError(f"{path} not found: run scripts/build-mbedtls.sh (or scripts/setup.sh)")
+    return path
+
+
+class MbedTLSClient:
+    """mbedTLS's ``ssl_client2`` sample program in DTLS 1.2 mode against ``host:port``.
+
+    Built with ``ssl_server2`` by ``scripts/build-mbedtls.sh``. It sends one small HTTP-like
+    request per connection and waits ``read_timeout`` ms for an answer; ``reconnect=True``
+    connects a second time resuming the session (by session ID). The server certificate is
+    verified (``auth_mode=required``) against ``ca`` for ``server_name``. ``debug_level=3`` is
+    needed to learn whether a handshake resumed; its log goes to stdout.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        cert: Path | None = None,
+        key: Path | None = None,
+        ca: Path | None = None,
+        server_name: str = "localhost",
+        suite: CipherSuite | None = None,
+        psk: tuple[bytes, bytes] | None = None,
+        reconnect: bool = False,
+        read_timeout: int = 3000,
+        hs_timeout: str = "500-4000",
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        if (cert is None) != (key is None):
+            raise ValueError("cert and key go together")
+        self.port, self.host = port, host
+        self.cert, self.key, self.ca = cert, key, ca
+        self.server_name, self.suite, self.psk = server_name, suite, psk
+        self.reconnect = reconnect
+        self.read_timeout, self.hs_timeout = read_timeout, hs_timeout
+        self.extra_args = list(extra_args)
+
+    def argv(self) -> list[str]:
+        """The ``ssl_client2`` command line (key=value arguments)."""
+        argv = [
+            str(mbedtls_client_program()),
+            "dtls=1",
+            "force_version=dtls12",
+            f"server_addr={self.host}",
+            f"server_port={self.port}",
+            f"server_name={self.server_name}",
+            f"read_timeout={self.read_timeout}",
+            f"hs_timeout={self.hs_timeout}",
+            "debug_level=3",
+            f"reconnect={1 if self.reconnect else 0}",
+        ]
+        if self.ca is not None:
+            argv += [f"ca_file={self.ca}", "auth_mode=required"]
+        else:
+            argv.append("auth_mode=none")
+        if self.cert is not None and self.key is not None:
+            argv += [f"crt_file={self.cert}", f"key_file={self.key}"]
+        else:
+            argv += ["crt_file=none", "key_file=none"]
+        if self.psk is not None:
+            identity, key = self.psk
+            argv += [f"psk={key.hex()}", f"psk_identity={identity.decode()}"]
+        if self.suite is not None:
+            argv.append(f"force_ciphersuite={self.suite.name.replace('_', '-')}")
+        return argv + self.extra_args
+
+    def run(self, *, timeout: float = 3 * DEFAULT_TIMEOUT) -> MbedTLSResult:
+        """Connect (twice with ``reconnect``), exchange one request each, close."""
+        argv = self.argv()
+        rc, out, err, timed_out = _run_client(argv, b"", expect=None, linger=0.0, timeout=timeout)
+        return MbedTLSResult(tuple(argv), rc, out, err, timed_out)
+
+
 class GnuTLSClient:
     """``gnutls-cli --udp`` against ``host:port`` (inside ``namespace`` if given).
 

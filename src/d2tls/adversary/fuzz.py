@@ -51,10 +51,13 @@ def fuzz_record(data: bytes) -> None:
         if again != [record]:
             raise AssertionError(f"record does not round-trip: {record!r}")
     engine = _engine()
+    bugs = engine.stats["internal_errors"]
     engine.receive_datagram(data, PEER, 0.0)
     engine.datagrams_to_send(0.0)
     while engine.next_event() is not None:
         pass
+    if engine.stats["internal_errors"] != bugs:  # the engine caught a bug of its own
+        raise AssertionError("internal error in the server engine (see the d2tls.dtls log)")
 
 
 def fuzz_handshake(data: bytes) -> None:

@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from d2tls.adversary.compromised import CASES, Outcome, run_case
+from d2tls.prove.runner import EXPECTED_FILE
+from d2tls.resources import proofs_dir
 
-ROOT = Path(__file__).resolve().parents[3]
-DOC = ROOT / "docs" / "attacker-outcomes.md"
-EXPECTED = ROOT / "proofs" / "expected.toml"
+#: Where ``main`` writes by default, relative to the current directory (the checkout's root).
+DOC = Path("docs") / "attacker-outcomes.md"
 THEORY = "d2tls_dtls12.spthy"
 
 HEADER = """\
@@ -79,11 +80,11 @@ FOOTER = """
 """
 
 
-def lemma_verdicts(path: Path = EXPECTED) -> dict[str, str]:
-    """Lemma name -> expected verdict (empty when the proofs are not installed)."""
-    if not path.exists():
-        return {}
-    data = tomllib.loads(path.read_text())
+def lemma_verdicts(path: Path | None = None) -> dict[str, str]:
+    """Lemma name -> expected verdict, from ``path`` or the installed ``expected.toml``."""
+    if path is None:
+        path = proofs_dir() / EXPECTED_FILE
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
     return {lemma: str(entry["verdict"]) for lemma, entry in data.get(THEORY, {}).items()}
 
 
@@ -120,6 +121,9 @@ def outcomes() -> list[Outcome]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if not args and not DOC.parent.is_dir():
+        print(f"no {DOC.parent}/ here: run from the checkout's root or give PATH", file=sys.stderr)
+        return 2
     target = Path(args[0]) if args else DOC
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render(outcomes()))

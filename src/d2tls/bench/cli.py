@@ -1,4 +1,4 @@
-"""``d2tls bench {device,latency,server,record}`` and ``d2tls overhead``.
+"""``d2tls bench {device,latency,server,record,flood}`` and ``d2tls overhead``.
 
 Registered by :mod:`d2tls.cli`.
 """
@@ -168,17 +168,43 @@ def _overhead(args: argparse.Namespace) -> int:
     return _emit(args, result, overhead.render)
 
 
+def _flood(args: argparse.Namespace) -> int:
+    from d2tls.bench import flood
+
+    config = flood.FloodConfig(
+        ports_a=args.ports,
+        rate_a=args.fragment_rate,
+        rate_b=args.rate,
+        duration_b=args.duration,
+        source_ports_b=args.source_ports,
+        max_connections=args.max_connections,
+        half_open_c=args.half_open,
+        established=args.established,
+        idle_samples=args.samples,
+    )
+    result = flood.run(config)
+    if args.markdown:
+        print(flood.render_markdown(result))
+        if args.save:
+            Path(args.save).write_text(json.dumps(result, indent=1, sort_keys=True))
+        return 0 if result["ok"] else 1
+    _emit(args, result, flood.render)
+    return 0 if result["ok"] else 1
+
+
 # --------------------------------------------------------------------------- parsers
 def register(subparsers: Any) -> None:
     """Add ``bench`` (device, latency, server, record) and ``overhead`` to ``d2tls``."""
-    bench = subparsers.add_parser("bench", help="benchmarks (device, latency, server, record)")
+    bench = subparsers.add_parser(
+        "bench", help="benchmarks (device, latency, server, record, flood)"
+    )
     kinds = bench.add_subparsers(dest="bench_command", required=True)
 
     device = kinds.add_parser(
         "device", help="device cost per new session: D2TLS bound/blind vs standalone DTLS"
     )
     _common(device)
-    device.add_argument("--warmup", type=int, default=3)
+    device.add_argument("--warmup", type=int, default=3, help="unmeasured runs first (default 3)")
     device.add_argument(
         "--no-breakdown", action="store_true", help="skip the bytes-by-record-type pass"
     )
@@ -209,8 +235,10 @@ def register(subparsers: Any) -> None:
     latency.add_argument(
         "--local-rtt", type=float, default=0.0, metavar="MS", help="device-agent link RTT"
     )
-    latency.add_argument("--seed", type=int, default=0)
-    latency.add_argument("--warmup", type=int, default=2)
+    latency.add_argument(
+        "--seed", type=int, default=0, help="seed of the relay's jitter and loss (default 0)"
+    )
+    latency.add_argument("--warmup", type=int, default=2, help="unmeasured runs first (default 2)")
     latency.add_argument(
         "--device-sign-ms",
         type=float,
@@ -237,31 +265,83 @@ def register(subparsers: Any) -> None:
         metavar="N,N,...",
         help="cached sessions to test resumption against (default 1e3,1e4,1e5,1e6)",
     )
-    server.add_argument("--cache-duration", type=float, default=3.0)
+    server.add_argument(
+        "--cache-duration",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="seconds of resumptions per cache size (default 3)",
+    )
     server.add_argument(
         "--store",
         action="append",
         metavar="URL",
         help="session store to benchmark with d2tls.store.bench (default memory:// and sqlite)",
     )
-    server.add_argument("--store-n", type=int, default=1000)
-    server.add_argument("--no-stores", action="store_true")
+    server.add_argument(
+        "--store-n", type=int, default=1000, help="sessions per store benchmark (default 1000)"
+    )
+    server.add_argument("--no-stores", action="store_true", help="skip the store benchmarks")
     server.set_defaults(handler=_server)
 
     record = kinds.add_parser("record", help="application-data record cost vs the raw AEAD")
     _common(record)
     record.add_argument(
-        "--sizes", type=_int_list, default=[16, 64, 256, 1024, 1345], metavar="B,B,..."
+        "--sizes",
+        type=_int_list,
+        default=[16, 64, 256, 1024, 1345],
+        metavar="B,B,...",
+        help="application-data sizes in bytes (default 16,64,256,1024,1345)",
     )
     record.set_defaults(handler=_record)
+
+    flood = kinds.add_parser(
+        "flood",
+        help="a d2tls server and agent under pre-handshake floods (issue 19's targets)",
+        description="Start a d2tls server and agent and flood them from many source ports on "
+        "127.0.0.1: (a) never-completed ClientHello fragments, (b) ClientHellos without "
+        "cookie, (c) half-open handshakes after the cookie; report RSS growth, CPU per "
+        "datagram, pending state, HelloVerifyRequest amplification and a legitimate client's "
+        "handshake latency against the idle server. Exit status 1 if a target is missed.",
+    )
+    flood.add_argument("--json", action="store_true", help="print one JSON object")
+    flood.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    flood.add_argument("--save", metavar="FILE", help="also write the JSON result to FILE")
+    flood.add_argument(
+        "--ports", type=_positive, default=10_000, help="source ports in (a) (default 10000)"
+    )
+    flood.add_argument("--fragment-rate", type=_positive, default=2_000, help="fragments/s in (a)")
+    flood.add_argument(
+        "--rate", type=_positive, default=1_000, help="ClientHellos/s in (b) (default 1000)"
+    )
+    flood.add_argument("--duration", type=float, default=10.0, help="seconds of (b)")
+    flood.add_argument("--source-ports", type=_positive, default=1_000, help="source ports in (b)")
+    flood.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=1_000,
+        help="the server's association limit, if it has --max-connections (default 1000)",
+    )
+    flood.add_argument(
+        "--half-open",
+        type=_positive,
+        help="half-open handshakes in (c) (default: twice the association limit)",
+    )
+    flood.add_argument(
+        "--established", type=_positive, default=20, help="established connections in (c)"
+    )
+    flood.add_argument(
+        "--samples", type=_positive, default=20, help="idle handshake latency samples"
+    )
+    flood.set_defaults(handler=_flood)
 
     from d2tls.bench.overhead import FIGURE9_FREQUENCIES, FIGURE10_LIFETIMES_H, PRESETS
 
     over = subparsers.add_parser(
         "overhead", help="24-hour session-overhead model of the paper (Figs. 9-10)"
     )
-    over.add_argument("--json", action="store_true")
-    over.add_argument("--save", metavar="FILE")
+    over.add_argument("--json", action="store_true", help="print one JSON object")
+    over.add_argument("--save", metavar="FILE", help="also write the JSON result to FILE")
     over.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -297,7 +377,13 @@ def register(subparsers: Any) -> None:
         metavar="H,H,...",
         help="context lifetimes in hours for Figure 10",
     )
-    over.add_argument("--figure9-lifetime", type=float, default=24.0, metavar="H")
+    over.add_argument(
+        "--figure9-lifetime",
+        type=float,
+        default=24.0,
+        metavar="H",
+        help="context lifetime in hours for Figure 9 (default 24)",
+    )
     over.add_argument(
         "--trace",
         metavar="FILE",
@@ -317,8 +403,12 @@ def register(subparsers: Any) -> None:
         help="inactivity that separates sessions (paper §3: 60 s)",
     )
     over.add_argument("--plot-dir", metavar="DIR", help="write Figure 9/10 (and trace) plots")
-    over.add_argument("--plot-prefix", default="overhead")
-    over.add_argument("--format", choices=["png", "svg"], default="png")
+    over.add_argument(
+        "--plot-prefix", default="overhead", help="file name prefix of the plots (default overhead)"
+    )
+    over.add_argument(
+        "--format", choices=["png", "svg"], default="png", help="plot format (default png)"
+    )
     over.set_defaults(handler=_overhead)
 
 

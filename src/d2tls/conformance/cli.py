@@ -40,7 +40,9 @@ def register(sub: Any) -> None:
         "conformance",
         help="D2TLS readiness, scripted RFC scenarios and state-machine learning of a server",
     )
-    parser.add_argument("target", type=_address, metavar="HOST:PORT")
+    parser.add_argument(
+        "target", type=_address, metavar="HOST:PORT", help="the server under test (loopback)"
+    )
     parser.add_argument("--ca", required=True, help="CA of the server and client certificates")
     parser.add_argument("--cert", required=True, help="client (device) certificate chain (PEM)")
     parser.add_argument("--key", required=True, help="client (device) private key (PEM)")
@@ -52,7 +54,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--markdown", metavar="FILE", help="write the report as Markdown")
     parser.add_argument("--machines", metavar="DIR", help="where learned machines go (.dot/.png)")
     parser.add_argument("--name", help="name of the server in the report")
-    parser.add_argument("--inputs", choices=["full", "small"], default="full")
+    parser.add_argument(
+        "--inputs",
+        choices=["full", "small"],
+        default="full",
+        help="input alphabet for state-machine learning (default full)",
+    )
     parser.add_argument("--wait", type=float, default=0.4, help="answer timeout (s)")
     parser.add_argument("--learn-wait", type=float, default=0.15, help="timeout while learning")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -70,8 +77,15 @@ def register(sub: Any) -> None:
         metavar="PEER",
         help="d2tls openssl gnutls mbedtls wolfssl",
     )
-    peers.add_argument("--only", nargs="+", choices=SUITES, metavar="SUITE")
-    peers.add_argument("--inputs", choices=["full", "small"], default="full")
+    peers.add_argument(
+        "--only", nargs="+", choices=SUITES, metavar="SUITE", help=f"run only these: {SUITES}"
+    )
+    peers.add_argument(
+        "--inputs",
+        choices=["full", "small"],
+        default="full",
+        help="input alphabet for state-machine learning (default full)",
+    )
     peers.add_argument("--wait", type=float, default=0.4, help="answer timeout (s)")
     peers.set_defaults(handler=run_peers)
 

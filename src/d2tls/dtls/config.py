@@ -12,6 +12,9 @@ from cryptography.x509.verification import Store
 from d2tls.dtls.constants import ECDHE_SUITES, PSK_SUITES, CipherSuite
 from d2tls.dtls.session import MemorySessionStore, Session, SessionStore
 from d2tls.errors import ConfigurationError
+from d2tls.pki.revocation import ClientRevocations
+from d2tls.pki.verdict_cache import DEFAULT_MAX_AGE, DEFAULT_MAX_ENTRIES
+from d2tls.pki.verify import check_psk
 
 #: Called with one NSS key log line (``CLIENT_RANDOM <random> <master>``) when key logging is on.
 KeyLogCallback = Callable[[str], None]
@@ -81,6 +84,8 @@ class ClientConfig:
             self.psk is None or self.psk_identity is None
         ):
             raise ConfigurationError("PSK suite configured without a PSK identity and key")
+        if self.psk is not None and self.psk_identity is not None:
+            check_psk(self.psk_identity, self.psk)
         if self.client_random is not None and len(self.client_random) != 32:
             raise ConfigurationError("client_random must be 32 bytes")
         if self.mtu < 256:
@@ -106,7 +111,23 @@ class ServerConfig:
     mtu: int = 1400
     timers: TimerConfig = field(default_factory=TimerConfig)
     keylog: KeyLogCallback | None = None
+    #: Associations a server holds (established ones, plus half-open ones while they fit);
+    #: a new handshake never displaces an established association (docs/security.md).
     max_connections: int = 10_000
+    #: Half-open associations (cookie verified, handshake unfinished); the oldest is evicted.
+    max_half_open: int = 1_000
+    #: An established association idle this long may be closed (close_notify) to make room.
+    idle_timeout: float = 600.0
+    #: Resume a known session without the cookie exchange (RFC 6347 §4.2.1 allows it); off by
+    #: default: a spoofed ClientHello naming a known session ID gets an answer
+    #: (docs/security.md, "Resumption without a cookie").
+    resume_without_cookie: bool = False
+    #: Client-chain verdicts cached for resumptions (0: verify the chain every time).
+    verdict_cache_size: int = DEFAULT_MAX_ENTRIES
+    #: Longest a cached verdict is trusted, seconds (also bounded by the chain's notAfter).
+    verdict_cache_max_age: float = DEFAULT_MAX_AGE
+    #: Revoked client certificates (CRLs), checked on every full handshake and resumption.
+    revocations: ClientRevocations | None = None
 
     def validate(self) -> None:
         """Refuse unusable or unsafe combinations with a clear message."""
@@ -117,7 +138,15 @@ class ServerConfig:
             raise ConfigurationError("certificate suites need a certificate chain and key")
         if any(s in PSK_SUITES for s in self.cipher_suites) and not self.psk_keys:
             raise ConfigurationError("PSK suite configured without PSK keys")
+        for identity, key in self.psk_keys.items():
+            check_psk(identity, key)
         if self.client_auth is not ClientAuth.NONE and self.trust_store is None:
             raise ConfigurationError("client certificates cannot be verified without --ca")
         if self.mtu < 256:
             raise ConfigurationError("MTU below 256 bytes is not supported")
+        if self.max_connections < 1 or self.max_half_open < 1:
+            raise ConfigurationError("max_connections and max_half_open must be at least 1")
+        if self.verdict_cache_size < 0 or self.verdict_cache_max_age <= 0:
+            raise ConfigurationError(
+                "verdict_cache_size must be 0 or more and verdict_cache_max_age positive"
+            )

@@ -8,7 +8,9 @@ decided only by the state machine built from ``spec/dtls.yaml``: this module fee
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from d2tls.dtls.events import (
     ApplicationDataReceived,
     ConnectionTerminated,
     Event,
+    InternalError,
 )
 from d2tls.dtls.fragments import (
     HandshakeFragment,
@@ -55,16 +58,27 @@ from d2tls.dtls.messages import (
     message_name,
 )
 from d2tls.dtls.record import AEADProtection, EpochState, Record, parse_datagram, protect, unprotect
-from d2tls.errors import D2TLSError, DecodeError, ProtocolError, RecordError, UnexpectedMessage
+from d2tls.errors import (
+    D2TLSError,
+    DecodeError,
+    DecryptError,
+    ProtocolError,
+    RecordError,
+    UnexpectedMessage,
+)
 from d2tls.model.machine import MachineDriver
 
 Address = tuple[str, int]
 Tracer = Callable[[dict[str, Any]], None]
 
+log = logging.getLogger("d2tls.dtls")
+
 #: Per-record overhead of our AEAD suites: header + explicit nonce (8) + tag (at most 16).
 AEAD_OVERHEAD = RECORD_HEADER_LEN + 8 + 16
-#: Records of the next epoch kept until its ChangeCipherSpec arrives (RFC 6347 §4.1).
+#: Records of the next epoch kept until its ChangeCipherSpec arrives (RFC 6347 §4.1), and
+#: the bytes they may hold in all (a Finished and a little early data are what peers send).
 MAX_FUTURE_RECORDS = 16
+MAX_FUTURE_BYTES = 32 * 1024
 
 
 class InvalidStateError(D2TLSError):
@@ -87,6 +101,10 @@ class Connection:
 
     ROLE: ClassVar[str]
     IS_CLIENT: ClassVar[bool]
+    #: Production keeps a bug inside the engine from reaching the transport: the connection
+    #: ends with internal_error (see :class:`~d2tls.dtls.events.InternalError`). The test suite
+    #: sets this to True so that the original exception propagates and the test fails.
+    raise_internal_errors: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -128,6 +146,9 @@ class Connection:
         self._now = 0.0
         self._current: HandshakeMessage | None = None
         self._error: ProtocolError | None = None
+        self._internal: str | None = None
+        #: Time of the last datagram received (the server evicts idle associations by it).
+        self.last_activity = 0.0
         self._peer_alert: AlertDescription | None = None
         self._master: bytearray = bytearray()
         self.client_random = b""
@@ -147,6 +168,7 @@ class Connection:
             "verify": 0,
             "ecdh": 0,
             "keygen": 0,
+            "internal_errors": 0,
         }
         self._driver = MachineDriver(self.ROLE, self)
 
@@ -154,6 +176,7 @@ class Connection:
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Process one datagram. Never raises on hostile input: failures become events."""
         self._now = now
+        self.last_activity = now
         self.stats["datagrams_received"] += 1
         self.stats["bytes_received"] += len(data)
         if self._driver.is_final():
@@ -170,7 +193,7 @@ class Connection:
             except ProtocolError as exc:
                 self._fail(exc)
             except Exception as exc:  # a bug must not escape to the transport
-                self._fail(ProtocolError(f"internal error: {type(exc).__name__}: {exc}"))
+                self._internal_error(exc)
         if saw_duplicate and not self._driver.is_final():
             self._retransmit_on_duplicate()
 
@@ -228,6 +251,12 @@ class Connection:
         return self._reassembler.pending > 0
 
     @property
+    def reassembly_bytes(self) -> int:
+        """Accounted bytes held for handshake messages not yet complete (bounded by
+        :data:`~d2tls.dtls.fragments.MAX_REASSEMBLY_BYTES`)."""
+        return self._reassembler.buffered_bytes
+
+    @property
     def is_established(self) -> bool:
         """True while application data may flow."""
         return self.state == "established"
@@ -248,11 +277,23 @@ class Connection:
             try:
                 payload = self._open(self._read, record)
             except RecordError as exc:
+                if self.state == "wait_finished" and self._uses_psk():
+                    # RFC 4279 §2: a wrong key is answered with decrypt_error; the peer's
+                    # Finished is the first record under the new keys (RFC 6347 §4.1.2.7
+                    # allows a fatal alert instead of the silent discard).
+                    raise DecryptError(
+                        f"the peer's Finished does not authenticate: {exc}; "
+                        "the pre-shared keys differ"
+                    ) from None
                 return self._discard(record, str(exc))
             return self._dispatch(record, payload, old_epoch=False)
         if record.epoch == self._read.epoch + 1 and self.state != "established":
             # Once established no further epoch can start (renegotiation is refused).
-            if len(self._future_records) < MAX_FUTURE_RECORDS:
+            held = sum(len(r.fragment) for r in self._future_records)
+            if (
+                len(self._future_records) < MAX_FUTURE_RECORDS
+                and held + len(record.fragment) <= MAX_FUTURE_BYTES
+            ):
                 self._future_records.append(record)
             else:
                 self._discard(record, "too many records of the next epoch")
@@ -403,12 +444,32 @@ class Connection:
         except ProtocolError as exc:
             self._fail(exc)
         except Exception as exc:
-            self._fail(ProtocolError(f"internal error: {type(exc).__name__}: {exc}"))
+            self._internal_error(exc)
+
+    def _internal_error(self, exc: Exception) -> None:
+        """A bug, not the peer: count and log it, then end with internal_error (RFC 5246
+        §7.2.2), or let it propagate when :attr:`raise_internal_errors` is set (tests)."""
+        self.stats["internal_errors"] += 1
+        log.error(
+            "internal error in %s (peer %s, state %s): %s: %s",
+            self.ROLE,
+            self.peer,
+            self.state,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        if self.raise_internal_errors:
+            raise exc
+        self._internal = f"{type(exc).__name__}: {exc}"
+        self._fail(ProtocolError(f"internal error: {self._internal}"))
 
     def _fail(self, error: ProtocolError) -> None:
         """End the connection with a fatal alert for ``error`` (RFC 5246 §7.2.2)."""
         if self._driver.is_final():
             return
+        # A failure in the middle of building a flight drops that flight: the alert goes alone.
+        self._building_flight = None
         self._error = error
         self._trace("error", reason=error.reason, alert=error.alert.name.lower())
         try:
@@ -521,12 +582,26 @@ class Connection:
     def send_fatal_alert(self) -> None:
         """Action of ``abort``: send the fatal alert for the recorded error."""
         error = self._error or ProtocolError("aborted")
-        self._queue_alert(AlertLevel.FATAL, error.alert)
-        self._events.append(
-            ConnectionTerminated(
-                error.reason, error.alert, by_peer=False, error=True, peer=self.peer
+        # With no record sequence number left for the alert (RFC 6347 §4.1) it ends silently.
+        with contextlib.suppress(ProtocolError):
+            self._queue_alert(AlertLevel.FATAL, error.alert)
+        if self._internal is not None:
+            self._events.append(
+                InternalError(
+                    error.reason,
+                    error.alert,
+                    by_peer=False,
+                    error=True,
+                    peer=self.peer,
+                    exception=self._internal,
+                )
             )
-        )
+        else:
+            self._events.append(
+                ConnectionTerminated(
+                    error.reason, error.alert, by_peer=False, error=True, peer=self.peer
+                )
+            )
         self._wipe()
 
     def report_closed(self) -> None:

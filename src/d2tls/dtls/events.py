@@ -63,3 +63,17 @@ class ConnectionTerminated(Event):
     alert: AlertDescription | None
     by_peer: bool
     error: bool
+
+
+@dataclass(frozen=True)
+class InternalError(ConnectionTerminated):
+    """The connection ended because of a bug in d2tls, not because of the peer.
+
+    An unexpected exception inside the engine is caught so that it cannot escape to the
+    transport: the connection ends with a fatal internal_error alert (RFC 5246 §7.2.2), this
+    event (a :class:`ConnectionTerminated`, so code that waits for the end still sees it), a
+    log line on the ``d2tls.dtls`` logger and the ``internal_errors`` counter. Tests make any
+    such error fail instead (``Connection.raise_internal_errors``).
+    """
+
+    exception: str = ""

@@ -11,8 +11,11 @@ from d2tls.dtls.constants import HANDSHAKE_HEADER_LEN, MAX_HANDSHAKE_MESSAGE
 from d2tls.errors import DecodeError, IllegalParameter
 
 __all__ = [
+    "MAX_REASSEMBLY_BYTES",
+    "PIECE_OVERHEAD",
     "AddResult",
     "HandshakeFragment",
+    "PartialMessage",
     "ReassembledMessage",
     "Reassembler",
     "encode_fragment",
@@ -131,84 +134,143 @@ class ReassembledMessage:
     body: bytes
 
 
-class _Partial:
-    """A message being reassembled: its buffer and the disjoint byte ranges received so far."""
+#: Bytes charged per stored piece on top of its length (Python object overhead), so that many
+#: tiny fragments cannot hold more memory than their accounted size suggests.
+PIECE_OVERHEAD = 64
+#: Default bound on the accounted bytes one association may hold in reassembly: one maximal
+#: message plus room for the rest of a flight (RFC 6347 §4.2.3 lets fragments arrive in any order).
+MAX_REASSEMBLY_BYTES = 2 * MAX_HANDSHAKE_MESSAGE
 
-    __slots__ = ("buf", "covered", "ends", "length", "msg_type", "starts")
+
+class PartialMessage:
+    """A message being reassembled, stored by the bytes received (never by its declared length).
+
+    ``starts``/``pieces`` are sorted, disjoint pieces of the message; each new fragment stores
+    only the bytes not held yet, so memory grows with what arrived, not with ``length``.
+    """
+
+    __slots__ = ("charged", "covered", "length", "msg_type", "pieces", "starts")
 
     def __init__(self, msg_type: int, length: int) -> None:
         self.msg_type = msg_type
         self.length = length
-        self.buf = bytearray(length)
-        # Sorted, disjoint, non-touching half-open ranges [starts[i], ends[i]).
         self.starts: list[int] = []
-        self.ends: list[int] = []
+        self.pieces: list[bytes] = []
         self.covered = 0
+        #: Accounted memory: bytes held plus :data:`PIECE_OVERHEAD` per piece (at least one).
+        self.charged = 0
 
     @property
     def complete(self) -> bool:
         return self.covered == self.length
 
+    def growth(self, pieces: list[tuple[int, bytes]]) -> int:
+        """What storing ``pieces`` would add to :attr:`charged`."""
+        added = sum(len(p) + PIECE_OVERHEAD for _, p in pieces)
+        return added if added or self.charged else PIECE_OVERHEAD
+
+    def new_pieces(self, offset: int, data: bytes) -> list[tuple[int, bytes]]:
+        """The parts of ``data`` at ``offset`` not held yet; IllegalParameter if bytes that we
+        hold disagree with it (RFC 6347 §4.2.3 retransmits identical bytes)."""
+        end = offset + len(data)
+        out: list[tuple[int, bytes]] = []
+        position = offset
+        k = max(0, bisect_right(self.starts, offset) - 1)
+        while k < len(self.starts) and self.starts[k] < end:
+            start = self.starts[k]
+            stop = start + len(self.pieces[k])
+            if stop > position:
+                if start > position:
+                    out.append((position, data[position - offset : start - offset]))
+                lo, hi = max(start, position), min(stop, end)
+                if self.pieces[k][lo - start : hi - start] != data[lo - offset : hi - offset]:
+                    raise IllegalParameter("overlapping handshake fragments disagree")
+                position = hi
+            k += 1
+        if position < end:
+            out.append((position, data[position - offset :]))
+        return out
+
+    def store(self, pieces: list[tuple[int, bytes]]) -> None:
+        """Insert pieces returned by :meth:`new_pieces`."""
+        for start, piece in pieces:
+            k = bisect_left(self.starts, start)
+            self.starts.insert(k, start)
+            self.pieces.insert(k, bytes(piece))
+            self.covered += len(piece)
+        self.charged += self.growth(pieces)
+
     def add(self, offset: int, data: bytes) -> None:
         """Store ``data`` at ``offset``; bytes that disagree with earlier ones are refused."""
-        end = offset + len(data)
-        if offset == end:
-            return
-        # Ranges that overlap or touch [offset, end]: ends >= offset and starts <= end.
-        i = bisect_left(self.ends, offset)
-        j = bisect_right(self.starts, end)
-        for k in range(i, j):
-            lo = max(self.starts[k], offset)
-            hi = min(self.ends[k], end)
-            if lo < hi and self.buf[lo:hi] != data[lo - offset : hi - offset]:
-                raise IllegalParameter("overlapping handshake fragments disagree")
-        self.buf[offset:end] = data
-        new_start = min(offset, self.starts[i]) if i < j else offset
-        new_end = max(end, self.ends[j - 1]) if i < j else end
-        self.covered -= sum(self.ends[k] - self.starts[k] for k in range(i, j))
-        self.covered += new_end - new_start
-        self.starts[i:j] = [new_start]
-        self.ends[i:j] = [new_end]
+        self.store(self.new_pieces(offset, data))
+
+    def body(self) -> bytes:
+        """The whole message (only once :attr:`complete`)."""
+        return b"".join(self.pieces)
 
 
 class Reassembler:
     """Buffers fragments and yields complete messages in message_seq order (RFC 6347 §4.2.2).
 
-    Only messages with ``next_seq <= message_seq < next_seq + max_ahead`` are stored, so memory
-    is bounded by ``max_ahead`` messages of at most MAX_HANDSHAKE_MESSAGE bytes each.
+    Bounded per association: only messages with ``next_seq <= message_seq < next_seq +
+    max_ahead`` are stored, no message longer than ``max_length``, and at most ``max_bytes``
+    accounted bytes (bytes received plus :data:`PIECE_OVERHEAD` per piece) in all. Memory is
+    allocated by the bytes received, never by a declared length. A fragment beyond a bound is
+    dropped (RFC 6347 §4.1.2.7) and counted in :attr:`dropped`.
     """
 
-    def __init__(self, next_seq: int = 0, max_ahead: int = 8) -> None:
+    def __init__(
+        self,
+        next_seq: int = 0,
+        max_ahead: int = 8,
+        *,
+        max_bytes: int = MAX_REASSEMBLY_BYTES,
+        max_length: int = MAX_HANDSHAKE_MESSAGE,
+    ) -> None:
         if max_ahead < 1:
             raise ValueError("max_ahead must be at least 1")
         if next_seq < 0:
             raise ValueError("next_seq must not be negative")
+        if max_bytes < 1 or max_length < 0:
+            raise ValueError("max_bytes must be positive and max_length not negative")
         self.next_seq = next_seq
         self.max_ahead = max_ahead
-        self._pending: dict[int, _Partial] = {}
+        self.max_bytes = max_bytes
+        self.max_length = max_length
+        self._pending: dict[int, PartialMessage] = {}
+        self._bytes = 0
+        #: Fragments dropped because they lay too far ahead or exceeded a bound.
+        self.dropped = 0
 
     def add(self, fragment: HandshakeFragment) -> AddResult:
         """Store a fragment.
 
         Returns "old" for a message already delivered (a retransmission: RFC 6347 §4.2.4 may
         call for resending our last flight), "dropped" when it lies ``max_ahead`` or more
-        messages ahead, else "buffered". A fragment whose msg_type or length disagrees with
-        earlier fragments of the same message, or whose overlapping bytes differ, is
-        IllegalParameter; inconsistent header fields are DecodeError.
+        messages ahead or would exceed a bound, else "buffered". A fragment whose msg_type or
+        length disagrees with earlier fragments of the same message, or whose overlapping bytes
+        differ, is IllegalParameter; inconsistent header fields are DecodeError.
         """
         fragment.check()
         seq = fragment.message_seq
         if seq < self.next_seq:
             return "old"
-        if seq >= self.next_seq + self.max_ahead:
+        if seq >= self.next_seq + self.max_ahead or fragment.length > self.max_length:
+            self.dropped += 1
             return "dropped"
         partial = self._pending.get(seq)
         if partial is None:
-            partial = _Partial(fragment.msg_type, fragment.length)
-            self._pending[seq] = partial
+            partial = PartialMessage(fragment.msg_type, fragment.length)
         elif partial.msg_type != fragment.msg_type or partial.length != fragment.length:
             raise IllegalParameter(f"fragments of message {seq} disagree on type or length")
-        partial.add(fragment.fragment_offset, fragment.body)
+        pieces = partial.new_pieces(fragment.fragment_offset, fragment.body)
+        growth = partial.growth(pieces)
+        if self._bytes + growth > self.max_bytes:
+            self.dropped += 1
+            return "dropped"
+        partial.store(pieces)
+        self._pending[seq] = partial
+        self._bytes += growth
         return "buffered"
 
     def pop(self) -> ReassembledMessage | None:
@@ -217,7 +279,8 @@ class Reassembler:
         if partial is None or not partial.complete:
             return None
         del self._pending[self.next_seq]
-        message = ReassembledMessage(partial.msg_type, self.next_seq, bytes(partial.buf))
+        self._bytes -= partial.charged
+        message = ReassembledMessage(partial.msg_type, self.next_seq, partial.body())
         self.next_seq += 1
         return message
 
@@ -226,9 +289,15 @@ class Reassembler:
         if next_seq < 0:
             raise ValueError("next_seq must not be negative")
         self._pending.clear()
+        self._bytes = 0
         self.next_seq = next_seq
 
     @property
     def pending(self) -> int:
         """How many messages are partly or fully buffered."""
         return len(self._pending)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Accounted bytes held (bytes received plus per-piece overhead)."""
+        return self._bytes

@@ -14,6 +14,8 @@ import itertools
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -23,13 +25,16 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from d2tls.dtls import keyschedule
 from d2tls.dtls.config import ClientAuth, ServerConfig
-from d2tls.dtls.connection import Address, Connection, InvalidStateError, Tracer
+from d2tls.dtls.connection import Address, Connection, InvalidStateError, Tracer, log
 from d2tls.dtls.constants import (
     CERT_TYPE_ECDSA_SIGN,
     COMPRESSION_NULL,
+    DTLS_1_0,
     DTLS_1_2,
     ECDSA_SECP256R1_SHA256,
     EMPTY_RENEGOTIATION_INFO_SCSV,
+    MAX_PLAINTEXT,
+    MAX_SEQUENCE,
     POINT_FORMAT_UNCOMPRESSED,
     PSK_SUITES,
     SECP256R1,
@@ -40,8 +45,8 @@ from d2tls.dtls.constants import (
     ExtensionType,
     HandshakeType,
 )
-from d2tls.dtls.events import Event, HandshakeCompleted
-from d2tls.dtls.fragments import HandshakeFragment, parse_handshake_fragments
+from d2tls.dtls.events import ConnectionTerminated, Event, HandshakeCompleted, InternalError
+from d2tls.dtls.fragments import HandshakeFragment, encode_fragment, parse_handshake_fragments
 from d2tls.dtls.messages import (
     Certificate,
     CertificateRequest,
@@ -57,7 +62,8 @@ from d2tls.dtls.messages import (
     encode_ec_point_formats,
     encode_renegotiation_info,
 )
-from d2tls.dtls.record import parse_datagram
+from d2tls.dtls.pending_hellos import PendingHellos
+from d2tls.dtls.record import Record, encode_record, parse_datagram
 from d2tls.dtls.session import Session
 from d2tls.errors import (
     CertificateError,
@@ -67,7 +73,32 @@ from d2tls.errors import (
     IllegalParameter,
     ProtocolError,
 )
-from d2tls.pki.verify import verify_client_chain
+from d2tls.pki.verdict_cache import VerdictCache
+from d2tls.pki.verify import certificate_identity, verify_client_path
+
+#: Largest ClientHello body accepted (bytes). Measured DTLS 1.2 ClientHellos are 180-300 bytes
+#: (OpenSSL 3 s_client: 180, with every cipher suite 298; GnuTLS: 194); 4 KiB also leaves
+#: room for a client that offers DTLS 1.3 with post-quantum key shares (about 1.2 KiB each).
+#: Longer ClientHellos are dropped before any state is kept (RFC 6347 §4.2.1).
+MAX_CLIENT_HELLO_LENGTH = 4096
+#: Highest ClientHello message_seq accepted: it counts the HelloVerifyRequests the client has
+#: answered (RFC 6347 §4.2.2: the first message of a handshake has message_seq 0).
+MAX_CLIENT_HELLO_SEQ = 16
+#: Epoch-0 record sequence numbers kept free after the ClientHello's for our own flights
+#: (RFC 6347 §4.2.1 makes the HelloVerifyRequest reuse the ClientHello's; numbers never wrap).
+EPOCH0_RESERVE = 2**16
+#: Bounds of the one buffer of fragmented ClientHellos before a cookie (RFC 6347 §4.2.1,
+#: §4.2.3): at most this many partial hellos, this many accounted bytes, for this long.
+MAX_PENDING_HELLOS = 1024
+MAX_PENDING_HELLO_BYTES = 1 << 20
+PENDING_HELLO_TIMEOUT = 5.0
+#: Timer retransmissions of a flight sent to an address no cookie proved (a resumption
+#: without cookie): one, so that a lost final client flight can still be recovered, while a
+#: spoofed ClientHello draws at most two flights (docs/security.md).
+UNPROVEN_RETRANSMISSIONS = 1
+
+#: ``(peer, now) -> bool``: may a new association with ``peer`` be admitted now?
+Admission = Callable[[Address, float], bool]
 
 
 class CookieJar:
@@ -125,9 +156,20 @@ class ServerConnection(Connection):
         peer: Address,
         cookies: CookieJar,
         tracer: Tracer | None = None,
+        admission: Admission | None = None,
+        verdicts: VerdictCache | None = None,
+        cookieless: bool = False,
     ) -> None:
         self.config = config
         self._cookies = cookies
+        self._admission = admission
+        self._verdicts = verdicts
+        #: The listener lets this ClientHello resume without a cookie (guard of the same name).
+        self._cookieless = cookieless
+        #: True once a session was resumed without a cookie proving the client's address.
+        self.without_cookie = False
+        #: True once a ClientHello was refused for want of room in the association table.
+        self.refused = False
         super().__init__(
             mtu=config.mtu, timers=config.timers, keylog=config.keylog, peer=peer, tracer=tracer
         )
@@ -152,6 +194,16 @@ class ServerConnection(Connection):
         ServerHello never share one.
         """
         if self.state == "listen" and fragment.msg_type == HandshakeType.CLIENT_HELLO:
+            if fragment.message_seq > MAX_CLIENT_HELLO_SEQ:
+                raise IllegalParameter(
+                    f"ClientHello message_seq {fragment.message_seq} exceeds "
+                    f"{MAX_CLIENT_HELLO_SEQ} (RFC 6347 §4.2.2)"
+                )
+            if self._record_seq > MAX_SEQUENCE - EPOCH0_RESERVE:
+                raise IllegalParameter(
+                    f"ClientHello record sequence number {self._record_seq} leaves no room "
+                    "for our epoch-0 records (RFC 6347 §4.1)"
+                )
             if self._reassembler.next_seq != fragment.message_seq:
                 self._reassembler.reset(fragment.message_seq)
             self._send_seq = fragment.message_seq
@@ -168,6 +220,44 @@ class ServerConnection(Connection):
             return True
         assert self.peer is not None
         return self._cookies.check(self.peer, self._client_hello())
+
+    def resume_without_cookie(self) -> bool:
+        """RFC 6347 §4.2.1: a server MAY skip the cookie exchange when resuming. Only when the
+        operator allows it (``config.resume_without_cookie``), for a ClientHello that carries
+        no cookie (one that does is on the cookie path), and when the address holds no live
+        association, which a spoofed ClientHello must not be able to replace."""
+        return (
+            self._cookieless
+            and self.config.resume_without_cookie
+            and not self._client_hello().cookie
+        )
+
+    def association_available(self) -> bool:
+        """Room for this association: the server may evict a half-open one or an idle
+        established one, but never a live established one (docs/security.md)."""
+        if self._admission is None:
+            return True
+        assert self.peer is not None
+        return self._admission(self.peer, self._now)
+
+    def refuse_association(self) -> None:
+        """No room: a fatal internal_error alert (RFC 5246 §7.2.2: a resource failure
+        unrelated to the peer), and no state is kept."""
+        self.refused = True
+        self._error = ProtocolError(
+            "association table full: handshake refused", AlertDescription.INTERNAL_ERROR
+        )
+        self._queue_alert(AlertLevel.FATAL, AlertDescription.INTERNAL_ERROR)
+        self._events.append(
+            ConnectionTerminated(
+                self._error.reason,
+                AlertDescription.INTERNAL_ERROR,
+                by_peer=False,
+                error=True,
+                peer=self.peer,
+            )
+        )
+        self._wipe()
 
     def session_resumable(self) -> bool:
         """RFC 5246 §7.4.1.2 and RFC 7627 §5.3: resume only an identical, unexpired session."""
@@ -211,11 +301,35 @@ class ServerConnection(Connection):
             if self.config.trust_store is None:
                 return False
             try:
-                verify_client_chain(session.peer_certificates, self.config.trust_store)
+                self._verify_client_path(session.peer_certificates)
             except CertificateError:
                 return False
             return True
         return self.config.client_auth is not ClientAuth.REQUIRED
+
+    def _verify_client_path(self, chain: tuple[bytes, ...]) -> tuple[x509.Certificate, ...]:
+        """Verify a client chain (RFC 5280 §6), through the verdict cache when it is on, then
+        check revocation, which is never cached (docs/security.md, "Verdict cache")."""
+        store = self.config.trust_store
+        assert store is not None
+        if self._verdicts is not None and self.config.verdict_cache_size > 0:
+            path = self._verdicts.verify(chain, store, time.time())
+        else:
+            path = tuple(verify_client_path(chain, store))
+        self._check_revocation(path)
+        return path
+
+    def _check_revocation(self, path: Sequence[x509.Certificate]) -> None:
+        """Refuse a path with a certificate that a CRL of its issuer lists (RFC 5280 §6.3),
+        alert certificate_revoked (RFC 5246 §7.2.2)."""
+        revocations = self.config.revocations
+        revoked = revocations.revoked(path) if revocations is not None else None
+        if revoked is not None:
+            raise CertificateError(
+                f"certificate {revoked.subject.rfc4514_string()} (serial "
+                f"{revoked.serial_number:x}) is revoked by a CRL of its issuer",
+                AlertDescription.CERTIFICATE_REVOKED,
+            )
 
     def psk_suite_chosen(self) -> bool:
         return self._negotiate_suite() in PSK_SUITES
@@ -279,6 +393,17 @@ class ServerConnection(Connection):
 
     def new_session(self) -> None:
         self._session_id = os.urandom(32)
+
+    def note_unproven_address(self) -> None:
+        """No cookie proved the client's address: retransmit our flight on the timer at most
+        :data:`UNPROVEN_RETRANSMISSIONS` times, bounding what a spoofed ClientHello draws to
+        another host (RFC 6347 §4.2.1); a client that repeats its ClientHello is still answered
+        (RFC 6347 §4.2.4)."""
+        self.without_cookie = True
+        self._timers = replace(
+            self._timers,
+            max_retransmissions=min(self._timers.max_retransmissions, UNPROVEN_RETRANSMISSIONS),
+        )
 
     def resume_session(self) -> None:
         session = self._resumable
@@ -363,8 +488,9 @@ class ServerConnection(Connection):
         """Verify the client chain against the trust store (RFC 5246 §7.4.6)."""
         certificate = self._current
         assert isinstance(certificate, Certificate) and self.config.trust_store is not None
-        leaf = verify_client_chain(certificate.certificates, self.config.trust_store)
-        key = leaf.public_key()
+        path = verify_client_path(certificate.certificates, self.config.trust_store)
+        self._check_revocation(path)
+        key = path[0].public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
             raise CertificateError(
                 "client key is not ECDSA P-256", AlertDescription.UNSUPPORTED_CERTIFICATE
@@ -470,6 +596,14 @@ class ServerConnection(Connection):
             return None
         return x509.load_der_x509_certificate(self._client_certificates[0]).subject.rfc4514_string()
 
+    def peer_identity(self) -> str | None:
+        """The client's identity: its first SAN, else its subject CN (``certificate_identity``)."""
+        return (
+            certificate_identity(self._client_certificates[0])
+            if self._client_certificates
+            else None
+        )
+
 
 def _is_initial_client_hello(data: bytes) -> bool:
     """True if the datagram starts with an epoch-0 ClientHello with message_seq 0 or 1."""
@@ -500,14 +634,80 @@ def _is_new_client_hello(data: bytes, connection: ServerConnection) -> bool:
     return len(random) != 32 or random != connection.client_random
 
 
-#: Fragmented ClientHellos whose reassembly is in progress, per listener (memory bound).
-MAX_PARTIAL_HELLOS = 256
-#: How long the fragments of an incomplete ClientHello are kept.
-PARTIAL_HELLO_TIMEOUT = 5.0
+def _client_hello_fragments(data: bytes) -> list[tuple[Record, HandshakeFragment]] | None:
+    """The ClientHello fragments of a datagram from an address without an association.
+
+    Before a cookie only epoch-0 handshake records carrying ClientHello fragments of at most
+    :data:`MAX_CLIENT_HELLO_LENGTH` bytes are accepted (RFC 6347 §4.2.1); anything else in
+    the datagram makes it worthless (None).
+    """
+    records, _ = parse_datagram(data)
+    out: list[tuple[Record, HandshakeFragment]] = []
+    for record in records:
+        if (
+            record.content_type != ContentType.HANDSHAKE
+            or record.epoch != 0
+            or record.version not in (DTLS_1_2, DTLS_1_0)
+            or len(record.fragment) > MAX_PLAINTEXT
+        ):
+            return None
+        try:
+            fragments = parse_handshake_fragments(record.fragment)
+        except D2TLSError:
+            return None
+        for fragment in fragments:
+            if (
+                fragment.msg_type != HandshakeType.CLIENT_HELLO
+                or fragment.length > MAX_CLIENT_HELLO_LENGTH
+            ):
+                return None
+            out.append((record, fragment))
+    return out or None
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """A read-only snapshot of a server's state and counters (:meth:`DTLSServer.counters`)."""
+
+    #: Fragmented ClientHellos waiting for their other fragments (before any cookie).
+    pending_hellos: int
+    #: Accounted bytes they hold (bytes received plus per-piece overhead).
+    pending_hello_bytes: int
+    #: Associations whose cookie was valid and whose handshake is not finished.
+    half_open: int
+    #: Established associations.
+    established: int
+    #: Accounted bytes held by the associations' handshake reassembly buffers.
+    reassembly_bytes: int
+    #: Engine bugs caught (each ended one connection with internal_error).
+    internal_errors: int
+    #: Datagrams answered without keeping state (HelloVerifyRequest or an alert).
+    stateless_replies: int
+    #: Datagrams from addresses without an association that carried no ClientHello.
+    dropped_datagrams: int
+    #: Partial ClientHellos dropped (for room, expired, replaced or inconsistent).
+    dropped_hellos: int
+    #: Handshakes refused because no association could be made room for.
+    refused_handshakes: int
+    #: Half-open associations evicted (oldest first) to make room.
+    evicted_half_open: int
+    #: Established associations closed (close_notify) after idle_timeout to make room.
+    evicted_idle: int
+    #: Resumptions answered without a cookie exchange (``config.resume_without_cookie``).
+    cookieless_resumptions: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 class DTLSServer:
     """A DTLS 1.2 server endpoint serving many client addresses (sans-IO).
+
+    Before a valid cookie nothing is kept per address (RFC 6347 §4.2.1): a complete ClientHello
+    is answered statelessly, fragments of one wait in one bounded buffer for all addresses.
+    Associations are bounded by ``config.max_half_open`` and ``config.max_connections``; half-open
+    ones are evicted first (oldest first), an established one only after ``config.idle_timeout``
+    without traffic and with close_notify; otherwise a new handshake is refused.
 
     Work per call is independent of the number of associations: only connections touched
     since the last :meth:`datagrams_to_send` are polled for output, and timers are kept in a
@@ -518,20 +718,52 @@ class DTLSServer:
         config.validate()
         self.config = config
         self._cookies = CookieJar(config.cookie_rotation)
+        #: Client-chain verdicts shared by every association (``config.verdict_cache_size``).
+        self.verdicts = VerdictCache(
+            max(1, config.verdict_cache_size), config.verdict_cache_max_age
+        )
         self._connections: dict[Address, ServerConnection] = {}
+        #: Half-open associations by creation time (first = oldest).
+        self._half_open: dict[Address, float] = {}
+        #: Established associations by last activity (first = idle longest).
+        self._established: dict[Address, float] = {}
+        self._pending = PendingHellos(
+            max_hellos=MAX_PENDING_HELLOS,
+            max_bytes=MAX_PENDING_HELLO_BYTES,
+            max_length=MAX_CLIENT_HELLO_LENGTH,
+            timeout=PENDING_HELLO_TIMEOUT,
+        )
         self._events: deque[Event] = deque()
         self._stateless_out: list[tuple[bytes, Address]] = []
-        self._partial_hellos: dict[Address, tuple[ServerConnection, float]] = {}
         #: Connections that may have output or a new timer (insertion-ordered set).
         self._touched: dict[Address, None] = {}
         #: (deadline, tie-breaker, address); an entry is live while it equals the timer.
         self._timers: list[tuple[float, int, Address]] = []
         self._timer_entries = itertools.count()
         self._tracer = tracer
-        self.stats = {"stateless_replies": 0, "dropped_datagrams": 0}
+        #: Counters; :meth:`counters` gives a read-only snapshot with the current state.
+        self.stats = {
+            "stateless_replies": 0,
+            "dropped_datagrams": 0,
+            "internal_errors": 0,
+            "refused_handshakes": 0,
+            "evicted_half_open": 0,
+            "evicted_idle": 0,
+            "cookieless_resumptions": 0,
+        }
 
+    # ------------------------------------------------------------------ datagrams
     def receive_datagram(self, data: bytes, peer: Address, now: float) -> None:
         """Process one datagram from ``peer``. Never raises on hostile input."""
+        try:
+            self._receive(data, peer, now)
+        except Exception as exc:  # a bug must not reach the transport; counted and logged
+            self.stats["internal_errors"] += 1
+            log.error("internal error in the DTLS server (peer %s)", peer, exc_info=exc)
+            if Connection.raise_internal_errors:
+                raise
+
+    def _receive(self, data: bytes, peer: Address, now: float) -> None:
         connection = self._connections.get(peer)
         if (
             connection is not None
@@ -540,54 +772,142 @@ class DTLSServer:
         ):
             connection.receive_datagram(data, now)
             self._collect(connection)
+            self._account(peer, connection, now)
             self._touch(peer)
             return
-        held = self._partial_hellos.pop(peer, None)
-        if held is not None and now - held[1] <= PARTIAL_HELLO_TIMEOUT:
-            candidate = held[0]  # the rest of a fragmented ClientHello (RFC 6347 §4.2.3)
-        elif _is_initial_client_hello(data):
-            candidate = ServerConnection(self.config, peer, self._cookies, self._tracer)
-        else:
-            self.stats["dropped_datagrams"] += 1
+        hello = self._client_hello(data, peer, now)
+        if hello is None:
             return
-        candidate.receive_datagram(data, now)
-        if (
-            candidate.state == "listen"
-            and not candidate.is_closed
-            and candidate.has_partial_message
-        ):
-            # Keep only the fragments, bounded in number and time, until the message is whole.
-            if len(self._partial_hellos) >= MAX_PARTIAL_HELLOS:
-                self._partial_hellos.pop(next(iter(self._partial_hellos)))
-            self._partial_hellos[peer] = (candidate, now)
-            return
+        # A resumption without cookie must never replace a live association of the address.
+        cookieless = connection is None or connection.is_closed
+        candidate = ServerConnection(
+            self.config,
+            peer,
+            self._cookies,
+            self._tracer,
+            admission=self._admissible,
+            verdicts=self.verdicts,
+            cookieless=cookieless,
+        )
+        candidate.receive_datagram(hello, now)
         if candidate.state == "listen" or candidate.is_closed:
             # RFC 6347 §4.2.1: no state is kept before the cookie proves the address.
             self.stats["stateless_replies"] += 1
+            self.stats["refused_handshakes"] += candidate.refused
             self._stateless_out.extend((d, peer) for d in candidate.datagrams_to_send(now))
             if connection is None or connection.is_closed:
-                # A failed stray ClientHello must not look like the end of the live association.
                 self._collect(candidate)
+            else:
+                # A failed stray ClientHello must not look like the end of the live association.
+                self.stats["internal_errors"] += candidate.stats["internal_errors"]
             return
-        if len(self._connections) >= self.config.max_connections and peer not in self._connections:
-            self._evict_one()
         if connection is not None:
-            connection.close()
-            self._collect(connection)
+            self._drop(peer, now)  # the same address starts over (its cookie proved it)
+        # A resumption without cookie is half-open like any other until its Finished arrives.
+        self.stats["cookieless_resumptions"] += candidate.without_cookie
+        self._make_room(now)
         self._connections[peer] = candidate
+        self._half_open[peer] = now
         self._collect(candidate)
+        self._account(peer, candidate, now)
         self._touch(peer)
 
-    def _evict_one(self) -> None:
-        for address, conn in list(self._connections.items()):
-            if conn.is_closed:
-                del self._connections[address]
-                return
-        oldest = next(iter(self._connections))
-        self._connections.pop(oldest).close()
+    def _client_hello(self, data: bytes, peer: Address, now: float) -> bytes | None:
+        """A datagram holding one complete ClientHello from ``peer``, else None.
 
+        A ClientHello in one fragment is returned as received; fragments wait in the shared
+        bounded buffer and the completed message is returned as one unfragmented record
+        (RFC 6347 §4.2.3), carrying the highest record sequence number of its fragments.
+        """
+        fragments = _client_hello_fragments(data)
+        if fragments is None:
+            self.stats["dropped_datagrams"] += 1
+            return None
+        if len(fragments) == 1:
+            fragment = fragments[0][1]
+            if fragment.fragment_offset == 0 and fragment.fragment_length == fragment.length:
+                self._pending.discard(peer)
+                return data
+        completed = None
+        for record, fragment in fragments:
+            done = self._pending.add(peer, fragment, record.sequence_number, record.version, now)
+            completed = done or completed
+        if completed is None:
+            return None
+        body = completed.body
+        whole = HandshakeFragment(
+            HandshakeType.CLIENT_HELLO, len(body), completed.message_seq, 0, len(body), body
+        )
+        return encode_record(
+            Record(
+                ContentType.HANDSHAKE,
+                completed.record_version,
+                0,
+                completed.record_seq,
+                encode_fragment(whole),
+            )
+        )
+
+    # ------------------------------------------------------------------ association table
+    def _admissible(self, peer: Address, now: float) -> bool:
+        """Can room be made for a new association with ``peer`` without displacing a live
+        established one? (Guard ``association_available`` of spec/dtls.yaml.)"""
+        live = self._connections.get(peer)
+        if live is not None and not live.is_closed:
+            return True  # it replaces the association of the same address
+        if len(self._established) < self.config.max_connections:
+            return True  # room, possibly after evicting half-open associations
+        return self._idle_established(now) is not None
+
+    def _idle_established(self, now: float) -> Address | None:
+        """The established association idle longest, if idle for ``idle_timeout``."""
+        for peer, last in self._established.items():
+            return peer if now - last >= self.config.idle_timeout else None
+        return None
+
+    def _make_room(self, now: float) -> None:
+        """Evict so that one more half-open association fits: half-open ones first (oldest
+        first), else one established association idle for ``idle_timeout``."""
+        limit = self.config.max_connections
+        while self._half_open and (
+            len(self._half_open) >= self.config.max_half_open
+            or len(self._half_open) + len(self._established) >= limit
+        ):
+            self.stats["evicted_half_open"] += 1
+            self._drop(next(iter(self._half_open)), now)
+        if len(self._established) >= limit:
+            idle = self._idle_established(now)
+            if idle is not None:
+                self.stats["evicted_idle"] += 1
+                self._drop(idle, now)
+
+    def _account(self, peer: Address, connection: ServerConnection, now: float) -> None:
+        """Keep the half-open / established tables in step with ``connection``'s state."""
+        if connection.is_closed:
+            self._half_open.pop(peer, None)
+            self._established.pop(peer, None)
+        elif connection.is_established:
+            self._half_open.pop(peer, None)
+            self._established.pop(peer, None)
+            self._established[peer] = connection.last_activity or now  # most recent last
+
+    def _drop(self, peer: Address, now: float) -> None:
+        """Close ``peer``'s association (close_notify) and forget it at once."""
+        connection = self._connections.pop(peer, None)
+        self._half_open.pop(peer, None)
+        self._established.pop(peer, None)
+        self._touched.pop(peer, None)
+        if connection is None:
+            return
+        connection.close()
+        self._collect(connection)
+        self._stateless_out.extend((d, peer) for d in connection.datagrams_to_send(now))
+
+    # ------------------------------------------------------------------ plumbing
     def _collect(self, connection: ServerConnection) -> None:
         while (event := connection.next_event()) is not None:
+            if isinstance(event, InternalError):
+                self.stats["internal_errors"] += 1
             self._events.append(event)
 
     def _touch(self, peer: Address) -> None:
@@ -619,15 +939,21 @@ class DTLSServer:
             out.extend((d, address) for d in connection.datagrams_to_send(now))
             if connection.is_closed:
                 del self._connections[address]
+                self._account(address, connection, now)
             else:
                 self._schedule(address, connection)
         return out
 
     def next_timer(self) -> float | None:
+        """The earliest retransmission timer or expiry of a partial ClientHello."""
         live = self._live_timer()
-        return live[0] if live is not None else None
+        expiry = self._pending.next_expiry()
+        deadlines = [d for d in (live[0] if live else None, expiry) if d is not None]
+        return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
+        """Retransmit or time out due associations; purge expired partial ClientHellos."""
+        self._pending.expire(now)
         due: dict[Address, None] = {}
         while (live := self._live_timer()) is not None and live[0] <= now:
             heapq.heappop(self._timers)
@@ -636,12 +962,14 @@ class DTLSServer:
             connection = self._connections[peer]
             connection.handle_timer(now)
             self._collect(connection)
+            self._account(peer, connection, now)
             self._touch(peer)
             self._schedule(peer, connection)
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
+    # ------------------------------------------------------------------ application API
     def connection(self, peer: Address) -> ServerConnection | None:
         """The association with ``peer``; the caller may act on it, so it is polled next."""
         if peer in self._connections:
@@ -660,6 +988,7 @@ class DTLSServer:
         if connection is not None:
             connection.close()
             self._collect(connection)
+            self._account(peer, connection, connection.last_activity)
             self._touch(peer)
 
     def close_all(self) -> None:
@@ -669,3 +998,25 @@ class DTLSServer:
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    def counters(self) -> ServerStats:
+        """A read-only snapshot of pending state and counters (for benchmarks and operators).
+
+        ``reassembly_bytes`` sums over every association (linear in their number); the rest
+        is constant time.
+        """
+        return ServerStats(
+            pending_hellos=len(self._pending),
+            pending_hello_bytes=self._pending.buffered_bytes,
+            half_open=len(self._half_open),
+            established=len(self._established),
+            reassembly_bytes=sum(c.reassembly_bytes for c in self._connections.values()),
+            internal_errors=self.stats["internal_errors"],
+            stateless_replies=self.stats["stateless_replies"],
+            dropped_datagrams=self.stats["dropped_datagrams"],
+            dropped_hellos=self._pending.dropped,
+            refused_handshakes=self.stats["refused_handshakes"],
+            evicted_half_open=self.stats["evicted_half_open"],
+            evicted_idle=self.stats["evicted_idle"],
+            cookieless_resumptions=self.stats["cookieless_resumptions"],
+        )

@@ -2,6 +2,10 @@
 
 The file holds the master secret, so it is written with mode 0600 and must be treated like a
 private key.
+
+A session can only be resumed by its ID (RFC 5246 §7.4.1.3): a server that sends an empty
+session ID in its ServerHello "will not cache the session and it cannot be resumed", so no file
+is written for it (:class:`SessionNotResumable`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,21 @@ from d2tls.dtls.session import Session
 from d2tls.errors import ConfigurationError
 
 FORMAT = "d2tls-session-v1"
+
+
+class SessionNotResumable(ConfigurationError):
+    """The server issued an empty session ID: its sessions cannot be resumed."""
+
+
+def check_resumable(session: Session, server: str | None = None) -> None:
+    """Raise :class:`SessionNotResumable` if ``session`` has no session ID (RFC 5246 §7.4.1.3)."""
+    if session.session_id:
+        return
+    where = f"the server {server}" if server else "the server"
+    raise SessionNotResumable(
+        f"{where} sent an empty session ID: it does not cache sessions, so this session cannot "
+        f"be resumed (RFC 5246 §7.4.1.3); no session file written"
+    )
 
 
 def session_to_dict(session: Session) -> dict[str, object]:
@@ -55,13 +74,20 @@ def session_from_dict(data: dict[str, object]) -> Session:
         )
     except (KeyError, ValueError, TypeError, AssertionError) as exc:
         raise ConfigurationError(f"malformed session file: {exc}") from exc
+    if not session.session_id:
+        raise SessionNotResumable(
+            "session file holds an empty session ID: the server that issued it does not cache "
+            "sessions, so it cannot be resumed (RFC 5246 §7.4.1.3)"
+        )
     if not 1 <= len(session.session_id) <= 32 or len(session.master_secret) != 48:
         raise ConfigurationError("malformed session file: bad session ID or master secret length")
     return session
 
 
-def save_session(session: Session, path: Path) -> None:
-    """Write ``session`` to ``path`` with mode 0600."""
+def save_session(session: Session, path: Path, server: str | None = None) -> None:
+    """Write ``session`` to ``path`` with mode 0600; :class:`SessionNotResumable` (and no
+    file) if the server issued no session ID."""
+    check_resumable(session, server)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(session_to_dict(session), handle)

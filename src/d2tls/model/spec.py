@@ -6,7 +6,6 @@ broken spec never produces a half-working machine.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from dataclasses import dataclass
 from functools import cache
@@ -15,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from d2tls import resources
 from d2tls.errors import SpecError
 
 #: Flight behaviour of a state (RFC 6347 §4.2.4): "await" runs the retransmission timer,
@@ -96,11 +96,9 @@ class Spec:
 
 
 def spec_directory() -> Path:
-    """Where the spec lives: $D2TLS_SPEC_DIR, else the repository's ``spec/``."""
-    env = os.environ.get("D2TLS_SPEC_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "spec"
+    """Where the spec lives: ``$D2TLS_SPEC_DIR``, else the installed copy
+    (:func:`d2tls.resources.spec_dir`)."""
+    return resources.spec_dir()
 
 
 def _as_tuple(value: Any, where: str) -> tuple[str, ...]:

@@ -36,6 +36,28 @@ class ConnectionFailed(D2TLSError):
         self.terminated = terminated
 
 
+class PortUnreachable(ConnectionFailed):
+    """ICMP port unreachable during the handshake: nothing listens at the peer's port.
+
+    On a connected UDP socket the kernel reports it as ``ConnectionRefusedError``; waiting
+    for retransmissions (RFC 6347 §4.2.4) cannot help, so the handshake fails at once.
+    """
+
+    def __init__(self, host: str, port: int, answered: bool) -> None:
+        what = "stopped answering" if answered else "nothing listens there"
+        reason = f"port unreachable: {host}:{port} ({what}; ICMP port unreachable)"
+        super().__init__(ConnectionTerminated(reason=reason, alert=None, by_peer=False, error=True))
+        self.args = (reason,)
+
+
+class NoAnswer(TimeoutError, D2TLSError):
+    """The peer never answered within the handshake timeout."""
+
+
+class HandshakeTimeout(TimeoutError, D2TLSError):
+    """The peer answered but the handshake did not finish within the timeout."""
+
+
 class ClientEndpoint(asyncio.DatagramProtocol):
     """One DTLS client connection over a connected UDP socket."""
 
@@ -56,6 +78,9 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         self._data: asyncio.Queue[bytes] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.local_address: Address | None = None
+        self.remote_address: Address | None = None
+        #: Whether any datagram came back from the peer (tells "no answer" from "stalled").
+        self.answered = False
 
     @classmethod
     async def connect(
@@ -80,6 +105,7 @@ class ClientEndpoint(asyncio.DatagramProtocol):
             remote_addr=(host, port),
             local_addr=(local_host, local_port),
         )
+        protocol.remote_address = (host, port)
         protocol.engine.connect(protocol._loop.time())
         protocol.pump()
         return protocol
@@ -91,11 +117,22 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         self.local_address = (sockname[0], sockname[1]) if sockname else None
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.answered = True
         self.engine.receive_datagram(data, self._loop.time())
         self.pump()
 
-    def error_received(self, exc: Exception) -> None:  # ICMP errors: let timers retry
-        pass
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors: port unreachable ends the handshake; others are left to the timers."""
+        if (
+            isinstance(exc, ConnectionRefusedError)
+            and not self._handshake.done()
+            and self.remote_address is not None
+        ):
+            self._handshake.set_exception(PortUnreachable(*self.remote_address, self.answered))
+            self._handshake.exception()  # mark retrieved
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -156,8 +193,19 @@ class ClientEndpoint(asyncio.DatagramProtocol):
 
     # public API
     async def handshake(self, timeout: float = 30.0) -> HandshakeCompleted:
-        """Wait for the handshake; raises ConnectionFailed or TimeoutError."""
-        return await asyncio.wait_for(asyncio.shield(self._handshake), timeout)
+        """Wait for the handshake; raises ConnectionFailed (PortUnreachable included) or a
+        TimeoutError that names the peer (NoAnswer, HandshakeTimeout)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._handshake), timeout)
+        except TimeoutError:
+            host, port = self.remote_address or ("?", 0)
+            peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if not self.answered:
+                raise NoAnswer(f"no answer from {peer} after {timeout:g} s") from None
+            raise HandshakeTimeout(
+                f"handshake with {peer} not finished after {timeout:g} s "
+                "(the peer answered, then went silent)"
+            ) from None
 
     def send(self, data: bytes) -> None:
         """Send application data."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from d2tls.errors import ConfigurationError
 
 #: Backdating of ``notBefore`` so that small clock skews do not reject fresh certificates.
 CLOCK_SKEW = timedelta(hours=1)
@@ -56,6 +59,8 @@ class PKIPaths:
     server_chain: Path
     devices: tuple[DevicePaths, ...]
     psk_file: Path
+    #: The agent's PSK file: the same keys, each bound to its device certificate.
+    agent_psk_file: Path
     other_ca_cert: Path
     other_ca_key: Path
 
@@ -245,8 +250,41 @@ def pki_paths(directory: Path, devices: int = 1) -> PKIPaths:
             for i in range(1, devices + 1)
         ),
         psk_file=directory / "psk.txt",
+        agent_psk_file=directory / "agent-psk.txt",
         other_ca_cert=directory / "other-ca.pem",
         other_ca_key=directory / "other-ca.key",
+    )
+
+
+#: Files of a PKI directory besides the device files: what ``init_pki`` and the OCSP
+#: responder (``revoked.json``) write.
+PKI_FILES = (
+    "ca.pem",
+    "ca.key",
+    "server.pem",
+    "server.key",
+    "server-chain.pem",
+    "psk.txt",
+    "agent-psk.txt",
+    "other-ca.pem",
+    "other-ca.key",
+    "revoked.json",
+)
+_DEVICE_FILE = re.compile(r"device-[0-9]+\.(pem|key)")
+
+
+class PKIExistsError(ConfigurationError):
+    """The directory already holds a PKI and replacing it was not asked for."""
+
+
+def existing_pki_files(directory: Path) -> list[Path]:
+    """The files of a PKI (as :func:`init_pki` writes them) present in ``directory``."""
+    if not directory.is_dir():
+        return []
+    return sorted(
+        path
+        for path in directory.iterdir()
+        if path.name in PKI_FILES or _DEVICE_FILE.fullmatch(path.name)
     )
 
 
@@ -255,15 +293,31 @@ def init_pki(
     server_name: str = "localhost",
     devices: int = 1,
     validity_days: int = 365,
+    *,
+    replace: bool = True,
 ) -> PKIPaths:
-    """Create (overwrite) a complete test PKI in ``directory`` and return its file paths.
+    """Create a complete test PKI in ``directory`` and return its file paths.
 
     The server SAN holds ``server_name`` plus IP 127.0.0.1 and ::1. Device ``N`` gets CN
     ``device-N`` and SAN ``device-N.d2tls.invalid``. ``psk.txt`` has one ``device-N:HEX`` line
-    per device (32 random bytes each).
+    per device (32 random bytes each); ``agent-psk.txt`` the same keys bound to the device
+    certificates (``cert-sha256=``, spec/delegation.md §9.1), for ``d2tls agent``.
+
+    If ``directory`` already holds a PKI: with ``replace=False`` raise :class:`PKIExistsError`
+    (``d2tls pki init`` without ``--force``); otherwise remove all of its files first, so that
+    no device certificate of the old CA (or revocation list) is left behind.
     """
     if devices < 0:
         raise ValueError("devices must be >= 0")
+    existing = existing_pki_files(directory)
+    if existing and not replace:
+        listed = ", ".join(p.name for p in existing[:6]) + (", ..." if len(existing) > 6 else "")
+        raise PKIExistsError(
+            f"{directory} already holds a PKI ({listed}); use --force to replace it (this "
+            f"deletes its CA, keys, device certificates and PSKs)"
+        )
+    for path in existing:
+        path.unlink()
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = create_ca(validity_days=validity_days)
     other_cert, other_key = create_ca("d2tls unrelated CA", validity_days=validity_days)
@@ -287,7 +341,7 @@ def init_pki(
     write_pem_certificate(paths.server_chain, srv_cert)
     write_pem_private_key(paths.server_key, srv_key)
 
-    psk_lines = []
+    psk_lines, agent_lines = [], []
     for dev in paths.devices:
         cert, key = issue_certificate(
             ca_cert,
@@ -299,6 +353,10 @@ def init_pki(
         )
         write_pem_certificate(dev.cert, cert)
         write_pem_private_key(dev.key, key)
-        psk_lines.append(f"{dev.name}:{secrets.token_hex(32)}\n")
+        psk = secrets.token_bytes(32)
+        psk_lines.append(f"{dev.name}:{psk.hex()}\n")
+        binding = cert.fingerprint(hashes.SHA256()).hex()
+        agent_lines.append(f"{dev.name}:{psk.hex()} cert-sha256={binding}\n")
     _write_private(paths.psk_file, "".join(psk_lines).encode("ascii"))
+    _write_private(paths.agent_psk_file, "".join(agent_lines).encode("ascii"))
     return paths

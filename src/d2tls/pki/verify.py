@@ -1,15 +1,25 @@
 """Loading of keys, certificates and PSKs, and certificate chain verification.
 
 Chains are verified with ``cryptography.x509.verification`` (RFC 5280 path building with the
-CA/B-style profile of that library). A failure raises :class:`~d2tls.errors.CertificateError`
-whose alert follows RFC 5246 §7.2.2 (and OpenSSL's choices where the RFC is vague):
+CA/B-style profile of that library). Server chains use that profile unchanged. Client (device)
+chains use it with one end-entity difference: ``subjectAltName`` may be absent, as RFC 5280
+§4.1.2.6 allows when the subject is not empty (what ``openssl req`` and many device CAs issue).
+Chain, validity, signatures, basicConstraints, the clientAuth EKU (when an EKU is present) are
+checked as before; a client leaf's keyUsage, when present, must assert digitalSignature (its key
+signs CertificateVerify, RFC 5246 §7.4.8) and not keyCertSign. A device is identified by its SAN
+when it has one, else by its subject CN (:func:`certificate_identity`).
+
+A failure raises :class:`~d2tls.errors.CertificateError` whose message names the certificate
+and the failed check in plain words (:mod:`d2tls.pki.explain`) and whose alert follows RFC 5246
+§7.2.2 (and OpenSSL's choices where the RFC is vague):
 
 * empty or too long chain, undecodable DER: ``bad_certificate``;
 * leaf or CA outside its validity period: ``certificate_expired``;
 * no path to a trust anchor: ``unknown_ca``;
 * issuer signature does not verify: ``bad_certificate``;
 * name mismatch, CA used as leaf, other profile errors: ``bad_certificate``;
-* leaf key not ECDSA P-256, EKU not serverAuth/clientAuth: ``unsupported_certificate``.
+* leaf key not ECDSA P-256, EKU not serverAuth/clientAuth, client keyUsage without
+  digitalSignature: ``unsupported_certificate``.
 
 Undecodable DER is ``bad_certificate`` rather than ``decode_error``: the Certificate message
 itself was well formed, only a certificate inside it is corrupt (RFC 5246 §7.2.2).
@@ -22,6 +32,7 @@ the IP literal (``"127.0.0.1"``, ``"::1"``) when connecting by address.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +43,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509.verification import (
     ClientVerifier,
+    Criticality,
+    ExtensionPolicy,
+    Policy,
     PolicyBuilder,
     ServerVerifier,
     Store,
@@ -40,14 +54,19 @@ from cryptography.x509.verification import (
 
 from d2tls.dtls.constants import AlertDescription
 from d2tls.errors import CertificateError, ConfigurationError
+from d2tls.pki.explain import explain, name_of
+
+log = logging.getLogger(__name__)
 
 #: Most certificates accepted in one peer chain (leaf included).
 MAX_CHAIN_LENGTH = 8
 #: PSK identity length bounds (RFC 4279 §5.3: identities up to 128 octets must be supported).
 MAX_PSK_IDENTITY_LEN = 128
-#: PSK length bounds: at least 128 bits; RFC 4279 §5.3 requires support up to 64 octets.
-MIN_PSK_LEN = 16
+#: PSK length bounds: RFC 4279 sets no minimum; §5.3 requires support up to 64 octets.
+MIN_PSK_LEN = 1
 MAX_PSK_LEN = 64
+#: Keys shorter than this (128 bits) are accepted with a warning: they can be brute-forced.
+WEAK_PSK_LEN = 16
 
 
 # --------------------------------------------------------------------------- files
@@ -102,26 +121,55 @@ def load_trust_store(path: Path) -> Store:
         raise ConfigurationError(f"CA file {path} cannot be used as trust store: {exc}") from exc
 
 
+def check_psk(identity: bytes, key: bytes) -> None:
+    """Refuse a PSK outside 1..64 bytes or an identity outside 1..128 bytes.
+
+    RFC 4279 §5.3: implementations must support identities up to 128 octets and keys up to
+    64 octets; the RFC sets no minimum key length.
+    """
+    shown = identity.decode("utf-8", "replace")
+    if not 1 <= len(identity) <= MAX_PSK_IDENTITY_LEN:
+        raise ConfigurationError(
+            f"PSK identity {shown!r} is {len(identity)} bytes; it must be 1..{MAX_PSK_IDENTITY_LEN}"
+        )
+    if not MIN_PSK_LEN <= len(key) <= MAX_PSK_LEN:
+        raise ConfigurationError(
+            f"PSK key for {shown!r} is {len(key)} bytes; it must be {MIN_PSK_LEN}..{MAX_PSK_LEN} "
+            f"bytes (RFC 4279 §5.3)"
+        )
+
+
+def warn_if_weak_psk(identity: bytes, key: bytes) -> bool:
+    """Log a warning (stderr without logging configured) for a key under 16 bytes."""
+    if len(key) >= WEAK_PSK_LEN:
+        return False
+    log.warning(
+        "WARNING: PSK for identity %r is only %d bytes (%d bits); keys under %d bytes can be "
+        "found by brute force. Use a random 32-byte key where the peer allows it.",
+        identity.decode("utf-8", "replace"),
+        len(key),
+        8 * len(key),
+        WEAK_PSK_LEN,
+    )
+    return True
+
+
 def parse_psk(text: str) -> tuple[bytes, bytes]:
     """Parse ``IDENTITY:HEXKEY`` into ``(identity, key)``.
 
     The identity is UTF-8 (1..128 bytes) and may itself contain ``:`` (the key is after the
-    last one); the key is 16..64 bytes of hex.
+    last one); the key is 1..64 bytes of hex, with a warning below 16 bytes.
     """
     identity_text, sep, hex_key = text.strip().rpartition(":")
     if not sep:
         raise ConfigurationError("PSK must be written IDENTITY:HEXKEY")
     identity = identity_text.encode("utf-8")
-    if not 1 <= len(identity) <= MAX_PSK_IDENTITY_LEN:
-        raise ConfigurationError(f"PSK identity must be 1..{MAX_PSK_IDENTITY_LEN} bytes")
     try:
         key = bytes.fromhex(hex_key.strip())
     except ValueError as exc:
         raise ConfigurationError(f"PSK key for {identity_text!r} is not hex") from exc
-    if not MIN_PSK_LEN <= len(key) <= MAX_PSK_LEN:
-        raise ConfigurationError(
-            f"PSK key for {identity_text!r} must be {MIN_PSK_LEN}..{MAX_PSK_LEN} bytes"
-        )
+    check_psk(identity, key)
+    warn_if_weak_psk(identity, key)
     return identity, key
 
 
@@ -186,8 +234,11 @@ def _check_leaf_key(leaf: x509.Certificate) -> None:
             f"leaf public key unusable: {exc}", AlertDescription.UNSUPPORTED_CERTIFICATE
         ) from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        kind = f"{key.curve.name} EC" if isinstance(key, ec.EllipticCurvePublicKey) else "non-EC"
         raise CertificateError(
-            "leaf certificate key is not ECDSA P-256", AlertDescription.UNSUPPORTED_CERTIFICATE
+            f"certificate {name_of(leaf.subject)} not accepted: it has a {kind} key; only "
+            f"ECDSA P-256 is supported",
+            AlertDescription.UNSUPPORTED_CERTIFICATE,
         )
 
 
@@ -195,7 +246,7 @@ def _alert_for(message: str) -> AlertDescription:
     """Map a ``VerificationError`` message of ``cryptography`` to an alert."""
     if "not valid at validation time" in message:
         return AlertDescription.CERTIFICATE_EXPIRED
-    if "required EKU not found" in message:
+    if "required EKU not found" in message or "does not assert digitalSignature" in message:
         return AlertDescription.UNSUPPORTED_CERTIFICATE
     if "candidates exhausted" in message and "signature does not match" not in message:
         # No issuer candidate led to a trust anchor (none at all, or only unusable ones,
@@ -223,21 +274,67 @@ def _builder(store: Store, now: datetime | None) -> PolicyBuilder:
     return builder.time(now) if now is not None else builder
 
 
-def _verify(verifier: ServerVerifier | ClientVerifier, chain: Sequence[bytes]) -> x509.Certificate:
-    leaf, *intermediates = _decode_chain(chain)
+def _client_subject_alt_name(
+    policy: Policy, cert: x509.Certificate, san: x509.SubjectAlternativeName | None
+) -> None:
+    """SAN optional on a client leaf (RFC 5280 §4.1.2.6); the Web-PKI criticality rule kept."""
+    if san is None:
+        if not cert.subject:
+            raise ValueError("it has neither a subject nor a subjectAltName: no identity")
+        return
+    critical = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
+    if not cert.subject and not critical:
+        raise ValueError("EE subjectAltName MUST be critical when subject is empty")
+    if cert.subject and critical:
+        raise ValueError("EE subjectAltName MUST NOT be critical when subject is nonempty")
+
+
+def _client_key_usage(policy: Policy, cert: x509.Certificate, usage: x509.KeyUsage | None) -> None:
+    """RFC 5280 §4.2.1.3: a client key signs CertificateVerify, so digitalSignature."""
+    if usage is None:
+        return
+    if usage.key_cert_sign:
+        raise ValueError("keyUsage asserts keyCertSign, which an end-entity must not")
+    if not usage.digital_signature:
+        raise ValueError("keyUsage does not assert digitalSignature, needed to sign")
+
+
+def client_leaf_policy() -> ExtensionPolicy:
+    """The Web-PKI end-entity policy with an optional SAN and a signing keyUsage."""
+    return (
+        ExtensionPolicy.webpki_defaults_ee()
+        .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, _client_subject_alt_name)
+        .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, _client_key_usage)
+    )
+
+
+def _verify(
+    verifier: ServerVerifier | ClientVerifier,
+    chain: Sequence[bytes],
+    *,
+    usage: str,
+    expected_name: str | None = None,
+    now: datetime | None = None,
+) -> list[x509.Certificate]:
+    """The verified path, leaf first and trust anchor last."""
+    certs = _decode_chain(chain)
+    leaf, *intermediates = certs
     _check_leaf_key(leaf)
     try:
-        verifier.verify(leaf, intermediates)
+        verified = verifier.verify(leaf, intermediates)
     except VerificationError as exc:
         message = str(exc)
-        raise CertificateError(
-            f"certificate verification failed: {message}", _alert_for(message)
-        ) from exc
+        try:
+            plain = explain(message, certs, usage=usage, expected_name=expected_name, now=now)
+        except Exception:  # a hostile field must not hide the verdict
+            plain = f"certificate not accepted: {message}"
+        raise CertificateError(plain, _alert_for(message)) from exc
     except BaseException as exc:
         if not _hostile(exc):
             raise
         raise CertificateError(f"certificate rejected: {exc}") from exc
-    return leaf
+    path = verified if isinstance(verified, list) else verified.chain
+    return list(path)
 
 
 def verify_server_chain(
@@ -258,17 +355,28 @@ def verify_server_chain(
         verifier = _builder(store, now).build_server_verifier(subject)
     except ValueError as exc:
         raise ConfigurationError(f"invalid server name {server_name!r}: {exc}") from exc
-    return _verify(verifier, chain)
+    return _verify(verifier, chain, usage="serverAuth", expected_name=server_name, now=now)[0]
 
 
 def verify_client_chain(
     chain: Sequence[bytes], store: Store, now: datetime | None = None
 ) -> x509.Certificate:
-    """Verify a client chain (leaf first, EKU clientAuth); return the leaf.
+    """Verify a client chain (leaf first, EKU clientAuth if any EKU, SAN optional); the leaf.
 
     Raises :class:`CertificateError` with the alert to send.
     """
-    return _verify(_builder(store, now).build_client_verifier(), chain)
+    return verify_client_path(chain, store, now)[0]
+
+
+def verify_client_path(
+    chain: Sequence[bytes], store: Store, now: datetime | None = None
+) -> list[x509.Certificate]:
+    """:func:`verify_client_chain`, returning the whole verified path (leaf first, trust
+    anchor last): its earliest ``notAfter`` bounds how long the verdict holds (RFC 5280 §6.1)."""
+    builder = _builder(store, now).extension_policies(
+        ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=client_leaf_policy()
+    )
+    return _verify(builder.build_client_verifier(), chain, usage="clientAuth", now=now)
 
 
 def certificate_subject(der: bytes) -> str:
@@ -280,3 +388,36 @@ def certificate_subject(der: bytes) -> str:
         if not _hostile(exc):
             raise
         raise CertificateError(f"certificate subject undecodable: {exc}") from exc
+
+
+def _general_name(name: x509.GeneralName) -> str:
+    if isinstance(name, x509.DNSName):
+        return f"DNS:{name.value}"
+    if isinstance(name, x509.IPAddress):
+        return f"IP:{name.value}"
+    if isinstance(name, x509.UniformResourceIdentifier):
+        return f"URI:{name.value}"
+    if isinstance(name, x509.RFC822Name):
+        return f"email:{name.value}"
+    return f"{type(name).__name__}:{name.value}"
+
+
+def certificate_identity(der: bytes) -> str:
+    """How a peer is identified: its first subjectAltName (``DNS:device-1.example``), else its
+    subject CN (``CN=sensor-42``), else its whole RFC 4514 subject."""
+    cert = _decode(der, 0)
+    try:
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = None
+        if san is not None and len(san) > 0:
+            return _general_name(next(iter(san)))
+        common_names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        if common_names:
+            return f"CN={common_names[0].value!s}"
+        return cert.subject.rfc4514_string()
+    except BaseException as exc:
+        if not _hostile(exc):
+            raise
+        raise CertificateError(f"certificate identity undecodable: {exc}") from exc

@@ -1,13 +1,9 @@
-"""``d2tls prove``: run Tamarin on the theories and compare with ``proofs/expected.toml``.
+"""``d2tls prove``: run Tamarin on the theories and compare with the expected verdicts.
 
-Each theory first gets one run of Tamarin's wellformedness and derivation checks
-(``--quit-on-warning``); the per-lemma proofs then run with the derivation checks off.
-
-Exit status: 0 every theory well formed and every lemma got its expected verdict; 1 a
-mismatch, a lemma without an expected verdict, a timeout, an incomplete analysis or a
-wellformedness warning; 2 a usage
-error (unknown theory or lemma, bad expected file); 3 tamarin-prover or maude is missing.
-``--static`` checks without Tamarin: Tree-sitter syntax and consistency with the spec.
+:data:`DESCRIPTION` is the command's ``--help`` text (plain text, no markup). The theories and
+``expected.toml`` are the installed ones (:func:`d2tls.resources.proofs_dir`). SIGINT and
+SIGTERM kill every running ``tamarin-prover`` (its whole process group, so maude too) and
+exit with status 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
@@ -15,8 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from d2tls.prove import runner
@@ -30,6 +31,25 @@ from d2tls.prove.runner import (
     ProverMissing,
     WellformednessResult,
 )
+from d2tls.resources import ResourceError
+
+DESCRIPTION = """\
+Run Tamarin on the theories; compare each lemma's verdict with expected.toml.
+
+Each theory first gets one run of Tamarin's wellformedness and derivation
+checks (--quit-on-warning); the per-lemma proofs then run with the derivation
+checks off. The theories and expected.toml are the ones installed with d2tls
+(set D2TLS_PROOFS_DIR to use another directory). --static (or --check-only)
+checks without Tamarin: Tree-sitter syntax and consistency with the spec
+(it needs the prove extra: pip install 'd2tls[prove]').
+
+Exit status:
+  0    every theory well formed and every lemma got its expected verdict
+  1    a mismatch, a lemma without an expected verdict, a timeout, an
+       incomplete analysis or a wellformedness warning
+  2    a usage error (unknown theory or lemma, bad expected file)
+  3    tamarin-prover or maude is missing
+  130  stopped by SIGINT (Ctrl-C); 143 stopped by SIGTERM (provers killed)"""
 
 
 def register(subparsers: Any) -> None:
@@ -37,14 +57,15 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "prove",
         help="prove the Tamarin theories and compare with the expected verdicts",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "theories",
         nargs="*",
         metavar="THEORY",
-        help="a .spthy file, or a theory name in proofs/ (default: every proofs/*.spthy)",
+        help="a .spthy file, or the name of an installed theory, e.g. d2tls_dtls12 or "
+        "experimental/d2tls_dtls12_ecdhe (default: every installed *.spthy)",
     )
     parser.add_argument(
         "--lemma",
@@ -82,10 +103,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--expected",
         metavar="FILE",
-        help=f"expected verdicts (default: proofs/{runner.EXPECTED_FILE})",
+        help=f"expected verdicts (default: the installed {runner.EXPECTED_FILE})",
     )
-    parser.add_argument("--tamarin-prover", metavar="PATH", help="tamarin-prover executable")
-    parser.add_argument("--maude", metavar="PATH", help="maude executable")
+    parser.add_argument(
+        "--tamarin-prover", metavar="PATH", help="tamarin-prover executable (default: on PATH)"
+    )
+    parser.add_argument("--maude", metavar="PATH", help="maude executable (default: on PATH)")
     parser.add_argument(
         "--prover-arg",
         action="append",
@@ -95,6 +118,8 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--static",
+        "--check-only",
+        dest="static",
         action="store_true",
         help="no proving: check syntax (Tree-sitter) and consistency with the spec",
     )
@@ -108,7 +133,7 @@ def _theory_paths(names: list[str]) -> list[Path]:
     for name in names:
         path = Path(name)
         if not path.exists():
-            candidate = runner.PROOFS_DIR / (name if name.endswith(".spthy") else f"{name}.spthy")
+            candidate = runner.proofs_dir() / (name if name.endswith(".spthy") else f"{name}.spthy")
             if not candidate.exists():
                 raise FileNotFoundError(f"no theory {name!r} (nor {candidate})")
             path = candidate
@@ -142,19 +167,64 @@ def _static(theories: list[Path]) -> int:
     return EXIT_OK
 
 
-def main(args: argparse.Namespace) -> int:
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while ``d2tls prove`` was running."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, then as before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    # A signal ignored from the start (e.g. SIGINT of a background job) stays ignored.
+    caught = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
+    previous = {signum: signal.signal(signum, _interrupt) for signum in caught}
     try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``d2tls prove``; on SIGINT/SIGTERM kill the provers and return 128 + signal."""
+    try:
+        with _signals_interrupt():
+            try:
+                return _main(args)
+            except Interrupted:
+                for signum in (signal.SIGINT, signal.SIGTERM):  # no second interrupt while
+                    signal.signal(signum, signal.SIG_IGN)  # the provers are being killed
+                runner.stop_all()
+                raise
+    except Interrupted as exc:
+        print(f"d2tls prove: stopped by {exc}; every tamarin-prover killed", file=sys.stderr)
+        return 128 + exc.signum
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        proofs = runner.proofs_dir()
         theories = _theory_paths(args.theories)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ResourceError) as exc:
         print(f"d2tls prove: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not theories:
-        print(f"d2tls prove: no .spthy files in {runner.PROOFS_DIR}", file=sys.stderr)
+        print(f"d2tls prove: no .spthy files in {proofs}", file=sys.stderr)
         return EXIT_USAGE
     if args.static:
         return _static(theories)
 
-    expected_path = Path(args.expected) if args.expected else runner.PROOFS_DIR / "expected.toml"
+    expected_path = Path(args.expected) if args.expected else proofs / runner.EXPECTED_FILE
     try:
         expected = runner.load_expected(expected_path)
     except (OSError, ValueError) as exc:

@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from d2tls import resources
 
 #: Verdicts a lemma can get. "verified"/"falsified" are Tamarin's answers (for an exists-trace
 #: lemma "verified" means a trace was found); the others mean there is no answer.
@@ -47,8 +50,6 @@ EXIT_OK = 0
 EXIT_MISMATCH = 1
 EXIT_USAGE = 2
 EXIT_NO_PROVER = 3
-
-PROOFS_DIR = Path(__file__).resolve().parents[3] / "proofs"
 
 #: Seconds Tamarin may spend on its message-derivation wellformedness check (its default of
 #: 5 s is too short for our theory on 2 cores; a timeout is reported as a warning, which
@@ -284,8 +285,14 @@ def load_expected(path: Path) -> dict[str, dict[str, Expectation]]:
     return table
 
 
+def proofs_dir() -> Path:
+    """The theories and ``expected.toml``: ``$D2TLS_PROOFS_DIR``, else the installed copy."""
+    return resources.proofs_dir()
+
+
 def default_theories() -> list[Path]:
-    return sorted(PROOFS_DIR.glob("*.spthy"))
+    """Every ``*.spthy`` of :func:`proofs_dir` (not its ``experimental/`` subdirectory)."""
+    return sorted(proofs_dir().glob("*.spthy"))
 
 
 # --------------------------------------------------------------------------- running
@@ -340,19 +347,67 @@ class _Finished:
     detail: str = ""
 
 
+class _LiveProcesses:
+    """The tamarin-prover processes running now, so that :func:`stop_all` can kill them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[subprocess.Popen[str]] = set()
+        self._stopped = False
+
+    def reopen(self) -> None:
+        with self._lock:
+            self._stopped = False
+
+    def spawn(self, command: list[str]) -> subprocess.Popen[str] | None:
+        """Start ``command`` in its own process group; None once :meth:`stop` was called."""
+        with self._lock:
+            if self._stopped:
+                return None
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            self._live.add(process)
+            return process
+
+    def forget(self, process: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._live.discard(process)
+
+    def stop(self) -> None:
+        """Kill every live process group and start no new one."""
+        with self._lock:
+            self._stopped = True
+            live = list(self._live)
+        for process in live:
+            kill_group(process)
+
+
+_LIVE = _LiveProcesses()
+
+
+def stop_all() -> None:
+    """Kill every running tamarin-prover (with its maude children); start no more of them.
+
+    ``d2tls prove`` calls it when SIGINT or SIGTERM arrives; :func:`run_all` calls it when it
+    is left by an exception.
+    """
+    _LIVE.stop()
+
+
 def _run(command: list[str], timeout: float) -> _Finished:
-    """Run one prover process; on timeout its whole process group is killed."""
+    """Run one prover process; on timeout or any exception its whole process group is killed."""
     start = time.monotonic()
     try:
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        process = _LIVE.spawn(command)
     except OSError as exc:
         return _Finished(None, None, 0.0, ERROR, str(exc))
+    if process is None:
+        return _Finished(None, None, 0.0, ERROR, "stopped before it started")
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -360,6 +415,12 @@ def _run(command: list[str], timeout: float) -> _Finished:
         process.communicate()
         seconds = time.monotonic() - start
         return _Finished(None, None, seconds, TIMEOUT, f"no verdict within {timeout:g} s")
+    except BaseException:  # e.g. a signal in the main thread: leave no prover behind
+        kill_group(process)
+        process.wait()
+        raise
+    finally:
+        _LIVE.forget(process)
     return _Finished(output, process.returncode, time.monotonic() - start)
 
 
@@ -522,13 +583,25 @@ def run_all(
             on_result(result)
         return result
 
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        checks = [pool.submit(check, theory) for theory in theories]
-        pooled = [pool.submit(prove, job, threads) for job in shared]
-        check_results = [c.result() for c in checks]
-        by_job = dict(zip(shared, [p.result() for p in pooled], strict=True))
-    for job in alone:
-        by_job[job] = prove(job, 1)
+    _LIVE.reopen()
+    try:
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            try:
+                checks = [pool.submit(check, theory) for theory in theories]
+                pooled = [pool.submit(prove, job, threads) for job in shared]
+                check_results = [c.result() for c in checks]
+                by_job = dict(zip(shared, [p.result() for p in pooled], strict=True))
+            except BaseException:
+                # Interrupted (a signal in the main thread) or failed: kill the running
+                # provers so the pool's threads return, and drop the queued jobs.
+                stop_all()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        for job in alone:
+            by_job[job] = prove(job, 1)
+    except BaseException:
+        stop_all()
+        raise
     return Run(check_results, [by_job[job] for job in jobs])
 
 

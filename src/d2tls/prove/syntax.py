@@ -1,10 +1,11 @@
 """Syntax check of ``.spthy`` files with the Tree-sitter Spthy grammar (no Tamarin needed).
 
-Needs the ``py-tree-sitter-spthy`` package (test extra). The grammar is Tamarin's own
-(``tree-sitter/tree-sitter-spthy`` in the Tamarin repository): a file with an ERROR or MISSING
-node would not load in Tamarin either. The check is syntactic only; well-formedness (sorts,
-unbound variables, fact arities) is Tamarin's job. One lexical rule the grammar does not
-enforce is checked on top: a public constant ('name') holds no whitespace (Tamarin rejects it).
+Needs ``tree-sitter`` and ``py-tree-sitter-spthy`` (the ``prove`` and ``test`` extras). The
+grammar is Tamarin's own (``tree-sitter/tree-sitter-spthy`` in the Tamarin repository): a file
+with an ERROR or MISSING node would not load in Tamarin either. The check is syntactic only;
+well-formedness (sorts, unbound variables, fact arities) is Tamarin's job. One lexical rule
+the grammar does not enforce is checked on top: a public constant ('name') holds no whitespace
+(Tamarin rejects it).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _parser() -> Any:
         tree_sitter = importlib.import_module("tree_sitter")
     except ImportError as exc:
         raise SyntaxCheckUnavailable(
-            "the Tree-sitter Spthy grammar is not installed: pip install py-tree-sitter-spthy"
+            "the Tree-sitter Spthy grammar is not installed: pip install 'd2tls[prove]' "
+            "(tree-sitter and py-tree-sitter-spthy)"
         ) from exc
     language = grammar.language()
     if not isinstance(language, tree_sitter.Language):  # older bindings return a pointer
