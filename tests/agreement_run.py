@@ -30,8 +30,8 @@ from d2tls.pki.verify import (
 )
 
 D2TLS = [sys.executable, "-m", "d2tls.cli"]
-#: Options ``d2tls agent`` needs to delegate to ADDRESS (an allow-list, when the agent has one).
-AGENT_ALLOW: list[str] = []
+#: Options ``d2tls agent`` needs to delegate to ADDRESS (its allow-list).
+AGENT_ALLOW: list[str] = ["--allow-server", "ADDRESS"]
 
 
 def _agent_allow(address: str) -> list[str]:
@@ -85,7 +85,7 @@ def main(peer: str, work: Path) -> dict[str, Any]:
                 "--listen",
                 f"127.0.0.1:{agent_port}",
                 "--psk-file",
-                str(pki.psk_file),
+                str(pki.agent_psk_file),  # PSKs bound to the device certificates
                 "--ca",
                 str(pki.ca_cert),
                 *_agent_allow(hostport),
