@@ -5,9 +5,9 @@ client certificates and accepting the PSK. The readiness checks run against the 
 runs, never restarted between checks (what a user meets). Servers that serve one connection
 at a time (``openssl s_server``, ``gnutls-serv --udp``, mbedTLS ``ssl_server2``, the wolfSSL
 server) are restarted before every scenario (scenarios send deliberately stray records, and
-one stray record wedges ``gnutls-serv``) and, except ``s_server``, before every learning
-query; ``s_server`` is learned without restarts, the way ``d2tls conformance`` learns a server
-somebody else runs (a new client port, a clean close and a settle delay per query).
+one stray record wedges ``gnutls-serv``) and before every learning query (a complete, fast
+learning run; ``d2tls conformance HOST:PORT`` learns a server it cannot restart by a new
+client port, a clean close and a settle delay per query, see :mod:`.learning`).
 ``gnutls-serv`` binds every address, so its run happens inside a private network namespace
 (this command re-executes itself there). The report goes to ``OUT/<peer>.json``,
 ``OUT/<peer>.md`` and ``OUT/machines/``; ``OUT/README.md`` is left to a human (it explains
@@ -179,11 +179,7 @@ def make_server(peer: str, pki: PKIPaths, psk: tuple[bytes, bytes]) -> ManagedSe
             server.start()
             return server
 
-        # Learned as a user's server would be: never restarted (a new client port, a clean
-        # close and a settle delay between queries).
-        return ManagedServer(
-            peer, start_openssl, version, restart_per_query=True, learn_by_restart=False
-        )
+        return ManagedServer(peer, start_openssl, version, restart_per_query=True)
     if peer == "mbedtls":
         version = mbedtls_version()
 
