@@ -12,6 +12,8 @@ time the way a real client meets them.
   client port, a clean close and a settle delay per query), with a small query budget.
 * The wolfSSL peer (scripts/peers/wolfssl_server.c on Debian's libwolfssl) works, and says
   that Debian's build cannot negotiate PSK-AES128-CCM-8.
+* A completed handshake with an empty session ID (``s_server -no_cache``) is reported as
+  completed and not resumable, never as refused.
 
 Nothing skips: a missing tool or peer binary is a failure (run scripts/setup.sh as root).
 """
@@ -28,6 +30,7 @@ import pytest
 
 from d2tls.conformance.learning import learn
 from d2tls.conformance.probe import ClientCredentials
+from d2tls.conformance.readiness import FAIL, PASS, ReadinessSuite
 from d2tls.conformance.runner import udp_factory
 from d2tls.peers import NetNamespace, OpenSSLServer, WolfSSLServer
 from d2tls.pki import PKIPaths, init_pki, load_certificate_chain, load_private_key, load_psk_file
@@ -201,3 +204,33 @@ def test_wolfssl_peer_serves_and_reports_missing_psk(pki: PKIPaths, tmp_path: Pa
     assert psk_run.returncode != 0
     assert "handshake_failure" in psk_run.stdout + psk_run.stderr
     assert "PSK-AES128-CCM-8 is not in this libwolfssl build" in server.output()
+
+
+def test_empty_session_id_is_completed_and_not_resumable(pki: PKIPaths) -> None:
+    """``s_server -no_cache`` sends an empty session ID: its handshakes (PSK included) are
+    reported as completed and not resumable, not as refused; resumption then fails."""
+    psk = next(iter(load_psk_file(pki.psk_file).items()))
+    device = pki.devices[0]
+    credentials = ClientCredentials(
+        chain=tuple(load_certificate_chain(device.cert)),
+        key=load_private_key(device.key),
+        server_name="localhost",
+    )
+    with OpenSSLServer(
+        cert=pki.server_chain,
+        key=pki.server_key,
+        ca=pki.ca_cert,
+        psk=psk,
+        no_ticket=True,
+        extra_args=["-no_cache"],
+    ) as server:
+        suite = ReadinessSuite(udp_factory((server.host, server.port)), credentials, psk=psk)
+        result = suite.run()
+    psk_check, ccm8 = result.check("suite-psk-ccm8"), result.check("suite-ccm8")
+    assert psk_check.status == PASS, psk_check
+    assert "empty session ID: not resumable" in psk_check.detail
+    assert ccm8.status == PASS and "not resumable" in ccm8.detail, ccm8
+    resumption = result.check("resumption")
+    assert resumption.status == FAIL
+    assert "no session ID" in resumption.detail
+    assert result.verdict == "not ready"
