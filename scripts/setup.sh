@@ -78,5 +78,6 @@ log "installing d2tls (editable, with test extras) into .venv"
 
 log "mbedTLS ssl_server2 (conformance peer)"
 bash "$ROOT/scripts/build-mbedtls.sh"
+bash "$ROOT/scripts/build-wolfssl.sh"  # wolfssl_server (conformance peer) from libwolfssl-dev
 
 log "done: activate with 'source .venv/bin/activate'; tests need root for 'ip netns'"

@@ -1075,3 +1075,76 @@ class GnuTLSClient:
             argv, data, expect=expect, linger=linger, timeout=timeout
         )
         return GnuTLSResult(tuple(argv), rc, out, err, timed_out)
+
+
+# --------------------------------------------------------------------------- wolfSSL
+
+#: Where scripts/build-wolfssl.sh puts wolfssl_server (override with D2TLS_WOLFSSL_DIR).
+WOLFSSL_DIR = Path(os.environ.get("D2TLS_WOLFSSL_DIR", "/var/cache/d2tls/wolfssl"))
+
+
+def wolfssl_server_program() -> Path:
+    """The wolfssl_server built by ``scripts/build-wolfssl.sh``; :class:`PeerError` if absent."""
+    path = WOLFSSL_DIR / "bin" / "wolfssl_server"
+    if not os.access(path, os.X_OK):
+        raise PeerError(f"{path} not found: run scripts/build-wolfssl.sh (or scripts/setup.sh)")
+    return path
+
+
+def wolfssl_version() -> str:
+    """``libwolfssl-dev 5.5.4-2+deb12u3 (Debian package)``, as recorded by the build script."""
+    version = WOLFSSL_DIR / "bin" / "VERSION"
+    return version.read_text().strip() if version.exists() else "wolfssl (unknown version)"
+
+
+class WolfSSLServer(_ServerProcess):
+    """``scripts/peers/wolfssl_server.c`` (wolfSSL 5.5.4 from Debian) on a loopback address.
+
+    Like wolfSSL's example server in DTLS mode: single-threaded, one association at a time
+    (datagrams from other clients are dropped meanwhile), blocking ``wolfSSL_accept`` with
+    wolfSSL's retransmission timer (1 s, doubling up to ``timeout_max`` s, then it gives the
+    handshake up), echo until close_notify or ``idle`` s of silence. Cookie exchange (32-byte
+    cookie), EMS, session-ID resumption from wolfSSL's session cache. Debian's build lacks
+    ``WOLFSSL_STATIC_PSK``: PSK-AES128-CCM-8 cannot be negotiated (a handshake offering only
+    it gets ``handshake_failure``).
+    """
+
+    tool = "wolfssl_server"
+    ready_marker = b"listening on"
+
+    def __init__(
+        self,
+        *,
+        cert: Path,
+        key: Path,
+        ca: Path,
+        client_auth: ClientAuthMode = "required",
+        psk: tuple[bytes, bytes] | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        timeout_max: int = 64,
+        idle: int = 10,
+        ciphers: str | None = None,
+        log_path: Path | None = None,
+        ready_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(log_path, ready_timeout)
+        self.cert, self.key, self.ca = cert, key, ca
+        self.client_auth = client_auth
+        self.psk = psk
+        self.host = host
+        self.port = port if port is not None else free_udp_port(host)
+        self.timeout_max, self.idle = timeout_max, idle
+        self.ciphers = ciphers
+
+    def argv(self) -> list[str]:
+        """The ``wolfssl_server`` command line."""
+        argv = [str(wolfssl_server_program()), "-a", self.host, "-p", str(self.port)]
+        argv += ["-c", str(self.cert), "-k", str(self.key), "-A", str(self.ca)]
+        argv += ["-v", self.client_auth, "-t", str(self.timeout_max), "-i", str(self.idle)]
+        if self.psk is not None:
+            identity, key = self.psk
+            argv += ["-s", f"{identity.decode()}:{key.hex()}"]
+        if self.ciphers is not None:
+            argv += ["-l", self.ciphers]
+        return argv
