@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
+from d2tls.clock import utc_now
 from d2tls.errors import ConfigurationError, D2TLSError
 from d2tls.pki.verify import load_private_key
 
@@ -261,7 +262,7 @@ class RevocationList:
         if previous is not None:
             moment = previous.time
         else:
-            moment = _utc(when if when is not None else datetime.now(UTC)).replace(microsecond=0)
+            moment = _utc(when if when is not None else utc_now()).replace(microsecond=0)
         self._entries[serial] = Revocation(moment, flag)
 
     def is_revoked(self, serial: int) -> Revocation | None:
@@ -360,7 +361,7 @@ class OCSPResponder:
         nonce: x509.OCSPNonce | None,
     ) -> bytes:
         revocation = RevocationList.load(self.revocations_path).is_revoked(serial)
-        now = datetime.now(UTC).replace(microsecond=0)
+        now = utc_now().replace(microsecond=0)
         status = ocsp.OCSPCertStatus.GOOD
         revoked_at: datetime | None = None
         reason: x509.ReasonFlags | None = None
@@ -798,7 +799,7 @@ async def check_ocsp(
     our CertID; thisUpdate <= now + 5 min and nextUpdate >= now. ``url`` must be ``http://``
     to a loopback address or ``localhost``. Any failure raises :class:`OCSPError`.
     """
-    moment = _utc(now) if now is not None else datetime.now(UTC)
+    moment = _utc(now) if now is not None else utc_now()
     try:
         certificate.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
