@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from d2tls.clock import utc_now
-from d2tls.errors import ConfigurationError
+from d2tls.errors import PKIExistsError as PKIExistsError  # re-exported: its home is d2tls.errors
 from d2tls.randomness import SYSTEM, system_random
 
 #: Backdating of ``notBefore`` so that small clock skews do not reject fresh certificates.
@@ -272,10 +272,6 @@ PKI_FILES = (
     "revoked.json",
 )
 _DEVICE_FILE = re.compile(r"device-[0-9]+\.(pem|key)")
-
-
-class PKIExistsError(ConfigurationError):
-    """The directory already holds a PKI and replacing it was not asked for."""
 
 
 def existing_pki_files(directory: Path) -> list[Path]:

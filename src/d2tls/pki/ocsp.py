@@ -49,6 +49,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from d2tls.clock import utc_now
 from d2tls.errors import ConfigurationError, D2TLSError
+from d2tls.errors import OCSPError as OCSPError  # re-exported: its home is d2tls.errors
 from d2tls.pki.verify import load_private_key
 
 #: File names inside a PKI directory written by :func:`d2tls.pki.generate.init_pki`.
@@ -89,10 +90,6 @@ _HTTP_REASONS = {
     415: "Unsupported Media Type",
     500: "Internal Server Error",
 }
-
-
-class OCSPError(D2TLSError):
-    """An OCSP check could not establish the certificate status (unreachable, bad, stale...)."""
 
 
 class OCSPStatus(enum.Enum):
@@ -478,7 +475,7 @@ def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
 # --------------------------------------------------------------------------- HTTP/1.x helpers
 
 
-class _HTTPError(Exception):
+class _HTTPError(D2TLSError):
     def __init__(self, code: int) -> None:
         super().__init__(code)
         self.code = code

@@ -73,7 +73,7 @@ DEFAULT_CONTEXT_LIFETIME = 6 * 3600
 #: How many delegations one channel may carry; its used request_ids are remembered (§6).
 MAX_REQUESTS_PER_CHANNEL = 4096
 #: Alerts about a certificate (RFC 5246 §7.2.2): who sent one says whose certificate failed.
-CERTIFICATE_ALERTS = frozenset(
+CERTIFICATE_ALERTS: frozenset[AlertDescription] = frozenset(
     {
         AlertDescription.BAD_CERTIFICATE,
         AlertDescription.UNSUPPORTED_CERTIFICATE,

@@ -32,7 +32,10 @@ from d2tls.dtls.config import ClientConfig, KeyLogCallback, TimerConfig
 from d2tls.dtls.connection import Tracer
 from d2tls.dtls.constants import AlertDescription, CipherSuite
 from d2tls.dtls.session import Session
-from d2tls.errors import D2TLSError, ProtocolError
+from d2tls.errors import (
+    DelegationFailed as DelegationFailed,  # re-exported: its home is d2tls.errors
+)
+from d2tls.errors import ProtocolError
 from d2tls.model.machine import MachineDriver
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed
 from d2tls.randomness import SYSTEM, Randomness
@@ -51,10 +54,6 @@ MESSAGE_NAMES = {
     DelegationError: "DelegationError",
     Wiped: "Wiped",
 }
-
-
-class DelegationFailed(D2TLSError):
-    """The device could not obtain an end-to-end session; ``reason`` says why."""
 
 
 @dataclass

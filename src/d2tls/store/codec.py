@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from d2tls.dtls.constants import CipherSuite
 from d2tls.dtls.session import Session
-from d2tls.errors import ConfigurationError, D2TLSError
+from d2tls.errors import ConfigurationError
+from d2tls.errors import CorruptEntry as CorruptEntry  # re-exported: its home is d2tls.errors
 from d2tls.randomness import RandomBytes, system_random
 
 FORMAT_VERSION = 1
@@ -47,13 +48,6 @@ AAD_LABEL = b"d2tls session store v1\x00"
 #: Most certificates kept for one client chain (as d2tls.pki.verify.MAX_CHAIN_LENGTH).
 MAX_CERTIFICATES = 8
 MASTER_SECRET_LEN = 48
-
-
-class CorruptEntry(D2TLSError):
-    """A stored entry that cannot be used: undecryptable, tampered or malformed.
-
-    The message never contains any part of the entry's plaintext.
-    """
 
 
 def key_id(key: bytes) -> bytes:

@@ -19,12 +19,11 @@ import redis
 
 from d2tls.clock import monotonic
 from d2tls.errors import ConfigurationError
+from d2tls.errors import (
+    RedisServerMissing as RedisServerMissing,  # re-exported: its home is d2tls.errors
+)
 
 INSTALL_HINT = "install Debian's redis-server package (bash scripts/setup.sh does it)"
-
-
-class RedisServerMissing(ConfigurationError):
-    """No ``redis-server`` binary on this machine."""
 
 
 def redis_server_binary() -> str:
