@@ -1,5 +1,6 @@
 """Typed errors: the one hierarchy of d2tls. Every protocol failure carries the alert it must
-produce; callers classify errors by type (and alerts by :class:`AlertDescription` member), never
+produce; callers classify errors by type (and alerts by
+:class:`~d2tls.dtls.constants.AlertDescription` member), never
 by message or alert-name strings.
 
 Every exception class of the package derives from :class:`D2TLSError` (tests/test_errors.py
