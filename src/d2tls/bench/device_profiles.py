@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields, replace
 from importlib.resources import files
 from typing import Any
 
+from d2tls.errors import D2TLSError
+
 PROFILES = ("cc3200", "cc2538")
 NETWORKS = ("lan", "wan")
 #: Model parameters every profile must define (each with a value and a source).
@@ -46,7 +48,7 @@ ROWS = {"standalone": "dtls", "bound": "d2tls", "blind": "d2tls", "reuse": "resu
 TOLERANCE = 0.20
 
 
-class ProfileError(ValueError):
+class ProfileError(D2TLSError, ValueError):
     """A profile file is missing, malformed or lacks a parameter's source."""
 
 

@@ -41,6 +41,7 @@ from d2tls.conformance.probe import (
 )
 from d2tls.conformance.specmodel import INPUTS, ServerOptions, spec_machine
 from d2tls.dtls.constants import CipherSuite
+from d2tls.errors import D2TLSError
 
 aalpy: Any = importlib.import_module("aalpy")
 _lsharp: Any = importlib.import_module("aalpy.learning_algs.deterministic.LSharp")
@@ -51,7 +52,7 @@ TransportFactory = Callable[[], Transport]
 LEARNING_TIMER = RetransmissionTimer(initial=1.0, retransmissions=3)
 
 
-class ServerBusy(Exception):
+class ServerBusy(D2TLSError):
     """The server never answered a query's first ClientHello."""
 
 

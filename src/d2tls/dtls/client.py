@@ -9,8 +9,6 @@ fail instead of falling back to a full handshake.
 from __future__ import annotations
 
 import ipaddress
-import os
-import time
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -18,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from d2tls.clock import utc
 from d2tls.dtls import keyschedule
 from d2tls.dtls.config import ClientConfig
 from d2tls.dtls.connection import Connection, FlightItem, InvalidStateError, Tracer
@@ -177,11 +176,14 @@ class DTLSClient(Connection):
     # ------------------------------------------------------------------ actions
     def prepare_client_hello(self) -> None:
         """Choose the random (RFC 5246 §7.4.1.2) and the session to offer."""
-        self.client_random = self.config.client_random or os.urandom(32)
+        self.client_random = self.config.client_random or self.config.randomness.random_bytes(32)
         session = self.config.session
         if session is None:
             return
-        if session.expired() or session.cipher_suite not in self.config.cipher_suites:
+        if (
+            session.expired(self.config.wall_clock())
+            or session.cipher_suite not in self.config.cipher_suites
+        ):
             # RFC 5246 §7.4.1.2: only an unexpired session whose cipher suite we offer may be
             # offered; without it a client falls back to a full handshake, a resume-only one stops.
             if self.config.resume_only:
@@ -371,7 +373,10 @@ class DTLSClient(Connection):
                 AlertDescription.UNSUPPORTED_CERTIFICATE,
             )
         leaf = verify_server_chain(
-            certificate.certificates, self.config.trust_store, self.config.server_name
+            certificate.certificates,
+            self.config.trust_store,
+            self.config.server_name,
+            utc(self.config.wall_clock()),
         )
         self.stats["verify"] += len(certificate.certificates)  # one signature per link
         key = leaf.public_key()
@@ -439,7 +444,7 @@ class DTLSClient(Connection):
             assert self.config.psk is not None
             self._pre_master = keyschedule.psk_pre_master_secret(self.config.psk)
             return
-        self._ephemeral = ec.generate_private_key(ec.SECP256R1())
+        self._ephemeral = self.config.randomness.ec_private_key()
         self._pre_master = keyschedule.ecdhe_pre_master_secret(self._ephemeral, self._server_point)
         self.stats["keygen"] += 1
         self.stats["ecdh"] += 1
@@ -533,7 +538,7 @@ class DTLSClient(Connection):
             assert self.config.private_key is not None
             self.stats["sign"] += 1
             signature = self.config.private_key.sign(
-                bytes(self._transcript), ec.ECDSA(hashes.SHA256())
+                bytes(self._transcript), self.config.randomness.ecdsa()
             )
         self._queue_handshake(CertificateVerify(ECDSA_SECP256R1_SHA256, signature))
 
@@ -550,7 +555,7 @@ class DTLSClient(Connection):
                 server_name=self.config.server_name,
                 peer_certificates=self._server_certificates,
                 psk_identity=self.config.psk_identity if self._uses_psk() else None,
-                created_at=time.time(),
+                created_at=self.config.wall_clock(),
             )
         self.handshake_completed_at = self._now
         self._events.append(

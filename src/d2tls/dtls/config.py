@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import Store
 
+from d2tls.clock import Clock, wall_time
 from d2tls.dtls.constants import ECDHE_SUITES, PSK_SUITES, CipherSuite
 from d2tls.dtls.messages import TwinPeaksHello
 from d2tls.dtls.rawpk import canonical_spkis, spki_of
@@ -17,6 +18,7 @@ from d2tls.errors import ConfigurationError
 from d2tls.pki.revocation import ClientRevocations
 from d2tls.pki.verdict_cache import DEFAULT_MAX_AGE, DEFAULT_MAX_ENTRIES
 from d2tls.pki.verify import check_psk
+from d2tls.randomness import SYSTEM, Randomness
 
 #: Called with one NSS key log line (``CLIENT_RANDOM <random> <master>``) when key logging is on.
 KeyLogCallback = Callable[[str], None]
@@ -83,6 +85,11 @@ class ClientConfig:
     client_raw_public_key: bytes | None = None
     #: The TwinPeaks ClientHello extension to send (spec/twinpeaks.md §9).
     twinpeaks: TwinPeaksHello | None = None
+    #: Wall clock (seconds since the epoch): certificate validity, session ``created_at``
+    #: and expiry (docs/architecture.md, "Time and randomness"). Timers use the ``now`` given.
+    wall_clock: Clock = wall_time
+    #: Hello random, ECDHE keys and ECDSA signatures; a seeded one only in tests.
+    randomness: Randomness = SYSTEM
 
     @property
     def accepts_raw_server_key(self) -> bool:
@@ -167,6 +174,11 @@ class ServerConfig:
     #: Our TwinPeaks identity: a ClientHello TwinPeaks extension is checked against it
     #: (spec/twinpeaks.md §9.3); None ignores the extension like any unknown one.
     twinpeaks: TwinPeaksHello | None = None
+    #: Wall clock (seconds since the epoch): certificate validity, session ``created_at``
+    #: (docs/architecture.md, "Time and randomness"). Timers use the ``now`` given.
+    wall_clock: Clock = wall_time
+    #: Server random, session IDs, cookie secrets, ECDHE keys and ECDSA signatures.
+    randomness: Randomness = SYSTEM
 
     @property
     def has_certificate(self) -> bool:

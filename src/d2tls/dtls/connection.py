@@ -58,13 +58,9 @@ from d2tls.dtls.messages import (
     message_name,
 )
 from d2tls.dtls.record import AEADProtection, EpochState, Record, parse_datagram, protect, unprotect
+from d2tls.errors import DecodeError, DecryptError, ProtocolError, RecordError, UnexpectedMessage
 from d2tls.errors import (
-    D2TLSError,
-    DecodeError,
-    DecryptError,
-    ProtocolError,
-    RecordError,
-    UnexpectedMessage,
+    InvalidStateError as InvalidStateError,  # re-exported: its home is d2tls.errors
 )
 from d2tls.model.machine import MachineDriver
 
@@ -79,10 +75,6 @@ AEAD_OVERHEAD = RECORD_HEADER_LEN + 8 + 16
 #: the bytes they may hold in all (a Finished and a little early data are what peers send).
 MAX_FUTURE_RECORDS = 16
 MAX_FUTURE_BYTES = 32 * 1024
-
-
-class InvalidStateError(D2TLSError):
-    """The application called something the connection cannot do in its current state."""
 
 
 @dataclass

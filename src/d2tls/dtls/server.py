@@ -11,8 +11,6 @@ import hashlib
 import heapq
 import hmac
 import itertools
-import os
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from d2tls.clock import utc
 from d2tls.dtls import keyschedule
 from d2tls.dtls.config import ClientAuth, ServerConfig
 from d2tls.dtls.connection import Address, Connection, InvalidStateError, Tracer, log
@@ -80,6 +79,7 @@ from d2tls.errors import (
 )
 from d2tls.pki.verdict_cache import VerdictCache
 from d2tls.pki.verify import certificate_identity, verify_client_path
+from d2tls.randomness import RandomBytes, system_random
 
 #: Largest ClientHello body accepted (bytes). Measured DTLS 1.2 ClientHellos are 180-300 bytes
 #: (OpenSSL 3 s_client: 180, with every cipher suite 298; GnuTLS: 194); 4 KiB also leaves
@@ -113,15 +113,19 @@ class CookieJar:
     still accepted, so a client caught by a rotation does not fail.
     """
 
-    def __init__(self, rotation: float) -> None:
+    def __init__(self, rotation: float, random_bytes: RandomBytes = system_random) -> None:
         self._rotation = rotation
-        self._secrets = [os.urandom(32), os.urandom(32)]
-        self._rotated_at = time.monotonic()
+        self._random = random_bytes
+        self._secrets = [random_bytes(32), random_bytes(32)]
+        #: Monotonic time of the last rotation; the first use of the jar starts the period.
+        self._rotated_at: float | None = None
 
-    def _maybe_rotate(self) -> None:
-        if time.monotonic() - self._rotated_at >= self._rotation:
-            self._secrets = [os.urandom(32), self._secrets[0]]
-            self._rotated_at = time.monotonic()
+    def _maybe_rotate(self, now: float) -> None:
+        if self._rotated_at is None:
+            self._rotated_at = now
+        elif now - self._rotated_at >= self._rotation:
+            self._secrets = [self._random(32), self._secrets[0]]
+            self._rotated_at = now
 
     @staticmethod
     def _material(peer: Address, hello: ClientHello) -> bytes:
@@ -136,12 +140,12 @@ class CookieJar:
             ]
         )
 
-    def make(self, peer: Address, hello: ClientHello) -> bytes:
-        self._maybe_rotate()
+    def make(self, peer: Address, hello: ClientHello, now: float) -> bytes:
+        self._maybe_rotate(now)
         return hmac.new(self._secrets[0], self._material(peer, hello), hashlib.sha256).digest()
 
-    def check(self, peer: Address, hello: ClientHello) -> bool:
-        self._maybe_rotate()
+    def check(self, peer: Address, hello: ClientHello, now: float) -> bool:
+        self._maybe_rotate(now)
         material = self._material(peer, hello)
         return any(
             hmac.compare_digest(hmac.new(s, material, hashlib.sha256).digest(), hello.cookie)
@@ -230,7 +234,7 @@ class ServerConnection(Connection):
         if not self.config.cookie_exchange:
             return True
         assert self.peer is not None
-        return self._cookies.check(self.peer, self._client_hello())
+        return self._cookies.check(self.peer, self._client_hello(), self._now)
 
     def resume_without_cookie(self) -> bool:
         """RFC 6347 §4.2.1: a server MAY skip the cookie exchange when resuming. Only when the
@@ -276,7 +280,7 @@ class ServerConnection(Connection):
         if not hello.session_id:
             return False
         session = self.config.session_store.get(hello.session_id)
-        if session is None or session.expired():
+        if session is None or session.expired(self.config.wall_clock()):
             return False
         if session.cipher_suite not in self.config.cipher_suites:
             return False
@@ -326,9 +330,9 @@ class ServerConnection(Connection):
         store = self.config.trust_store
         assert store is not None
         if self._verdicts is not None and self.config.verdict_cache_size > 0:
-            path = self._verdicts.verify(chain, store, time.time())
+            path = self._verdicts.verify(chain, store, self.config.wall_clock())
         else:
-            path = tuple(verify_client_path(chain, store))
+            path = tuple(verify_client_path(chain, store, utc(self.config.wall_clock())))
         self._check_revocation(path)
         return path
 
@@ -434,14 +438,14 @@ class ServerConnection(Connection):
         self._hello = hello
         self.cipher_suite = suite
         self.client_random = hello.random
-        self.server_random = os.urandom(32)
+        self.server_random = self.config.randomness.random_bytes(32)
         self.server_name = hello.server_name
         self.extended_master_secret = hello.has_extended_master_secret
         if self.config.require_extended_master_secret and not self.extended_master_secret:
             raise HandshakeFailure("client did not offer the extended master secret (RFC 7627)")
 
     def new_session(self) -> None:
-        self._session_id = os.urandom(32)
+        self._session_id = self.config.randomness.random_bytes(32)
         if not self._uses_psk():
             self._negotiate_certificate_types()
 
@@ -509,7 +513,7 @@ class ServerConnection(Connection):
     # ------------------------------------------------------------------ builders
     def build_HelloVerifyRequest(self) -> None:
         assert self.peer is not None
-        cookie = self._cookies.make(self.peer, self._client_hello())
+        cookie = self._cookies.make(self.peer, self._client_hello(), self._now)
         self._queue_handshake(HelloVerifyRequest(DTLS_1_2, cookie))
 
     def build_ServerHello(self) -> None:
@@ -583,13 +587,13 @@ class ServerConnection(Connection):
 
     def build_ServerKeyExchange(self) -> None:
         """Signed ECDHE parameters (RFC 8422 §5.4)."""
-        self._ephemeral = ec.generate_private_key(ec.SECP256R1())
+        self._ephemeral = self.config.randomness.ec_private_key()
         point = self._ephemeral.public_key().public_bytes(
             Encoding.X962, PublicFormat.UncompressedPoint
         )
         unsigned = ServerKeyExchangeECDHE(SECP256R1, point, ECDSA_SECP256R1_SHA256, b"")
         signed = self.client_random + self.server_random + unsigned.params_bytes()
-        signature = self._signing_key().sign(signed, ec.ECDSA(hashes.SHA256()))
+        signature = self._signing_key().sign(signed, self.config.randomness.ecdsa())
         self._queue_handshake(
             ServerKeyExchangeECDHE(SECP256R1, point, ECDSA_SECP256R1_SHA256, signature)
         )
@@ -617,7 +621,9 @@ class ServerConnection(Connection):
                 "client sent an X.509 certificate but only raw public keys are trusted",
                 AlertDescription.UNSUPPORTED_CERTIFICATE,
             )
-        path = verify_client_path(certificate.certificates, self.config.trust_store)
+        path = verify_client_path(
+            certificate.certificates, self.config.trust_store, utc(self.config.wall_clock())
+        )
         self._check_revocation(path)
         key = path[0].public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
@@ -695,7 +701,7 @@ class ServerConnection(Connection):
                 server_name=self.server_name,
                 peer_certificates=self._client_identity(),
                 psk_identity=self._psk_identity,
-                created_at=time.time(),
+                created_at=self.config.wall_clock(),
                 lifetime=self.config.session_lifetime,
             )
             stored = Session(
@@ -889,7 +895,7 @@ class DTLSServer:
     def __init__(self, config: ServerConfig, tracer: Tracer | None = None) -> None:
         config.validate()
         self.config = config
-        self._cookies = CookieJar(config.cookie_rotation)
+        self._cookies = CookieJar(config.cookie_rotation, config.randomness.random_bytes)
         #: Client-chain verdicts shared by every association (``config.verdict_cache_size``).
         self.verdicts = VerdictCache(
             max(1, config.verdict_cache_size), config.verdict_cache_max_age
