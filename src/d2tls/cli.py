@@ -972,7 +972,7 @@ PLUGINS: dict[str, tuple[str, str]] = {
     ),
     "conformance-peers": (
         "d2tls.conformance.cli",
-        "start OpenSSL, GnuTLS, mbedTLS and d2tls servers on loopback and test each",
+        "start OpenSSL, GnuTLS, mbedTLS, wolfSSL and d2tls servers on loopback and test each",
     ),
 }
 
