@@ -77,6 +77,9 @@ class DeviceConfig:
     timeout: float = 30.0
     #: How many times a refused resumption may start a new delegation (paper §4.2).
     max_delegations: int = 2
+    #: Bound mode: SHA-256 of the server's SubjectPublicKeyInfo (RFC 7469 §2.4); when set, the
+    #: device signs only a transcript whose server certificate carries this key.
+    server_pin: bytes | None = None
 
 
 class DeviceProtocol:
@@ -179,7 +182,12 @@ class DeviceProtocol:
         assert request.client_random is not None
         try:
             check_bound_transcript(
-                message.transcript, message.digest, request.client_random, request.certificate_chain
+                message.transcript,
+                message.digest,
+                request.client_random,
+                request.certificate_chain,
+                request.server_name,
+                self.config.server_pin,
             )
         except SigningRefused as exc:
             self._refusal = str(exc)
