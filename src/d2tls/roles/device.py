@@ -406,6 +406,7 @@ class Device:
                     if command == "open_channel":
                         channel = await self._open_channel(protocol, report)
                     elif command == "close_channel" and channel is not None:
+                        self._flush(protocol, channel, report)  # a DelegationError goes first
                         report.agent_link.add_engine(channel.engine.stats)
                         await channel.close()
                         channel = None
