@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -30,6 +31,8 @@ from d2tls.dtls.messages import Certificate
 from d2tls.errors import CertificateError
 from d2tls.pki.names import names_server, spki_sha256, subject_alt_names
 from d2tls.pki.verify import load_certificate_chain, load_private_key, load_trust_store
+from d2tls.prove.consistency import check_theories
+from d2tls.resources import proofs_dir
 from d2tls.roles.device import DelegationFailed, DeviceProtocol
 from d2tls.roles.signer import SigningRefused, check_server_certificate
 from openssl_pki import WRONG_NAME_EXT, OpenSSLPKI
@@ -257,3 +260,24 @@ def test_wrong_pin_refuses_and_tells_the_agent(pki: LoadedPKI) -> None:
             assert device.config.signer.signatures == 0
 
     run(scenario)
+
+
+# ------------------------------------------------------------------- the theory models it
+
+
+def test_consistency_check_fails_when_the_theory_unbinds_the_server(tmp_path: Path) -> None:
+    """The spec↔theory check compares the guard's content: a Device_Sign_Bound that accepts
+    any server Certificate (the theory before issue 24 item 2) is reported."""
+    theory = proofs_dir() / "d2tls_dtls12.spthy"
+    assert check_theories([theory]).ok
+    text = theory.read_text(encoding="utf-8")
+    bound = "rule Device_Sign_Bound:\n  let log = <<'ClientHello', cr>, <'ServerHello', sr, sid>,"
+    assert text.count(bound) == 1
+    unbound = tmp_path / theory.name
+    start = text.index(bound) + len(bound)
+    assert text[start:].startswith(" <'Certificate', S>")
+    unbound.write_text(text[:start] + " <'Certificate', Sx>" + text[start + 19 :])
+    report = check_theories([unbound])
+    assert not report.ok
+    [problem] = report.guard_content
+    assert "Device_Sign_Bound" in problem and "'Sx', not the requested server 'S'" in problem

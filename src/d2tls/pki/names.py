@@ -72,7 +72,12 @@ def subject_alt_names(der: bytes) -> tuple[list[str], list[IPAddress]]:
         return [], []
     except Exception as exc:
         raise CertificateError(f"server certificate extensions undecodable: {exc}") from exc
-    return san.get_values_for_type(x509.DNSName), san.get_values_for_type(x509.IPAddress)
+    addresses = [
+        a
+        for a in san.get_values_for_type(x509.IPAddress)
+        if isinstance(a, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    ]
+    return san.get_values_for_type(x509.DNSName), addresses
 
 
 def names_server(der: bytes, server_name: str) -> bool:

@@ -21,7 +21,7 @@ The check (:func:`check_theories`) fails when
 - an exclusion names no transition of the spec, or a transition that a rule models after all;
 - a guard whose content the spec fixes is missing from the rule that models it
   (:data:`GUARD_CONTENT`): today the bound-mode signing policy's server binding
-  (spec/delegation.md §6 rule 4, ``d2tls.roles.signer.check_server_certificate``): the
+  (spec/delegation.md §6 rule 6, ``d2tls.roles.signer.check_server_certificate``): the
   ``Device_Sign_Bound`` rule must sign only a transcript whose server Certificate names the
   server of the request it answers.
 """
