@@ -48,7 +48,7 @@ nitpicky = True
 # Types of the standard library and third-party packages: there is no intersphinx (the build
 # must work offline), so references to them cannot resolve.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(asyncio|collections|enum|pathlib|typing|dataclasses|datetime|threading)\..*"),
+    (r"py:.*", r"(asyncio|collections|enum|pathlib|typing|dataclasses|datetime|threading|ipaddress)\..*"),
     (r"py:.*", r"(cryptography|transitions|cbor2|redis|sqlite3|socket|ssl)\..*"),
     # Internal modules, deliberately left out of the API reference.
     (r"py:.*", r"d2tls\.(dtls\.(messages|record|keyschedule|fragments|buffer)|net|pki|trace)\..*"),
@@ -62,6 +62,7 @@ nitpick_ignore = [
         "Session",
         "Tracer",
         "ClientEndpoint",
+        "VerdictCache",
         "DelegationMessage",
         "x509.Certificate",
         "ec.EllipticCurvePrivateKey",

@@ -113,6 +113,8 @@ def test_bench_server_counts_handshakes_at_the_server(materials: Materials) -> N
     )
     kinds = {row["kind"]: row for row in result["levels"]}
     assert kinds["full"]["completed"] > 0 and kinds["resumption"]["completed"] > 0
+    pair = result["verdict_cache"]  # resumptions with the client-chain verdict cache off / on
+    assert pair["off"]["completed"] > 0 and pair["on"]["completed"] > 0
     assert kinds["full"]["server_cpu_ms"] > result["floor"]["full_ms"] > 0
     assert result["floor"]["resumption_ms"] < result["floor"]["full_ms"]
     assert result["cache"][0]["cached_sessions"] >= 3000

@@ -242,6 +242,7 @@ def test_pki_init_writes_the_files(tmp_path: Path) -> None:
     assert names == {f"{n}.pem" for n in expected} | {f"{n}.key" for n in expected} | {
         "server-chain.pem",
         "psk.txt",
+        "agent-psk.txt",
     }
     for name in expected:
         key_path = directory / f"{name}.key"

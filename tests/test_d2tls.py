@@ -26,6 +26,7 @@ from d2tls.delegation.messages import (
     DelegationMode,
     DelegationRequest,
 )
+from d2tls.delegation.policy import AgentPolicy, load_agent_psk_file
 from d2tls.dtls.constants import CipherSuite
 from d2tls.dtls.server import DTLSServer
 from d2tls.net.udp import ServerEndpoint
@@ -71,11 +72,23 @@ class Stack:
 
 @asynccontextmanager
 async def running_stack(
-    pki: LoadedPKI, *, ocsp_url: str | None = None, server: DTLSServer | None = None
+    pki: LoadedPKI,
+    *,
+    ocsp_url: str | None = None,
+    server: DTLSServer | None = None,
+    policy: AgentPolicy | None = None,
 ) -> AsyncIterator[Stack]:
+    """Server and agent on loopback; the agent's policy (spec/delegation.md §9.1) is the
+    bound PSK file of ``d2tls pki init`` and allows only this server, unless given."""
     server_endpoint = await ServerEndpoint.listen(
         "127.0.0.1", 0, server or DTLSServer(server_config(pki)), echo=True
     )
+    assert server_endpoint.address is not None
+    if policy is None:
+        policy = AgentPolicy.build(
+            load_agent_psk_file(pki.paths.agent_psk_file),
+            allow=[f"127.0.0.1:{server_endpoint.address[1]}"],
+        )
     received: list[DelegationMessage] = []
     original = AgentSession.receive
 
@@ -86,9 +99,10 @@ async def running_stack(
     AgentSession.receive = spy  # type: ignore[method-assign]
     agent = Agent(
         AgentConfig(
-            psk_keys=load_psk_file(pki.paths.psk_file),
+            psk_keys=policy.psk_keys,
             trust_store=pki.store,
             ocsp_url=ocsp_url,
+            policy=policy,
         ),
         ocsp_issuer=pki.ca_cert,
     )
@@ -214,15 +228,35 @@ def test_expired_session_delegates_again(pki: LoadedPKI) -> None:
     run(scenario)
 
 
-def test_wrong_psk_is_refused_on_the_channel(pki: LoadedPKI) -> None:
-    """The device<->agent channel is DTLS PSK: a wrong key never gets a delegation."""
+def test_wrong_psk_is_refused_on_the_channel(
+    pki: LoadedPKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The channel is DTLS PSK: a wrong key never gets a delegation, and both sides say why
+    at once: the agent answers the unauthenticated Finished with decrypt_error (RFC 4279 §2)
+    instead of letting the device retransmit until its timeout."""
 
+    async def scenario() -> float:
+        async with running_stack(pki) as stack:
+            device = stack.device(psk=os.urandom(32), timeout=20.0)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(DelegationFailed, match="the agent refused the PSK") as failure:
+                await device.connect()
+            assert "decrypt_error" in str(failure.value)
+            assert stack.agent.completed == 0
+            return asyncio.get_running_loop().time() - started
+
+    elapsed = run(scenario)
+    assert elapsed < 10.0, f"took {elapsed:.1f} s: the device waited for its timeout"
+    logged = [r.getMessage() for r in caplog.records if r.name == "d2tls.agent"]
+    assert any("failed" in m and "decrypt_error" in m and "PSK key" in m for m in logged), logged
+
+
+def test_unknown_psk_identity_is_named(pki: LoadedPKI) -> None:
     async def scenario() -> None:
         async with running_stack(pki) as stack:
-            device = stack.device(psk=os.urandom(32))
-            with pytest.raises(DelegationFailed, match="channel"):
+            device = stack.device(psk_identity=b"nobody")
+            with pytest.raises(DelegationFailed, match="does not know identity 'nobody'"):
                 await device.connect()
-            assert stack.agent.completed == 0
 
     run(scenario)
 

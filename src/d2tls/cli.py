@@ -21,6 +21,7 @@ from d2tls.errors import D2TLSError
 if TYPE_CHECKING:
     from d2tls.dtls.config import ClientConfig, ServerConfig
     from d2tls.model.spec import RoleSpec
+    from d2tls.pki.revocation import ClientRevocations
 
 #: Default ``--timeout`` of ``client`` and ``device``: the whole handshake, with the RFC 6347
 #: retransmissions (1 s, 2 s, 4 s, ...) inside it.
@@ -40,6 +41,17 @@ def parse_address(text: str) -> tuple[str, int]:
             f"expected HOST:PORT with a port in 0..65535, got {text!r}"
         )
     return host, int(port)
+
+
+def server_rule(text: str) -> str:
+    """An argparse type for ``--allow-server`` (d2tls.delegation.policy.parse_server_rule)."""
+    from d2tls.delegation.policy import parse_server_rule
+
+    try:
+        parse_server_rule(text)
+    except D2TLSError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def positive_int(text: str) -> int:
@@ -129,8 +141,22 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
         keylog=keylog_from_environment(),
         max_connections=args.max_connections,
         max_half_open=args.max_half_open,
+        resume_without_cookie=args.resume_without_cookie,
+        revocations=_server_revocations(args),
     )
     return config
+
+
+def _server_revocations(args: argparse.Namespace) -> ClientRevocations | None:
+    """The CRLs of ``--crl`` (checked against the CAs of ``--ca``), or None."""
+    from d2tls.errors import ConfigurationError
+    from d2tls.pki.revocation import ClientRevocations
+
+    if not args.crl:
+        return None
+    if not args.ca:
+        raise ConfigurationError("--crl needs --ca (the CA that signed the CRL)")
+    return ClientRevocations.load([Path(p) for p in args.crl], Path(args.ca))
 
 
 async def run_server(args: argparse.Namespace) -> int:
@@ -162,6 +188,8 @@ async def run_server(args: argparse.Namespace) -> int:
             print(f"closed {event.peer}: {event.reason} (alert {alert})", flush=True)
 
     endpoint = await ServerEndpoint.listen(host, port, engine, echo=args.echo, on_event=report)
+    if args.stats_file:
+        _write_stats_on_sigusr1(engine, Path(args.stats_file))
     print(
         f"listening on {endpoint.address[0]}:{endpoint.address[1]}" if endpoint.address else "",
         flush=True,
@@ -171,6 +199,22 @@ async def run_server(args: argparse.Namespace) -> int:
     finally:
         endpoint.close()
     return 0
+
+
+def _write_stats_on_sigusr1(engine: Any, path: Path) -> None:
+    """On SIGUSR1, write ``engine.counters()`` as one JSON object to ``path`` (atomically:
+    a temporary file renamed over it, so a reader never sees half a file)."""
+    import asyncio
+    import dataclasses
+    import os
+    import signal
+
+    def write() -> None:
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(dataclasses.asdict(engine.counters())), encoding="utf-8")
+        os.replace(temporary, path)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, write)
 
 
 def _run_async(coroutine: Coroutine[Any, Any, int]) -> int:
@@ -325,10 +369,21 @@ def print_client_result(result: dict[str, Any], as_json: bool) -> None:
 # --------------------------------------------------------------------------- agent, device
 async def run_agent(args: argparse.Namespace) -> int:
     """Serve devices until stopped by a signal; the finally block closes and reports."""
+    import logging
+
+    from d2tls.delegation.policy import AgentPolicy, load_agent_psk_file
     from d2tls.dtls.keylog import keylog_from_environment
-    from d2tls.pki.verify import load_certificate_chain, load_psk_file, load_trust_store
+    from d2tls.pki.verify import load_certificate_chain, load_trust_store
     from d2tls.roles.agent import Agent, AgentConfig
     from d2tls.trace import TraceFile
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("agent: %(message)s"))
+    logging.getLogger("d2tls.agent").addHandler(handler)
+    logging.getLogger("d2tls.agent").setLevel(logging.INFO)
+    policy = AgentPolicy.build(
+        load_agent_psk_file(Path(args.psk_file)), args.allow_server or (), args.allow_unbound
+    )
 
     trace = TraceFile(Path(args.trace)) if args.trace else None
     issuer = None
@@ -337,8 +392,9 @@ async def run_agent(args: argparse.Namespace) -> int:
 
         issuer = x509.load_der_x509_certificate(load_certificate_chain(Path(args.ca))[0])
     config = AgentConfig(
-        psk_keys=load_psk_file(Path(args.psk_file)),
+        psk_keys=policy.psk_keys,
         trust_store=load_trust_store(Path(args.ca)),
+        policy=policy,
         ocsp_url=args.ocsp,
         context_lifetime=args.context_lifetime,
         keylog=keylog_from_environment(),
@@ -494,6 +550,7 @@ def run_pki_init(args: argparse.Namespace) -> int:
     for device in paths.devices:
         print(f"device:  {device.cert} (key {device.key})")
     print(f"PSKs:    {paths.psk_file}")
+    print(f"agent:   {paths.agent_psk_file} (the PSKs bound to the device certificates)")
     return 0
 
 
@@ -621,8 +678,26 @@ def _add_server(sub: Any) -> None:
         "--mtu", type=int, default=1400, help="largest datagram to send, bytes (default 1400)"
     )
     server.add_argument("--no-cookie", action="store_true", help="skip HelloVerifyRequest (unsafe)")
+    server.add_argument(
+        "--resume-without-cookie",
+        action="store_true",
+        help="resume known sessions without HelloVerifyRequest (RFC 6347 4.2.1; "
+        "see docs/security.md for the amplification bound)",
+    )
+    server.add_argument(
+        "--crl",
+        action="append",
+        metavar="FILE",
+        help="refuse client certificates this CRL revokes (PEM/DER, signed by a --ca; repeatable)",
+    )
     server.add_argument("--quiet", action="store_true", help="do not print one line per handshake")
     server.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    server.add_argument(
+        "--stats-file",
+        metavar="FILE",
+        help="on SIGUSR1, write the server's counters (pending hellos, half-open and "
+        "established associations, drops, internal errors) to FILE as JSON",
+    )
     add_association_limits(server)
     server.add_argument(
         "--session-store",
@@ -731,7 +806,25 @@ def _add_agent(sub: Any) -> None:
         metavar="HOST:PORT",
         help="UDP address for the devices' DTLS-PSK channel",
     )
-    agent.add_argument("--psk-file", required=True, help="device PSKs, one ID:HEX per line")
+    agent.add_argument(
+        "--psk-file",
+        required=True,
+        help="the agent's PSK file: one 'ID:HEX [cert-sha256=FP] [allow=RULE,...]' line per "
+        "device (written by 'd2tls pki init' as agent-psk.txt)",
+    )
+    agent.add_argument(
+        "--allow-server",
+        action="append",
+        type=server_rule,
+        metavar="RULE",
+        help="a server any device may delegate to: HOST:PORT, ADDRESS[:PORT], CIDR[:PORT], "
+        "[IPV6]:PORT (repeatable; default: only the PSK file's allow= entries)",
+    )
+    agent.add_argument(
+        "--allow-unbound",
+        action="store_true",
+        help="let PSK identities without a certificate binding delegate (default: refuse)",
+    )
     agent.add_argument("--ca", required=True, help="trust store for server certificates (PEM)")
     agent.add_argument("--ocsp", metavar="URL", help="check the server certificate with OCSP")
     agent.add_argument(
@@ -839,7 +932,7 @@ PLUGINS: dict[str, tuple[str, str]] = {
         "d2tls.prove.cli",
         "prove the Tamarin theories and compare with the expected verdicts",
     ),
-    "bench": ("d2tls.bench.cli", "benchmarks (device, latency, server, record)"),
+    "bench": ("d2tls.bench.cli", "benchmarks (device, latency, server, record, flood)"),
     "overhead": ("d2tls.bench.cli", "24-hour session-overhead model of the paper (Figs. 9-10)"),
     "conformance": (
         "d2tls.conformance.cli",

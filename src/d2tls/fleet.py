@@ -165,7 +165,9 @@ def run_fleet(n: int, keep: Path | None = None) -> dict[str, Any]:
                     "--listen",
                     f"127.0.0.1:{agent_port}",
                     "--psk-file",
-                    str(pki.psk_file),
+                    str(pki.agent_psk_file),
+                    "--allow-server",
+                    "127.0.0.1",  # the balancer's port is chosen after the agent starts
                     "--ca",
                     str(pki.ca_cert),
                 ),

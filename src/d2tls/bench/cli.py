@@ -1,4 +1,4 @@
-"""``d2tls bench {device,latency,server,record}`` and ``d2tls overhead``.
+"""``d2tls bench {device,latency,server,record,flood}`` and ``d2tls overhead``.
 
 Registered by :mod:`d2tls.cli`.
 """
@@ -168,10 +168,36 @@ def _overhead(args: argparse.Namespace) -> int:
     return _emit(args, result, overhead.render)
 
 
+def _flood(args: argparse.Namespace) -> int:
+    from d2tls.bench import flood
+
+    config = flood.FloodConfig(
+        ports_a=args.ports,
+        rate_a=args.fragment_rate,
+        rate_b=args.rate,
+        duration_b=args.duration,
+        source_ports_b=args.source_ports,
+        max_connections=args.max_connections,
+        half_open_c=args.half_open,
+        established=args.established,
+        idle_samples=args.samples,
+    )
+    result = flood.run(config)
+    if args.markdown:
+        print(flood.render_markdown(result))
+        if args.save:
+            Path(args.save).write_text(json.dumps(result, indent=1, sort_keys=True))
+        return 0 if result["ok"] else 1
+    _emit(args, result, flood.render)
+    return 0 if result["ok"] else 1
+
+
 # --------------------------------------------------------------------------- parsers
 def register(subparsers: Any) -> None:
     """Add ``bench`` (device, latency, server, record) and ``overhead`` to ``d2tls``."""
-    bench = subparsers.add_parser("bench", help="benchmarks (device, latency, server, record)")
+    bench = subparsers.add_parser(
+        "bench", help="benchmarks (device, latency, server, record, flood)"
+    )
     kinds = bench.add_subparsers(dest="bench_command", required=True)
 
     device = kinds.add_parser(
@@ -268,6 +294,46 @@ def register(subparsers: Any) -> None:
         help="application-data sizes in bytes (default 16,64,256,1024,1345)",
     )
     record.set_defaults(handler=_record)
+
+    flood = kinds.add_parser(
+        "flood",
+        help="a d2tls server and agent under pre-handshake floods (issue 19's targets)",
+        description="Start a d2tls server and agent and flood them from many source ports on "
+        "127.0.0.1: (a) never-completed ClientHello fragments, (b) ClientHellos without "
+        "cookie, (c) half-open handshakes after the cookie; report RSS growth, CPU per "
+        "datagram, pending state, HelloVerifyRequest amplification and a legitimate client's "
+        "handshake latency against the idle server. Exit status 1 if a target is missed.",
+    )
+    flood.add_argument("--json", action="store_true", help="print one JSON object")
+    flood.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    flood.add_argument("--save", metavar="FILE", help="also write the JSON result to FILE")
+    flood.add_argument(
+        "--ports", type=_positive, default=10_000, help="source ports in (a) (default 10000)"
+    )
+    flood.add_argument("--fragment-rate", type=_positive, default=2_000, help="fragments/s in (a)")
+    flood.add_argument(
+        "--rate", type=_positive, default=1_000, help="ClientHellos/s in (b) (default 1000)"
+    )
+    flood.add_argument("--duration", type=float, default=10.0, help="seconds of (b)")
+    flood.add_argument("--source-ports", type=_positive, default=1_000, help="source ports in (b)")
+    flood.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=1_000,
+        help="the server's association limit, if it has --max-connections (default 1000)",
+    )
+    flood.add_argument(
+        "--half-open",
+        type=_positive,
+        help="half-open handshakes in (c) (default: twice the association limit)",
+    )
+    flood.add_argument(
+        "--established", type=_positive, default=20, help="established connections in (c)"
+    )
+    flood.add_argument(
+        "--samples", type=_positive, default=20, help="idle handshake latency samples"
+    )
+    flood.set_defaults(handler=_flood)
 
     from d2tls.bench.overhead import FIGURE9_FREQUENCIES, FIGURE10_LIFETIMES_H, PRESETS
 

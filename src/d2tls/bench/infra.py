@@ -211,6 +211,9 @@ async def _peers(spec: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -
             return {"process": time.process_time(), "wall": time.perf_counter(), **counts}
         if command == "fill":
             return _fill_store(store, int(args[0]), materials.device_chain)
+        if command == "verdict_cache":  # 0 turns the client-chain verdict cache off
+            engine.config.verdict_cache_size = int(args[0])
+            return {"verdict_cache_size": engine.config.verdict_cache_size}
         if command == "stats":
             return {
                 "sessions": len(store._sessions),

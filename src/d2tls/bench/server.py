@@ -40,6 +40,7 @@ from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientConfig
 from d2tls.dtls.session import Session
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed
+from d2tls.pki.verdict_cache import DEFAULT_MAX_ENTRIES
 
 Address = tuple[str, int]
 TARGETS = {"full_vs_floor": 3.0, "resumption_vs_floor": 5.0}
@@ -181,6 +182,9 @@ async def _run_async(
             bar.describe(f"bench server: {kind} x{level}")
             levels.append(await load.run(peers, kind, level, duration))
             bar.update()
+    bar.describe("bench server: verdict cache off/on")
+    verdict_cache = await _verdict_cache_pair(load, peers, duration)
+    bar.update()
     cache: list[dict[str, Any]] = []
     current = int(peers.command("stats")["sessions"])
     for size in sorted(cache_sizes):
@@ -198,7 +202,27 @@ async def _run_async(
         )
         cache.append(row)
         bar.update()
-    return {"levels": levels, "cache": cache, "final_stats": peers.command("stats")}
+    return {
+        "levels": levels,
+        "verdict_cache": verdict_cache,
+        "cache": cache,
+        "final_stats": peers.command("stats"),
+    }
+
+
+async def _verdict_cache_pair(load: LoadGenerator, peers: Peers, duration: float) -> dict[str, Any]:
+    """Resumption CPU with the client-chain verdict cache off, then on (10 clients, same
+    server and sessions): what re-verifying the stored chain costs a resumption."""
+    rows = {}
+    for state, size in (("off", 0), ("on", DEFAULT_MAX_ENTRIES)):
+        await asyncio.to_thread(peers.command, "verdict_cache", size)
+        rows[state] = await load.run(peers, "resumption", 10, duration)
+    off, on = rows["off"]["server_cpu_ms"], rows["on"]["server_cpu_ms"]
+    return {
+        **rows,
+        "saved_ms": round(off - on, 4) if off and on else None,
+        "ratio": ratio(on, off, 3),
+    }
 
 
 def run(
@@ -219,7 +243,7 @@ def run(
         "duration_s": duration,
         "environment": environment(),
     }
-    total = 2 * len(concurrency) + len(cache_sizes) + 2
+    total = 2 * len(concurrency) + len(cache_sizes) + 3
     with Progress(total, "bench server", progress) as bar:
         full_floor = server_full_floor(materials)
         resumption_floor = server_resumption_floor()
@@ -319,6 +343,13 @@ def render(result: dict[str, Any]) -> str:
     out.append("Targets (issue 7), best level:")
     for name, entry in result["targets"].items():
         out.append(target_line(name, entry["value"], entry["limit"], "x"))
+    pair = result.get("verdict_cache")
+    if pair:
+        out.append(
+            f"Resumption with the client-chain verdict cache off / on (10 clients, same run): "
+            f"{pair['off']['server_cpu_ms']} / {pair['on']['server_cpu_ms']} server CPU ms "
+            f"(on/off ratio {pair['ratio']})"
+        )
     rows = [
         [
             r["cached_sessions"],

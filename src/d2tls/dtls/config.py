@@ -12,6 +12,8 @@ from cryptography.x509.verification import Store
 from d2tls.dtls.constants import ECDHE_SUITES, PSK_SUITES, CipherSuite
 from d2tls.dtls.session import MemorySessionStore, Session, SessionStore
 from d2tls.errors import ConfigurationError
+from d2tls.pki.revocation import ClientRevocations
+from d2tls.pki.verdict_cache import DEFAULT_MAX_AGE, DEFAULT_MAX_ENTRIES
 from d2tls.pki.verify import check_psk
 
 #: Called with one NSS key log line (``CLIENT_RANDOM <random> <master>``) when key logging is on.
@@ -116,6 +118,16 @@ class ServerConfig:
     max_half_open: int = 1_000
     #: An established association idle this long may be closed (close_notify) to make room.
     idle_timeout: float = 600.0
+    #: Resume a known session without the cookie exchange (RFC 6347 §4.2.1 allows it); off by
+    #: default: a spoofed ClientHello naming a known session ID gets an answer
+    #: (docs/security.md, "Resumption without a cookie").
+    resume_without_cookie: bool = False
+    #: Client-chain verdicts cached for resumptions (0: verify the chain every time).
+    verdict_cache_size: int = DEFAULT_MAX_ENTRIES
+    #: Longest a cached verdict is trusted, seconds (also bounded by the chain's notAfter).
+    verdict_cache_max_age: float = DEFAULT_MAX_AGE
+    #: Revoked client certificates (CRLs), checked on every full handshake and resumption.
+    revocations: ClientRevocations | None = None
 
     def validate(self) -> None:
         """Refuse unusable or unsafe combinations with a clear message."""
@@ -134,3 +146,7 @@ class ServerConfig:
             raise ConfigurationError("MTU below 256 bytes is not supported")
         if self.max_connections < 1 or self.max_half_open < 1:
             raise ConfigurationError("max_connections and max_half_open must be at least 1")
+        if self.verdict_cache_size < 0 or self.verdict_cache_max_age <= 0:
+            raise ConfigurationError(
+                "verdict_cache_size must be 0 or more and verdict_cache_max_age positive"
+            )

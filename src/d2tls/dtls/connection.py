@@ -58,7 +58,14 @@ from d2tls.dtls.messages import (
     message_name,
 )
 from d2tls.dtls.record import AEADProtection, EpochState, Record, parse_datagram, protect, unprotect
-from d2tls.errors import D2TLSError, DecodeError, ProtocolError, RecordError, UnexpectedMessage
+from d2tls.errors import (
+    D2TLSError,
+    DecodeError,
+    DecryptError,
+    ProtocolError,
+    RecordError,
+    UnexpectedMessage,
+)
 from d2tls.model.machine import MachineDriver
 
 Address = tuple[str, int]
@@ -270,6 +277,14 @@ class Connection:
             try:
                 payload = self._open(self._read, record)
             except RecordError as exc:
+                if self.state == "wait_finished" and self._uses_psk():
+                    # RFC 4279 §2: a wrong key is answered with decrypt_error; the peer's
+                    # Finished is the first record under the new keys (RFC 6347 §4.1.2.7
+                    # allows a fatal alert instead of the silent discard).
+                    raise DecryptError(
+                        f"the peer's Finished does not authenticate: {exc}; "
+                        "the pre-shared keys differ"
+                    ) from None
                 return self._discard(record, str(exc))
             return self._dispatch(record, payload, old_epoch=False)
         if record.epoch == self._read.epoch + 1 and self.state != "established":

@@ -14,8 +14,8 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -73,7 +73,8 @@ from d2tls.errors import (
     IllegalParameter,
     ProtocolError,
 )
-from d2tls.pki.verify import certificate_identity, verify_client_chain
+from d2tls.pki.verdict_cache import VerdictCache
+from d2tls.pki.verify import certificate_identity, verify_client_path
 
 #: Largest ClientHello body accepted (bytes). Measured DTLS 1.2 ClientHellos are 180-300 bytes
 #: (OpenSSL 3 s_client: 180, with every cipher suite 298; GnuTLS: 194); 4 KiB also leaves
@@ -91,6 +92,10 @@ EPOCH0_RESERVE = 2**16
 MAX_PENDING_HELLOS = 1024
 MAX_PENDING_HELLO_BYTES = 1 << 20
 PENDING_HELLO_TIMEOUT = 5.0
+#: Timer retransmissions of a flight sent to an address no cookie proved (a resumption
+#: without cookie): one, so that a lost final client flight can still be recovered, while a
+#: spoofed ClientHello draws at most two flights (docs/security.md).
+UNPROVEN_RETRANSMISSIONS = 1
 
 #: ``(peer, now) -> bool``: may a new association with ``peer`` be admitted now?
 Admission = Callable[[Address, float], bool]
@@ -152,10 +157,17 @@ class ServerConnection(Connection):
         cookies: CookieJar,
         tracer: Tracer | None = None,
         admission: Admission | None = None,
+        verdicts: VerdictCache | None = None,
+        cookieless: bool = False,
     ) -> None:
         self.config = config
         self._cookies = cookies
         self._admission = admission
+        self._verdicts = verdicts
+        #: The listener lets this ClientHello resume without a cookie (guard of the same name).
+        self._cookieless = cookieless
+        #: True once a session was resumed without a cookie proving the client's address.
+        self.without_cookie = False
         #: True once a ClientHello was refused for want of room in the association table.
         self.refused = False
         super().__init__(
@@ -208,6 +220,17 @@ class ServerConnection(Connection):
             return True
         assert self.peer is not None
         return self._cookies.check(self.peer, self._client_hello())
+
+    def resume_without_cookie(self) -> bool:
+        """RFC 6347 §4.2.1: a server MAY skip the cookie exchange when resuming. Only when the
+        operator allows it (``config.resume_without_cookie``), for a ClientHello that carries
+        no cookie (one that does is on the cookie path), and when the address holds no live
+        association, which a spoofed ClientHello must not be able to replace."""
+        return (
+            self._cookieless
+            and self.config.resume_without_cookie
+            and not self._client_hello().cookie
+        )
 
     def association_available(self) -> bool:
         """Room for this association: the server may evict a half-open one or an idle
@@ -278,11 +301,35 @@ class ServerConnection(Connection):
             if self.config.trust_store is None:
                 return False
             try:
-                verify_client_chain(session.peer_certificates, self.config.trust_store)
+                self._verify_client_path(session.peer_certificates)
             except CertificateError:
                 return False
             return True
         return self.config.client_auth is not ClientAuth.REQUIRED
+
+    def _verify_client_path(self, chain: tuple[bytes, ...]) -> tuple[x509.Certificate, ...]:
+        """Verify a client chain (RFC 5280 §6), through the verdict cache when it is on, then
+        check revocation, which is never cached (docs/security.md, "Verdict cache")."""
+        store = self.config.trust_store
+        assert store is not None
+        if self._verdicts is not None and self.config.verdict_cache_size > 0:
+            path = self._verdicts.verify(chain, store, time.time())
+        else:
+            path = tuple(verify_client_path(chain, store))
+        self._check_revocation(path)
+        return path
+
+    def _check_revocation(self, path: Sequence[x509.Certificate]) -> None:
+        """Refuse a path with a certificate that a CRL of its issuer lists (RFC 5280 §6.3),
+        alert certificate_revoked (RFC 5246 §7.2.2)."""
+        revocations = self.config.revocations
+        revoked = revocations.revoked(path) if revocations is not None else None
+        if revoked is not None:
+            raise CertificateError(
+                f"certificate {revoked.subject.rfc4514_string()} (serial "
+                f"{revoked.serial_number:x}) is revoked by a CRL of its issuer",
+                AlertDescription.CERTIFICATE_REVOKED,
+            )
 
     def psk_suite_chosen(self) -> bool:
         return self._negotiate_suite() in PSK_SUITES
@@ -346,6 +393,17 @@ class ServerConnection(Connection):
 
     def new_session(self) -> None:
         self._session_id = os.urandom(32)
+
+    def note_unproven_address(self) -> None:
+        """No cookie proved the client's address: retransmit our flight on the timer at most
+        :data:`UNPROVEN_RETRANSMISSIONS` times, bounding what a spoofed ClientHello draws to
+        another host (RFC 6347 §4.2.1); a client that repeats its ClientHello is still answered
+        (RFC 6347 §4.2.4)."""
+        self.without_cookie = True
+        self._timers = replace(
+            self._timers,
+            max_retransmissions=min(self._timers.max_retransmissions, UNPROVEN_RETRANSMISSIONS),
+        )
 
     def resume_session(self) -> None:
         session = self._resumable
@@ -430,8 +488,9 @@ class ServerConnection(Connection):
         """Verify the client chain against the trust store (RFC 5246 §7.4.6)."""
         certificate = self._current
         assert isinstance(certificate, Certificate) and self.config.trust_store is not None
-        leaf = verify_client_chain(certificate.certificates, self.config.trust_store)
-        key = leaf.public_key()
+        path = verify_client_path(certificate.certificates, self.config.trust_store)
+        self._check_revocation(path)
+        key = path[0].public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
             raise CertificateError(
                 "client key is not ECDSA P-256", AlertDescription.UNSUPPORTED_CERTIFICATE
@@ -634,6 +693,8 @@ class ServerStats:
     evicted_half_open: int
     #: Established associations closed (close_notify) after idle_timeout to make room.
     evicted_idle: int
+    #: Resumptions answered without a cookie exchange (``config.resume_without_cookie``).
+    cookieless_resumptions: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -657,6 +718,10 @@ class DTLSServer:
         config.validate()
         self.config = config
         self._cookies = CookieJar(config.cookie_rotation)
+        #: Client-chain verdicts shared by every association (``config.verdict_cache_size``).
+        self.verdicts = VerdictCache(
+            max(1, config.verdict_cache_size), config.verdict_cache_max_age
+        )
         self._connections: dict[Address, ServerConnection] = {}
         #: Half-open associations by creation time (first = oldest).
         self._half_open: dict[Address, float] = {}
@@ -684,6 +749,7 @@ class DTLSServer:
             "refused_handshakes": 0,
             "evicted_half_open": 0,
             "evicted_idle": 0,
+            "cookieless_resumptions": 0,
         }
 
     # ------------------------------------------------------------------ datagrams
@@ -712,8 +778,16 @@ class DTLSServer:
         hello = self._client_hello(data, peer, now)
         if hello is None:
             return
+        # A resumption without cookie must never replace a live association of the address.
+        cookieless = connection is None or connection.is_closed
         candidate = ServerConnection(
-            self.config, peer, self._cookies, self._tracer, admission=self._admissible
+            self.config,
+            peer,
+            self._cookies,
+            self._tracer,
+            admission=self._admissible,
+            verdicts=self.verdicts,
+            cookieless=cookieless,
         )
         candidate.receive_datagram(hello, now)
         if candidate.state == "listen" or candidate.is_closed:
@@ -729,6 +803,8 @@ class DTLSServer:
             return
         if connection is not None:
             self._drop(peer, now)  # the same address starts over (its cookie proved it)
+        # A resumption without cookie is half-open like any other until its Finished arrives.
+        self.stats["cookieless_resumptions"] += candidate.without_cookie
         self._make_room(now)
         self._connections[peer] = candidate
         self._half_open[peer] = now
@@ -942,4 +1018,5 @@ class DTLSServer:
             refused_handshakes=self.stats["refused_handshakes"],
             evicted_half_open=self.stats["evicted_half_open"],
             evicted_idle=self.stats["evicted_idle"],
+            cookieless_resumptions=self.stats["cookieless_resumptions"],
         )

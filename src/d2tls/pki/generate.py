@@ -59,6 +59,8 @@ class PKIPaths:
     server_chain: Path
     devices: tuple[DevicePaths, ...]
     psk_file: Path
+    #: The agent's PSK file: the same keys, each bound to its device certificate.
+    agent_psk_file: Path
     other_ca_cert: Path
     other_ca_key: Path
 
@@ -248,6 +250,7 @@ def pki_paths(directory: Path, devices: int = 1) -> PKIPaths:
             for i in range(1, devices + 1)
         ),
         psk_file=directory / "psk.txt",
+        agent_psk_file=directory / "agent-psk.txt",
         other_ca_cert=directory / "other-ca.pem",
         other_ca_key=directory / "other-ca.key",
     )
@@ -262,6 +265,7 @@ PKI_FILES = (
     "server.key",
     "server-chain.pem",
     "psk.txt",
+    "agent-psk.txt",
     "other-ca.pem",
     "other-ca.key",
     "revoked.json",
@@ -296,7 +300,8 @@ def init_pki(
 
     The server SAN holds ``server_name`` plus IP 127.0.0.1 and ::1. Device ``N`` gets CN
     ``device-N`` and SAN ``device-N.d2tls.invalid``. ``psk.txt`` has one ``device-N:HEX`` line
-    per device (32 random bytes each).
+    per device (32 random bytes each); ``agent-psk.txt`` the same keys bound to the device
+    certificates (``cert-sha256=``, spec/delegation.md §9.1), for ``d2tls agent``.
 
     If ``directory`` already holds a PKI: with ``replace=False`` raise :class:`PKIExistsError`
     (``d2tls pki init`` without ``--force``); otherwise remove all of its files first, so that
@@ -336,7 +341,7 @@ def init_pki(
     write_pem_certificate(paths.server_chain, srv_cert)
     write_pem_private_key(paths.server_key, srv_key)
 
-    psk_lines = []
+    psk_lines, agent_lines = [], []
     for dev in paths.devices:
         cert, key = issue_certificate(
             ca_cert,
@@ -348,6 +353,10 @@ def init_pki(
         )
         write_pem_certificate(dev.cert, cert)
         write_pem_private_key(dev.key, key)
-        psk_lines.append(f"{dev.name}:{secrets.token_hex(32)}\n")
+        psk = secrets.token_bytes(32)
+        psk_lines.append(f"{dev.name}:{psk.hex()}\n")
+        binding = cert.fingerprint(hashes.SHA256()).hex()
+        agent_lines.append(f"{dev.name}:{psk.hex()} cert-sha256={binding}\n")
     _write_private(paths.psk_file, "".join(psk_lines).encode("ascii"))
+    _write_private(paths.agent_psk_file, "".join(agent_lines).encode("ascii"))
     return paths

@@ -315,12 +315,13 @@ def _verify(
     usage: str,
     expected_name: str | None = None,
     now: datetime | None = None,
-) -> x509.Certificate:
+) -> list[x509.Certificate]:
+    """The verified path, leaf first and trust anchor last."""
     certs = _decode_chain(chain)
     leaf, *intermediates = certs
     _check_leaf_key(leaf)
     try:
-        verifier.verify(leaf, intermediates)
+        verified = verifier.verify(leaf, intermediates)
     except VerificationError as exc:
         message = str(exc)
         try:
@@ -332,7 +333,8 @@ def _verify(
         if not _hostile(exc):
             raise
         raise CertificateError(f"certificate rejected: {exc}") from exc
-    return leaf
+    path = verified if isinstance(verified, list) else verified.chain
+    return list(path)
 
 
 def verify_server_chain(
@@ -353,7 +355,7 @@ def verify_server_chain(
         verifier = _builder(store, now).build_server_verifier(subject)
     except ValueError as exc:
         raise ConfigurationError(f"invalid server name {server_name!r}: {exc}") from exc
-    return _verify(verifier, chain, usage="serverAuth", expected_name=server_name, now=now)
+    return _verify(verifier, chain, usage="serverAuth", expected_name=server_name, now=now)[0]
 
 
 def verify_client_chain(
@@ -363,6 +365,14 @@ def verify_client_chain(
 
     Raises :class:`CertificateError` with the alert to send.
     """
+    return verify_client_path(chain, store, now)[0]
+
+
+def verify_client_path(
+    chain: Sequence[bytes], store: Store, now: datetime | None = None
+) -> list[x509.Certificate]:
+    """:func:`verify_client_chain`, returning the whole verified path (leaf first, trust
+    anchor last): its earliest ``notAfter`` bounds how long the verdict holds (RFC 5280 §6.1)."""
     builder = _builder(store, now).extension_policies(
         ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=client_leaf_policy()
     )

@@ -14,6 +14,7 @@ the agent's working copies but is not a guarantee against memory forensics.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from cryptography import x509
 from cryptography.x509.verification import Store
 
 from d2tls.delegation.messages import (
+    NO_REQUEST_ID,
     DelegationError,
     DelegationErrorCode,
     DelegationMessage,
@@ -36,10 +38,11 @@ from d2tls.delegation.messages import (
     decode_message,
     encode_message,
 )
+from d2tls.delegation.policy import AgentPolicy
 from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientConfig, KeyLogCallback, ServerConfig, TimerConfig
 from d2tls.dtls.connection import Tracer
-from d2tls.dtls.constants import ECDHE_SUITES, CipherSuite
+from d2tls.dtls.constants import ECDHE_SUITES, AlertDescription, CipherSuite
 from d2tls.dtls.events import (
     ApplicationDataReceived,
     ConnectionTerminated,
@@ -66,6 +69,21 @@ MESSAGE_NAMES = {
 }
 #: Context lifetime the agent announces when the server gives none (paper §6.5: 6-24 h).
 DEFAULT_CONTEXT_LIFETIME = 6 * 3600
+#: How many delegations one channel may carry; its used request_ids are remembered (§6).
+MAX_REQUESTS_PER_CHANNEL = 4096
+#: Alerts about a certificate (RFC 5246 §7.2.2): who sent one says whose certificate failed.
+CERTIFICATE_ALERTS = frozenset(
+    {
+        AlertDescription.BAD_CERTIFICATE,
+        AlertDescription.UNSUPPORTED_CERTIFICATE,
+        AlertDescription.CERTIFICATE_REVOKED,
+        AlertDescription.CERTIFICATE_EXPIRED,
+        AlertDescription.CERTIFICATE_UNKNOWN,
+        AlertDescription.UNKNOWN_CA,
+        AlertDescription.ACCESS_DENIED,
+    }
+)
+log = logging.getLogger("d2tls.agent")
 
 
 @dataclass
@@ -85,11 +103,40 @@ class AgentConfig:
     keylog: KeyLogCallback | None = None
     tracer: Tracer | None = None
     handshake_timeout: float = 30.0
-    #: Only these server addresses may be targeted (None: any loopback/any address given).
-    allowed_servers: frozenset[Address] | None = None
+    #: Who may delegate, with which certificate, to which servers (spec/delegation.md §9.1).
+    #: ``d2tls agent`` always sets one (default: serve nothing). None, for in-process tests
+    #: and simulations only, serves any server for any identity of ``psk_keys``.
+    policy: AgentPolicy | None = None
     #: Association limits of the agent's DTLS server (see ServerConfig).
     max_connections: int = 10_000
     max_half_open: int = 1_000
+
+
+def describe_server_failure(event: ConnectionTerminated) -> tuple[DelegationErrorCode, str]:
+    """Which side refused what, from how the agent's handshake with the server ended.
+
+    A certificate alert *sent by the agent* means the agent refused the server's certificate
+    (SERVER_CERTIFICATE_INVALID); one *received from the server* means the server refused the
+    device's certificate (HANDSHAKE_FAILED, naming the alert): RFC 5246 §7.2.2.
+    """
+    alert = event.alert
+    name = alert.name.lower() if alert is not None else None
+    if alert in CERTIFICATE_ALERTS and not event.by_peer:
+        return (
+            DelegationErrorCode.SERVER_CERTIFICATE_INVALID,
+            f"the agent refused the server's certificate: {event.reason}",
+        )
+    if alert in CERTIFICATE_ALERTS:
+        return (
+            DelegationErrorCode.HANDSHAKE_FAILED,
+            f"the server refused the device's certificate (alert {name} from the server)",
+        )
+    if event.by_peer:
+        return (
+            DelegationErrorCode.HANDSHAKE_FAILED,
+            f"the server ended the handshake with alert {name}",
+        )
+    return DelegationErrorCode.HANDSHAKE_FAILED, f"handshake with the server failed: {event.reason}"
 
 
 class AgentSession:
@@ -108,8 +155,15 @@ class AgentSession:
         send: Callable[[DelegationMessage], None],
         start_handshake: Callable[[DelegationRequest, DTLSClient], None],
         check_status: Callable[[x509.Certificate, AgentSession], None],
+        identity: bytes | None = None,
+        used_request_ids: set[int] | None = None,
     ) -> None:
         self.state = ""
+        #: The channel's PSK identity, and the request_ids already used on the channel.
+        self.identity = identity
+        self._used_request_ids = used_request_ids if used_request_ids is not None else set()
+        #: The request_id of the message being answered with an error, when it was readable.
+        self._offending_id: int | None = None
         self.config = config
         self._send = send
         self._start_handshake = start_handshake
@@ -131,6 +185,7 @@ class AgentSession:
         try:
             message = decode_message(data)
         except DelegationProtocolError as exc:
+            self._offending_id = NO_REQUEST_ID if exc.request_id is None else exc.request_id
             self._abort(exc.code, exc.reason)
             return
         self.receive(message)
@@ -139,6 +194,7 @@ class AgentSession:
         if self._driver.is_final():
             return
         self._trace("received", type(message).__name__)
+        self._offending_id = message.request_id
         if self.request is not None and message.request_id != self.request.request_id:
             self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, "message for an unknown request")
             return
@@ -156,12 +212,7 @@ class AgentSession:
             self._signature_request = event
             self._fire("signature_needed")
         elif isinstance(event, ConnectionTerminated) and event.error:
-            self.error_code = DelegationErrorCode.HANDSHAKE_FAILED
-            if event.alert is not None and "certificate" in event.alert.name.lower():
-                self.error_code = DelegationErrorCode.SERVER_CERTIFICATE_INVALID
-            if event.alert is not None and event.alert.name == "UNKNOWN_CA":
-                self.error_code = DelegationErrorCode.SERVER_CERTIFICATE_INVALID
-            self.error = f"handshake with the server failed: {event.reason}"
+            self.error_code, self.error = describe_server_failure(event)
             self._fire("server_failed")
         elif isinstance(event, HandshakeCompleted):
             self._fire("server_handshake_done")
@@ -204,11 +255,25 @@ class AgentSession:
 
     # ------------------------------------------------------------------ guards
     def request_acceptable(self) -> bool:
+        """spec/delegation.md §6 and §9.1: a fresh request_id, then the agent's policy."""
         request = self._current
         assert isinstance(request, DelegationRequest)
-        allowed = self.config.allowed_servers
-        if allowed is not None and (request.server_host, request.server_port) not in allowed:
-            self.error_code, self.error = DelegationErrorCode.UNSUPPORTED, "server not allowed"
+        request_id = request.request_id
+        if request_id in self._used_request_ids:
+            self.error_code = DelegationErrorCode.UNEXPECTED_MESSAGE
+            self.error = f"request_id {request_id} was already used on this channel"
+            return False
+        if len(self._used_request_ids) >= MAX_REQUESTS_PER_CHANNEL:
+            self.error_code = DelegationErrorCode.BUSY
+            self.error = (
+                f"this channel carried {MAX_REQUESTS_PER_CHANNEL} delegations: open a new one"
+            )
+            return False
+        self._used_request_ids.add(request_id)
+        policy = self.config.policy
+        refusal = policy.refusal(self.identity, request) if policy is not None else None
+        if refusal is not None:
+            self.error_code, self.error = DelegationErrorCode.UNSUPPORTED, f"refused: {refusal}"
             return False
         if not any(
             s in [int(c) for c in self._usable_suites(request)] for s in request.cipher_suites
@@ -320,10 +385,24 @@ class AgentSession:
             self.client.close()
 
     def build_DelegationError(self) -> None:
-        request_id = self.request.request_id if self.request is not None else 0
-        if isinstance(self._current, DelegationRequest) and self.request is None:
-            request_id = self._current.request_id
+        """The request_id of the message answered if it was readable (§6), else of the open
+        request (an error of the agent's own), else 0."""
+        request_id = self._offending_id
+        if request_id is None:
+            request_id = self.request.request_id if self.request is not None else NO_REQUEST_ID
+        log.warning(
+            "delegation %d refused or failed for %s: %s: %s",
+            request_id,
+            self._identity_text(),
+            self.error_code.name.lower(),
+            self.error,
+        )
         self._send(DelegationError(request_id, self.error_code, self.error[:256]))
+
+    def _identity_text(self) -> str:
+        if self.identity is None:
+            return "an unknown identity"
+        return f"PSK identity {self.identity.decode('utf-8', 'replace')!r}"
 
     def emit_flight(self, messages: tuple[str, ...]) -> None:
         for name in messages:
@@ -356,6 +435,8 @@ class Agent:
         self.config = config
         self._ocsp_issuer = ocsp_issuer
         self._sessions: dict[Address, AgentSession] = {}
+        #: Per channel (peer address): request_ids already used (spec/delegation.md §6).
+        self._used_request_ids: dict[Address, set[int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server_endpoints: dict[int, ClientEndpoint] = {}
         self.completed = 0
@@ -373,6 +454,15 @@ class Agent:
         )
 
     async def start(self, host: str, port: int) -> Address:
+        if self.config.policy is None:
+            log.warning("no delegation policy: any known device may target any server")
+        else:
+            for name in self.config.policy.unbound_identities():
+                log.warning(
+                    "PSK identity %r has no certificate binding: its delegations are %s",
+                    name,
+                    "allowed (--allow-unbound)" if self.config.policy.allow_unbound else "refused",
+                )
         self.endpoint = await ServerEndpoint.listen(
             host, port, self.engine, on_event=self._on_channel_event
         )
@@ -401,10 +491,34 @@ class Agent:
                 session = self._new_session(peer)
             session.receive_bytes(event.data)
             self._after(session)
+        elif isinstance(event, HandshakeCompleted):
+            # A new channel: its request_ids start afresh (an old association is gone).
+            self._used_request_ids[peer] = set()
+            identity = _text(event.session.psk_identity)
+            log.info("channel from %s up (PSK identity %r)", _show(peer), identity)
         elif isinstance(event, ConnectionTerminated):
+            self._used_request_ids.pop(peer, None)
+            if event.error:
+                self._log_channel_failure(peer, event)
             session = self._sessions.pop(peer, None)
             if session is not None and not session.is_final:
                 session.channel_closed()
+
+    def _log_channel_failure(self, peer: Address, event: ConnectionTerminated) -> None:
+        alert = event.alert.name.lower() if event.alert is not None else "none"
+        hint = ""
+        if event.alert is AlertDescription.DECRYPT_ERROR and not event.by_peer:
+            hint = " (the device's PSK key does not match the agent's PSK file)"
+        elif event.alert is AlertDescription.UNKNOWN_PSK_IDENTITY and not event.by_peer:
+            hint = " (the device's PSK identity is not in the agent's PSK file)"
+        log.warning(
+            "channel from %s failed: %s (alert %s, %s)%s",
+            _show(peer),
+            event.reason,
+            alert,
+            "sent by the device" if event.by_peer else "sent by the agent",
+            hint,
+        )
 
     def _new_session(self, peer: Address) -> AgentSession:
         def send(message: DelegationMessage) -> None:
@@ -427,7 +541,18 @@ class Agent:
         def check_status(certificate: x509.Certificate, owner: AgentSession) -> None:
             self._spawn(self._check_status(certificate, owner))
 
-        session = AgentSession(self.config, send, start_handshake, check_status)
+        connection = self.engine.connection(peer)
+        channel = connection.session if connection is not None else None
+        identity = channel.psk_identity if channel is not None else None
+        used = self._used_request_ids.setdefault(peer, set())
+        session = AgentSession(
+            self.config,
+            send,
+            start_handshake,
+            check_status,
+            identity=identity,
+            used_request_ids=used,
+        )
         self._sessions[peer] = session
         return session
 
@@ -495,3 +620,11 @@ class Agent:
             else:
                 session.status_result(result.status is OCSPStatus.GOOD, result.status.name.lower())
         self._after(session)
+
+
+def _show(peer: Address) -> str:
+    return f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+
+
+def _text(identity: bytes | None) -> str | None:
+    return identity.decode("utf-8", "replace") if identity is not None else None

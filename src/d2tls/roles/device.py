@@ -30,7 +30,7 @@ from d2tls.delegation.messages import (
 from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientConfig, KeyLogCallback, TimerConfig
 from d2tls.dtls.connection import Tracer
-from d2tls.dtls.constants import CipherSuite
+from d2tls.dtls.constants import AlertDescription, CipherSuite
 from d2tls.dtls.session import Session
 from d2tls.errors import D2TLSError, ProtocolError
 from d2tls.model.machine import MachineDriver
@@ -103,6 +103,8 @@ class DeviceProtocol:
         self._request: DelegationRequest | None = None
         self._current: DelegationMessage | None = None
         self._refusal = ""
+        #: The request_id of the message being answered, when it was readable (§6).
+        self._offending_id: int | None = None
         self._driver = MachineDriver(self.ROLE, self, spec_name="d2tls")
 
     # ------------------------------------------------------------------ inputs
@@ -135,7 +137,11 @@ class DeviceProtocol:
         if self._driver.is_final():
             return
         request = self._request
-        if request is None or message.request_id != request.request_id:
+        self._offending_id = message.request_id
+        foreign = request is None or message.request_id != request.request_id
+        # A DelegationError with another request_id (or 0) answers a message the agent could
+        # not attribute (§6): it still ends the open delegation, and is never answered.
+        if foreign and not (isinstance(message, DelegationError) and request is not None):
             self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, "message for an unknown request")
             return
         self._current = message
@@ -151,6 +157,7 @@ class DeviceProtocol:
         try:
             message = decode_message(data)
         except DelegationProtocolError as exc:
+            self._offending_id = exc.request_id
             self._abort(exc.code, exc.reason)
             return
         self.receive(message)
@@ -306,7 +313,10 @@ class DeviceProtocol:
         self.commands.append("close_connection")
 
     def build_DelegationError(self) -> None:
-        request_id = self._request.request_id if self._request is not None else 0
+        """The request_id of the message answered if readable (§6), else of the open request."""
+        request_id = self._offending_id
+        if request_id is None:
+            request_id = self._request.request_id if self._request is not None else 0
         self.outbox.append(DelegationError(request_id, self.error_code, (self.error or "")[:256]))
 
     def emit_flight(self, messages: tuple[str, ...]) -> None:
@@ -473,7 +483,7 @@ class Device:
         except (ConnectionFailed, TimeoutError) as exc:
             report.agent_link.add_engine(engine.stats)
             await endpoint.close()
-            protocol.channel_failed(f"cannot open the channel to the agent: {exc}")
+            protocol.channel_failed(self._channel_failure(exc))
             return None
         protocol.channel_up()
         return endpoint
@@ -509,6 +519,27 @@ class Device:
         report.server_link.add_engine(engine.stats)
         protocol.resumed()
         return endpoint
+
+    def _channel_failure(self, exc: Exception) -> str:
+        """Name the cause of a failed channel handshake (RFC 4279 §2 alerts)."""
+        host, port = self.config.agent
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        identity = self.config.psk_identity.decode("utf-8", "replace")
+        if isinstance(exc, TimeoutError):
+            return f"no answer from the agent at {where} after {self.config.timeout:g} s"
+        assert isinstance(exc, ConnectionFailed)
+        ended = exc.terminated
+        if ended.by_peer and ended.alert is AlertDescription.DECRYPT_ERROR:
+            return (
+                f"the agent refused the PSK: the key for identity {identity!r} does not match "
+                f"the agent's (alert decrypt_error from {where})"
+            )
+        if ended.by_peer and ended.alert is AlertDescription.UNKNOWN_PSK_IDENTITY:
+            return (
+                f"the agent refused the PSK: it does not know identity {identity!r} "
+                f"(alert unknown_psk_identity from {where})"
+            )
+        return f"cannot open the channel to the agent at {where}: {exc}"
 
     def _trace_link(self, link: str) -> Tracer | None:
         return tagged(self.config.tracer, party="device", link=link)

@@ -1,0 +1,18 @@
+"""TwinPeaks: certificateless public-key distribution through a key-server hierarchy.
+
+TwinPeaks replaces certificates and certification authorities by a DNS-like hierarchy of key
+servers handing out certificateless public keys bound to a name and an IP address ("A New
+Certificateless Public Key Distribution and Lightweight Secure Communication", Eunsang Cho,
+Seoul National University, Chapter 2). The protocol rules are in ``spec/twinpeaks.md``.
+
+Modules:
+
+* :mod:`d2tls.twinpeaks.clpkc`: the certificateless scheme (section 2.3 of the dissertation),
+  over P-256, whose key pairs are ordinary P-256 keys;
+* :mod:`d2tls.twinpeaks.identity`: the identity ``ID = domain-name || IP-address || h(params)``
+  (section 2.4.2) and its byte encoding;
+* :mod:`d2tls.twinpeaks.curve` and :mod:`d2tls.twinpeaks.hashing`: the primitives;
+* :mod:`d2tls.twinpeaks.errors`: the typed errors.
+
+This package is protocol core: sans-IO, randomness injected, no tooling imports.
+"""
