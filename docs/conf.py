@@ -48,10 +48,17 @@ nitpicky = True
 # Types of the standard library and third-party packages: there is no intersphinx (the build
 # must work offline), so references to them cannot resolve.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(asyncio|collections|enum|pathlib|typing|dataclasses|datetime|threading|ipaddress)\..*"),
+    (
+        r"py:.*",
+        r"(asyncio|collections|enum|pathlib|typing|dataclasses|datetime|threading|ipaddress)\..*",
+    ),
     (r"py:.*", r"(cryptography|transitions|cbor2|redis|sqlite3|socket|ssl)\..*"),
-    # Internal modules, deliberately left out of the API reference.
-    (r"py:.*", r"d2tls\.(dtls\.(messages|record|keyschedule|fragments|buffer)|net|pki|trace)\..*"),
+    # Internal modules, deliberately left out of the API reference, and the TwinPeaks
+    # scheme, described on its own page (twinpeaks.md).
+    (
+        r"py:.*",
+        r"d2tls\.(dtls\.(messages|record|keyschedule|fragments|buffer)|net|pki|trace|twinpeaks)\..*",
+    ),
 ]
 # Names that annotations use unqualified (module-level aliases and imports under
 # ``from __future__ import annotations``), which Sphinx cannot resolve to a documented object.

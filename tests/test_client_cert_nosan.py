@@ -11,6 +11,7 @@ delegated D2TLS flow (``d2tls agent`` + ``d2tls device``) runs with it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from d2tls.dtls.config import ClientAuth, ServerConfig
 from d2tls.dtls.constants import AlertDescription, CipherSuite
@@ -237,8 +240,20 @@ def run_delegation(
 ) -> tuple[subprocess.CompletedProcess[str], str]:
     """``d2tls agent`` (its own process) + ``d2tls device --json --connections N`` against our
     server on ``server_port``; the device's process and the agent's output."""
+    # The agent's PSK file binds each identity to the device certificate and allows this
+    # server only (spec/delegation.md §9.1): the same lines with both attributes added.
+    leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    fingerprint = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
+    agent_file = psk_file.with_name(psk_file.stem + "-agent.txt")
+    agent_file.write_text(
+        "".join(
+            f"{line} cert-sha256={fingerprint} allow=127.0.0.1:{server_port}\n"
+            for line in psk_file.read_text().splitlines()
+            if line.strip()
+        )
+    )
     agent_argv = [sys.executable, "-m", "d2tls.cli", "agent", "--listen", "127.0.0.1:0"]
-    agent_argv += ["--psk-file", str(psk_file), "--ca", str(ca)]
+    agent_argv += ["--psk-file", str(agent_file), "--ca", str(ca)]
     agent = subprocess.Popen(
         agent_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )

@@ -132,8 +132,7 @@ def test_device_agent_not_answering(pki: LoadedPKI, silent: int) -> None:
     )
     status, out, err, took = d2tls(*argv, "--timeout", "1")
     assert status == 1, out + err
-    assert "cannot open the channel to the agent" in err, err
-    assert f"no answer from 127.0.0.1:{silent} after 1 s" in err, err
+    assert f"no answer from the agent at 127.0.0.1:{silent} after 1 s" in err, err
     assert took < 15
 
 

@@ -33,6 +33,8 @@ DATA_FILES = (
     "d2tls/data/proofs/d2tls_dtls12.spthy",
     "d2tls/data/proofs/expected.toml",
     "d2tls/data/proofs/experimental/d2tls_dtls12_ecdhe.spthy",
+    "d2tls/bench/profiles/cc3200.toml",
+    "d2tls/bench/profiles/cc2538.toml",
 )
 
 #: Variables that could let the installed d2tls see the checkout.

@@ -110,6 +110,7 @@ def open_session_store(url: str, key_file: str | None) -> Any:
 def build_server_config(args: argparse.Namespace) -> ServerConfig:
     from d2tls.dtls.config import ClientAuth, ServerConfig
     from d2tls.dtls.keylog import keylog_from_environment
+    from d2tls.dtls.rawpk import load_spki_file
     from d2tls.pki.verify import (
         load_certificate_chain,
         load_private_key,
@@ -119,7 +120,7 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
 
     psk_keys = dict(parse_psk(p) for p in args.psk or [])
     default: tuple[CipherSuite, ...]
-    if args.cert:
+    if args.cert or args.rawpk_key:
         default = ServerConfig().cipher_suites + (
             (CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,) if psk_keys else ()
         )
@@ -132,7 +133,11 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
         trust_store=load_trust_store(Path(args.ca)) if args.ca else None,
         client_auth=ClientAuth.REQUIRED
         if args.require_client_cert
-        else (ClientAuth.OPTIONAL if args.ca else ClientAuth.NONE),
+        else (ClientAuth.OPTIONAL if args.ca or args.trust_rawpk else ClientAuth.NONE),
+        raw_private_key=load_private_key(Path(args.rawpk_key)) if args.rawpk_key else None,
+        trusted_client_keys=frozenset(load_spki_file(Path(args.trust_rawpk)))
+        if args.trust_rawpk
+        else frozenset(),
         psk_keys=psk_keys,
         session_lifetime=args.session_lifetime,
         session_store=open_session_store(args.session_store, args.store_key_file),
@@ -234,6 +239,7 @@ async def _forever() -> None:
 def build_client_config(args: argparse.Namespace) -> ClientConfig:
     from d2tls.dtls.config import ClientConfig
     from d2tls.dtls.keylog import keylog_from_environment
+    from d2tls.dtls.rawpk import load_spki_file, spki_of
     from d2tls.dtls.session_file import load_session
     from d2tls.pki.verify import (
         load_certificate_chain,
@@ -245,18 +251,24 @@ def build_client_config(args: argparse.Namespace) -> ClientConfig:
     psk_identity, psk = parse_psk(args.psk) if args.psk else (None, None)
     default = (
         (CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,)
-        if args.psk and not args.ca
+        if args.psk and not args.ca and not args.trust_rawpk
         else ClientConfig().cipher_suites
     )
     suites = parse_suites(args.cipher, default)
     session = load_session(Path(args.session_in)) if args.session_in else None
     server_name = args.server_name or args.address[0]
+    key_file = args.key or args.rawpk_key  # one key: the certificate's and the raw key
+    private_key = load_private_key(Path(key_file)) if key_file else None
     return ClientConfig(
         cipher_suites=suites,
         trust_store=load_trust_store(Path(args.ca)) if args.ca else None,
         server_name=server_name,
         certificate_chain=load_certificate_chain(Path(args.cert)) if args.cert else (),
-        private_key=load_private_key(Path(args.key)) if args.key else None,
+        private_key=private_key,
+        trusted_server_keys=frozenset(load_spki_file(Path(args.trust_rawpk)))
+        if args.trust_rawpk
+        else frozenset(),
+        client_raw_public_key=spki_of(private_key) if args.rawpk_key and private_key else None,
         psk_identity=psk_identity,
         psk=psk,
         session=session,
@@ -275,6 +287,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 async def run_client(args: argparse.Namespace) -> dict[str, Any]:
     from d2tls.dtls.client import DTLSClient
+    from d2tls.dtls.rawpk import fingerprint
     from d2tls.dtls.session_file import save_session
     from d2tls.net.udp import ClientEndpoint, ConnectionFailed
     from d2tls.pki.verify import certificate_subject
@@ -301,6 +314,9 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
                 certificate_subject(engine.peer_certificates[0])
                 if engine.peer_certificates
                 else None
+            ),
+            peer_raw_public_key=(
+                fingerprint(engine.peer_raw_public_key) if engine.peer_raw_public_key else None
             ),
         )
         if args.session_out:
@@ -355,6 +371,8 @@ def print_client_result(result: dict[str, Any], as_json: bool) -> None:
         print(f"session id: {result['session_id']}")
         if result.get("peer_certificate_subject"):
             print(f"server: {result['peer_certificate_subject']}")
+        if result.get("peer_raw_public_key"):
+            print(f"server raw public key: {result['peer_raw_public_key']}")
         if "received" in result:
             print(f"received: {result['received']}")
     else:
@@ -653,6 +671,12 @@ def _add_server(sub: Any) -> None:
     server.add_argument("--key", help="server private key (PEM, P-256)")
     server.add_argument("--ca", help="trust store for client certificates (PEM)")
     server.add_argument(
+        "--rawpk-key", metavar="FILE", help="raw public key pair to offer (RFC 7250; PEM, P-256)"
+    )
+    server.add_argument(
+        "--trust-rawpk", metavar="FILE", help="client raw public keys to accept (PEM PUBLIC KEYs)"
+    )
+    server.add_argument(
         "--require-client-cert",
         action="store_true",
         help="refuse clients without a certificate (needs --ca)",
@@ -721,6 +745,14 @@ def _add_client(sub: Any) -> None:
     client.add_argument("--ca", help="trust store for the server certificate (PEM)")
     client.add_argument("--cert", help="client certificate chain (PEM)")
     client.add_argument("--key", help="client private key (PEM)")
+    client.add_argument(
+        "--rawpk-key", metavar="FILE", help="authenticate with this raw key (RFC 7250; PEM, P-256)"
+    )
+    client.add_argument(
+        "--trust-rawpk",
+        metavar="FILE",
+        help="server raw public keys to trust (PEM PUBLIC KEYs; RFC 7250)",
+    )
     client.add_argument("--server-name", help="expected server name (default: HOST)")
     client.add_argument("--psk", metavar="ID:HEX", help="pre-shared key: identity and hex key")
     client.add_argument(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from d2tls.errors import D2TLSError
 from d2tls.peers import GnuTLSServer, NetNamespace, OpenSSLServer, free_udp_port
 from d2tls.pki.generate import init_pki
 from d2tls.pki.verify import load_psk_file
@@ -35,7 +36,7 @@ SERVER_KINDS = ("d2tls", "openssl", "gnutls")
 ECHO_TEXT = "hello from the device"
 
 
-class DemoError(Exception):
+class DemoError(D2TLSError):
     """A demo step failed; the message says which."""
 
 

@@ -1,8 +1,25 @@
-"""Typed errors. Every protocol failure carries the alert it must produce."""
+"""Typed errors: the one hierarchy of d2tls. Every protocol failure carries the alert it must
+produce; callers classify errors by type (and alerts by
+:class:`~d2tls.dtls.constants.AlertDescription` member), never
+by message or alert-name strings.
+
+Every exception class of the package derives from :class:`D2TLSError` (tests/test_errors.py
+checks it). The classes of the protocol core live here; the modules that raise them re-export
+them under their old names (``d2tls.dtls.connection.InvalidStateError``, ...). Tooling errors
+(``net``, ``conformance``, ``prove``, ``bench``, ``demo``, ``peers``) stay beside their tools
+but derive from :class:`D2TLSError` too. ``TwinPeaksRefusal`` stays in
+:mod:`d2tls.dtls.twinpeaks` beside the ``Refusal`` it carries; ``SigningRefused`` in
+:mod:`d2tls.roles.signer`.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from d2tls.dtls.constants import AlertDescription
+
+if TYPE_CHECKING:
+    from d2tls.delegation.messages import DelegationErrorCode
 
 
 class D2TLSError(Exception):
@@ -71,3 +88,103 @@ class SpecError(D2TLSError):
 
 class ConfigurationError(D2TLSError):
     """A configuration the library refuses to run with."""
+
+
+# --------------------------------------------------------------------------- DTLS engine
+
+
+class InvalidStateError(D2TLSError):
+    """The application called something the connection cannot do in its current state."""
+
+
+class SessionNotResumable(ConfigurationError):
+    """The server issued an empty session ID: its sessions cannot be resumed."""
+
+
+# --------------------------------------------------------------------------- delegation
+
+
+class DelegationProtocolError(D2TLSError):
+    """A received delegation message is unacceptable; ``error_for`` builds the reply."""
+
+    def __init__(
+        self, code: DelegationErrorCode, reason: str, request_id: int | None = None
+    ) -> None:
+        super().__init__(f"{code.name}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.request_id = request_id
+
+
+class DelegationFailed(D2TLSError):
+    """The device could not obtain an end-to-end session; ``reason`` says why."""
+
+
+# --------------------------------------------------------------------------- PKI and stores
+
+
+class OCSPError(D2TLSError):
+    """An OCSP check could not establish the certificate status (unreachable, bad, stale...)."""
+
+
+class PKIExistsError(ConfigurationError):
+    """The directory already holds a PKI and replacing it was not asked for."""
+
+
+class CorruptEntry(D2TLSError):
+    """A stored entry that cannot be used: undecryptable, tampered or malformed.
+
+    The message never contains any part of the entry's plaintext.
+    """
+
+
+class RedisServerMissing(ConfigurationError):
+    """No ``redis-server`` binary on this machine."""
+
+
+# --------------------------------------------------------------------------- TwinPeaks
+
+
+class TwinPeaksError(D2TLSError):
+    """Base class of every TwinPeaks error."""
+
+
+class EncodingError(TwinPeaksError):
+    """Malformed bytes: wrong length, bad CBOR, unknown or missing field, trailing data."""
+
+
+class InvalidPoint(EncodingError):
+    """A point encoding that is not an uncompressed P-256 point, not on the curve, or the
+    point at infinity (SEC 1 v2 §2.3.4 with the checks of §3.2.2.1)."""
+
+
+class InvalidScalar(EncodingError):
+    """A scalar that is not 32 bytes or not in [1, n-1]."""
+
+
+class InvalidIdentity(EncodingError):
+    """A domain name, an IP address or an identity encoding that spec/twinpeaks.md §3 refuses."""
+
+
+class KeyValidationError(TwinPeaksError):
+    """Key material that does not fit together: a partial private key that fails its check,
+    a public key not bound to the identity, or parameters that do not match h(params)."""
+
+
+class SignatureError(TwinPeaksError):
+    """A certificateless signature that does not verify."""
+
+
+class StaleRecord(TwinPeaksError):
+    """A key record outside its time window: issued in the future, past its TTL, or a
+    subject key outside its validity (spec/twinpeaks.md §8.5)."""
+
+
+class ResponseMismatch(TwinPeaksError):
+    """A key response that does not answer the request it claims to: another request ID,
+    name, address or signer, or issuer parameters other than those the chain led to."""
+
+
+class CrossCheckError(TwinPeaksError):
+    """Answers for one name from several roots that disagree (spec/twinpeaks.md §8.8;
+    section 2.5.1 of the dissertation: cross-verification among root key servers)."""

@@ -88,6 +88,11 @@ GNUTLS_SUITE_PRIORITY: dict[CipherSuite, str] = {
         "NORMAL:-VERS-ALL:+VERS-DTLS1.2:-CIPHER-ALL:+AES-128-CCM-8:-KX-ALL:+PSK"
     ),
 }
+#: GnuTLS priority for RFC 7250 raw public keys (server and client) with ECDHE-ECDSA AES-128-CCM-8.
+GNUTLS_RAWPK_PRIORITY = (
+    GNUTLS_SUITE_PRIORITY[CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8]
+    + ":+CTYPE-SRV-RAWPK:+CTYPE-CLI-RAWPK"
+)
 #: OpenSSL cipher names of the d2tls suites.
 OPENSSL_SUITE_NAMES: dict[CipherSuite, str] = {s: n for n, s in CIPHER_SUITE_NAMES.items()}
 
@@ -479,6 +484,7 @@ class GnuTLSServer(_ServerProcess):
         client_auth: ClientAuthMode = "required",
         psk_file: Path | None = None,
         psk_hint: str | None = None,
+        rawpk: tuple[Path, Path] | None = None,
         priority: str = GNUTLS_PRIORITY,
         port: int = 5684,
         mtu: int | None = None,
@@ -494,13 +500,14 @@ class GnuTLSServer(_ServerProcess):
         super().__init__(log_path, ready_timeout)
         if (cert is None) != (key is None):
             raise ValueError("cert and key go together")
-        if cert is None and psk_file is None:
-            raise ValueError("GnuTLSServer needs a certificate or a PSK file")
+        if cert is None and psk_file is None and rawpk is None:
+            raise ValueError("GnuTLSServer needs a certificate, a raw key or a PSK file")
         if client_auth != "none" and ca is None:
             raise ValueError("client authentication needs a CA file")
         self.cert, self.key, self.ca = cert, key, ca
         self.client_auth = client_auth
         self.psk_file, self.psk_hint = psk_file, psk_hint
+        self.rawpk = rawpk  # (PEM public key, PEM private key), RFC 7250
         self.priority = priority
         self.host = "127.0.0.1"
         self.port = port
@@ -517,6 +524,8 @@ class GnuTLSServer(_ServerProcess):
         argv += ["--priority", self.priority]
         if self.cert is not None and self.key is not None:
             argv += ["--x509certfile", str(self.cert), "--x509keyfile", str(self.key)]
+        if self.rawpk is not None:
+            argv += ["--rawpkfile", str(self.rawpk[0]), "--rawpkkeyfile", str(self.rawpk[1])]
         if self.ca is not None:
             argv += ["--x509cafile", str(self.ca)]
         if self.client_auth == "required":
@@ -748,7 +757,7 @@ class GnuTLSResult(ClientResult):
         kx = parts[1] if len(parts) > 1 else ""
         if kx == "PSK" and cipher == "AES-128-CCM-8":
             return CipherSuite.TLS_PSK_WITH_AES_128_CCM_8
-        if "X.509" in parts[0] and kx.startswith("ECDHE"):
+        if ("X.509" in parts[0] or "Raw Public Key" in parts[0]) and kx.startswith("ECDHE"):
             if cipher == "AES-128-CCM-8":
                 return CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8
             if cipher == "AES-128-GCM":
@@ -1010,6 +1019,7 @@ class GnuTLSClient:
         verify_hostname: str | None = None,
         priority: str = GNUTLS_PRIORITY,
         psk: tuple[bytes, bytes] | None = None,
+        rawpk: tuple[Path, Path] | None = None,
         resume: bool = False,
         mtu: int | None = None,
         insecure: bool = False,
@@ -1022,6 +1032,7 @@ class GnuTLSClient:
         self.cert, self.key, self.ca = cert, key, ca
         self.verify_hostname = verify_hostname
         self.priority, self.psk = priority, psk
+        self.rawpk = rawpk  # (PEM public key, PEM private key), RFC 7250
         self.resume, self.mtu, self.insecure = resume, mtu, insecure
         self.extra_args = list(extra_args)
         self.namespace = namespace
@@ -1036,6 +1047,8 @@ class GnuTLSClient:
             argv += ["--x509cafile", str(self.ca)]
         if self.verify_hostname is not None:
             argv += ["--verify-hostname", self.verify_hostname]
+        if self.rawpk is not None:
+            argv += ["--rawpkfile", str(self.rawpk[0]), "--rawpkkeyfile", str(self.rawpk[1])]
         if self.psk is not None:
             identity, key = self.psk
             argv += ["--pskusername", identity.decode(), "--pskkey", key.hex()]
@@ -1062,3 +1075,76 @@ class GnuTLSClient:
             argv, data, expect=expect, linger=linger, timeout=timeout
         )
         return GnuTLSResult(tuple(argv), rc, out, err, timed_out)
+
+
+# --------------------------------------------------------------------------- wolfSSL
+
+#: Where scripts/build-wolfssl.sh puts wolfssl_server (override with D2TLS_WOLFSSL_DIR).
+WOLFSSL_DIR = Path(os.environ.get("D2TLS_WOLFSSL_DIR", "/var/cache/d2tls/wolfssl"))
+
+
+def wolfssl_server_program() -> Path:
+    """The wolfssl_server built by ``scripts/build-wolfssl.sh``; :class:`PeerError` if absent."""
+    path = WOLFSSL_DIR / "bin" / "wolfssl_server"
+    if not os.access(path, os.X_OK):
+        raise PeerError(f"{path} not found: run scripts/build-wolfssl.sh (or scripts/setup.sh)")
+    return path
+
+
+def wolfssl_version() -> str:
+    """``libwolfssl-dev 5.5.4-2+deb12u3 (Debian package)``, as recorded by the build script."""
+    version = WOLFSSL_DIR / "bin" / "VERSION"
+    return version.read_text().strip() if version.exists() else "wolfssl (unknown version)"
+
+
+class WolfSSLServer(_ServerProcess):
+    """``scripts/peers/wolfssl_server.c`` (wolfSSL 5.5.4 from Debian) on a loopback address.
+
+    Like wolfSSL's example server in DTLS mode: single-threaded, one association at a time
+    (datagrams from other clients are dropped meanwhile), blocking ``wolfSSL_accept`` with
+    wolfSSL's retransmission timer (1 s, doubling up to ``timeout_max`` s, then it gives the
+    handshake up), echo until close_notify or ``idle`` s of silence. Cookie exchange (32-byte
+    cookie), EMS, session-ID resumption from wolfSSL's session cache. Debian's build lacks
+    ``WOLFSSL_STATIC_PSK``: PSK-AES128-CCM-8 cannot be negotiated (a handshake offering only
+    it gets ``handshake_failure``).
+    """
+
+    tool = "wolfssl_server"
+    ready_marker = b"listening on"
+
+    def __init__(
+        self,
+        *,
+        cert: Path,
+        key: Path,
+        ca: Path,
+        client_auth: ClientAuthMode = "required",
+        psk: tuple[bytes, bytes] | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        timeout_max: int = 64,
+        idle: int = 10,
+        ciphers: str | None = None,
+        log_path: Path | None = None,
+        ready_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(log_path, ready_timeout)
+        self.cert, self.key, self.ca = cert, key, ca
+        self.client_auth = client_auth
+        self.psk = psk
+        self.host = host
+        self.port = port if port is not None else free_udp_port(host)
+        self.timeout_max, self.idle = timeout_max, idle
+        self.ciphers = ciphers
+
+    def argv(self) -> list[str]:
+        """The ``wolfssl_server`` command line."""
+        argv = [str(wolfssl_server_program()), "-a", self.host, "-p", str(self.port)]
+        argv += ["-c", str(self.cert), "-k", str(self.key), "-A", str(self.ca)]
+        argv += ["-v", self.client_auth, "-t", str(self.timeout_max), "-i", str(self.idle)]
+        if self.psk is not None:
+            identity, key = self.psk
+            argv += ["-s", f"{identity.decode()}:{key.hex()}"]
+        if self.ciphers is not None:
+            argv += ["-l", self.ciphers]
+        return argv

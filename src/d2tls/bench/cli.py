@@ -68,7 +68,8 @@ def _device(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         progress=not args.no_progress,
         breakdown=not args.no_breakdown,
-        profile_runs=args.profile,
+        profile_runs=args.pyinstrument,
+        device_profile=args.profile,
     )
     return _emit(args, result, device.render)
 
@@ -209,11 +210,16 @@ def register(subparsers: Any) -> None:
         "--no-breakdown", action="store_true", help="skip the bytes-by-record-type pass"
     )
     device.add_argument(
-        "--profile",
+        "--pyinstrument",
         type=int,
         default=0,
         metavar="N",
         help="profile N extra D2TLS sessions of the device thread with pyinstrument",
+    )
+    device.add_argument(
+        "--profile",
+        choices=("cc3200", "cc2538"),
+        help="model the counted operations on a device of the D2TLS paper (Tables 2-7)",
     )
     device.set_defaults(handler=_device)
 

@@ -19,10 +19,13 @@ messages).
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
+import tracemalloc
 from dataclasses import dataclass
 from typing import Any
 
+from d2tls.bench import device_profiles
 from d2tls.bench.common import (
     SERVER_NAME,
     Materials,
@@ -195,9 +198,18 @@ def run(
     breakdown: bool = True,
     profile_runs: int = 0,
     materials: Materials | None = None,
+    device_profile: str | None = None,
+    memory_runs: int = 3,
 ) -> dict[str, Any]:
-    """Run the device benchmark; returns the JSON-able result."""
+    """Run the device benchmark; returns the JSON-able result.
+
+    ``device_profile`` (``cc3200``/``cc2538``) adds the paper-device model of
+    :mod:`d2tls.bench.device_profiles`, fed with this run's counted operations, and a
+    tracemalloc pass for the device's peak memory per variant.
+    """
+    profile = device_profiles.load(device_profile) if device_profile else None
     materials = materials or Materials.create()
+    memory: dict[str, int] | None = None
     samples: dict[str, list[Sample]] = {v: [] for v in VARIANTS}
     result: dict[str, Any] = {"benchmark": "device", "runs": runs, "environment": environment()}
     with Peers(PeersSpec(materials.paths.directory)) as peers, LoopThread() as thread:
@@ -223,6 +235,8 @@ def run(
             result["profile"] = thread.run(_profile(side, profile_runs))
         if breakdown:
             result["breakdown"] = _breakdown(materials, peers, thread)
+        if profile is not None:
+            memory = _peak_memory(side, thread, memory_runs)
     variants = {v: _aggregate(samples[v]) for v in VARIANTS}
     result["variants"] = variants
     result["floor"] = {
@@ -247,7 +261,29 @@ def run(
         entry["met"] = all(
             entry[m] is not None and entry[m] <= entry["limit"] for m in ("bound", "blind")
         )
+    if profile is not None:
+        result["device_profile"] = device_profiles.evaluate(profile, variants, memory)
     return result
+
+
+def _peak_memory(side: DeviceSide, thread: LoopThread, runs: int) -> dict[str, int]:
+    """Median tracemalloc peak (bytes above the start) of one new session per variant.
+
+    Only the device runs in this process (server and agent are children), so the peak is
+    the device's: handshake state, messages, and the session it keeps.
+    """
+    peaks: dict[str, list[int]] = {v: [] for v in VARIANTS}
+    for _ in range(max(1, runs)):
+        for variant in VARIANTS:
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                thread.run(side.measure(variant), timeout=120)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            peaks[variant].append(peak - base)
+    return {v: int(statistics.median(p)) for v, p in peaks.items()}
 
 
 def _ratios(variants: dict[str, Any], floor_ms: float) -> dict[str, float | None]:
@@ -405,9 +441,108 @@ def render(result: dict[str, Any]) -> str:
                 "link = delegation messages)",
             )
         )
+    if "device_profile" in result:
+        out.append("\n" + render_profile(result["device_profile"]))
     if "profile" in result:
         out.append("\nProfile of the device thread (D2TLS blind, pyinstrument):\n")
         out.append(result["profile"])
+    return "\n".join(out)
+
+
+def render_profile(model: dict[str, Any]) -> str:
+    """The paper-device model of one run next to the paper's Tables 3-7."""
+    paper = model["paper"]
+    rows = []
+    for variant in VARIANTS:
+        row = device_profiles.ROWS[variant]
+        ours = model["model"][variant]
+        at_paper = model["model_at_paper_counts"].get(row, {})
+        rows.append(
+            [
+                LABELS[variant],
+                ours["lan"]["delay_ms"],
+                paper.get(f"lan_{row}_ms"),
+                ours["wan"]["delay_ms"],
+                paper.get(f"wan_{row}_ms"),
+                ours["lan"]["energy_mj"],
+                paper.get(f"lan_{row}_mj"),
+                ours["wan"]["energy_mj"],
+                paper.get(f"wan_{row}_mj"),
+                at_paper.get("lan", {}).get("delay_ms"),
+            ]
+        )
+    out = [
+        table(
+            [
+                "modelled per new session",
+                "LAN ms",
+                "paper T3",
+                "WAN ms",
+                "paper T4",
+                "LAN mJ",
+                "paper T5",
+                "WAN mJ",
+                "paper T6",
+                "LAN ms at paper's counts",
+            ],
+            rows,
+            title=f"Device profile {model['profile']}: {model['device']}\n"
+            f"(parameters from {model['citation']}; inputs: this run's counted operations)",
+        )
+    ]
+    split = [
+        [
+            LABELS[v],
+            *(model["model"][v]["lan"][k] for k in ("cpu_ms", "radio_ms", "wait_ms")),
+            model["model"][v]["lan"]["delegation_ms"],
+            *(model["counts"][v][k] for k in ("agent_round_trips", "server_round_trips")),
+            int(model["counts"][v]["agent_bytes"] + model["counts"][v]["server_bytes"]),
+        ]
+        for v in VARIANTS
+    ]
+    out.append(
+        "\n"
+        + table(
+            [
+                "LAN delay split",
+                "public-key ms",
+                "radio ms",
+                "wait ms",
+                "delegation ms",
+                "agent RTs",
+                "server RTs",
+                "bytes",
+            ],
+            split,
+        )
+    )
+    if model["targets"]:
+        out.append("\nTargets (issue 23, cc3200 profile):")
+        for name, entry in model["targets"].items():
+            verdict = "met" if entry["met"] else "missed"
+            if "checks" in entry:
+                failed = [k for k, ok in entry["checks"].items() if not ok]
+                detail = "all checks hold" if not failed else "failed: " + ", ".join(failed)
+                out.append(f"  {name} ({entry['source']}): {detail} -> {verdict}")
+            else:
+                out.append(
+                    f"  {name}: bound {entry['bound']}, blind {entry['blind']} vs paper "
+                    f"{entry['paper']} ({entry['source']}, ±{entry['tolerance']:.0%}) -> {verdict}"
+                )
+    if "memory" in model:
+        mem = model["memory"]
+        peaks = mem["peak_bytes"]
+        out.append(
+            "\nDevice peak memory (tracemalloc, bytes): "
+            + ", ".join(f"{v} {peaks[v]:,}" for v in VARIANTS)
+            + f"\n  paper Table 7 max. dynamic memory: DTLS {mem['paper']['dtls']:,.0f}, "
+            f"D2TLS {mem['paper']['d2tls']:,.0f} (D2TLS below DTLS); ours: "
+            + ", ".join(
+                f"{m} {'below' if below else 'not below'} standalone"
+                for m, below in mem["ours_d2tls_below_dtls"].items()
+            )
+            + f" -> {'met' if mem['ordering_met'] else 'missed'}"
+        )
     return "\n".join(out)
 
 

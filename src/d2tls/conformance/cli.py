@@ -67,11 +67,15 @@ def register(sub: Any) -> None:
 
     peers = sub.add_parser(
         "conformance-peers",
-        help="start OpenSSL, GnuTLS, mbedTLS and d2tls servers on loopback and test each",
+        help="start OpenSSL, GnuTLS, mbedTLS, wolfSSL and d2tls servers on loopback and test each",
     )
     peers.add_argument("--out", default="docs/conformance", help="report directory")
     peers.add_argument(
-        "--peers", nargs="+", default=None, metavar="PEER", help="d2tls openssl gnutls mbedtls"
+        "--peers",
+        nargs="+",
+        default=None,
+        metavar="PEER",
+        help="d2tls openssl gnutls mbedtls wolfssl",
     )
     peers.add_argument(
         "--only", nargs="+", choices=SUITES, metavar="SUITE", help=f"run only these: {SUITES}"

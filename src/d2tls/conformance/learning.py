@@ -4,8 +4,14 @@ A :class:`DTLSServerSUL` maps the abstract inputs of :data:`.specmodel.INPUTS` t
 messages made by a :class:`~.probe.Prober`, and the server's answers to abstract outputs
 (``ServerHello+Certificate+...``, ``Alert(fatal,decrypt_error)``, ``TIMEOUT``). Every query
 starts from a reset: a fresh client socket (a new port, so a new association) and, when the
-peer needs it, a restarted server. Queries are cached; a query whose answer contradicts an
-earlier one is repeated and decided by majority. AALpy's L# learns the Mealy machine, checked by
+peer can be restarted, a restarted server. A server the suite cannot restart (``reset`` is
+None) is reset the way a client would leave it: each query ends its association with
+close_notify (in every epoch written, as the server may not have switched; nothing after the
+server ended it), the learner waits a settle delay, and a query that starts with a ClientHello
+retransmits it on RFC 6347 §4.2.4 timers until the server, busy finishing an earlier
+association, answers (a query it never answers is retried, not recorded as TIMEOUT).
+Queries are cached; a query whose answer contradicts an earlier one is repeated and decided
+by majority. AALpy's L# learns the Mealy machine, checked by
 an equivalence oracle that first tries the input sequences where the hypothesis and the
 spec-derived machine differ, then the spec's transition cover (which holds the complete
 handshakes), then random walks from every state.
@@ -29,16 +35,25 @@ from d2tls.conformance.probe import (
     ClientCredentials,
     Prober,
     ResumableSession,
+    RetransmissionTimer,
     Transport,
     full_handshake,
 )
 from d2tls.conformance.specmodel import INPUTS, ServerOptions, spec_machine
-from d2tls.dtls.constants import AlertDescription, AlertLevel, CipherSuite
+from d2tls.dtls.constants import CipherSuite
+from d2tls.errors import D2TLSError
 
 aalpy: Any = importlib.import_module("aalpy")
 _lsharp: Any = importlib.import_module("aalpy.learning_algs.deterministic.LSharp")
 
 TransportFactory = Callable[[], Transport]
+
+#: ClientHello retransmission while learning a server that cannot be restarted.
+LEARNING_TIMER = RetransmissionTimer(initial=1.0, retransmissions=3)
+
+
+class ServerBusy(D2TLSError):
+    """The server never answered a query's first ClientHello."""
 
 
 class ProgressPrinter:
@@ -79,6 +94,9 @@ class DTLSServerSUL(aalpy.SUL):  # type: ignore[misc]
         dead_wait: float = 0.04,
         progress: Callable[..., None] | None = None,
         needs_session: bool = True,
+        settle: float = 0.1,
+        timer: RetransmissionTimer = LEARNING_TIMER,
+        busy_retries: int = 3,
     ) -> None:
         super().__init__()
         self.transport_factory = transport_factory
@@ -88,6 +106,9 @@ class DTLSServerSUL(aalpy.SUL):  # type: ignore[misc]
         self.wait, self.gap, self.dead_wait = wait, gap, dead_wait
         self.progress = progress
         self.needs_session = needs_session
+        self.settle, self.timer, self.busy_retries = settle, timer, busy_retries
+        self.busy = 0
+        self._first_step = True
         self.session: ResumableSession | None = None
         self.prober: Prober | None = None
         self.dead = False
@@ -106,11 +127,12 @@ class DTLSServerSUL(aalpy.SUL):  # type: ignore[misc]
             try:
                 full_handshake(prober)
                 if prober.handshake_complete:
-                    prober.send_records([prober.alert_record()])
-                    prober.receive(wait=self.wait)
+                    prober.close_association(linger=self.wait)
                     return prober.session()
+                prober.close_association(linger=self.wait)
             finally:
                 prober.close()
+                time.sleep(self.settle)
         return None
 
     # ------------------------------------------------------------------ AALpy interface
@@ -130,17 +152,21 @@ class DTLSServerSUL(aalpy.SUL):  # type: ignore[misc]
             gap=self.gap,
         )
         self.dead = False
+        self._first_step = True
 
     def post(self) -> None:
         prober = self.prober
         if prober is None:
             return
-        if self.reset is None and not self.dead:
-            # Leave nothing half-open on a server that serves one client at a time.
-            prober.send_records(
-                [prober.alert_record(AlertLevel.FATAL, AlertDescription.USER_CANCELED)]
-            )
-        prober.close()
+        if self.reset is None:
+            # Leave nothing half-open on a server that serves one client at a time: a
+            # clean close (RFC 5246 §7.2.1), then a settle delay before the next query.
+            if not self.dead:
+                prober.close_association(linger=self.dead_wait)
+            prober.close()
+            time.sleep(self.settle)
+        else:
+            prober.close()
         self.prober = None
 
     def step(self, letter: str | None) -> str:
@@ -170,7 +196,14 @@ class DTLSServerSUL(aalpy.SUL):  # type: ignore[misc]
         else:
             raise ValueError(f"unknown input {letter}")
         wait = self.wait if not self.dead or letter.startswith("ClientHello") else self.dead_wait
-        observation = prober.receive(wait=wait)
+        first, self._first_step = self._first_step, False
+        if first and letter.startswith("ClientHello") and self.reset is None:
+            # A fresh association: a live server answers it, a busy one once it is free.
+            observation = prober.await_answer(self.timer)
+            if observation.timeout:
+                raise ServerBusy(letter)
+        else:
+            observation = prober.receive(wait=wait)
         if any(
             i.kind == "alert" and (i.level == 2 or i.description == 0) for i in observation.items
         ):
@@ -186,18 +219,50 @@ class DTLSServerSUL(aalpy.SUL):  # type: ignore[misc]
         if cached is not None:
             self.cache_hits += 1
             return list(cached)
-        outputs = tuple(super().query(word))
+        outputs = self._run(word)
         self.queries += 1
         if self._contradicts(word, outputs):
             self.nondeterministic += 1
-            runs = [outputs] + [tuple(super().query(word)) for _ in range(2)]
+            runs = [outputs] + [self._run(word) for _ in range(2)]
             outputs = Counter(runs).most_common(1)[0][0]
-            for n in range(1, len(word) + 1):  # the majority answer replaces what was cached
-                self.cache[word[:n]] = outputs[:n]
+            # The learner already holds the answers to this word's prefixes: keep them (its
+            # observation tree must stay consistent) and take only the new tail.
+            known = max((n for n in range(1, len(word)) if word[:n] in self.cache), default=0)
+            if known:
+                outputs = self.cache[word[:known]] + outputs[known:]
         self._store(word, outputs)
         if self.progress is not None:
             self.progress(self)
         return list(outputs)
+
+    def adaptive_query(self, word: list[str], ads: Any) -> tuple[list[str], list[str]]:
+        """L#'s adaptive distinguishing sequences, one cached query per step, so that every
+        answer goes through the cache (and the busy-server handling) like any other."""
+        word = list(word)
+        outputs = self.query(tuple(word)) if word else []
+        last: str | None = None  # as AALpy's SUL.adaptive_query: the ADS starts from None
+        while True:
+            letter = ads.next_input(last)
+            if letter is None:
+                break
+            word.append(letter)
+            outputs = self.query(tuple(word))
+            last = outputs[-1]
+        return word, outputs
+
+    def _run(self, word: tuple[str, ...]) -> tuple[str, ...]:
+        """One query; a server that never answers its first ClientHello is given time to
+        finish what it is busy with (a longer settle) and asked again."""
+        for attempt in range(self.busy_retries + 1):
+            try:
+                return tuple(super().query(word))
+            except ServerBusy:
+                self.busy += 1
+                self.post()
+                if attempt == self.busy_retries:
+                    break
+                time.sleep(max(1.0, 10 * self.settle))
+        return tuple(TIMEOUT for _ in word)
 
     def _contradicts(self, word: tuple[str, ...], outputs: tuple[str, ...]) -> bool:
         for n in range(1, len(word) + 1):
@@ -225,8 +290,11 @@ class SpecGuidedOracle(aalpy.Oracle):  # type: ignore[misc]
         walk_length: int = 8,
         seed: int = 6347,
         progress: ProgressPrinter | None = None,
+        query_budget: int | None = None,
     ) -> None:
         super().__init__(list(alphabet), sul)
+        self.query_budget = query_budget
+        self.budget_reached = False
         self.spec = spec
         self.walks_per_state = walks_per_state
         self.walk_length = walk_length
@@ -235,12 +303,19 @@ class SpecGuidedOracle(aalpy.Oracle):  # type: ignore[misc]
         self.rounds = 0
 
     def _check(self, hypothesis: Any, word: tuple[str, ...]) -> tuple[str, ...] | None:
+        if self._over_budget():
+            return None  # the budget is spent: the hypothesis stands (say so in the result)
         observed = self.sul.query(word)
         hypothesis.reset_to_initial()
         for index, letter in enumerate(word):
             if hypothesis.step(letter) != observed[index]:
                 return word[: index + 1]
         return None
+
+    def _over_budget(self) -> bool:
+        if self.query_budget is not None and self.sul.queries >= self.query_budget:
+            self.budget_reached = True
+        return self.budget_reached
 
     def find_cex(self, hypothesis: Any) -> tuple[str, ...] | None:
         self.rounds += 1
@@ -291,6 +366,9 @@ class LearningResult:
     rounds: int
     seconds: float
     files: dict[str, str] = field(default_factory=dict)
+    busy_queries: int = 0
+    reset: str = "restart"
+    budget_reached: bool = False
 
     @property
     def equivalent(self) -> bool:
@@ -313,6 +391,9 @@ class LearningResult:
             "cache_hits": self.cache_hits,
             "nondeterministic_queries": self.nondeterministic,
             "equivalence_rounds": self.rounds,
+            "busy_retries": self.busy_queries,
+            "reset": self.reset,
+            "query_budget_reached": self.budget_reached,
             "seconds": round(self.seconds, 1),
             "files": self.files,
             "machine": self.machine.to_dict(),
@@ -333,8 +414,12 @@ def learn(
     output_dir: Path | None = None,
     name: str = "server",
     formats: Sequence[str] = ("svg", "png"),
+    settle: float = 0.1,
+    query_budget: int | None = None,
 ) -> LearningResult:
-    """Learn the server's Mealy machine over ``inputs`` and compare it with the spec."""
+    """Learn the server's Mealy machine over ``inputs`` and compare it with the spec.
+    ``reset`` restarts the server before each query; without it, each query is a new client
+    port after a clean close and ``settle`` s (see :class:`DTLSServerSUL`)."""
     inputs = tuple(inputs)
     started = time.monotonic()
     printer = ProgressPrinter(progress)
@@ -345,6 +430,7 @@ def learn(
         wait=wait,
         progress=printer,
         needs_session="ClientHelloResume" in inputs,
+        settle=settle,
     )
     spec = spec_machine(inputs, options)
     oracle = SpecGuidedOracle(
@@ -354,6 +440,7 @@ def learn(
         walks_per_state=walks_per_state,
         walk_length=walk_length,
         progress=printer,
+        query_budget=query_budget,
     )
     model = _lsharp.run_Lsharp(
         list(inputs),
@@ -377,6 +464,9 @@ def learn(
         nondeterministic=sul.nondeterministic,
         rounds=oracle.rounds,
         seconds=time.monotonic() - started,
+        busy_queries=sul.busy,
+        budget_reached=oracle.budget_reached,
+        reset="restart" if reset is not None else f"new client port + close_notify + {settle} s",
     )
     if output_dir is not None:
         result.files = save_machines(result, output_dir, name, formats)

@@ -1,10 +1,13 @@
-"""``d2tls conformance-peers``: the suites against our server, OpenSSL, GnuTLS and mbedTLS.
+"""``d2tls conformance-peers``: our server, OpenSSL, GnuTLS, mbedTLS and wolfSSL.
 
 Each peer is started on loopback with a fresh test PKI (:func:`d2tls.pki.init_pki`), requiring
-client certificates and accepting the PSK. Servers that serve one connection at a time
-(``openssl s_server``, ``gnutls-serv --udp``, mbedTLS ``ssl_server2``) are restarted before
-every scenario and learning query, so that no half-open association of one query leaks into
-the next (they would otherwise wait out their retransmission timers first).
+client certificates and accepting the PSK. The readiness checks run against the server as it
+runs, never restarted between checks (what a user meets). Servers that serve one connection
+at a time (``openssl s_server``, ``gnutls-serv --udp``, mbedTLS ``ssl_server2``, the wolfSSL
+server) are restarted before every scenario (scenarios send deliberately stray records, and
+one stray record wedges ``gnutls-serv``) and before every learning query (a complete, fast
+learning run; ``d2tls conformance HOST:PORT`` learns a server it cannot restart by a new
+client port, a clean close and a settle delay per query, see :mod:`.learning`).
 ``gnutls-serv`` binds every address, so its run happens inside a private network namespace
 (this command re-executes itself there). The report goes to ``OUT/<peer>.json``,
 ``OUT/<peer>.md`` and ``OUT/machines/``; ``OUT/README.md`` is left to a human (it explains
@@ -33,9 +36,11 @@ from d2tls.peers import (
     NetNamespace,
     OpenSSLServer,
     PeerError,
+    WolfSSLServer,
     free_udp_port,
     mbedtls_version,
     require_tool,
+    wolfssl_version,
 )
 from d2tls.pki.generate import PKIPaths, init_pki
 from d2tls.pki.verify import (
@@ -45,7 +50,7 @@ from d2tls.pki.verify import (
     load_trust_store,
 )
 
-PEERS = ("d2tls", "openssl", "gnutls", "mbedtls")
+PEERS = ("d2tls", "openssl", "gnutls", "mbedtls", "wolfssl")
 NAMESPACE_ENV = "D2TLS_CONFORMANCE_NETNS"
 
 
@@ -67,11 +72,13 @@ class ManagedServer:
         version: str,
         *,
         restart_per_query: bool,
+        learn_by_restart: bool = True,
     ) -> None:
         self.name = name
         self._start = start
         self.version = version
         self.restart_per_query = restart_per_query
+        self.learn_by_restart = restart_per_query and learn_by_restart
         self.process: Any = None
 
     def start(self) -> None:
@@ -182,6 +189,15 @@ def make_server(peer: str, pki: PKIPaths, psk: tuple[bytes, bytes]) -> ManagedSe
             return server
 
         return ManagedServer(peer, start_mbedtls, version, restart_per_query=True)
+    if peer == "wolfssl":
+        version = wolfssl_version()
+
+        def start_wolfssl() -> WolfSSLServer:
+            server = WolfSSLServer(cert=cert, key=key, ca=ca, psk=psk, port=port)
+            server.start()
+            return server
+
+        return ManagedServer(peer, start_wolfssl, version, restart_per_query=True)
     if peer == "gnutls":
         version = _version([require_tool("gnutls-serv"), "--version"])
 
@@ -264,6 +280,7 @@ def run_peer(
             "version": server.version,
             "command": [_scrub(a, directory, psk[1]) for a in server.command()],
             "restarted_per_query": server.restart_per_query,
+            "restarted_per_learning_query": server.learn_by_restart,
             "network_namespace": os.environ.get(NAMESPACE_ENV),
             "equivalent_command": [
                 "d2tls",
@@ -288,6 +305,7 @@ def run_peer(
             trust_store=load_trust_store(pki.ca_cert),
             psk=psk,
             reset=reset,
+            learn_by_restart=server.learn_by_restart,
             peer=peer_info,
             inputs=INPUT_SETS[inputs],
             wait=wait,
@@ -297,9 +315,32 @@ def run_peer(
         )
     finally:
         server.stop()
+    _keep_previous(report, out / f"{peer}.json", suites)
     write_json(report, out / f"{peer}.json")
     (out / f"{peer}.md").write_text(markdown(report, image_dir="machines/"), encoding="utf-8")
     return report
+
+
+def _keep_previous(report: dict[str, Any], path: Path, suites: Sequence[str]) -> None:
+    """Suites not run this time keep their section from the previous ``OUT/<peer>.json``
+    (each section then names the run it comes from), so ``--only`` refreshes part of a
+    committed report without losing the rest."""
+    if not path.exists():
+        return
+    previous = json.loads(path.read_text())
+    for suite, keys in (
+        ("readiness", ("readiness",)),
+        ("scenarios", ("scenarios", "scenario_counts")),
+        ("learning", ("learning",)),
+    ):
+        if suite in suites or previous.get(keys[0]) is None:
+            continue
+        for key in keys:
+            report[key] = previous[key]
+        if isinstance(report[keys[0]], dict):
+            report[keys[0]].setdefault("from_run", previous.get("started", "an earlier run"))
+        else:
+            report.setdefault("sections_from_run", {})[suite] = previous.get("started", "")
 
 
 def _run_in_namespace(

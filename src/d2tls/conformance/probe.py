@@ -81,6 +81,33 @@ DEFAULT_GAP = 0.05
 TIMEOUT = "TIMEOUT"
 
 
+@dataclass(frozen=True)
+class RetransmissionTimer:
+    """RFC 6347 §4.2.4.1: retransmit a flight after ``initial`` s (1 s recommended), doubling
+    the timer each time up to ``maximum`` (60 s); bounded here by ``retransmissions``."""
+
+    initial: float = 1.0
+    maximum: float = 60.0
+    retransmissions: int = 4
+
+    def waits(self) -> list[float]:
+        """How long to wait after each transmission (first + retransmissions)."""
+        out, timer = [], self.initial
+        for _ in range(self.retransmissions + 1):
+            out.append(timer)
+            timer = min(timer * 2, self.maximum)
+        return out
+
+    @property
+    def budget(self) -> float:
+        return sum(self.waits())
+
+
+#: 1 + 2 + 4 + 8 + 16 s: a server still finishing an earlier association (its own timers
+#: run up to a minute or two) gets 31 s to come back before a check calls it busy.
+DEFAULT_TIMER = RetransmissionTimer()
+
+
 # --------------------------------------------------------------------------- transports
 
 
@@ -341,9 +368,22 @@ class Prober:
         self._seen: dict[tuple[int, int], bytes] = {}
         self.old_reads: dict[int, EpochState] = {}
         self.largest_datagram = 0
+        #: What the records being built and the last flight sent are made of, so that a
+        #: retransmission re-seals them with fresh sequence numbers (RFC 6347 §4.2.4).
+        self._building: list[tuple[int, bytes, EpochState]] = []
+        self._flight: list[tuple[int, bytes, EpochState]] = []
+        self._flight_datagrams = 1
+        #: The server ended the association (a fatal alert or close_notify from it).
+        self.server_closed = False
+        self.closed = False
+        self.transmissions = 0
 
     # ------------------------------------------------------------------ record output
     def _seal(self, content_type: int, payload: bytes, epoch_state: EpochState) -> bytes:
+        self._building.append((content_type, bytes(payload), epoch_state))
+        return self._seal_only(content_type, payload, epoch_state)
+
+    def _seal_only(self, content_type: int, payload: bytes, epoch_state: EpochState) -> bytes:
         seq = epoch_state.next_sequence()
         version = DTLS_1_2
         if epoch_state.protection is None:
@@ -358,8 +398,58 @@ class Prober:
         """Send already-built records (in one datagram by default)."""
         datagrams = [b"".join(records)] if one_datagram else list(records)
         self.last_sent = datagrams
+        self._flight, self._building = self._building, []
+        self._flight_datagrams = 1 if one_datagram else len(records)
+        self.transmissions = 1
         for datagram in datagrams:
             self.transport.send(datagram)
+
+    def retransmit(self) -> None:
+        """Send the last flight again, re-sealed with new record sequence numbers (RFC 6347
+        §4.2.4: a retransmission is not a replay; the server's replay window would drop it)."""
+        records = [self._seal_only(t, p, state) for t, p, state in self._flight]
+        datagrams = [b"".join(records)] if self._flight_datagrams == 1 else records
+        self.last_sent = datagrams
+        self.transmissions += 1
+        self.log.append(f"-> (retransmission {self.transmissions - 1})")
+        for datagram in datagrams:
+            self.transport.send(datagram)
+
+    def await_answer(self, timer: RetransmissionTimer | None) -> Observation:
+        """The answer to the flight just sent; without one, retransmit on ``timer``
+        (RFC 6347 §4.2.4) until an answer comes or the timer's bound is reached."""
+        if timer is None:
+            return self.receive()
+        waits = timer.waits()
+        answer = self.receive(wait=max(self.wait, waits[0]))
+        for wait in waits[1:]:
+            if not answer.timeout:
+                break
+            self.retransmit()
+            answer = self.receive(wait=wait)
+        return answer
+
+    def close_association(self, *, linger: float = 0.2) -> None:
+        """End the association cleanly (RFC 5246 §7.2.1): close_notify, unless the server
+        already ended it (its fatal alert or close_notify: anything more would be a stray
+        datagram to a server that has moved on). Mid-handshake, when the server may not have
+        switched to our new epoch, close_notify goes in every epoch we wrote in (it drops the
+        ones it cannot read). Waits ``linger`` s for the server's own close_notify."""
+        if self.server_closed or self.closed:
+            self.closed = True
+            return
+        self.closed = True
+        records = [self.alert_record()]
+        if self.write.epoch > 0 and not self.handshake_complete:
+            # The server may read any epoch we wrote in (it may have dropped our CCS).
+            for epoch in sorted(self.old_writes, reverse=True):
+                records.append(
+                    self._seal_only(ContentType.ALERT, bytes((1, 0)), self.old_writes[epoch])
+                )
+        for record in records:
+            self.transport.send(record)
+        if linger > 0:
+            self.receive(wait=linger)
 
     def record(self, content_type: int, payload: bytes, *, epoch: int | None = None) -> bytes:
         """One record in the current write epoch (or an older/other one when asked)."""
@@ -629,6 +719,8 @@ class Prober:
                         description=alert.description,
                     )
                 )
+                if alert.level == AlertLevel.FATAL or alert.description == 0:
+                    self.server_closed = True
             except D2TLSError:
                 observation.items.append(Item("undecryptable", "MalformedAlert", record.epoch))
         elif content == ContentType.APPLICATION_DATA:
@@ -681,6 +773,8 @@ class Prober:
             message = decode_handshake_body(msg_type, body, psk=psk)
         except D2TLSError:
             return
+        if isinstance(message, HelloVerifyRequest | ServerHello):
+            self.server_closed = self.closed = False  # a new association on this port
         if isinstance(message, HelloVerifyRequest):
             self.cookie = message.cookie
             self.transcript.clear()  # RFC 6347 §4.2.6: ClientHello #1 and HVR are not hashed
@@ -768,12 +862,17 @@ def full_handshake(
     max_hello_verify: int = 3,
     fragment_size: int | None = None,
     extended_master_secret: bool = True,
+    timer: RetransmissionTimer | None = DEFAULT_TIMER,
 ) -> Observation:
     """Run a complete, correct handshake (or an abbreviated one when ``session`` is
     resumed); returns the server's last answer. ``prober.handshake_complete`` tells.
 
     ``fragment_size`` splits every handshake message into fragments of at most that many
     bytes, each record in its own datagram (RFC 6347 §4.2.3), as a small-MTU client does.
+    ClientHello flights are retransmitted on ``timer`` (RFC 6347 §4.2.4), so a server that
+    serves one association at a time answers once it is free; later flights are sent once
+    and their answer awaited for at least ``timer.initial`` s (retransmitting them after a
+    silent refusal would send stray records to a server that has moved on).
     """
 
     def send(records: list[bytes]) -> None:
@@ -784,7 +883,10 @@ def full_handshake(
             session=session, extended_master_secret=extended_master_secret
         )
         send(prober.handshake_records(message, fragment_size=fragment_size))
-        return prober.receive()
+        return prober.await_answer(timer)
+
+    def later() -> Observation:
+        return prober.receive(wait=max(prober.wait, timer.initial if timer else 0.0))
 
     def handshake(message: HandshakeMessage) -> list[bytes]:
         return prober.handshake_records(message, fragment_size=fragment_size)
@@ -798,7 +900,7 @@ def full_handshake(
         return answer
     if prober.resumed:
         if not answer.has("Finished"):
-            more = prober.receive()
+            more = later()
             answer.items += more.items
         if not prober.server_finished_ok:
             return answer
@@ -808,7 +910,7 @@ def full_handshake(
         prober.handshake_complete = True
         return prober.receive(wait=min(prober.wait, 0.2))
     if not answer.has("ServerHelloDone"):
-        more = prober.receive()
+        more = later()
         answer.items += more.items
         if not answer.has("ServerHelloDone"):
             return answer
@@ -824,14 +926,15 @@ def full_handshake(
     records.append(prober.ccs_record())
     records += handshake(prober.finished())
     send(records)
-    answer = prober.receive()
+    answer = later()
     if answer.has("ChangeCipherSpec") and not answer.has("Finished"):
-        answer.items += prober.receive().items
+        answer.items += later().items
     return answer
 
 
 __all__ = [
     "DEFAULT_GAP",
+    "DEFAULT_TIMER",
     "DEFAULT_WAIT",
     "TIMEOUT",
     "ClientCredentials",
@@ -841,6 +944,7 @@ __all__ = [
     "ProbeError",
     "Prober",
     "ResumableSession",
+    "RetransmissionTimer",
     "Transport",
     "UDPTransport",
     "full_handshake",

@@ -17,13 +17,19 @@ device resumes that session by session ID from its own address. A server is *rea
   :class:`~d2tls.roles.device.Device` (echo checked when the server echoes).
 
 Every check is a handful of correct (or deliberately wrong) messages sent by a
-:class:`~.probe.Prober`; each result says what the server did.
+:class:`~.probe.Prober`; each result says what the server did. The probes behave like a real
+client, so that a server serving one association at a time is judged fairly: ClientHello
+flights are retransmitted on RFC 6347 §4.2.4 timers (1 s, doubling, bounded), every
+association a check completes is closed with close_notify (RFC 5246 §7.2.1; nothing is sent
+after the server ended one), and the suite waits a settle delay between checks. A check whose
+ClientHello is never answered is *inconclusive* ("server busy"), never "refused".
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -32,14 +38,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.verification import Store
 
 from d2tls.conformance.probe import (
+    DEFAULT_TIMER,
     ClientCredentials,
     Observation,
     Prober,
     ResumableSession,
+    RetransmissionTimer,
     Transport,
     full_handshake,
 )
-from d2tls.dtls.constants import AlertDescription, AlertLevel, CipherSuite
+from d2tls.dtls.constants import CipherSuite
 from d2tls.pki.generate import create_ca, issue_certificate
 
 Address = tuple[str, int]
@@ -47,6 +55,8 @@ Address = tuple[str, int]
 TransportFactory = Callable[[int | None], Transport]
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
+#: No verdict could be reached: the server never answered the check's ClientHello.
+INCONCLUSIVE = "inconclusive"
 
 CCM8 = CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8
 GCM = CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
@@ -90,6 +100,15 @@ class ReadinessResult:
         return all(c.status in (PASS, WARN) for c in self.checks if c.required)
 
     @property
+    def verdict(self) -> str:
+        """``ready``; ``not ready`` when a required check failed (or could not run);
+        ``inconclusive`` when the only gaps are checks the busy server never answered."""
+        if self.ready:
+            return "ready"
+        gaps = {c.status for c in self.checks if c.required and c.status not in (PASS, WARN)}
+        return "inconclusive" if gaps == {INCONCLUSIVE} else "not ready"
+
+    @property
     def reason(self) -> str:
         failed = [c for c in self.checks if c.required and c.status not in (PASS, WARN)]
         warned = [c for c in self.checks if c.status == WARN]
@@ -105,7 +124,7 @@ class ReadinessResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "verdict": "ready" if self.ready else "not ready",
+            "verdict": self.verdict,
             "reason": self.reason,
             "checks": [c.to_dict() for c in self.checks],
             "facts": self.facts,
@@ -143,6 +162,8 @@ class ReadinessSuite:
         wait: float = 0.5,
         progress: Callable[[str], None] | None = None,
         reset: Callable[[], None] | None = None,
+        timer: RetransmissionTimer | None = DEFAULT_TIMER,
+        settle: float = 0.3,
     ) -> None:
         self.transport_factory = transport_factory
         self.reset = reset
@@ -153,6 +174,8 @@ class ReadinessSuite:
         self.mtu = mtu
         self.wait = wait
         self.progress = progress
+        self.timer = timer
+        self.settle = settle
         self.result = ReadinessResult()
 
     # ------------------------------------------------------------------ plumbing
@@ -170,48 +193,66 @@ class ReadinessSuite:
         )
 
     def _add(self, check: Check) -> Check:
+        answered = [c for c in self.result.checks if c.status != INCONCLUSIVE]
+        busy = check.status == INCONCLUSIVE and "server busy" in check.detail
+        if busy and answered and "stopped_answering_after" not in self.result.facts:
+            # The server answered until that check: it is what left it busy.
+            self.result.facts["stopped_answering_after"] = answered[-1].id
+        if busy and "stopped_answering_after" in self.result.facts:
+            check.detail += (
+                f"; no answer since check {self.result.facts['stopped_answering_after']}"
+            )
         self.result.checks.append(check)
         if self.progress is not None:
             self.progress(f"  {check.id}: {check.status} ({check.detail})")
         return check
 
-    @staticmethod
-    def _close(prober: Prober) -> None:
-        """close_notify (RFC 5246 §7.2.1), so that one-client-at-a-time servers move on."""
-        prober.send_records([prober.alert_record()])
-        prober.receive(wait=0.1)
-        prober.close()
+    def _close(self, prober: Prober, answer: Observation | None = None) -> None:
+        """End the check's association as a client would, then let the server settle.
 
-    @staticmethod
-    def _abandon(prober: Prober) -> None:
-        prober.send_records([prober.alert_record(AlertLevel.FATAL, AlertDescription.USER_CANCELED)])
+        A completed (or still running) association gets close_notify (RFC 5246 §7.2.1), so
+        that a server serving one client at a time moves on at once. Nothing is sent when
+        the server ended it (its alert) or went silent after our last flight (it refused,
+        or gave up): a record then is a stray datagram to a server that has moved on."""
+        silent = answer is not None and answer.timeout and not prober.handshake_complete
+        if not silent:
+            prober.close_association()
         prober.close()
+        if self.settle > 0:
+            time.sleep(self.settle)
 
     def _handshake(
         self, prober: Prober, **options: Any
     ) -> tuple[Observation, ResumableSession | None]:
-        answer = full_handshake(prober, **options)
+        answer = full_handshake(prober, timer=self.timer, **options)
         session = prober.session() if prober.handshake_complete else None
         return answer, session
 
+    def _busy(self, prober: Prober) -> str | None:
+        """``inconclusive: server busy (...)`` when the server never answered this
+        association's ClientHello (all retransmissions included), else None."""
+        if prober.server_hello is not None or prober.cookie or prober.server_closed:
+            return None
+        sent = max(1, prober.transmissions)
+        budget = self.timer.budget if self.timer is not None else prober.wait
+        return (
+            f"inconclusive: server busy (no answer to {sent} ClientHello transmission"
+            f"{'s' if sent > 1 else ''} in {budget:.0f} s)"
+        )
+
     # ------------------------------------------------------------------ the checks
     def run(self) -> ReadinessResult:
-        """All checks. Checks that abandon a handshake come last in a group and the server
-        is reset (when it can be) after them: one-connection-at-a-time servers would
-        otherwise wait out their retransmission timers before answering the next check."""
+        """All checks, one association each, against the server as it runs: the server is
+        not restarted between checks (``reset``, when given, only starts from a fresh
+        server), so the verdict is what a client meets."""
         self._reset()
         self._cookie()
-        self._reset()
         session, port = self._suites()
         self._resumption(session, port)
         self._ems_resume_without(session)
-        self._reset()
         self._ems_upgrade()
-        self._reset()
         self._client_auth_required()
-        self._reset()
         self._client_auth_verified()
-        self._reset()
         self._fragmentation()
         self._d2tls_flow()
         return self.result
@@ -224,21 +265,23 @@ class ReadinessSuite:
         check = Check("cookie", "cookie exchange", "RFC 6347 §4.2.1")
         prober = self._prober()
         prober.send_client_hello()
-        answer = prober.receive()
-        if answer.has("HelloVerifyRequest"):
+        first = prober.await_answer(self.timer)
+        # The handshake is then completed (and closed), never abandoned half-way.
+        answer = full_handshake(prober, timer=self.timer) if not first.timeout else first
+        if (busy := self._busy(prober)) is not None:
+            check.status, check.detail = INCONCLUSIVE, busy
+        elif first.has("HelloVerifyRequest"):
             cookie = len(prober.cookie)
-            prober.send_client_hello()
-            second = prober.receive()
-            if second.has("ServerHello"):
+            if prober.server_hello is not None:
                 check.status, check.detail = PASS, f"HelloVerifyRequest ({cookie}-byte cookie)"
             else:
                 check.status = FAIL
-                check.detail = f"no ServerHello after the cookie ({second.label})"
-        elif answer.has("ServerHello"):
+                check.detail = f"no ServerHello after the cookie ({answer.label})"
+        elif first.has("ServerHello"):
             check.status, check.detail = FAIL, "ServerHello without a cookie exchange"
         else:
-            check.status, check.detail = FAIL, f"answered {answer.label}"
-        self._abandon(prober)
+            check.status, check.detail = FAIL, f"answered {first.label}"
+        self._close(prober, answer)
         self._add(check)
 
     def _suites(self) -> tuple[ResumableSession | None, int | None]:
@@ -254,19 +297,24 @@ class ReadinessSuite:
             prober = self._prober(suite)
             answer, got = self._handshake(prober)
             check = Check(check_id, title, rfc, required=required)
-            if got is not None and prober.cipher_suite == suite:
+            if prober.handshake_complete and prober.cipher_suite == suite:
                 check.status, check.detail = PASS, "client-authenticated handshake completed"
+                if not prober.session_id:
+                    check.detail += " (empty session ID: not resumable)"
                 if suite == CCM8:
+                    self.result.facts["ccm8_session_id_length"] = len(prober.session_id)
                     session, ems = got, prober.extended_master_secret
                     port = int(prober.transport.local_address[1])  # type: ignore[attr-defined]
                     requested = prober.certificate_requested
                     verified = True
                     self.result.facts["echo"] = self._echoes(prober)
                     self.result.facts["largest_server_datagram"] = prober.largest_datagram
+            elif (busy := self._busy(prober)) is not None:
+                check.status, check.detail = INCONCLUSIVE, busy
             else:
                 check.status = FAIL if required else WARN
                 check.detail = f"refused: {answer.label}"
-            self._close(prober)
+            self._close(prober, answer)
             self._add(check)
         self.result.facts["ccm8_extended_master_secret"] = ems
         psk_check = Check("suite-psk-ccm8", "PSK-AES128-CCM-8", "RFC 6655 §4", required=False)
@@ -278,12 +326,16 @@ class ReadinessSuite:
                 psk_identity=identity, psk=key, server_name=self.credentials.server_name
             )
             prober = self._prober(PSK_CCM8, credentials)
-            answer, got = self._handshake(prober)
-            if got is not None and prober.cipher_suite == PSK_CCM8:
+            answer, _ = self._handshake(prober)
+            if prober.handshake_complete and prober.cipher_suite == PSK_CCM8:
                 psk_check.status, psk_check.detail = PASS, "PSK handshake completed"
+                if not prober.session_id:
+                    psk_check.detail += " (empty session ID: not resumable)"
+            elif (busy := self._busy(prober)) is not None:
+                psk_check.status, psk_check.detail = INCONCLUSIVE, busy
             else:
                 psk_check.status, psk_check.detail = WARN, f"refused: {answer.label}"
-            self._close(prober)
+            self._close(prober, answer)
         self._add(psk_check)
         auth = Check(
             "client-auth-requested",
@@ -294,9 +346,15 @@ class ReadinessSuite:
             auth.status = PASS if requested else FAIL
             auth.detail = "CertificateRequest sent" if requested else "no CertificateRequest"
         else:
+            auth.status = self._after_ccm8()
             auth.detail = "no full handshake to look at"
         self._add(auth)
         return session, port
+
+    def _after_ccm8(self) -> str:
+        """Status of a check that needs the CCM-8 handshake, which did not complete."""
+        ccm8 = next((c for c in self.result.checks if c.id == "suite-ccm8"), None)
+        return INCONCLUSIVE if ccm8 is not None and ccm8.status == INCONCLUSIVE else SKIP
 
     def _echoes(self, prober: Prober) -> bool:
         prober.send_records([prober.application_data(ECHO_PROBE)])
@@ -306,14 +364,16 @@ class ReadinessSuite:
     def _client_auth_required(self) -> None:
         check = Check("client-auth-required", "client certificate required", "RFC 5246 §7.4.6")
         prober = self._prober()
-        answer, got = self._handshake(prober, send_certificate=False)
-        if got is not None:
+        answer, _ = self._handshake(prober, send_certificate=False)
+        if prober.handshake_complete:
             check.status, check.detail = FAIL, "handshake completed with an empty Certificate"
+        elif (busy := self._busy(prober)) is not None:
+            check.status, check.detail = INCONCLUSIVE, busy
         elif prober.server_hello is None:
-            check.detail = f"no ServerHello ({answer.label})"
+            check.status, check.detail = INCONCLUSIVE, f"no ServerHello ({answer.label})"
         else:
             check.status, check.detail = PASS, f"empty Certificate refused ({answer.label})"
-        self._abandon(prober)
+        self._close(prober, answer)
         self._add(check)
 
     def _client_auth_verified(self) -> None:
@@ -323,22 +383,24 @@ class ReadinessSuite:
             "RFC 5246 §7.4.6, RFC 5280 §6",
         )
         prober = self._prober(credentials=foreign_credentials(self.credentials.server_name))
-        answer, got = self._handshake(prober)
-        if got is not None:
+        answer, _ = self._handshake(prober)
+        if prober.handshake_complete:
             check.status = FAIL
             check.detail = "handshake completed with a certificate from an unknown CA"
+        elif (busy := self._busy(prober)) is not None:
+            check.status, check.detail = INCONCLUSIVE, busy
         elif prober.server_hello is None:
-            check.detail = f"no ServerHello ({answer.label})"
+            check.status, check.detail = INCONCLUSIVE, f"no ServerHello ({answer.label})"
         else:
             check.status, check.detail = PASS, f"unknown CA refused ({answer.label})"
-        self._abandon(prober)
+        self._close(prober, answer)
         self._add(check)
 
     def _resume(
         self, session: ResumableSession, port: int | None, **options: Any
     ) -> tuple[Prober, Observation]:
         prober = self._prober(session.cipher_suite, port=port)
-        answer = full_handshake(prober, session=session, **options)
+        answer = full_handshake(prober, session=session, timer=self.timer, **options)
         return prober, answer
 
     def _resumption(self, session: ResumableSession | None, port: int | None) -> None:
@@ -347,7 +409,13 @@ class ReadinessSuite:
             ("resumption-new-port", "session-ID resumption from another client port", None),
         ):
             check = Check(check_id, title, "RFC 5246 §7.4.1.2, RFC 6347 §4.2.8")
+            if session is None and self.result.facts.get("ccm8_session_id_length") == 0:
+                check.status = FAIL
+                check.detail = "the server issued no session ID: its sessions cannot be resumed"
+                self._add(check)
+                continue
             if session is None:
+                check.status = self._after_ccm8()
                 check.detail = "no client-authenticated session to resume"
                 self._add(check)
                 continue
@@ -359,20 +427,22 @@ class ReadinessSuite:
             if prober.resumed and prober.handshake_complete:
                 check.status = PASS
                 check.detail += f"abbreviated handshake from port {prober_port(prober)}"
+            elif (busy := self._busy(prober)) is not None:
+                check.status, check.detail = INCONCLUSIVE, check.detail + busy
             elif prober.resumed:
                 check.status = FAIL
                 check.detail += f"resumed, but the handshake did not complete ({answer.label})"
             else:
                 check.status = FAIL
                 check.detail += f"not resumed ({answer.label})"
-            self._close(prober)
+            self._close(prober, answer)
             self._add(check)
 
     def _ems_resume_without(self, session: ResumableSession | None) -> None:
         ems = self.result.facts.get("ccm8_extended_master_secret")
         check = Check("ems", "extended master secret negotiated", "RFC 7627 §5.1")
         if ems is None:
-            check.detail = "no full handshake"
+            check.status, check.detail = self._after_ccm8(), "no full handshake"
         else:
             check.status = PASS if ems else FAIL
             check.detail = "in ServerHello" if ems else "ServerHello without extended_master_secret"
@@ -384,11 +454,14 @@ class ReadinessSuite:
             "RFC 7627 §5.3",
         )
         if session is None or not session.extended_master_secret:
+            check.status = self._after_ccm8() if session is None else SKIP
             check.detail = "no EMS session"
         else:
             prober, answer = self._resume(session, None, extended_master_secret=False)
             if prober.resumed:
                 check.status, check.detail = FAIL, "resumed without the extension"
+            elif (busy := self._busy(prober)) is not None:
+                check.status, check.detail = INCONCLUSIVE, busy
             elif answer.fatal_alert() is not None:
                 check.status, check.detail = PASS, f"aborted ({answer.label})"
             elif prober.server_hello is not None:
@@ -396,7 +469,7 @@ class ReadinessSuite:
                 check.detail = "not resumed, but a full handshake instead of aborting"
             else:
                 check.status, check.detail = PASS, f"not resumed ({answer.label})"
-            self._abandon(prober)
+            self._close(prober, answer)
         self._add(check)
 
     def _ems_upgrade(self) -> None:
@@ -408,8 +481,13 @@ class ReadinessSuite:
         )
         prober = self._prober()
         answer, plain = self._handshake(prober, extended_master_secret=False)
-        self._close(prober)
-        if plain is None:
+        self._close(prober, answer)
+        if (busy := self._busy(prober)) is not None:
+            check.status, check.detail = INCONCLUSIVE, busy
+        elif plain is None and prober.handshake_complete:
+            check.status = PASS
+            check.detail = "the server issues no session ID: nothing to resume"
+        elif plain is None:
             check.status, check.detail = (
                 PASS,
                 f"a handshake without EMS is refused ({answer.label})",
@@ -423,9 +501,11 @@ class ReadinessSuite:
             prober, answer = self._resume(replace(plain, extended_master_secret=True), None)
             if prober.resumed:
                 check.status, check.detail = FAIL, "resumed a non-EMS session"
+            elif (busy := self._busy(prober)) is not None:
+                check.status, check.detail = INCONCLUSIVE, busy
             else:
                 check.status, check.detail = PASS, f"not resumed ({answer.label})"
-            self._abandon(prober)
+            self._close(prober, answer)
         self._add(check)
 
     def _fragmentation(self) -> None:
@@ -436,9 +516,11 @@ class ReadinessSuite:
         )
         fragment = max(16, self.mtu - 13 - 12 - 32)  # record + handshake headers, AEAD
         prober = self._prober()
-        answer, got = self._handshake(prober, fragment_size=fragment)
+        answer, _ = self._handshake(prober, fragment_size=fragment)
         largest = prober.largest_datagram
-        if got is None:
+        if (busy := self._busy(prober)) is not None:
+            check.status, check.detail = INCONCLUSIVE, busy
+        elif not prober.handshake_complete:
             check.status = FAIL
             check.detail = f"{fragment}-byte fragments: {answer.label}"
         elif largest > self.mtu:
@@ -451,7 +533,7 @@ class ReadinessSuite:
             check.status = PASS
             check.detail = f"reassembled {fragment}-byte fragments; its datagrams <= {largest} B"
         self.result.facts["fragmented_server_datagram"] = largest
-        self._close(prober)
+        self._close(prober, answer)
         self._add(check)
 
     def _d2tls_flow(self) -> None:
@@ -479,6 +561,9 @@ class ReadinessSuite:
             )
         except Exception as exc:  # every failure of the flow is a finding
             check.status, check.detail = FAIL, f"{type(exc).__name__}: {exc}"
+            if "stopped_answering_after" in self.result.facts:
+                check.status = INCONCLUSIVE
+                check.detail = f"inconclusive: server busy ({check.detail})"
         else:
             check.status = PASS if outcome["ok"] else FAIL
             check.detail = outcome["detail"]
@@ -556,6 +641,7 @@ async def d2tls_flow(
 
 __all__ = [
     "FAIL",
+    "INCONCLUSIVE",
     "PASS",
     "SKIP",
     "WARN",

@@ -118,8 +118,13 @@ def markdown(report: dict[str, Any], *, heading: int = 2, image_dir: str = "") -
             out.append(f"- server command: `{' '.join(peer['command'])}`")
         if peer.get("network_namespace"):
             out.append("- run inside a private network namespace (its only interface: lo)")
+        out.append("- readiness: one run against the server as it runs (no restart between checks)")
         if peer.get("restarted_per_query"):
-            out.append("- the server is restarted before every scenario and learning query")
+            learned = peer.get("restarted_per_learning_query", True)
+            out.append(
+                "- the server is restarted before every scenario"
+                + (" and learning query" if learned else "")
+            )
     out.append(f"- conformance command: `{' '.join(report['command'])}`")
     out += ["", "| suite | result | details |", "|---|---|---|"]
     out += [f"| {_md(a)} | {_md(b)} | {_md(c)} |" for a, b, c in summary_rows(report)]
@@ -142,12 +147,20 @@ def markdown(report: dict[str, Any], *, heading: int = 2, image_dir: str = "") -
     learning = report.get("learning")
     if learning is not None:
         out += ["", f"{h}# Learned state machine: {learning['verdict']}", ""]
+        if learning.get("from_run"):
+            out += [f"(Kept from the run started {learning['from_run']}.)", ""]
         out.append(
             f"{learning['states']} states (spec: {learning['spec_states']}), "
             f"{learning['queries']} queries ({learning['steps']} inputs, "
             f"{learning['cache_hits']} cache hits, {learning['nondeterministic_queries']} "
             f"repeated for nondeterminism), {learning['equivalence_rounds']} equivalence rounds, "
             f"{learning['seconds']} s. Inputs: {', '.join(learning['inputs'])}."
+            + (
+                f" Reset between queries: {learning['reset']}"
+                f" ({learning.get('busy_retries', 0)} queries retried for a busy server)."
+                if learning.get("reset") and learning["reset"] != "restart"
+                else ""
+            )
         )
         files = learning.get("files", {})
         for kind in ("learned", "spec"):

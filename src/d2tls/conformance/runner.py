@@ -44,13 +44,15 @@ def server_echoes(factory: Callable[[], Transport], credentials: ClientCredentia
     """Does the server send application data back (after a correct handshake)?"""
     prober = Prober(factory(), credentials)
     try:
-        full_handshake(prober)
+        answer = full_handshake(prober)
         if not prober.handshake_complete:
+            if not answer.timeout:
+                prober.close_association()
             return False
         probe = b"d2tls echo?\n"
         prober.send_records([prober.application_data(probe)])
         answer = prober.receive(wait=0.5)
-        prober.send_records([prober.alert_record()])
+        prober.close_association()
         return any(i.kind == "data" and probe in i.body for i in answer.items)
     finally:
         prober.close()
@@ -67,6 +69,8 @@ def run_conformance(
     trust_store: Store | None = None,
     psk: tuple[bytes, bytes] | None = None,
     reset: Callable[[], None] | None = None,
+    learn_by_restart: bool = True,
+    settle: float = 0.2,
     peer: dict[str, Any] | None = None,
     inputs: Sequence[str] = INPUTS,
     wait: float = 0.4,
@@ -76,7 +80,12 @@ def run_conformance(
     d2tls_flow: bool = True,
     stream: TextIO | None = sys.stderr,
 ) -> dict[str, Any]:
-    """The report (see :func:`.report.build_report`) of the chosen suites."""
+    """The report (see :func:`.report.build_report`) of the chosen suites.
+
+    ``reset`` (a server this process can restart) gives readiness a fresh server to start
+    from (its checks then run against it as it runs) and scenarios a fresh server each;
+    learning restarts it per query unless ``learn_by_restart`` is False, then it resets by a
+    new client port, a clean close and ``settle`` s, as against a server run by others."""
     from d2tls.conformance.learning import learn
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -110,6 +119,7 @@ def run_conformance(
         scenarios = [r.to_dict() for r in runner.run_all(SCENARIOS, progress=say)]
     if "learning" in suites:
         say(f"[learning] {name}")
+        learn_reset = reset if learn_by_restart else None
         if reset is not None:
             reset()
         if echo is None:
@@ -119,7 +129,8 @@ def run_conformance(
             credentials,
             inputs=inputs,
             options=ServerOptions(echo=echo),
-            reset=reset,
+            reset=learn_reset,
+            settle=settle,
             wait=learn_wait,
             progress=stream,
             output_dir=machines,

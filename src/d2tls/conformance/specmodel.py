@@ -131,6 +131,8 @@ class SpecModel:
             return letter == "Certificate"
         if name == "association_available":
             return True  # the learner is one client address: the table is never full
+        if name in ("twinpeaks_hello_mismatch", "client_sent_raw_public_key"):
+            return False  # the learner sends neither the TwinPeaks extension nor raw keys
         if name == "resume_without_cookie":
             return False  # the servers under test keep the default (cookie before resuming)
         raise KeyError(f"guard {name} has no abstract meaning")

@@ -19,6 +19,9 @@ from typing import Any, ClassVar, Final, TypeAlias
 import cbor2
 
 from d2tls.errors import D2TLSError
+from d2tls.errors import (
+    DelegationProtocolError as DelegationProtocolError,  # re-exported: its home is d2tls.errors
+)
 
 MAX_MESSAGE_SIZE: Final = 16384
 """Largest encoded message: one DTLS record's plaintext (2^14 bytes, RFC 6347 §4.1)."""
@@ -147,18 +150,6 @@ DelegationMessage: TypeAlias = (
 )
 
 
-class DelegationProtocolError(D2TLSError):
-    """A received delegation message is unacceptable; ``error_for`` builds the reply."""
-
-    def __init__(
-        self, code: DelegationErrorCode, reason: str, request_id: int | None = None
-    ) -> None:
-        super().__init__(f"{code.name}: {reason}")
-        self.code = code
-        self.reason = reason
-        self.request_id = request_id
-
-
 def error_for(exc: DelegationProtocolError) -> DelegationError:
     """The DelegationError to send back for ``exc``."""
     request_id = NO_REQUEST_ID if exc.request_id is None else exc.request_id
@@ -168,7 +159,7 @@ def error_for(exc: DelegationProtocolError) -> DelegationError:
 # --------------------------------------------------------------------------- field checks
 
 
-class _Invalid(Exception):
+class _Invalid(D2TLSError):
     """A field or structure violates the format; ``args[0]`` says how."""
 
 

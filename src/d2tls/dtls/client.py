@@ -9,8 +9,6 @@ fail instead of falling back to a full handshake.
 from __future__ import annotations
 
 import ipaddress
-import os
-import time
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -18,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from d2tls.clock import utc
 from d2tls.dtls import keyschedule
 from d2tls.dtls.config import ClientConfig
 from d2tls.dtls.connection import Connection, FlightItem, InvalidStateError, Tracer
@@ -31,10 +30,16 @@ from d2tls.dtls.constants import (
     SECP256R1,
     AlertDescription,
     AlertLevel,
+    CertificateType,
     CipherSuite,
     ExtensionType,
 )
-from d2tls.dtls.events import ConnectionTerminated, HandshakeCompleted, SignatureRequested
+from d2tls.dtls.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    SignatureRequested,
+    TwinPeaksRefused,
+)
 from d2tls.dtls.messages import (
     Certificate,
     CertificateRequest,
@@ -44,16 +49,20 @@ from d2tls.dtls.messages import (
     ClientKeyExchangePSK,
     Extension,
     HelloVerifyRequest,
+    RawPublicKeyCertificate,
     ServerHello,
     ServerKeyExchangeECDHE,
     ServerKeyExchangePSK,
+    encode_certificate_types,
     encode_ec_point_formats,
     encode_renegotiation_info,
     encode_server_name,
     encode_signature_algorithms,
     encode_supported_groups,
 )
+from d2tls.dtls.rawpk import fingerprint, load_raw_public_key
 from d2tls.dtls.session import Session
+from d2tls.dtls.twinpeaks import REFUSAL_OF_ALERT, REFUSAL_REASONS
 from d2tls.errors import (
     CertificateError,
     DecryptError,
@@ -100,6 +109,11 @@ class DTLSClient(Connection):
         self._signature: bytes | None = None
         self._prebuilt_items: list[FlightItem] = []
         self._resumed = False
+        #: Certificate types negotiated by the ServerHello (RFC 7250 §4.2; absent: X.509).
+        self._server_cert_type = CertificateType.X509
+        self._client_cert_type = CertificateType.X509
+        #: The server's raw public key (DER SubjectPublicKeyInfo) once validated.
+        self.peer_raw_public_key: bytes | None = None
         self.session: Session | None = None
         self.handshake_started_at: float | None = None
         self.handshake_completed_at: float | None = None
@@ -138,7 +152,23 @@ class DTLSClient(Connection):
         return isinstance(self._current, ServerHello) and self._current.cipher_suite in PSK_SUITES
 
     def has_client_certificate(self) -> bool:
-        return bool(self.config.certificate_chain) and self._certificate_requested
+        if not self._certificate_requested:
+            return False
+        if self._client_cert_type == CertificateType.RAW_PUBLIC_KEY:
+            return self.config.client_raw_public_key is not None
+        return bool(self.config.certificate_chain)
+
+    def server_sent_raw_public_key(self) -> bool:
+        """RFC 7250 §4.2: the ServerHello chose RawPublicKey for the server's Certificate."""
+        return self._server_cert_type == CertificateType.RAW_PUBLIC_KEY
+
+    def _peer_sends_raw_public_key(self) -> bool:
+        return self._server_cert_type == CertificateType.RAW_PUBLIC_KEY
+
+    def twinpeaks_refused(self) -> bool:
+        """spec/twinpeaks.md §9.4: we sent the TwinPeaks extension and the server's fatal
+        alert answering it is one of the three that name a refused field."""
+        return self.config.twinpeaks is not None and self._peer_alert in REFUSAL_OF_ALERT
 
     def signer_is_external(self) -> bool:
         return self.config.private_key is None
@@ -146,17 +176,53 @@ class DTLSClient(Connection):
     # ------------------------------------------------------------------ actions
     def prepare_client_hello(self) -> None:
         """Choose the random (RFC 5246 §7.4.1.2) and the session to offer."""
-        self.client_random = self.config.client_random or os.urandom(32)
+        self.client_random = self.config.client_random or self.config.randomness.random_bytes(32)
         session = self.config.session
         if session is None:
             return
-        if session.expired() or session.cipher_suite not in self.config.cipher_suites:
+        if (
+            session.expired(self.config.wall_clock())
+            or session.cipher_suite not in self.config.cipher_suites
+        ):
             # RFC 5246 §7.4.1.2: only an unexpired session whose cipher suite we offer may be
             # offered; without it a client falls back to a full handshake, a resume-only one stops.
             if self.config.resume_only:
                 raise HandshakeFailure("resumption_refused")
             return
         self._session_id = self._offered_session_id = session.session_id
+
+    def _offered_server_types(self) -> tuple[CertificateType, ...]:
+        """Server certificate types we can validate, preferred first (RFC 7250 §4.1)."""
+        types = [CertificateType.RAW_PUBLIC_KEY] if self.config.accepts_raw_server_key else []
+        if self.config.trust_store is not None:
+            types.append(CertificateType.X509)
+        return tuple(types)
+
+    def _offered_client_types(self) -> tuple[CertificateType, ...]:
+        types = [CertificateType.RAW_PUBLIC_KEY] if self.config.client_raw_public_key else []
+        if self.config.certificate_chain:
+            types.append(CertificateType.X509)
+        return tuple(types)
+
+    def _certificate_type_extensions(self) -> list[Extension]:
+        """RFC 7250 §4.1: offer a type list only when it holds RawPublicKey (without one,
+        X.509 is assumed, and a ClientHello stays as without RFC 7250)."""
+        out: list[Extension] = []
+        client_types = self._offered_client_types()
+        if CertificateType.RAW_PUBLIC_KEY in client_types:
+            out.append(
+                Extension(
+                    ExtensionType.CLIENT_CERTIFICATE_TYPE, encode_certificate_types(client_types)
+                )
+            )
+        server_types = self._offered_server_types()
+        if CertificateType.RAW_PUBLIC_KEY in server_types:
+            out.append(
+                Extension(
+                    ExtensionType.SERVER_CERTIFICATE_TYPE, encode_certificate_types(server_types)
+                )
+            )
+        return out
 
     def build_ClientHello(self) -> None:
         extensions = [
@@ -170,7 +236,10 @@ class DTLSClient(Connection):
             ),
             Extension(ExtensionType.EXTENDED_MASTER_SECRET, b""),
             Extension(ExtensionType.RENEGOTIATION_INFO, encode_renegotiation_info(b"")),
+            *self._certificate_type_extensions(),
         ]
+        if self.config.twinpeaks is not None:
+            extensions.append(Extension(ExtensionType.TWINPEAKS, self.config.twinpeaks.encode()))
         name = self.config.server_name
         if name and not _is_ip_literal(name):  # RFC 6066 §3: no IP literals in SNI
             extensions.insert(0, Extension(ExtensionType.SERVER_NAME, encode_server_name(name)))
@@ -218,6 +287,7 @@ class DTLSClient(Connection):
             ExtensionType.EXTENDED_MASTER_SECRET,
             ExtensionType.RENEGOTIATION_INFO,
         }
+        offered |= {ExtensionType(e.type) for e in self._certificate_type_extensions()}
         for extension in hello.extensions:
             if extension.type not in offered or extension.type in (
                 ExtensionType.SUPPORTED_GROUPS,
@@ -230,6 +300,12 @@ class DTLSClient(Connection):
         info = hello.renegotiation_info
         if info is not None and info != b"":
             raise HandshakeFailure("non-empty renegotiation_info in an initial handshake")
+        self._server_cert_type = self._chosen_type(
+            hello.server_certificate_type, self._offered_server_types(), "server"
+        )
+        self._client_cert_type = self._chosen_type(
+            hello.client_certificate_type, self._offered_client_types(), "client"
+        )
         self.server_random = hello.random
         self.cipher_suite = CipherSuite(hello.cipher_suite)
         self.extended_master_secret = hello.has_extended_master_secret
@@ -241,6 +317,17 @@ class DTLSClient(Connection):
             and not (self.extended_master_secret)
         ):
             raise HandshakeFailure("server did not negotiate the extended master secret (RFC 7627)")
+
+    @staticmethod
+    def _chosen_type(
+        chosen: int | None, offered: tuple[CertificateType, ...], whose: str
+    ) -> CertificateType:
+        """RFC 7250 §4.2: the server picks one of the types we offered; none means X.509."""
+        if chosen is None:
+            return CertificateType.X509
+        if chosen not in offered:
+            raise IllegalParameter(f"server chose a {whose} certificate type we did not offer")
+        return CertificateType(chosen)
 
     def resume_session(self) -> None:
         """Abbreviated handshake: reuse the master secret (RFC 5246 §7.3, RFC 7627 §5.3)."""
@@ -279,9 +366,17 @@ class DTLSClient(Connection):
             raise CertificateError(
                 "server sent an empty Certificate", AlertDescription.DECODE_ERROR
             )
-        assert self.config.trust_store is not None
+        if self.config.trust_store is None:
+            # We offered only RawPublicKey and the server ignored it (RFC 7250 §4.2).
+            raise CertificateError(
+                "server sent an X.509 certificate but only raw public keys are trusted",
+                AlertDescription.UNSUPPORTED_CERTIFICATE,
+            )
         leaf = verify_server_chain(
-            certificate.certificates, self.config.trust_store, self.config.server_name
+            certificate.certificates,
+            self.config.trust_store,
+            self.config.server_name,
+            utc(self.config.wall_clock()),
         )
         self.stats["verify"] += len(certificate.certificates)  # one signature per link
         key = leaf.public_key()
@@ -291,6 +386,25 @@ class DTLSClient(Connection):
             )
         self._server_public_key = key
         self._server_certificates = tuple(certificate.certificates)
+
+    def process_server_raw_public_key(self) -> None:
+        """RFC 7250 §3: a SubjectPublicKeyInfo instead of a chain, trusted only if it is a
+        pinned key or the key the lookup gives for our server name (TwinPeaks)."""
+        certificate = self._current
+        if not isinstance(certificate, RawPublicKeyCertificate):
+            raise CertificateError(
+                "server sent an empty Certificate", AlertDescription.DECODE_ERROR
+            )
+        key, spki = load_raw_public_key(certificate.subject_public_key_info, "server")
+        lookup = self.config.server_key_lookup
+        expected = lookup(self.config.server_name) if lookup is not None else None
+        if spki not in self.config.trusted_server_keys and spki != expected:
+            raise CertificateError(
+                f"server raw public key {fingerprint(spki)} is not trusted",
+                AlertDescription.CERTIFICATE_UNKNOWN,
+            )
+        self._server_public_key = key
+        self.peer_raw_public_key = spki
 
     def process_server_key_exchange(self) -> None:
         """Verify the signed ECDHE parameters (RFC 8422 §5.4)."""
@@ -330,7 +444,7 @@ class DTLSClient(Connection):
             assert self.config.psk is not None
             self._pre_master = keyschedule.psk_pre_master_secret(self.config.psk)
             return
-        self._ephemeral = ec.generate_private_key(ec.SECP256R1())
+        self._ephemeral = self.config.randomness.ec_private_key()
         self._pre_master = keyschedule.ecdhe_pre_master_secret(self._ephemeral, self._server_point)
         self.stats["keygen"] += 1
         self.stats["ecdh"] += 1
@@ -362,6 +476,9 @@ class DTLSClient(Connection):
             raise ProtocolError("the external signer returned an invalid signature") from None
 
     def _client_public_key(self) -> ec.EllipticCurvePublicKey:
+        if self._client_cert_type == CertificateType.RAW_PUBLIC_KEY:
+            assert self.config.client_raw_public_key is not None
+            return load_raw_public_key(self.config.client_raw_public_key, "our")[0]
         key = x509.load_der_x509_certificate(self.config.certificate_chain[0]).public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise ProtocolError("our certificate does not hold an EC key")
@@ -377,6 +494,12 @@ class DTLSClient(Connection):
 
     def build_Certificate(self) -> None:
         if self._take_prebuilt(Certificate.msg_type):
+            return
+        if self.has_client_certificate() and self._client_cert_type == (
+            CertificateType.RAW_PUBLIC_KEY
+        ):
+            assert self.config.client_raw_public_key is not None
+            self._queue_handshake(RawPublicKeyCertificate(self.config.client_raw_public_key))
             return
         chain = tuple(self.config.certificate_chain) if self.has_client_certificate() else ()
         self._queue_handshake(Certificate(chain))
@@ -415,7 +538,7 @@ class DTLSClient(Connection):
             assert self.config.private_key is not None
             self.stats["sign"] += 1
             signature = self.config.private_key.sign(
-                bytes(self._transcript), ec.ECDSA(hashes.SHA256())
+                bytes(self._transcript), self.config.randomness.ecdsa()
             )
         self._queue_handshake(CertificateVerify(ECDSA_SECP256R1_SHA256, signature))
 
@@ -432,7 +555,7 @@ class DTLSClient(Connection):
                 server_name=self.config.server_name,
                 peer_certificates=self._server_certificates,
                 psk_identity=self.config.psk_identity if self._uses_psk() else None,
-                created_at=time.time(),
+                created_at=self.config.wall_clock(),
             )
         self.handshake_completed_at = self._now
         self._events.append(
@@ -443,6 +566,22 @@ class DTLSClient(Connection):
                 extended_master_secret=self.extended_master_secret,
             )
         )
+
+    def report_twinpeaks_refusal(self) -> None:
+        """The server refused our TwinPeaks extension (spec/twinpeaks.md §9.4)."""
+        alert = self._peer_alert
+        assert alert is not None
+        refusal = REFUSAL_OF_ALERT[alert]
+        self._events.append(
+            TwinPeaksRefused(
+                f"{REFUSAL_REASONS[refusal]} (peer sent fatal alert {alert.name.lower()})",
+                alert,
+                by_peer=True,
+                error=True,
+                refusal=refusal.value,
+            )
+        )
+        self._wipe()
 
     def refuse_renegotiation(self) -> None:
         """Answer HelloRequest with a no_renegotiation warning (RFC 5246 §7.4.1.1)."""

@@ -9,15 +9,22 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import Store
 
+from d2tls.clock import Clock, wall_time
 from d2tls.dtls.constants import ECDHE_SUITES, PSK_SUITES, CipherSuite
+from d2tls.dtls.messages import TwinPeaksHello
+from d2tls.dtls.rawpk import canonical_spkis, spki_of
 from d2tls.dtls.session import MemorySessionStore, Session, SessionStore
 from d2tls.errors import ConfigurationError
 from d2tls.pki.revocation import ClientRevocations
 from d2tls.pki.verdict_cache import DEFAULT_MAX_AGE, DEFAULT_MAX_ENTRIES
 from d2tls.pki.verify import check_psk
+from d2tls.randomness import SYSTEM, Randomness
 
 #: Called with one NSS key log line (``CLIENT_RANDOM <random> <master>``) when key logging is on.
 KeyLogCallback = Callable[[str], None]
+#: ``server_name -> SubjectPublicKeyInfo (DER)`` the client expects, or None when it knows no
+#: key for that name (RFC 7250 §1: the client obtains the key out of band, e.g. TwinPeaks).
+ServerKeyLookup = Callable[[str | None], bytes | None]
 
 DEFAULT_SUITES: tuple[CipherSuite, ...] = (
     CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,
@@ -68,6 +75,26 @@ class ClientConfig:
     mtu: int = 1400
     timers: TimerConfig = field(default_factory=TimerConfig)
     keylog: KeyLogCallback | None = None
+    #: Raw public keys (DER SubjectPublicKeyInfo) the server may present (RFC 7250); with
+    #: these or ``server_key_lookup`` the client offers server_certificate_type RawPublicKey.
+    trusted_server_keys: frozenset[bytes] = frozenset()
+    #: The key expected for ``server_name`` (the TwinPeaks hook), checked like a pinned key.
+    server_key_lookup: ServerKeyLookup | None = None
+    #: Our own raw public key (DER SubjectPublicKeyInfo of ``private_key``, or of the external
+    #: signer's key): offered as client_certificate_type RawPublicKey (RFC 7250 §4.1).
+    client_raw_public_key: bytes | None = None
+    #: The TwinPeaks ClientHello extension to send (spec/twinpeaks.md §9).
+    twinpeaks: TwinPeaksHello | None = None
+    #: Wall clock (seconds since the epoch): certificate validity, session ``created_at``
+    #: and expiry (docs/architecture.md, "Time and randomness"). Timers use the ``now`` given.
+    wall_clock: Clock = wall_time
+    #: Hello random, ECDHE keys and ECDSA signatures; a seeded one only in tests.
+    randomness: Randomness = SYSTEM
+
+    @property
+    def accepts_raw_server_key(self) -> bool:
+        """True when a raw public key from the server can be validated."""
+        return bool(self.trusted_server_keys) or self.server_key_lookup is not None
 
     def validate(self) -> None:
         """Refuse unusable or unsafe combinations with a clear message."""
@@ -77,9 +104,20 @@ class ClientConfig:
         if (
             any(s in ECDHE_SUITES for s in self.cipher_suites)
             and self.trust_store is None
+            and not self.accepts_raw_server_key
             and not resuming_only
         ):
-            raise ConfigurationError("certificate suites need a trust store (--ca)")
+            raise ConfigurationError(
+                "certificate suites need a trust store (--ca) or trusted raw public keys"
+            )
+        if self.trusted_server_keys:
+            self.trusted_server_keys = canonical_spkis(self.trusted_server_keys, "trusted")
+        if self.client_raw_public_key is not None:
+            (self.client_raw_public_key,) = canonical_spkis([self.client_raw_public_key], "our")
+            if self.private_key is not None and spki_of(self.private_key) != (
+                self.client_raw_public_key
+            ):
+                raise ConfigurationError("client_raw_public_key is not the key of private_key")
         if any(s in PSK_SUITES for s in self.cipher_suites) and (
             self.psk is None or self.psk_identity is None
         ):
@@ -128,20 +166,50 @@ class ServerConfig:
     verdict_cache_max_age: float = DEFAULT_MAX_AGE
     #: Revoked client certificates (CRLs), checked on every full handshake and resumption.
     revocations: ClientRevocations | None = None
+    #: Our raw key pair (RFC 7250): offered when the client lists RawPublicKey in its
+    #: server_certificate_type extension. May be the key of ``certificate_chain`` or another.
+    raw_private_key: ec.EllipticCurvePrivateKey | None = None
+    #: Client raw public keys (DER SubjectPublicKeyInfo) accepted for client authentication.
+    trusted_client_keys: frozenset[bytes] = frozenset()
+    #: Our TwinPeaks identity: a ClientHello TwinPeaks extension is checked against it
+    #: (spec/twinpeaks.md §9.3); None ignores the extension like any unknown one.
+    twinpeaks: TwinPeaksHello | None = None
+    #: Wall clock (seconds since the epoch): certificate validity, session ``created_at``
+    #: (docs/architecture.md, "Time and randomness"). Timers use the ``now`` given.
+    wall_clock: Clock = wall_time
+    #: Server random, session IDs, cookie secrets, ECDHE keys and ECDSA signatures.
+    randomness: Randomness = SYSTEM
+
+    @property
+    def has_certificate(self) -> bool:
+        """True when an X.509 chain and its key are configured."""
+        return bool(self.certificate_chain) and self.private_key is not None
 
     def validate(self) -> None:
         """Refuse unusable or unsafe combinations with a clear message."""
         if not self.cipher_suites:
             raise ConfigurationError("no cipher suites configured")
         has_ecdhe = any(s in ECDHE_SUITES for s in self.cipher_suites)
-        if has_ecdhe and (not self.certificate_chain or self.private_key is None):
-            raise ConfigurationError("certificate suites need a certificate chain and key")
+        if has_ecdhe and not self.has_certificate and self.raw_private_key is None:
+            raise ConfigurationError(
+                "certificate suites need a certificate chain and key, or a raw key"
+            )
+        if self.raw_private_key is not None and self.raw_private_key.curve.name != "secp256r1":
+            raise ConfigurationError("the raw key must be ECDSA P-256")
         if any(s in PSK_SUITES for s in self.cipher_suites) and not self.psk_keys:
             raise ConfigurationError("PSK suite configured without PSK keys")
         for identity, key in self.psk_keys.items():
             check_psk(identity, key)
-        if self.client_auth is not ClientAuth.NONE and self.trust_store is None:
-            raise ConfigurationError("client certificates cannot be verified without --ca")
+        if self.trusted_client_keys:
+            self.trusted_client_keys = canonical_spkis(self.trusted_client_keys, "client")
+        if (
+            self.client_auth is not ClientAuth.NONE
+            and self.trust_store is None
+            and not self.trusted_client_keys
+        ):
+            raise ConfigurationError(
+                "client certificates cannot be verified without --ca or trusted raw keys"
+            )
         if self.mtu < 256:
             raise ConfigurationError("MTU below 256 bytes is not supported")
         if self.max_connections < 1 or self.max_half_open < 1:

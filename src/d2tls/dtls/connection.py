@@ -58,13 +58,9 @@ from d2tls.dtls.messages import (
     message_name,
 )
 from d2tls.dtls.record import AEADProtection, EpochState, Record, parse_datagram, protect, unprotect
+from d2tls.errors import DecodeError, DecryptError, ProtocolError, RecordError, UnexpectedMessage
 from d2tls.errors import (
-    D2TLSError,
-    DecodeError,
-    DecryptError,
-    ProtocolError,
-    RecordError,
-    UnexpectedMessage,
+    InvalidStateError as InvalidStateError,  # re-exported: its home is d2tls.errors
 )
 from d2tls.model.machine import MachineDriver
 
@@ -79,10 +75,6 @@ AEAD_OVERHEAD = RECORD_HEADER_LEN + 8 + 16
 #: the bytes they may hold in all (a Finished and a little early data are what peers send).
 MAX_FUTURE_RECORDS = 16
 MAX_FUTURE_BYTES = 32 * 1024
-
-
-class InvalidStateError(D2TLSError):
-    """The application called something the connection cannot do in its current state."""
 
 
 @dataclass
@@ -382,7 +374,9 @@ class Connection:
         trigger = f"recv_{name}"
         if not self._driver.accepts(trigger):
             raise UnexpectedMessage(f"{name} is not allowed in state {self.state}")
-        self._current = decode_handshake_body(msg_type, body, psk=self._uses_psk())
+        self._current = decode_handshake_body(
+            msg_type, body, psk=self._uses_psk(), raw_public_key=self._peer_sends_raw_public_key()
+        )
         self._trace("message_received", message=name, message_seq=message_seq, length=len(body))
         self._transcript_mark = len(self._transcript)
         if msg_type != HandshakeType.HELLO_REQUEST:  # RFC 5246 §7.4.1.1: not hashed
@@ -414,9 +408,11 @@ class Connection:
         self._trace("alert_received", level=alert.level, description=alert.description)
         if description == AlertDescription.CLOSE_NOTIFY:
             self._fire_safely("peer_closed")
+            self._timer_deadline = None  # nothing is retransmitted after the end
         elif alert.level == AlertLevel.FATAL:
             self._peer_alert = description
             self._fire_safely("peer_failed")
+            self._timer_deadline = None
         else:
             self._events.append(AlertReceived(description, peer=self.peer))
 
@@ -480,6 +476,10 @@ class Connection:
 
     def _uses_psk(self) -> bool:
         return self.cipher_suite in PSK_SUITES
+
+    def _peer_sends_raw_public_key(self) -> bool:
+        """True when the peer's Certificate carries a raw public key (RFC 7250 §4.2)."""
+        return False
 
     # ------------------------------------------------------------------ spec callbacks (shared)
     def emit_flight(self, messages: tuple[str, ...]) -> None:

@@ -111,14 +111,26 @@ CCM8_SUITES = frozenset(
 
 
 class ExtensionType(IntEnum):
-    """Hello extensions (RFC 6066, RFC 8422, RFC 5246, RFC 7627, RFC 5746)."""
+    """Hello extensions (RFC 6066, RFC 8422, RFC 5246, RFC 7250, RFC 7627, RFC 5746) and the
+    TwinPeaks extension (spec/twinpeaks.md §9, a private-use code point)."""
 
     SERVER_NAME = 0
     SUPPORTED_GROUPS = 10
     EC_POINT_FORMATS = 11
     SIGNATURE_ALGORITHMS = 13
+    CLIENT_CERTIFICATE_TYPE = 19
+    SERVER_CERTIFICATE_TYPE = 20
     EXTENDED_MASTER_SECRET = 23
     RENEGOTIATION_INFO = 0xFF01
+    #: 65370, in the range IANA reserves for private use (65280, 65282-65535; RFC 8446 §11).
+    TWINPEAKS = 0xFF5A
+
+
+class CertificateType(IntEnum):
+    """Certificate types of RFC 7250 §3 (IANA "TLS Certificate Types"); the two we support."""
+
+    X509 = 0
+    RAW_PUBLIC_KEY = 2
 
 
 #: secp256r1 NamedGroup (RFC 8422 §5.1.1).

@@ -66,6 +66,18 @@ class ConnectionTerminated(Event):
 
 
 @dataclass(frozen=True)
+class TwinPeaksRefused(ConnectionTerminated):
+    """The server refused a field of our TwinPeaks extension (spec/twinpeaks.md §9.4).
+
+    ``refusal`` is ``"name"``, ``"address"`` or ``"outdated_key"``; for the last one the key
+    the client holds is not the server's current one: invalidate the cached entry and look it
+    up again (:func:`d2tls.dtls.twinpeaks.refusal_error` gives the typed error).
+    """
+
+    refusal: str = ""
+
+
+@dataclass(frozen=True)
 class InternalError(ConnectionTerminated):
     """The connection ended because of a bug in d2tls, not because of the peer.
 

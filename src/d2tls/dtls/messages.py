@@ -24,6 +24,7 @@ from d2tls.dtls.constants import (
     CURVE_TYPE_NAMED,
     POINT_FORMAT_UNCOMPRESSED,
     AlertLevel,
+    CertificateType,
     ExtensionType,
     HandshakeType,
 )
@@ -43,16 +44,20 @@ __all__ = [
     "HandshakeMessage",
     "HelloRequest",
     "HelloVerifyRequest",
+    "RawPublicKeyCertificate",
     "ServerHello",
     "ServerHelloDone",
     "ServerKeyExchangeECDHE",
     "ServerKeyExchangePSK",
+    "TwinPeaksHello",
     "decode_alert",
     "decode_change_cipher_spec",
     "decode_extensions",
     "decode_handshake_body",
     "ec_point_formats_extension",
     "encode_alert",
+    "encode_certificate_type",
+    "encode_certificate_types",
     "encode_ec_point_formats",
     "encode_extended_master_secret",
     "encode_extensions",
@@ -63,6 +68,8 @@ __all__ = [
     "encode_supported_groups",
     "extended_master_secret_extension",
     "message_name",
+    "parse_certificate_type",
+    "parse_certificate_types",
     "parse_ec_point_formats",
     "parse_extended_master_secret",
     "parse_renegotiation_info",
@@ -300,6 +307,86 @@ def parse_renegotiation_info(data: bytes) -> bytes:
     return value
 
 
+def encode_certificate_types(types: Iterable[int]) -> bytes:
+    """A client's ``CertificateType client_certificate_types<1..2^8-1>`` (or the server
+    variant), in preference order (RFC 7250 §3)."""
+    w = Writer()
+    _put_vector(w, _pack_uints(types, 1, "certificate type"), 1, 1, _U8_MAX, "certificate_types")
+    return w.getvalue()
+
+
+def parse_certificate_types(data: bytes) -> tuple[int, ...]:
+    """Parse a ClientHello's client_/server_certificate_type list (RFC 7250 §3)."""
+    r = Reader(data)
+    types = tuple(r.vector(1, 1))
+    r.expect_end("certificate_type extension")
+    return types
+
+
+def encode_certificate_type(cert_type: int) -> bytes:
+    """A ServerHello's ``CertificateType`` (one value, RFC 7250 §3)."""
+    return _pack_uints((cert_type,), 1, "certificate type")
+
+
+def parse_certificate_type(data: bytes) -> int:
+    """Parse a ServerHello's client_/server_certificate_type: exactly one byte (RFC 7250 §3)."""
+    if len(data) != 1:
+        raise DecodeError(f"a ServerHello certificate_type is 1 byte, not {len(data)}")
+    return data[0]
+
+
+#: Length of h(public key || params) in the TwinPeaks extension (SHA-256).
+TWINPEAKS_KEY_HASH_LEN = 32
+
+
+@dataclass(frozen=True)
+class TwinPeaksHello:
+    """The TwinPeaks ClientHello extension (spec/twinpeaks.md §9.2)::
+
+    struct {
+        opaque host_name<1..2^8-1>;   /* normalised domain name, ASCII */
+        opaque address<4..16>;        /* 4 (IPv4) or 16 (IPv6) bytes */
+        opaque key_hash[32];          /* h(public key || params) */
+    } TwinPeaksHello;
+    """
+
+    host_name: str
+    address: bytes
+    key_hash: bytes
+
+    def encode(self) -> bytes:
+        try:
+            name = self.host_name.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise ValueError("host_name must be ASCII") from exc
+        if len(self.address) not in (4, 16):
+            raise ValueError("address must be 4 or 16 bytes")
+        if len(self.key_hash) != TWINPEAKS_KEY_HASH_LEN:
+            raise ValueError(f"key_hash must be {TWINPEAKS_KEY_HASH_LEN} bytes")
+        w = Writer()
+        _put_vector(w, name, 1, 1, _U8_MAX, "host_name")
+        _put_vector(w, self.address, 1, 4, 16, "address")
+        return w.raw(self.key_hash).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        """Decode; wrong lengths are DecodeError, a name that is not lowercase ASCII
+        letters, digits, hyphens and dots is IllegalParameter (spec/twinpeaks.md §9.2)."""
+        r = Reader(data)
+        name = r.vector(1, 1)
+        address = r.vector(1, 4, 16)
+        if len(address) not in (4, 16):
+            raise DecodeError(f"TwinPeaks address is {len(address)} bytes, not 4 or 16")
+        key_hash = r.read(TWINPEAKS_KEY_HASH_LEN)
+        r.expect_end("TwinPeaks extension")
+        if not all(c in _TWINPEAKS_NAME_CHARS for c in name):
+            raise IllegalParameter("TwinPeaks host_name is not a normalised domain name")
+        return cls(name.decode("ascii"), bytes(address), bytes(key_hash))
+
+
+_TWINPEAKS_NAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-.")
+
+
 def server_name_extension(host_name: str) -> Extension:
     """A client's server_name extension (RFC 6066 §3)."""
     return Extension(ExtensionType.SERVER_NAME, encode_server_name(host_name))
@@ -351,6 +438,16 @@ def _validate_known_extensions(extensions: tuple[Extension, ...], *, client: boo
             parse_extended_master_secret(ext.data)
         elif ext.type == ExtensionType.RENEGOTIATION_INFO:
             parse_renegotiation_info(ext.data)
+        elif ext.type in (
+            ExtensionType.CLIENT_CERTIFICATE_TYPE,
+            ExtensionType.SERVER_CERTIFICATE_TYPE,
+        ):
+            if client:
+                parse_certificate_types(ext.data)
+            else:
+                parse_certificate_type(ext.data)
+        elif ext.type == ExtensionType.TWINPEAKS and client:
+            TwinPeaksHello.decode(ext.data)
 
 
 class _HelloExtensions:
@@ -442,6 +539,25 @@ class ClientHello(_HelloExtensions):
         data = self.extension(ExtensionType.SERVER_NAME)
         return None if data is None else parse_server_name(data)
 
+    @property
+    def server_certificate_types(self) -> tuple[int, ...] | None:
+        """Server certificate types the client can process, preferred first (RFC 7250 §4.1),
+        or None when absent (X.509 only)."""
+        data = self.extension(ExtensionType.SERVER_CERTIFICATE_TYPE)
+        return None if data is None else parse_certificate_types(data)
+
+    @property
+    def client_certificate_types(self) -> tuple[int, ...] | None:
+        """Certificate types the client can send, preferred first (RFC 7250 §4.1), or None."""
+        data = self.extension(ExtensionType.CLIENT_CERTIFICATE_TYPE)
+        return None if data is None else parse_certificate_types(data)
+
+    @property
+    def twinpeaks(self) -> TwinPeaksHello | None:
+        """The TwinPeaks extension (spec/twinpeaks.md §9.2), or None when absent."""
+        data = self.extension(ExtensionType.TWINPEAKS)
+        return None if data is None else TwinPeaksHello.decode(data)
+
     def encode(self) -> bytes:
         """Encode the body; extensions are omitted entirely when there are none."""
         _check_uint(self.client_version, 2, "client_version")
@@ -527,6 +643,18 @@ class ServerHello(_HelloExtensions):
         """True when the server sent an (empty) server_name extension (RFC 6066 §3)."""
         return self.extension(ExtensionType.SERVER_NAME) is not None
 
+    @property
+    def server_certificate_type(self) -> int | None:
+        """The type of the server's Certificate (RFC 7250 §4.2); None: X.509."""
+        data = self.extension(ExtensionType.SERVER_CERTIFICATE_TYPE)
+        return None if data is None else parse_certificate_type(data)
+
+    @property
+    def client_certificate_type(self) -> int | None:
+        """The type the client's Certificate must have (RFC 7250 §4.2); None: X.509."""
+        data = self.extension(ExtensionType.CLIENT_CERTIFICATE_TYPE)
+        return None if data is None else parse_certificate_type(data)
+
     def encode(self) -> bytes:
         """Encode the body; extensions are omitted entirely when there are none."""
         _check_uint(self.server_version, 2, "server_version")
@@ -585,6 +713,30 @@ class Certificate:
         while not certs.eof():
             out.append(certs.vector(3, 1))
         return cls(tuple(out))
+
+
+@dataclass(frozen=True)
+class RawPublicKeyCertificate:
+    """Certificate carrying a raw public key (RFC 7250 §3): for the type RawPublicKey the body
+    is ``opaque ASN.1_subjectPublicKeyInfo<1..2^24-1>`` (DER, RFC 5280 §4.1.2.7). Whether a
+    Certificate has this form follows from the negotiated certificate type."""
+
+    msg_type: ClassVar[HandshakeType] = HandshakeType.CERTIFICATE
+    certificate_type: ClassVar[CertificateType] = CertificateType.RAW_PUBLIC_KEY
+
+    subject_public_key_info: bytes
+
+    def encode(self) -> bytes:
+        w = Writer()
+        _put_vector(w, self.subject_public_key_info, 3, 1, _U24_MAX, "subjectPublicKeyInfo")
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, body: bytes) -> Self:
+        r = Reader(body)
+        spki = r.vector(3, 1)
+        r.expect_end("Certificate")
+        return cls(bytes(spki))
 
 
 def _encode_digitally_signed(w: Writer, algorithm: int, signature: bytes) -> None:
@@ -804,6 +956,7 @@ HandshakeMessage: TypeAlias = (
     | HelloVerifyRequest
     | ServerHello
     | Certificate
+    | RawPublicKeyCertificate
     | ServerKeyExchangeECDHE
     | ServerKeyExchangePSK
     | CertificateRequest
@@ -846,12 +999,18 @@ def message_name(msg_type: int) -> str:
     return _NAMES.get(msg_type, f"Unknown{msg_type}")
 
 
-def decode_handshake_body(msg_type: int, body: bytes, *, psk: bool) -> HandshakeMessage:
+def decode_handshake_body(
+    msg_type: int, body: bytes, *, psk: bool, raw_public_key: bool = False
+) -> HandshakeMessage:
     """Decode a reassembled handshake body of type ``msg_type``.
 
     ``psk`` selects the RFC 4279 ServerKeyExchange/ClientKeyExchange variants instead of the
-    RFC 8422 ECDHE ones. Unknown or unsupported types raise UnexpectedMessage (RFC 5246 §7.4).
+    RFC 8422 ECDHE ones; ``raw_public_key`` the RFC 7250 Certificate (an empty one, three zero
+    bytes, is an empty :class:`Certificate`: a client without a key, RFC 5246 §7.4.6).
+    Unknown or unsupported types raise UnexpectedMessage (RFC 5246 §7.4).
     """
+    if msg_type == HandshakeType.CERTIFICATE and raw_public_key and body != bytes(3):
+        return RawPublicKeyCertificate.decode(body)
     if msg_type == HandshakeType.SERVER_KEY_EXCHANGE:
         return ServerKeyExchangePSK.decode(body) if psk else ServerKeyExchangeECDHE.decode(body)
     if msg_type == HandshakeType.CLIENT_KEY_EXCHANGE:

@@ -11,8 +11,6 @@ import hashlib
 import heapq
 import hmac
 import itertools
-import os
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from d2tls.clock import utc
 from d2tls.dtls import keyschedule
 from d2tls.dtls.config import ClientAuth, ServerConfig
 from d2tls.dtls.connection import Address, Connection, InvalidStateError, Tracer, log
@@ -40,6 +39,7 @@ from d2tls.dtls.constants import (
     SECP256R1,
     AlertDescription,
     AlertLevel,
+    CertificateType,
     CipherSuite,
     ContentType,
     ExtensionType,
@@ -56,15 +56,19 @@ from d2tls.dtls.messages import (
     ClientKeyExchangePSK,
     Extension,
     HelloVerifyRequest,
+    RawPublicKeyCertificate,
     ServerHello,
     ServerHelloDone,
     ServerKeyExchangeECDHE,
+    encode_certificate_type,
     encode_ec_point_formats,
     encode_renegotiation_info,
 )
 from d2tls.dtls.pending_hellos import PendingHellos
+from d2tls.dtls.rawpk import choose_type, fingerprint, load_raw_public_key, spki_of
 from d2tls.dtls.record import Record, encode_record, parse_datagram
 from d2tls.dtls.session import Session
+from d2tls.dtls.twinpeaks import REFUSAL_ALERTS, REFUSAL_REASONS, Refusal, check_hello
 from d2tls.errors import (
     CertificateError,
     D2TLSError,
@@ -75,6 +79,7 @@ from d2tls.errors import (
 )
 from d2tls.pki.verdict_cache import VerdictCache
 from d2tls.pki.verify import certificate_identity, verify_client_path
+from d2tls.randomness import RandomBytes, system_random
 
 #: Largest ClientHello body accepted (bytes). Measured DTLS 1.2 ClientHellos are 180-300 bytes
 #: (OpenSSL 3 s_client: 180, with every cipher suite 298; GnuTLS: 194); 4 KiB also leaves
@@ -108,15 +113,19 @@ class CookieJar:
     still accepted, so a client caught by a rotation does not fail.
     """
 
-    def __init__(self, rotation: float) -> None:
+    def __init__(self, rotation: float, random_bytes: RandomBytes = system_random) -> None:
         self._rotation = rotation
-        self._secrets = [os.urandom(32), os.urandom(32)]
-        self._rotated_at = time.monotonic()
+        self._random = random_bytes
+        self._secrets = [random_bytes(32), random_bytes(32)]
+        #: Monotonic time of the last rotation; the first use of the jar starts the period.
+        self._rotated_at: float | None = None
 
-    def _maybe_rotate(self) -> None:
-        if time.monotonic() - self._rotated_at >= self._rotation:
-            self._secrets = [os.urandom(32), self._secrets[0]]
-            self._rotated_at = time.monotonic()
+    def _maybe_rotate(self, now: float) -> None:
+        if self._rotated_at is None:
+            self._rotated_at = now
+        elif now - self._rotated_at >= self._rotation:
+            self._secrets = [self._random(32), self._secrets[0]]
+            self._rotated_at = now
 
     @staticmethod
     def _material(peer: Address, hello: ClientHello) -> bytes:
@@ -131,12 +140,12 @@ class CookieJar:
             ]
         )
 
-    def make(self, peer: Address, hello: ClientHello) -> bytes:
-        self._maybe_rotate()
+    def make(self, peer: Address, hello: ClientHello, now: float) -> bytes:
+        self._maybe_rotate(now)
         return hmac.new(self._secrets[0], self._material(peer, hello), hashlib.sha256).digest()
 
-    def check(self, peer: Address, hello: ClientHello) -> bool:
-        self._maybe_rotate()
+    def check(self, peer: Address, hello: ClientHello, now: float) -> bool:
+        self._maybe_rotate(now)
         material = self._material(peer, hello)
         return any(
             hmac.compare_digest(hmac.new(s, material, hashlib.sha256).digest(), hello.cookie)
@@ -182,6 +191,12 @@ class ServerConnection(Connection):
         self._client_key: ec.EllipticCurvePublicKey | None = None
         self._client_certificates: tuple[bytes, ...] = ()
         self._psk_identity: bytes | None = None
+        #: Certificate types chosen for this handshake (RFC 7250 §4.2).
+        self._server_cert_type = CertificateType.X509
+        self._client_cert_type = CertificateType.X509
+        #: The client's raw public key (DER SubjectPublicKeyInfo) once accepted.
+        self._client_raw_key: bytes | None = None
+        self._twinpeaks_refusal: Refusal | None = None
         self.server_name: str | None = None
         self.session: Session | None = None
 
@@ -219,7 +234,7 @@ class ServerConnection(Connection):
         if not self.config.cookie_exchange:
             return True
         assert self.peer is not None
-        return self._cookies.check(self.peer, self._client_hello())
+        return self._cookies.check(self.peer, self._client_hello(), self._now)
 
     def resume_without_cookie(self) -> bool:
         """RFC 6347 §4.2.1: a server MAY skip the cookie exchange when resuming. Only when the
@@ -265,7 +280,7 @@ class ServerConnection(Connection):
         if not hello.session_id:
             return False
         session = self.config.session_store.get(hello.session_id)
-        if session is None or session.expired():
+        if session is None or session.expired(self.config.wall_clock()):
             return False
         if session.cipher_suite not in self.config.cipher_suites:
             return False
@@ -297,6 +312,8 @@ class ServerConnection(Connection):
         """
         if session.psk_identity is not None:
             return session.psk_identity in self.config.psk_keys
+        if session.peer_certificates and _is_raw_public_key(session.peer_certificates):
+            return session.peer_certificates[0] in self.config.trusted_client_keys
         if session.peer_certificates:
             if self.config.trust_store is None:
                 return False
@@ -313,9 +330,9 @@ class ServerConnection(Connection):
         store = self.config.trust_store
         assert store is not None
         if self._verdicts is not None and self.config.verdict_cache_size > 0:
-            path = self._verdicts.verify(chain, store, time.time())
+            path = self._verdicts.verify(chain, store, self.config.wall_clock())
         else:
-            path = tuple(verify_client_path(chain, store))
+            path = tuple(verify_client_path(chain, store, utc(self.config.wall_clock())))
         self._check_revocation(path)
         return path
 
@@ -338,7 +355,43 @@ class ServerConnection(Connection):
         return self.config.client_auth is not ClientAuth.NONE
 
     def client_certificate_present(self) -> bool:
-        return isinstance(self._current, Certificate) and bool(self._current.certificates)
+        current = self._current
+        return isinstance(current, RawPublicKeyCertificate) or (
+            isinstance(current, Certificate) and bool(current.certificates)
+        )
+
+    def client_sent_raw_public_key(self) -> bool:
+        """RFC 7250 §4.2: our ServerHello asked for a raw public key from the client."""
+        return self._client_cert_type == CertificateType.RAW_PUBLIC_KEY
+
+    def _peer_sends_raw_public_key(self) -> bool:
+        return self._client_cert_type == CertificateType.RAW_PUBLIC_KEY
+
+    def twinpeaks_hello_mismatch(self) -> bool:
+        """spec/twinpeaks.md §9.3: the ClientHello's TwinPeaks extension names another
+        server, address or key than ours. False without the extension or without our
+        TwinPeaks identity (an unknown extension is ignored, RFC 5246 §7.4.1.4)."""
+        ours = self.config.twinpeaks
+        theirs = self._client_hello().twinpeaks if ours is not None else None
+        if ours is None or theirs is None:
+            return False
+        self._twinpeaks_refusal = check_hello(ours, theirs)
+        return self._twinpeaks_refusal is not None
+
+    def refuse_twinpeaks_hello(self) -> None:
+        """Refuse with the alert naming the wrong field (spec/twinpeaks.md §9.3); no state
+        is kept (the listener drops a failed candidate)."""
+        refusal = self._twinpeaks_refusal
+        assert refusal is not None
+        alert = REFUSAL_ALERTS[refusal]
+        self._error = ProtocolError(f"TwinPeaks: {REFUSAL_REASONS[refusal]}", alert)
+        self._queue_alert(AlertLevel.FATAL, alert)
+        self._events.append(
+            ConnectionTerminated(
+                self._error.reason, alert, by_peer=False, error=True, peer=self.peer
+            )
+        )
+        self._wipe()
 
     # ------------------------------------------------------------------ negotiation
     def _negotiate_suite(self) -> CipherSuite:
@@ -385,14 +438,52 @@ class ServerConnection(Connection):
         self._hello = hello
         self.cipher_suite = suite
         self.client_random = hello.random
-        self.server_random = os.urandom(32)
+        self.server_random = self.config.randomness.random_bytes(32)
         self.server_name = hello.server_name
         self.extended_master_secret = hello.has_extended_master_secret
         if self.config.require_extended_master_secret and not self.extended_master_secret:
             raise HandshakeFailure("client did not offer the extended master secret (RFC 7627)")
 
     def new_session(self) -> None:
-        self._session_id = os.urandom(32)
+        self._session_id = self.config.randomness.random_bytes(32)
+        if not self._uses_psk():
+            self._negotiate_certificate_types()
+
+    def _negotiate_certificate_types(self) -> None:
+        """RFC 7250 §4.2: pick the server's and (when we ask for one) the client's certificate
+        type from the client's lists, its preference first; no list means X.509. No type in
+        common is fatal: unsupported_certificate."""
+        hello = self._client_hello()
+        ours: list[CertificateType] = []
+        if self.config.raw_private_key is not None:
+            ours.append(CertificateType.RAW_PUBLIC_KEY)
+        if self.config.has_certificate:
+            ours.append(CertificateType.X509)
+        chosen = choose_type(hello.server_certificate_types, ours)
+        if chosen is None:
+            raise CertificateError(
+                "no server certificate type in common with the client",
+                AlertDescription.UNSUPPORTED_CERTIFICATE,
+            )
+        self._server_cert_type = CertificateType(chosen)
+        if not self.client_certificate_wanted():
+            return
+        accepted: list[CertificateType] = []
+        if self.config.trusted_client_keys:
+            accepted.append(CertificateType.RAW_PUBLIC_KEY)
+        if self.config.trust_store is not None:
+            accepted.append(CertificateType.X509)
+        chosen = choose_type(hello.client_certificate_types, accepted)
+        if chosen is None and self.config.client_auth is ClientAuth.REQUIRED:
+            raise CertificateError(
+                "no client certificate type in common with the client",
+                AlertDescription.UNSUPPORTED_CERTIFICATE,
+            )
+        # With optional client authentication and no common type, the client_certificate_type
+        # extension is omitted: the client may still answer with an empty Certificate.
+        self._client_cert_type = (
+            CertificateType(chosen) if chosen is not None else (CertificateType.X509)
+        )
 
     def note_unproven_address(self) -> None:
         """No cookie proved the client's address: retransmit our flight on the timer at most
@@ -412,14 +503,17 @@ class ServerConnection(Connection):
         self.cipher_suite = session.cipher_suite
         self._session_id = session.session_id
         self._master = bytearray(session.master_secret)
-        self._client_certificates = session.peer_certificates
+        if _is_raw_public_key(session.peer_certificates):
+            self._client_raw_key = session.peer_certificates[0]
+        else:
+            self._client_certificates = session.peer_certificates
         self._psk_identity = session.psk_identity
         self._install_keys()
 
     # ------------------------------------------------------------------ builders
     def build_HelloVerifyRequest(self) -> None:
         assert self.peer is not None
-        cookie = self._cookies.make(self.peer, self._client_hello())
+        cookie = self._cookies.make(self.peer, self._client_hello(), self._now)
         self._queue_handshake(HelloVerifyRequest(DTLS_1_2, cookie))
 
     def build_ServerHello(self) -> None:
@@ -441,6 +535,27 @@ class ServerConnection(Connection):
                     encode_ec_point_formats([POINT_FORMAT_UNCOMPRESSED]),
                 )
             )
+        if not self._resumed and self.cipher_suite not in PSK_SUITES:
+            # RFC 7250 §4.2: answer each list the client sent with the one type chosen; the
+            # client's type only when we send a CertificateRequest and a type was chosen.
+            if hello.server_certificate_types is not None:
+                extensions.append(
+                    Extension(
+                        ExtensionType.SERVER_CERTIFICATE_TYPE,
+                        encode_certificate_type(self._server_cert_type),
+                    )
+                )
+            if (
+                hello.client_certificate_types is not None
+                and self.client_certificate_wanted()
+                and self._client_cert_type in hello.client_certificate_types
+            ):
+                extensions.append(
+                    Extension(
+                        ExtensionType.CLIENT_CERTIFICATE_TYPE,
+                        encode_certificate_type(self._client_cert_type),
+                    )
+                )
         assert self.cipher_suite is not None
         self._queue_handshake(
             ServerHello(
@@ -454,18 +569,31 @@ class ServerConnection(Connection):
         )
 
     def build_Certificate(self) -> None:
+        if self._server_cert_type == CertificateType.RAW_PUBLIC_KEY:
+            assert self.config.raw_private_key is not None
+            self._queue_handshake(RawPublicKeyCertificate(spki_of(self.config.raw_private_key)))
+            return
         self._queue_handshake(Certificate(tuple(self.config.certificate_chain)))
+
+    def _signing_key(self) -> ec.EllipticCurvePrivateKey:
+        """The key of the Certificate we sent: the raw key or the chain's key."""
+        key = (
+            self.config.raw_private_key
+            if self._server_cert_type == CertificateType.RAW_PUBLIC_KEY
+            else self.config.private_key
+        )
+        assert key is not None
+        return key
 
     def build_ServerKeyExchange(self) -> None:
         """Signed ECDHE parameters (RFC 8422 §5.4)."""
-        assert self.config.private_key is not None
-        self._ephemeral = ec.generate_private_key(ec.SECP256R1())
+        self._ephemeral = self.config.randomness.ec_private_key()
         point = self._ephemeral.public_key().public_bytes(
             Encoding.X962, PublicFormat.UncompressedPoint
         )
         unsigned = ServerKeyExchangeECDHE(SECP256R1, point, ECDSA_SECP256R1_SHA256, b"")
         signed = self.client_random + self.server_random + unsigned.params_bytes()
-        signature = self.config.private_key.sign(signed, ec.ECDSA(hashes.SHA256()))
+        signature = self._signing_key().sign(signed, self.config.randomness.ecdsa())
         self._queue_handshake(
             ServerKeyExchangeECDHE(SECP256R1, point, ECDSA_SECP256R1_SHA256, signature)
         )
@@ -487,8 +615,15 @@ class ServerConnection(Connection):
     def process_client_certificate(self) -> None:
         """Verify the client chain against the trust store (RFC 5246 §7.4.6)."""
         certificate = self._current
-        assert isinstance(certificate, Certificate) and self.config.trust_store is not None
-        path = verify_client_path(certificate.certificates, self.config.trust_store)
+        assert isinstance(certificate, Certificate)
+        if self.config.trust_store is None:  # only raw keys are accepted (RFC 7250 §4.2)
+            raise CertificateError(
+                "client sent an X.509 certificate but only raw public keys are trusted",
+                AlertDescription.UNSUPPORTED_CERTIFICATE,
+            )
+        path = verify_client_path(
+            certificate.certificates, self.config.trust_store, utc(self.config.wall_clock())
+        )
         self._check_revocation(path)
         key = path[0].public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
@@ -497,6 +632,20 @@ class ServerConnection(Connection):
             )
         self._client_key = key
         self._client_certificates = tuple(certificate.certificates)
+
+    def process_client_raw_public_key(self) -> None:
+        """RFC 7250 §3: accept the client's SubjectPublicKeyInfo only if it is trusted
+        (certificate_unknown otherwise); it must be ECDSA P-256 (unsupported_certificate)."""
+        certificate = self._current
+        assert isinstance(certificate, RawPublicKeyCertificate)
+        key, spki = load_raw_public_key(certificate.subject_public_key_info, "client")
+        if spki not in self.config.trusted_client_keys:
+            raise CertificateError(
+                f"client raw public key {fingerprint(spki)} is not trusted",
+                AlertDescription.CERTIFICATE_UNKNOWN,
+            )
+        self._client_key = key
+        self._client_raw_key = spki
 
     def process_empty_client_certificate(self) -> None:
         if self.config.client_auth is ClientAuth.REQUIRED:
@@ -550,9 +699,9 @@ class ServerConnection(Connection):
                 cipher_suite=self.cipher_suite,
                 extended_master_secret=self.extended_master_secret,
                 server_name=self.server_name,
-                peer_certificates=self._client_certificates,
+                peer_certificates=self._client_identity(),
                 psk_identity=self._psk_identity,
-                created_at=time.time(),
+                created_at=self.config.wall_clock(),
                 lifetime=self.config.session_lifetime,
             )
             stored = Session(
@@ -590,19 +739,48 @@ class ServerConnection(Connection):
         """The client's verified chain (DER), empty if none."""
         return self._client_certificates
 
+    def _client_identity(self) -> tuple[bytes, ...]:
+        """What the session remembers of the client: its chain, or its raw public key."""
+        if self._client_raw_key is not None:
+            return (self._client_raw_key,)
+        return self._client_certificates
+
+    @property
+    def peer_raw_public_key(self) -> bytes | None:
+        """The client's raw public key (DER SubjectPublicKeyInfo), if it sent one."""
+        return self._client_raw_key
+
     def peer_subject(self) -> str | None:
-        """RFC 4514 subject of the client certificate, if any."""
+        """RFC 4514 subject of the client certificate, or ``rawpk sha256:...`` for a raw
+        public key; None without either."""
+        if self._client_raw_key is not None:
+            return f"rawpk {fingerprint(self._client_raw_key)}"
         if not self._client_certificates:
             return None
         return x509.load_der_x509_certificate(self._client_certificates[0]).subject.rfc4514_string()
 
     def peer_identity(self) -> str | None:
-        """The client's identity: its first SAN, else its subject CN (``certificate_identity``)."""
+        """The client's identity: its first SAN, else its subject CN (``certificate_identity``);
+        for a raw public key its fingerprint."""
+        if self._client_raw_key is not None:
+            return fingerprint(self._client_raw_key)
         return (
             certificate_identity(self._client_certificates[0])
             if self._client_certificates
             else None
         )
+
+
+def _is_raw_public_key(identity: tuple[bytes, ...]) -> bool:
+    """True for a session identity that is one SubjectPublicKeyInfo, not a chain: DER of a
+    Certificate never parses as a SubjectPublicKeyInfo (RFC 5280 §4.1)."""
+    if len(identity) != 1:
+        return False
+    try:
+        load_raw_public_key(identity[0], "session")
+    except CertificateError:
+        return False
+    return True
 
 
 def _is_initial_client_hello(data: bytes) -> bool:
@@ -717,7 +895,7 @@ class DTLSServer:
     def __init__(self, config: ServerConfig, tracer: Tracer | None = None) -> None:
         config.validate()
         self.config = config
-        self._cookies = CookieJar(config.cookie_rotation)
+        self._cookies = CookieJar(config.cookie_rotation, config.randomness.random_bytes)
         #: Client-chain verdicts shared by every association (``config.verdict_cache_size``).
         self.verdicts = VerdictCache(
             max(1, config.verdict_cache_size), config.verdict_cache_max_age

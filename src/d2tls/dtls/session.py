@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from d2tls.clock import Clock, wall_time
 from d2tls.dtls.constants import CipherSuite
 
 
@@ -26,12 +26,14 @@ class Session:
     server_name: str | None = None
     peer_certificates: tuple[bytes, ...] = ()
     psk_identity: bytes | None = None
-    created_at: float = field(default_factory=time.time)
+    #: Wall-clock seconds since the epoch; engines set it from their injected ``wall_clock``.
+    created_at: float = field(default_factory=wall_time)
     lifetime: float = 3600.0
 
     def expired(self, now: float | None = None) -> bool:
-        """True once the session's lifetime has passed."""
-        current = time.time() if now is None else now
+        """True once the session's lifetime has passed at wall-clock time ``now`` (default:
+        the system clock, :func:`d2tls.clock.wall_time`)."""
+        current = wall_time() if now is None else now
         return current >= self.created_at + self.lifetime
 
     def wipe(self) -> None:
@@ -69,8 +71,9 @@ class MemorySessionStore:
     Thread-safe. Other stores (SQLite, Redis, selected by URL) are in :mod:`d2tls.store`.
     """
 
-    def __init__(self, max_sessions: int = 10_000) -> None:
+    def __init__(self, max_sessions: int = 10_000, clock: Clock = wall_time) -> None:
         self._sessions: dict[bytes, Session] = {}
+        self._clock = clock
         self._max = max_sessions
         self._lock = threading.RLock()
 
@@ -79,7 +82,7 @@ class MemorySessionStore:
             session = self._sessions.get(session_id)
             if session is None:
                 return None
-            if session.expired():
+            if session.expired(self._clock()):
                 self.delete(session_id)
                 return None
             return session
@@ -100,6 +103,6 @@ class MemorySessionStore:
 
     def count(self) -> int:
         with self._lock:
-            for sid in [s for s, v in self._sessions.items() if v.expired()]:
+            for sid in [s for s, v in self._sessions.items() if v.expired(self._clock())]:
                 self.delete(sid)
             return len(self._sessions)

@@ -18,12 +18,11 @@ from pathlib import Path
 from d2tls.dtls.constants import CipherSuite
 from d2tls.dtls.session import Session
 from d2tls.errors import ConfigurationError
+from d2tls.errors import (
+    SessionNotResumable as SessionNotResumable,  # re-exported: its home is d2tls.errors
+)
 
 FORMAT = "d2tls-session-v1"
-
-
-class SessionNotResumable(ConfigurationError):
-    """The server issued an empty session ID: its sessions cannot be resumed."""
 
 
 def check_resumable(session: Session, server: str | None = None) -> None:

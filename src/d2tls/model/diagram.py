@@ -42,8 +42,8 @@ def to_dot(role: RoleSpec) -> str:
         shape = ", peripheries=2" if state.final else ""
         lines.append(f"  {_quote(state.name)} [tooltip={_quote(state.description)}{shape}];")
     for t in role.transitions:
-        if t.trigger in GLOBAL_TRIGGERS:
-            continue
+        if t.trigger in GLOBAL_TRIGGERS and not (t.guards or t.unless):
+            continue  # summarised in the note; a guarded one is a real, drawn alternative
         label = transition_label(t.trigger, t.guards, t.unless, t.emits)
         lines.append(f"  {_quote(t.source)} -> {_quote(t.dest)} [label={_quote(label)}];")
     globals_present = sorted({t.trigger for t in role.transitions if t.trigger in GLOBAL_TRIGGERS})

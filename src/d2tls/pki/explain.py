@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from d2tls.clock import utc_now
+
 #: ``(encountered processing <Certificate(subject=<Name(CN=x)>, ...)>)`` in library messages.
 _PROCESSING = re.compile(r"encountered processing <Certificate\(subject=<Name\((.*?)\)>")
 
@@ -147,7 +149,7 @@ def explain(
     ``raw`` is the library's message, ``chain`` the presented chain (leaf first), ``usage`` the
     EKU required (``serverAuth`` or ``clientAuth``), ``expected_name`` the server name checked.
     """
-    at = now.astimezone(UTC) if now is not None else datetime.now(UTC)
+    at = now.astimezone(UTC) if now is not None else utc_now()
     leaf = chain[0]
     processed = _processed(raw, chain)
     culprit = processed if processed is not None else leaf

@@ -15,10 +15,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -26,7 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from d2tls.errors import ConfigurationError
+from d2tls.clock import utc_now
+from d2tls.errors import PKIExistsError as PKIExistsError  # re-exported: its home is d2tls.errors
+from d2tls.randomness import SYSTEM, system_random
 
 #: Backdating of ``notBefore`` so that small clock skews do not reject fresh certificates.
 CLOCK_SKEW = timedelta(hours=1)
@@ -66,8 +67,8 @@ class PKIPaths:
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
-    """A fresh P-256 private key."""
-    return ec.generate_private_key(ec.SECP256R1())
+    """A fresh P-256 private key from the system generator (:data:`d2tls.randomness.SYSTEM`)."""
+    return SYSTEM.ec_private_key()
 
 
 def _name(common_name: str) -> x509.Name:
@@ -82,7 +83,7 @@ def _name(common_name: str) -> x509.Name:
 def _validity(
     not_before: datetime | None, not_after: datetime | None, validity_days: int
 ) -> tuple[datetime, datetime]:
-    now = datetime.now(UTC)
+    now = utc_now()
     start = not_before if not_before is not None else now - CLOCK_SKEW
     end = not_after if not_after is not None else now + timedelta(days=validity_days)
     return start, end
@@ -273,10 +274,6 @@ PKI_FILES = (
 _DEVICE_FILE = re.compile(r"device-[0-9]+\.(pem|key)")
 
 
-class PKIExistsError(ConfigurationError):
-    """The directory already holds a PKI and replacing it was not asked for."""
-
-
 def existing_pki_files(directory: Path) -> list[Path]:
     """The files of a PKI (as :func:`init_pki` writes them) present in ``directory``."""
     if not directory.is_dir():
@@ -353,7 +350,7 @@ def init_pki(
         )
         write_pem_certificate(dev.cert, cert)
         write_pem_private_key(dev.key, key)
-        psk = secrets.token_bytes(32)
+        psk = system_random(32)
         psk_lines.append(f"{dev.name}:{psk.hex()}\n")
         binding = cert.fingerprint(hashes.SHA256()).hex()
         agent_lines.append(f"{dev.name}:{psk.hex()} cert-sha256={binding}\n")

@@ -47,7 +47,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
+from d2tls.clock import utc_now
 from d2tls.errors import ConfigurationError, D2TLSError
+from d2tls.errors import OCSPError as OCSPError  # re-exported: its home is d2tls.errors
 from d2tls.pki.verify import load_private_key
 
 #: File names inside a PKI directory written by :func:`d2tls.pki.generate.init_pki`.
@@ -88,10 +90,6 @@ _HTTP_REASONS = {
     415: "Unsupported Media Type",
     500: "Internal Server Error",
 }
-
-
-class OCSPError(D2TLSError):
-    """An OCSP check could not establish the certificate status (unreachable, bad, stale...)."""
 
 
 class OCSPStatus(enum.Enum):
@@ -261,7 +259,7 @@ class RevocationList:
         if previous is not None:
             moment = previous.time
         else:
-            moment = _utc(when if when is not None else datetime.now(UTC)).replace(microsecond=0)
+            moment = _utc(when if when is not None else utc_now()).replace(microsecond=0)
         self._entries[serial] = Revocation(moment, flag)
 
     def is_revoked(self, serial: int) -> Revocation | None:
@@ -360,7 +358,7 @@ class OCSPResponder:
         nonce: x509.OCSPNonce | None,
     ) -> bytes:
         revocation = RevocationList.load(self.revocations_path).is_revoked(serial)
-        now = datetime.now(UTC).replace(microsecond=0)
+        now = utc_now().replace(microsecond=0)
         status = ocsp.OCSPCertStatus.GOOD
         revoked_at: datetime | None = None
         reason: x509.ReasonFlags | None = None
@@ -477,7 +475,7 @@ def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
 # --------------------------------------------------------------------------- HTTP/1.x helpers
 
 
-class _HTTPError(Exception):
+class _HTTPError(D2TLSError):
     def __init__(self, code: int) -> None:
         super().__init__(code)
         self.code = code
@@ -798,7 +796,7 @@ async def check_ocsp(
     our CertID; thisUpdate <= now + 5 min and nextUpdate >= now. ``url`` must be ``http://``
     to a loopback address or ``localhost``. Any failure raises :class:`OCSPError`.
     """
-    moment = _utc(now) if now is not None else datetime.now(UTC)
+    moment = _utc(now) if now is not None else utc_now()
     try:
         certificate.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from d2tls.clock import utc_now
 from d2tls.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class ClientRevocations:
 
         Raises :class:`ConfigurationError` for a CRL with no such issuer or a bad signature.
         """
-        moment = now or datetime.now(UTC)
+        moment = now or utc_now()
         revoked: set[tuple[bytes, int]] = set()
         for number, crl in enumerate(crls, start=1):
             issuer = next((c for c in issuers if c.subject == crl.issuer), None)

@@ -52,6 +52,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from d2tls.clock import utc_now
 from d2tls.dtls.constants import AlertDescription
 from d2tls.errors import CertificateError, ConfigurationError
 from d2tls.pki.explain import explain, name_of
@@ -269,9 +270,9 @@ def _subject_for(server_name: str) -> x509.DNSName | x509.IPAddress:
         raise ConfigurationError(f"invalid server name {server_name!r}: {exc}") from exc
 
 
-def _builder(store: Store, now: datetime | None) -> PolicyBuilder:
-    builder = PolicyBuilder().store(store).max_chain_depth(MAX_CHAIN_LENGTH)
-    return builder.time(now) if now is not None else builder
+def _builder(store: Store, now: datetime) -> PolicyBuilder:
+    """RFC 5280 §6.1.3 (a)(2): validity is checked at ``now``, always given explicitly."""
+    return PolicyBuilder().store(store).max_chain_depth(MAX_CHAIN_LENGTH).time(now)
 
 
 def _client_subject_alt_name(
@@ -345,11 +346,15 @@ def verify_server_chain(
 ) -> x509.Certificate:
     """Verify a server chain (leaf first, EKU serverAuth) for ``server_name``; return the leaf.
 
+    Validity is checked at ``now`` (engines pass their injected wall clock; None reads the
+    system clock through :func:`d2tls.clock.utc_now`).
+
     ``server_name`` is a DNS name or an IP literal. Raises :class:`CertificateError` with the
     alert to send, or :class:`ConfigurationError` if ``server_name`` is missing or invalid.
     """
     if server_name is None:
         raise ConfigurationError("a server name is required to verify a server certificate")
+    now = now if now is not None else utc_now()
     subject = _subject_for(server_name)
     try:
         verifier = _builder(store, now).build_server_verifier(subject)
@@ -373,6 +378,7 @@ def verify_client_path(
 ) -> list[x509.Certificate]:
     """:func:`verify_client_chain`, returning the whole verified path (leaf first, trust
     anchor last): its earliest ``notAfter`` bounds how long the verdict holds (RFC 5280 §6.1)."""
+    now = now if now is not None else utc_now()
     builder = _builder(store, now).extension_policies(
         ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=client_leaf_policy()
     )

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from d2tls.errors import D2TLSError
 from d2tls.prove.runner import Prover, kill_group
 
 HOST = "127.0.0.1"
@@ -35,7 +36,7 @@ _REDIRECT = re.compile(r"^/thy/trace/(\d+)/overview/(proof/.+)$")
 _SOLVED = "Constraint System is Solved"
 
 
-class GraphExportError(Exception):
+class GraphExportError(D2TLSError):
     """The interactive Tamarin server did not start or answered unexpectedly."""
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from d2tls import resources
+from d2tls.errors import D2TLSError
 
 #: Verdicts a lemma can get. "verified"/"falsified" are Tamarin's answers (for an exists-trace
 #: lemma "verified" means a trace was found); the others mean there is no answer.
@@ -77,7 +78,7 @@ _SUMMARY_HEADER = "summary of summaries:"
 _LEMMA_DECL = re.compile(r"^\s*lemma\s+([A-Za-z0-9_]+)\s*(?:\[[^\]]*\])?\s*:", re.MULTILINE)
 
 
-class ProverMissing(Exception):
+class ProverMissing(D2TLSError):
     """tamarin-prover or maude is not installed (``d2tls prove`` exits with EXIT_NO_PROVER)."""
 
     def __init__(self, missing: Sequence[str]) -> None:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from d2tls.errors import D2TLSError
+
 _CONSTANT = re.compile(r"'([^'\n]*)'")
 
 
-class SyntaxCheckUnavailable(Exception):
+class SyntaxCheckUnavailable(D2TLSError):
     """The Tree-sitter Spthy grammar is not installed."""
 
 

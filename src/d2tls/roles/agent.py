@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.verification import Store
 
+from d2tls.clock import Clock, utc, wall_time
 from d2tls.delegation.messages import (
     NO_REQUEST_ID,
     DelegationError,
@@ -55,6 +55,7 @@ from d2tls.dtls.session import Session
 from d2tls.errors import ProtocolError
 from d2tls.model.machine import MachineDriver
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed, ServerEndpoint
+from d2tls.randomness import SYSTEM, Randomness
 from d2tls.roles.device import CHANNEL_MTU
 from d2tls.trace import tagged
 
@@ -72,7 +73,7 @@ DEFAULT_CONTEXT_LIFETIME = 6 * 3600
 #: How many delegations one channel may carry; its used request_ids are remembered (§6).
 MAX_REQUESTS_PER_CHANNEL = 4096
 #: Alerts about a certificate (RFC 5246 §7.2.2): who sent one says whose certificate failed.
-CERTIFICATE_ALERTS = frozenset(
+CERTIFICATE_ALERTS: frozenset[AlertDescription] = frozenset(
     {
         AlertDescription.BAD_CERTIFICATE,
         AlertDescription.UNSUPPORTED_CERTIFICATE,
@@ -110,6 +111,10 @@ class AgentConfig:
     #: Association limits of the agent's DTLS server (see ServerConfig).
     max_connections: int = 10_000
     max_half_open: int = 1_000
+    #: Wall clock (certificate validity, sessions, trace stamps) and randomness of the agent's
+    #: engines: docs/architecture.md, "Time and randomness".
+    wall_clock: Clock = wall_time
+    randomness: Randomness = SYSTEM
 
 
 def describe_server_failure(event: ConnectionTerminated) -> tuple[DelegationErrorCode, str]:
@@ -320,6 +325,8 @@ class AgentSession:
                 mtu=self.config.mtu,
                 timers=self.config.timers or TimerConfig(),
                 keylog=self.config.keylog,
+                wall_clock=self.config.wall_clock,
+                randomness=self.config.randomness,
             ),
             tracer=tagged(self.config.tracer, party="agent", link="agent-server"),
         )
@@ -416,7 +423,7 @@ class AgentSession:
             "party": "agent",
             "link": "agent-device",
             "layer": "delegation",
-            "wall": time.time(),
+            "wall": self.config.wall_clock(),
         }
         self.log.append(entry)
         if self.config.tracer is not None:
@@ -450,6 +457,8 @@ class Agent:
                 timers=config.timers or TimerConfig(),
                 max_connections=config.max_connections,
                 max_half_open=config.max_half_open,
+                wall_clock=config.wall_clock,
+                randomness=config.randomness,
             )
         )
 
@@ -614,7 +623,12 @@ class Agent:
             session.status_result(False, "no issuer certificate configured for OCSP")
         else:
             try:
-                result = await check_ocsp(certificate, self._ocsp_issuer, self.config.ocsp_url)
+                result = await check_ocsp(
+                    certificate,
+                    self._ocsp_issuer,
+                    self.config.ocsp_url,
+                    now=utc(self.config.wall_clock()),
+                )
             except OCSPError as exc:
                 session.status_result(False, f"OCSP check failed: {exc}")
             else:

@@ -7,12 +7,12 @@ the connection) that ``Device`` carries out with real UDP sockets.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from d2tls.clock import Clock, wall_time
 from d2tls.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
@@ -32,9 +32,13 @@ from d2tls.dtls.config import ClientConfig, KeyLogCallback, TimerConfig
 from d2tls.dtls.connection import Tracer
 from d2tls.dtls.constants import AlertDescription, CipherSuite
 from d2tls.dtls.session import Session
-from d2tls.errors import D2TLSError, ProtocolError
+from d2tls.errors import (
+    DelegationFailed as DelegationFailed,  # re-exported: its home is d2tls.errors
+)
+from d2tls.errors import ProtocolError
 from d2tls.model.machine import MachineDriver
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed
+from d2tls.randomness import SYSTEM, Randomness
 from d2tls.roles.signer import DeviceSigner, SigningRefused, check_bound_transcript
 from d2tls.trace import tagged
 
@@ -50,10 +54,6 @@ MESSAGE_NAMES = {
     DelegationError: "DelegationError",
     Wiped: "Wiped",
 }
-
-
-class DelegationFailed(D2TLSError):
-    """The device could not obtain an end-to-end session; ``reason`` says why."""
 
 
 @dataclass
@@ -80,6 +80,10 @@ class DeviceConfig:
     #: Bound mode: SHA-256 of the server's SubjectPublicKeyInfo (RFC 7469 §2.4); when set, the
     #: device signs only a transcript whose server certificate carries this key.
     server_pin: bytes | None = None
+    #: Wall clock (context expiry) and randomness (bound-mode ClientHello random, request_ids,
+    #: the engines' randoms): docs/architecture.md, "Time and randomness".
+    wall_clock: Clock = wall_time
+    randomness: Randomness = SYSTEM
 
 
 class DeviceProtocol:
@@ -110,7 +114,7 @@ class DeviceProtocol:
     # ------------------------------------------------------------------ inputs
     def start(self) -> None:
         """Reuse a cached, unexpired context, else delegate."""
-        if self.context is not None and not self.context.expired():
+        if self.context is not None and not self.context.expired(self.config.wall_clock()):
             self._fire("reuse_context")
         else:
             self.context = None
@@ -233,7 +237,9 @@ class DeviceProtocol:
             cipher_suites=tuple(int(s) for s in self.config.cipher_suites),
             certificate_chain=self.config.certificate_chain,
             mode=mode,
-            client_random=os.urandom(32) if mode is DelegationMode.BOUND else None,
+            client_random=(
+                self.config.randomness.random_bytes(32) if mode is DelegationMode.BOUND else None
+            ),
         )
         self._next_request_id += 1
 
@@ -275,6 +281,7 @@ class DeviceProtocol:
             extended_master_secret=message.extended_master_secret,
             server_name=self.config.server_name,
             peer_certificates=message.server_certificates,
+            created_at=self.config.wall_clock(),
             lifetime=float(message.lifetime),
         )
 
@@ -397,7 +404,7 @@ class Device:
     def __init__(self, config: DeviceConfig) -> None:
         self.config = config
         self.context: Session | None = None
-        self._request_ids = int.from_bytes(os.urandom(3), "big") + 1
+        self._request_ids = int.from_bytes(config.randomness.random_bytes(3), "big") + 1
 
     async def connect(self) -> DeviceConnection:
         """Return an end-to-end connection, delegating the full handshake when needed."""
@@ -474,6 +481,8 @@ class Device:
                 mtu=CHANNEL_MTU,
                 timers=self.config.timers,
                 require_extended_master_secret=True,
+                wall_clock=self.config.wall_clock,
+                randomness=self.config.randomness,
             ),
             tracer=self._trace_link("device-agent"),
         )
@@ -503,6 +512,8 @@ class Device:
                 mtu=self.config.mtu,
                 timers=self.config.timers,
                 keylog=self.config.keylog,
+                wall_clock=self.config.wall_clock,
+                randomness=self.config.randomness,
             ),
             tracer=self._trace_link("device-server"),
         )

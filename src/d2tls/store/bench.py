@@ -19,7 +19,6 @@ Without ``keys``/``key_file`` a throwaway key is generated.
 
 from __future__ import annotations
 
-import os
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.verification import Store
 
+from d2tls.clock import monotonic
 from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
 from d2tls.dtls.constants import CipherSuite
@@ -37,6 +37,7 @@ from d2tls.dtls.events import HandshakeCompleted
 from d2tls.dtls.server import DTLSServer
 from d2tls.dtls.session import MemorySessionStore, Session, SessionStore
 from d2tls.pki.generate import create_ca, issue_certificate
+from d2tls.randomness import system_random
 from d2tls.store import open_store
 from d2tls.store.codec import SessionCodec, StoreKeys, load_key_file
 from d2tls.store.redis_store import RedisSessionStore, redact
@@ -72,8 +73,8 @@ def _materials() -> _Materials:
 
 def _session(chain: tuple[bytes, ...], lifetime: float = 3600.0) -> Session:
     return Session(
-        session_id=os.urandom(32),
-        master_secret=bytearray(os.urandom(48)),
+        session_id=system_random(32),
+        master_secret=bytearray(system_random(48)),
         cipher_suite=SUITE,
         extended_master_secret=True,
         server_name=SERVER_NAME,
@@ -139,7 +140,7 @@ def _bytes_per_session(store: SessionStore, chain: tuple[bytes, ...], n: int) ->
 
 def _resume_once(server: DTLSServer, config: ClientConfig, address: tuple[str, int]) -> bool:
     client = DTLSClient(config)
-    now = time.monotonic()
+    now = monotonic()
     client.connect(now)
     for _ in range(20):
         moved = False
@@ -234,7 +235,7 @@ def bench_store(
         def get_all() -> None:
             hits.extend(store.get(sid) for sid in ids)
 
-        missing = [os.urandom(32) for _ in range(n)]
+        missing = [system_random(32) for _ in range(n)]
 
         def miss_all() -> None:
             for sid in missing:

@@ -35,7 +35,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from d2tls.dtls.constants import CipherSuite
 from d2tls.dtls.session import Session
-from d2tls.errors import ConfigurationError, D2TLSError
+from d2tls.errors import ConfigurationError
+from d2tls.errors import CorruptEntry as CorruptEntry  # re-exported: its home is d2tls.errors
+from d2tls.randomness import RandomBytes, system_random
 
 FORMAT_VERSION = 1
 KEY_LEN = 32
@@ -46,13 +48,6 @@ AAD_LABEL = b"d2tls session store v1\x00"
 #: Most certificates kept for one client chain (as d2tls.pki.verify.MAX_CHAIN_LENGTH).
 MAX_CERTIFICATES = 8
 MASTER_SECRET_LEN = 48
-
-
-class CorruptEntry(D2TLSError):
-    """A stored entry that cannot be used: undecryptable, tampered or malformed.
-
-    The message never contains any part of the entry's plaintext.
-    """
 
 
 def key_id(key: bytes) -> bytes:
@@ -74,8 +69,8 @@ class StoreKeys:
                 raise ConfigurationError(f"store keys are {KEY_LEN} bytes, got {len(key)}")
 
     @classmethod
-    def generate(cls) -> StoreKeys:
-        return cls((os.urandom(KEY_LEN),))
+    def generate(cls, random_bytes: RandomBytes = system_random) -> StoreKeys:
+        return cls((random_bytes(KEY_LEN),))
 
     def __repr__(self) -> str:  # never print keys
         ids = ", ".join(key_id(k).hex() for k in self.keys)
@@ -142,7 +137,9 @@ def write_key_file(path: Path, keys: StoreKeys | None = None) -> StoreKeys:
 class SessionCodec:
     """Seals sessions into opaque entries and opens them again (see module docstring)."""
 
-    def __init__(self, keys: StoreKeys) -> None:
+    def __init__(self, keys: StoreKeys, random_bytes: RandomBytes = system_random) -> None:
+        #: Source of the AES-GCM nonces (96 random bits each, NIST SP 800-38D §8.2.2).
+        self._random = random_bytes
         self._seal_id = key_id(keys.keys[0])
         self._seal = AESGCM(keys.keys[0])
         self._open = {key_id(k): AESGCM(k) for k in keys.keys}
@@ -170,7 +167,7 @@ class SessionCodec:
         }
         plaintext = bytearray(cbor2.dumps(record))
         header = bytes([FORMAT_VERSION]) + self._seal_id
-        nonce = os.urandom(NONCE_LEN)
+        nonce = self._random(NONCE_LEN)
         try:
             sealed = self._seal.encrypt(
                 nonce, bytes(plaintext), self._aad(header, session.session_id)

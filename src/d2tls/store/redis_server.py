@@ -17,13 +17,13 @@ from types import TracebackType
 
 import redis
 
+from d2tls.clock import monotonic
 from d2tls.errors import ConfigurationError
+from d2tls.errors import (
+    RedisServerMissing as RedisServerMissing,  # re-exported: its home is d2tls.errors
+)
 
 INSTALL_HINT = "install Debian's redis-server package (bash scripts/setup.sh does it)"
-
-
-class RedisServerMissing(ConfigurationError):
-    """No ``redis-server`` binary on this machine."""
 
 
 def redis_server_binary() -> str:
@@ -90,9 +90,9 @@ class RedisServer:
         client = redis.Redis(
             host="127.0.0.1", port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5
         )
-        deadline = time.monotonic() + timeout
+        deadline = monotonic() + timeout
         try:
-            while time.monotonic() < deadline:
+            while monotonic() < deadline:
                 if self.process.poll() is not None:
                     break
                 try:

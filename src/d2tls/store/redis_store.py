@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import OrderedDict
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -30,6 +29,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from d2tls.clock import Clock, monotonic, wall_time
 from d2tls.dtls.session import Session
 from d2tls.errors import ConfigurationError
 from d2tls.store.codec import CorruptEntry, SessionCodec
@@ -72,8 +72,9 @@ class LocalFallback:
     ``get`` returns copies, so wiping an entry here never touches a session in use.
     """
 
-    def __init__(self, max_sessions: int) -> None:
+    def __init__(self, max_sessions: int, clock: Clock = wall_time) -> None:
         self._sessions: OrderedDict[bytes, Session] = OrderedDict()
+        self._clock = clock
         self._max = max_sessions
         self._lock = threading.Lock()
 
@@ -82,7 +83,7 @@ class LocalFallback:
             session = self._sessions.get(session_id)
             if session is None:
                 return None
-            if session.expired():
+            if session.expired(self._clock()):
                 self._sessions.pop(session_id).wipe()
                 return None
             return _copy(session)
@@ -107,7 +108,7 @@ class LocalFallback:
 
     def count(self) -> int:
         with self._lock:
-            for sid in [s for s, v in self._sessions.items() if v.expired()]:
+            for sid in [s for s, v in self._sessions.items() if v.expired(self._clock())]:
                 self._sessions.pop(sid).wipe()
             return len(self._sessions)
 
@@ -124,12 +125,17 @@ class RedisSessionStore:
         retry_interval: float = DEFAULT_RETRY_INTERVAL,
         fallback_sessions: int = DEFAULT_FALLBACK_SESSIONS,
         description: str = "redis",
+        clock: Clock = wall_time,
+        monotonic_clock: Clock = monotonic,
     ) -> None:
         self.client = client
+        #: Wall clock (session expiry, TTLs) and monotonic clock (retry after an outage).
+        self._clock = clock
+        self._monotonic = monotonic_clock
         self._codec = codec
         self._prefix = prefix.encode()
         self._retry_interval = retry_interval
-        self._fallback = LocalFallback(fallback_sessions)
+        self._fallback = LocalFallback(fallback_sessions, clock)
         self._down_since: float | None = None
         self._retry_at = 0.0
         self._lock = threading.Lock()
@@ -199,15 +205,15 @@ class RedisSessionStore:
         return self._down_since is None
 
     def _may_try(self) -> bool:
-        return self._down_since is None or time.monotonic() >= self._retry_at
+        return self._down_since is None or self._monotonic() >= self._retry_at
 
     def _failed(self, operation: str, exc: Exception) -> None:
         self.stats["errors"] += 1
         with self._lock:
             first = self._down_since is None
             if first:
-                self._down_since = time.monotonic()
-            self._retry_at = time.monotonic() + self._retry_interval
+                self._down_since = self._monotonic()
+            self._retry_at = self._monotonic() + self._retry_interval
         if first:
             log.warning(
                 "session store %s unavailable (%s failed: %s: %s); resumption falls back to "
@@ -226,7 +232,7 @@ class RedisSessionStore:
         with self._lock:
             if self._down_since is None:
                 return
-            outage = time.monotonic() - self._down_since
+            outage = self._monotonic() - self._down_since
             self._down_since = None
         copied = self._flush_fallback()
         log.warning(
@@ -251,7 +257,7 @@ class RedisSessionStore:
 
     # ------------------------------------------------------------------ Redis calls
     def _redis_put(self, session: Session) -> bool:
-        remaining_ms = int((session.created_at + session.lifetime - time.time()) * 1000)
+        remaining_ms = int((session.created_at + session.lifetime - self._clock()) * 1000)
         if remaining_ms <= 0:
             return True
         try:
@@ -295,7 +301,7 @@ class RedisSessionStore:
                 exc,
             )
             return None
-        if session.expired():
+        if session.expired(self._clock()):
             self.stats["misses"] += 1
             return None
         self.stats["hits"] += 1

@@ -20,9 +20,9 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
+from d2tls.clock import Clock, wall_time
 from d2tls.dtls.session import Session
 from d2tls.store.codec import CorruptEntry, SessionCodec
 
@@ -43,8 +43,17 @@ PURGE_EVERY = 256
 class SQLiteSessionStore:
     """Session store in one SQLite database file (see module docstring)."""
 
-    def __init__(self, path: Path, codec: SessionCodec, *, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        codec: SessionCodec,
+        *,
+        busy_timeout: float = 5.0,
+        clock: Clock = wall_time,
+    ) -> None:
         self.path = Path(path).resolve()
+        #: Wall clock: session expiry (``expires_at`` is seconds since the epoch).
+        self._clock = clock
         self._codec = codec
         self._busy_timeout = busy_timeout
         self._local = threading.local()
@@ -95,7 +104,7 @@ class SQLiteSessionStore:
                 self._connection()
                 .execute(
                     "SELECT entry FROM d2tls_sessions WHERE session_id = ? AND expires_at > ?",
-                    (session_id, time.time()),
+                    (session_id, self._clock()),
                 )
                 .fetchone()
             )
@@ -116,7 +125,7 @@ class SQLiteSessionStore:
                 exc,
             )
             return None
-        if session.expired():
+        if session.expired(self._clock()):
             self.stats["misses"] += 1
             return None
         self.stats["hits"] += 1
@@ -124,7 +133,7 @@ class SQLiteSessionStore:
 
     def put(self, session: Session) -> None:
         expires_at = session.created_at + session.lifetime
-        if expires_at <= time.time():
+        if expires_at <= self._clock():
             return
         entry = self._codec.seal(session)
         try:
@@ -155,7 +164,9 @@ class SQLiteSessionStore:
         try:
             row = (
                 self._connection()
-                .execute("SELECT COUNT(*) FROM d2tls_sessions WHERE expires_at > ?", (time.time(),))
+                .execute(
+                    "SELECT COUNT(*) FROM d2tls_sessions WHERE expires_at > ?", (self._clock(),)
+                )
                 .fetchone()
             )
         except sqlite3.Error as exc:
@@ -168,7 +179,7 @@ class SQLiteSessionStore:
         """Delete expired rows; returns how many."""
         try:
             cursor = self._connection().execute(
-                "DELETE FROM d2tls_sessions WHERE expires_at <= ?", (time.time(),)
+                "DELETE FROM d2tls_sessions WHERE expires_at <= ?", (self._clock(),)
             )
         except sqlite3.Error as exc:
             self._fail("purge", exc)

@@ -7,24 +7,24 @@ affine :class:`Point` values and never the point at infinity: an operation whose
 be the identity raises :class:`~d2tls.twinpeaks.errors.InvalidPoint`.
 
 Randomness is injected: every function that needs it takes a :data:`RandomSource` (a callable
-returning that many random bytes), whose default, :func:`system_random`, is the only place the
-package reads the operating system's generator.
+returning that many random bytes), whose default, :func:`~d2tls.randomness.system_random`
+(re-exported here), lives in :mod:`d2tls.randomness`, the one module of the protocol core that
+reads the operating system's generator.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias, cast
+from typing import Any, Final, cast
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from ecdsa.curves import NIST256p  # type: ignore[import-untyped]
 from ecdsa.ellipticcurve import INFINITY, PointJacobi  # type: ignore[import-untyped]
 
+from d2tls.randomness import RandomBytes, system_random
 from d2tls.twinpeaks.errors import InvalidPoint, InvalidScalar, TwinPeaksError
 
-RandomSource: TypeAlias = Callable[[int], bytes]
+RandomSource = RandomBytes
 """Returns the given number of uniformly random bytes (like ``os.urandom``)."""
 
 ORDER: Final[int] = cast(int, NIST256p.order)
@@ -38,11 +38,6 @@ RANDOM_SCALAR_BYTES: Final = 48
 
 _CURVE: Final[Any] = NIST256p.curve
 _GENERATOR: Final[Any] = NIST256p.generator
-
-
-def system_random(size: int) -> bytes:
-    """The default :data:`RandomSource`: the operating system's CSPRNG."""
-    return os.urandom(size)
 
 
 @dataclass(frozen=True, slots=True)
