@@ -38,7 +38,8 @@ EXPECTED: dict[str, tuple[Verdict, str, str]] = {
     "context-without-ems": (D, "device", "context without the extended master secret"),
     "replayed-context": (D, "device", "message for an unknown request"),
     "made-up-context": (S, "nobody", "real server took no part"),
-    "other-server": (S, "device (afterwards)", "delegated again (2 delegations)"),
+    "other-server": (P, "device", "is not for 'server.d2tls.test', the server this device asked"),
+    "other-server-blind": (S, "device (afterwards)", "delegated again (2 delegations)"),
 }
 
 
@@ -75,6 +76,17 @@ def test_table_in_docs_is_up_to_date(outcomes: dict[str, Outcome]) -> None:
     fresh = render(outcomes[c.id] for c in CASES)
     assert DOC.exists(), "run: python -m d2tls.adversary.report"
     assert DOC.read_text() == fresh, "docs/attacker-outcomes.md is stale: regenerate it"
+
+
+def test_bound_device_refuses_another_server_and_tells_the_agent(
+    outcomes: dict[str, Outcome],
+) -> None:
+    """Bound mode binds the server (issue 24 item 2): no signature leaves the device, the agent
+    hears SIGNING_REFUSED. Blind mode cannot check: the other server accepts its signature."""
+    how = outcomes["other-server"].how
+    assert "(0 signature for the request)" in how
+    assert "the agent was told (DelegationError signing_refused)" in how
+    assert "other.d2tls.test accepted" in outcomes["other-server-blind"].how
 
 
 def test_device_signs_at_most_once_per_request(outcomes: dict[str, Outcome]) -> None:

@@ -359,7 +359,15 @@ CASES: tuple[Case, ...] = (
         "run the handshake with a different server than the device asked for",
         Plan(other_server=True),
         lemmas=("injective_agreement_full_bound",),
-        lemma_note="it does not claim the server is the one the device asked for",
+        lemma_note="the server that accepts is the one the request named",
+    ),
+    Case(
+        "other-server-blind",
+        "run the handshake with a different server than the device asked for",
+        Plan(other_server=True),
+        mode=DelegationMode.BLIND,
+        lemmas=("same_server_blind",),
+        lemma_note="a blind device cannot see which server it signs for",
     ),
 )
 
@@ -533,10 +541,23 @@ def _failed_delegation(world: D2TLSWorld, case: Case, loot: Loot, signed_before:
     signatures = world.signer.signatures - signed_before
     error = _device_error(world)
     if error.startswith("signing refused") or case.plan.extra_signature:
+        world.net.advance(1.0)  # the device's DelegationError reaches the agent
+        told = _agent_told(world)
         return Outcome(
-            case, Verdict.PREVENTED, "device", f"{error} ({signatures} signature for the request)"
+            case,
+            Verdict.PREVENTED,
+            "device",
+            f"{error} ({signatures} signature for the request)" + (f"; {told}" if told else ""),
         )
     return Outcome(case, Verdict.DETECTED, "device", error)
+
+
+def _agent_told(world: D2TLSWorld) -> str:
+    """Whether the agent heard the device's refusal (a DelegationError SIGNING_REFUSED)."""
+    for session in world.agent.history:
+        if session.error.startswith("device: signing_refused"):
+            return "the agent was told (DelegationError signing_refused)"
+    return ""
 
 
 def _prestarted_outcome(world: D2TLSWorld, case: Case, loot: Loot) -> Outcome:

@@ -60,8 +60,12 @@ FOOTER = """
   own connection keys fail authentication and are dropped.
 - Bound mode stops the pre-started-handshake attack that works in blind mode
   (`injective_agreement_full_blind` is falsified, `injective_agreement_full_bound` verified),
-  but not a handshake with a different server: the device does not verify server
-  certificates, and the bound lemma does not claim the server is the requested one.
+  and a handshake with a different server: the bound device signs only a transcript whose
+  server certificate names the server it asked for (spec/delegation.md §6 rule 6), and tells
+  the agent why it refused. A blind device sees only a digest and signs for any server
+  (`same_server_blind` is falsified). The bound check is not server authentication: the device
+  verifies no chain, so a certificate forged for the requested name passes it (unless the
+  device pins the server's key); no honest server accepts such a transcript.
 - Wrong or stale contexts are detected by the device only through a failing resumption; it
   then delegates again (paper §4.2).
 

@@ -18,13 +18,18 @@ The check (:func:`check_theories`) fails when
 - a rule has no tag, or a tag that names no transition of the spec, or names several;
 - a *security-relevant* transition (:func:`security_relevant`) is neither modelled by some rule
   nor listed in :data:`EXCLUDED` with the reason it is left out;
-- an exclusion names no transition of the spec, or a transition that a rule models after all.
+- an exclusion names no transition of the spec, or a transition that a rule models after all;
+- a guard whose content the spec fixes is missing from the rule that models it
+  (:data:`GUARD_CONTENT`): today the bound-mode signing policy's server binding
+  (spec/delegation.md §6 rule 6, ``d2tls.roles.signer.check_server_certificate``): the
+  ``Device_Sign_Bound`` rule must sign only a transcript whose server Certificate names the
+  server of the request it answers.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +143,38 @@ _NONE = re.compile(r"^none\s+\((?P<why>.+)\)$")
 _RULE = re.compile(r"^\s*rule\s+(?P<name>[A-Za-z0-9_]+)\s*(?:\[[^\]]*\])?\s*:", re.MULTILINE)
 
 
+_AWAIT_SIGN = re.compile(
+    r"St_D_AwaitSign\(\s*\w+\s*,\s*\w+\s*,\s*\w+\s*,\s*(?P<server>\w+)\s*,\s*'bound'"
+)
+_SERVER_CERT = re.compile(r"<'ServerHello'[^>]*>\s*,\s*<'Certificate'\s*,\s*(?P<server>\w+)\s*>")
+
+
+def bound_server_binding(rule_text: str) -> str | None:
+    """The bound signing rule binds the server: the transcript's server Certificate (right
+    after the ServerHello) names the server of the open request (``St_D_AwaitSign``)."""
+    state = _AWAIT_SIGN.search(rule_text)
+    cert = _SERVER_CERT.search(rule_text)
+    if state is None or cert is None:
+        return "no St_D_AwaitSign(.., S, 'bound', ..) premise or no server Certificate in the log"
+    if state["server"] != cert["server"]:
+        return (
+            f"the transcript's server Certificate names {cert['server']!r}, not the requested "
+            f"server {state['server']!r} (spec/delegation.md §6: the device signs only for the "
+            "server it asked for)"
+        )
+    return None
+
+
+#: Guards whose content, not only name, a theory must model: the spec transition, the rule that
+#: models it, and a check on that rule's text (comments stripped) returning a problem or None.
+GUARD_CONTENT: dict[str, tuple[str, Callable[[str], str | None]]] = {
+    "device.awaiting_sign_request->awaiting_context recv_SignRequest if sign_request_acceptable": (
+        "Device_Sign_Bound",
+        bound_server_binding,
+    ),
+}
+
+
 @dataclass(frozen=True, order=True)
 class TransitionRef:
     """One transition of a role of the spec."""
@@ -183,6 +220,7 @@ class ConsistencyReport:
     missing: list[TransitionRef] = field(default_factory=list)
     excluded_but_modelled: list[TransitionRef] = field(default_factory=list)
     stale_exclusions: list[str] = field(default_factory=list)
+    guard_content: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -192,6 +230,7 @@ class ConsistencyReport:
             or self.missing
             or self.excluded_but_modelled
             or self.stale_exclusions
+            or self.guard_content
         )
 
     def problems(self) -> list[str]:
@@ -208,6 +247,7 @@ class ConsistencyReport:
             for t in self.excluded_but_modelled
         ]
         lines += [f"EXCLUDED entry names no spec transition: {s}" for s in self.stale_exclusions]
+        lines += self.guard_content
         return lines
 
 
@@ -292,6 +332,29 @@ def rule_tags(theory: Path) -> list[RuleTags]:
     return found
 
 
+def rule_text(theory: Path, rule: str) -> str | None:
+    """The text of ``rule`` (comments stripped), up to the next rule, lemma or restriction."""
+    code = strip_comments(theory.read_text(encoding="utf-8"))
+    match = re.search(rf"^\s*rule\s+{re.escape(rule)}\s*(?:\[[^\]]*\])?\s*:", code, re.MULTILINE)
+    if match is None:
+        return None
+    end = re.compile(r"^\s*(?:rule|lemma|restriction|end)\b", re.MULTILINE).search(
+        code, match.end()
+    )
+    return code[match.end() : end.start() if end else len(code)]
+
+
+def _check_guard_content(theory: Path, report: ConsistencyReport) -> None:
+    for transition, (rule, check) in GUARD_CONTENT.items():
+        modelled_by = report.modelled.get(resolve(transition, spec_transitions())[0], [])
+        if f"{theory.name}:{rule}" not in modelled_by:
+            continue  # a theory without the rule (or not tagged with it) has nothing to check
+        text = rule_text(theory, rule)
+        problem = check(text) if text is not None else "rule not found"
+        if problem is not None:
+            report.guard_content.append(f"{theory.name} rule {rule} ({transition}): {problem}")
+
+
 def check_theories(theories: Sequence[Path]) -> ConsistencyReport:
     """Check the union of the theories' tags against the spec (see the module docstring)."""
     transitions = spec_transitions()
@@ -327,6 +390,8 @@ def check_theories(theories: Sequence[Path]) -> ConsistencyReport:
             report.stale_exclusions.append(key)
         else:
             excluded.add(refs[0])
+    for theory in theories:
+        _check_guard_content(theory, report)
     report.excluded_but_modelled = sorted(excluded & set(report.modelled))
     report.missing = [
         t for t in security_relevant(transitions) if t not in report.modelled and t not in excluded

@@ -77,6 +77,9 @@ class DeviceConfig:
     timeout: float = 30.0
     #: How many times a refused resumption may start a new delegation (paper §4.2).
     max_delegations: int = 2
+    #: Bound mode: SHA-256 of the server's SubjectPublicKeyInfo (RFC 7469 §2.4); when set, the
+    #: device signs only a transcript whose server certificate carries this key.
+    server_pin: bytes | None = None
     #: Wall clock (context expiry) and randomness (bound-mode ClientHello random, request_ids,
     #: the engines' randoms): docs/architecture.md, "Time and randomness".
     wall_clock: Clock = wall_time
@@ -190,7 +193,12 @@ class DeviceProtocol:
         assert request.client_random is not None
         try:
             check_bound_transcript(
-                message.transcript, message.digest, request.client_random, request.certificate_chain
+                message.transcript,
+                message.digest,
+                request.client_random,
+                request.certificate_chain,
+                request.server_name,
+                self.config.server_pin,
             )
         except SigningRefused as exc:
             self._refusal = str(exc)
@@ -415,6 +423,7 @@ class Device:
                     if command == "open_channel":
                         channel = await self._open_channel(protocol, report)
                     elif command == "close_channel" and channel is not None:
+                        self._flush(protocol, channel, report)  # a DelegationError goes first
                         report.agent_link.add_engine(channel.engine.stats)
                         await channel.close()
                         channel = None

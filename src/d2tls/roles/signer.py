@@ -2,9 +2,12 @@
 
 Only the device holds a ``DeviceSigner``. In *bound* mode the device checks, before signing, that
 the transcript it is asked to sign is the handshake it asked for: it starts with a ClientHello
-carrying the device's own random, carries the device's own certificate chain, ends with the
-ClientKeyExchange (the CertificateVerify position, RFC 5246 §7.4.8), and hashes to the digest.
-In *blind* mode (the D2TLS paper) it signs the digest it is given.
+carrying the device's own random, carries the server certificate of the server the device
+asked for (its leaf names ``server_name``, RFC 6125 §6, and has the pinned key if one is
+configured), carries the device's own certificate chain, ends with the ClientKeyExchange (the
+CertificateVerify position, RFC 5246 §7.4.8), and hashes to the digest. The device does not
+verify the server's chain (the agent does). In *blind* mode (the D2TLS paper) it signs the
+digest it is given.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from d2tls.dtls.constants import HandshakeType
 from d2tls.dtls.fragments import parse_handshake_fragments
 from d2tls.dtls.messages import Certificate, ClientHello
-from d2tls.errors import D2TLSError
+from d2tls.errors import CertificateError, D2TLSError
+from d2tls.pki.names import names_server, spki_sha256
 
 
 class SigningRefused(D2TLSError):
@@ -56,8 +60,14 @@ def check_bound_transcript(
     digest: bytes,
     client_random: bytes,
     certificate_chain: Sequence[bytes],
+    server_name: str,
+    server_pin: bytes | None = None,
 ) -> None:
-    """Raise SigningRefused unless ``transcript`` is the handshake the device asked for."""
+    """Raise SigningRefused unless ``transcript`` is the handshake the device asked for.
+
+    ``server_name`` is the DelegationRequest's server_name; ``server_pin``, when given, the
+    SHA-256 of the server's SubjectPublicKeyInfo (RFC 7469 §2.4) the device was configured with.
+    """
     if not hmac.compare_digest(hashlib.sha256(transcript).digest(), digest):
         raise SigningRefused("the transcript does not hash to the digest to sign")
     try:
@@ -90,6 +100,34 @@ def check_bound_transcript(
         raise SigningRefused(f"undecodable client Certificate: {exc}") from exc
     if tuple(ours.certificates) != tuple(certificate_chain):
         raise SigningRefused("the client Certificate in the transcript is not this device's chain")
+    check_server_certificate(certificates[0].body, server_name, server_pin)
     types = [m.msg_type for m in messages]
     if types.count(HandshakeType.CLIENT_HELLO) != 1 or types.count(HandshakeType.SERVER_HELLO) != 1:
         raise SigningRefused("the transcript must hold exactly one ClientHello and ServerHello")
+
+
+def check_server_certificate(body: bytes, server_name: str, server_pin: bytes | None) -> None:
+    """The server Certificate message ``body`` is for the server the device asked for.
+
+    Its leaf must name ``server_name`` (:func:`d2tls.pki.names.names_server`) and, with a pin,
+    carry the pinned public key. One certificate parse; no chain or signature verification.
+    """
+    try:
+        theirs = Certificate.decode(body)
+    except D2TLSError as exc:
+        raise SigningRefused(f"undecodable server Certificate: {exc}") from exc
+    if not theirs.certificates:
+        raise SigningRefused("the server Certificate in the transcript is empty")
+    leaf = theirs.certificates[0]
+    try:
+        if not names_server(leaf, server_name):
+            raise SigningRefused(
+                f"the server certificate in the transcript is not for {server_name!r}, "
+                "the server this device asked for"
+            )
+        if server_pin is not None and not hmac.compare_digest(spki_sha256(leaf), server_pin):
+            raise SigningRefused(
+                "the server certificate in the transcript does not carry the pinned key"
+            )
+    except CertificateError as exc:
+        raise SigningRefused(f"unusable server certificate in the transcript: {exc}") from exc
