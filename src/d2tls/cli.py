@@ -43,6 +43,17 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def sha256_pin(text: str) -> bytes:
+    """An argparse type for ``--server-pin``: 64 hex digits (a SHA-256 value)."""
+    try:
+        pin = bytes.fromhex(text)
+    except ValueError:
+        pin = b""
+    if len(pin) != 32:
+        raise argparse.ArgumentTypeError(f"expected 64 hex digits (SHA-256), got {text!r}")
+    return pin
+
+
 def server_rule(text: str) -> str:
     """An argparse type for ``--allow-server`` (d2tls.delegation.policy.parse_server_rule)."""
     from d2tls.delegation.policy import parse_server_rule
@@ -505,6 +516,7 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             keylog=keylog_from_environment(),
             tracer=trace,
             timeout=args.timeout,
+            server_pin=args.server_pin,
         )
     )
     for _ in range(args.connections):
@@ -897,6 +909,13 @@ def _add_device(sub: Any) -> None:
         default="bound",
         help="bound (default): check the handshake before signing; blind: sign the given hash",
     )
+    device.add_argument(
+        "--server-pin",
+        type=sha256_pin,
+        metavar="HEX",
+        help="bound mode: sign only if the server certificate carries this key (SHA-256 of its "
+        "SubjectPublicKeyInfo, 64 hex digits, RFC 7469 §2.4)",
+    )
     device.add_argument("--standalone", action="store_true", help="full handshake without an agent")
     device.add_argument("--ca", help="trust store (only for --standalone)")
     device.add_argument(
@@ -912,7 +931,15 @@ def _add_device(sub: Any) -> None:
     device.add_argument("--json", action="store_true", help="print one JSON object")
     device.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
     _add_timeouts(device)
-    device.set_defaults(handler=_cmd_device)
+    device.set_defaults(handler=_cmd_device, check=_check_device)
+
+
+def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.server_pin is not None and (args.standalone or args.mode == "blind"):
+        parser.error(
+            "--server-pin needs bound mode: a blind or standalone device does not check the "
+            "server certificate before it signs"
+        )
 
 
 def _add_model(sub: Any) -> None:
