@@ -36,6 +36,7 @@ from d2tls.dtls.connection import Connection
 from d2tls.dtls.constants import CipherSuite, ContentType
 from d2tls.dtls.record import parse_datagram
 from d2tls.dtls.server import DTLSServer
+from d2tls.randomness import Randomness, SeededRandomness
 
 SERVER: Address = ("203.0.113.10", 4433)
 CLIENT: Address = ("198.51.100.7", 40000)
@@ -57,13 +58,14 @@ ENDPOINTS = st.sampled_from(["client", "server"])
 INDEX = st.integers(0, 1 << 16)
 
 
-def server_config(suite: str) -> ServerConfig:
+def server_config(suite: str, randomness: Randomness) -> ServerConfig:
     creds = credentials()
     if suite == "psk":
         return ServerConfig(
             cipher_suites=(PSK,),
             psk_keys={creds.psk_identity: creds.psk, creds.mallory_psk_identity: creds.mallory_psk},
             timers=TIMERS,
+            randomness=randomness,
         )
     return ServerConfig(
         certificate_chain=creds.server.chain,
@@ -71,10 +73,11 @@ def server_config(suite: str) -> ServerConfig:
         trust_store=creds.store,
         client_auth=ClientAuth.REQUIRED,
         timers=TIMERS,
+        randomness=randomness,
     )
 
 
-def client_config(suite: str, *, mallory: bool = False) -> ClientConfig:
+def client_config(suite: str, randomness: Randomness, *, mallory: bool = False) -> ClientConfig:
     creds = credentials()
     if suite == "psk":
         return ClientConfig(
@@ -82,6 +85,7 @@ def client_config(suite: str, *, mallory: bool = False) -> ClientConfig:
             psk_identity=creds.mallory_psk_identity if mallory else creds.psk_identity,
             psk=creds.mallory_psk if mallory else creds.psk,
             timers=TIMERS,
+            randomness=randomness,
         )
     identity = creds.mallory if mallory else creds.device
     return ClientConfig(
@@ -90,6 +94,7 @@ def client_config(suite: str, *, mallory: bool = False) -> ClientConfig:
         certificate_chain=identity.chain,
         private_key=identity.key,
         timers=TIMERS,
+        randomness=randomness,
     )
 
 
@@ -117,11 +122,16 @@ class HostileNetwork(RuleBasedStateMachine):
 
         self.net = AdversaryNetwork(seed=seed, intercept=intercept)
         self.observer = Observer(self.net)
-        self.server = DTLSServer(server_config(suite))
+        # Seeded engines (RFC 6979 signatures, randoms from the seed): hypothesis replays an
+        # example by its choices, so the engines' bytes, and with them the sizes of signatures
+        # and records the rules depend on, must be the same on every replay.
+        self.server = DTLSServer(server_config(suite, SeededRandomness(f"server-{seed}")))
         self.net.add_server(self.server, SERVER)
-        self.client = DTLSClient(client_config(suite))
+        self.client = DTLSClient(client_config(suite, SeededRandomness(f"client-{seed}")))
         self.net.add_client(self.client, CLIENT, SERVER)
-        self.mallory = DTLSClient(client_config(suite, mallory=True))
+        self.mallory = DTLSClient(
+            client_config(suite, SeededRandomness(f"mallory-{seed}"), mallory=True)
+        )
         self.net.add_client(self.mallory, MALLORY, SERVER)
         self.payloads = Payloads("app")
         self.client.connect(0.0)
