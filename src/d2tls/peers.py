@@ -577,18 +577,29 @@ class GnuTLSServer(_ServerProcess):
 MBEDTLS_DIR = Path(os.environ.get("D2TLS_MBEDTLS_DIR", "/var/cache/d2tls/mbedtls"))
 
 
+def built_program(directory: Path, name: str, script: str) -> Path:
+    """``directory/bin/name`` as a build script of ours left it; :class:`PeerError` naming
+    ``script`` if it is absent or not executable."""
+    path = directory / "bin" / name
+    if not os.access(path, os.X_OK):
+        raise PeerError(f"{path} not found: run scripts/{script} (or scripts/setup.sh)")
+    return path
+
+
+def built_version(directory: Path, fallback: str) -> str:
+    """The version a build script recorded in ``directory/bin/VERSION``, else ``fallback``."""
+    version = directory / "bin" / "VERSION"
+    return version.read_text().strip() if version.exists() else fallback
+
+
 def mbedtls_server_program() -> Path:
     """The ssl_server2 built by ``scripts/build-mbedtls.sh``; :class:`PeerError` if absent."""
-    path = MBEDTLS_DIR / "bin" / "ssl_server2"
-    if not os.access(path, os.X_OK):
-        raise PeerError(f"{path} not found: run scripts/build-mbedtls.sh (or scripts/setup.sh)")
-    return path
+    return built_program(MBEDTLS_DIR, "ssl_server2", "build-mbedtls.sh")
 
 
 def mbedtls_version() -> str:
     """``mbedtls 2.28.3-1 (Debian source package)``, as recorded by the build script."""
-    version = MBEDTLS_DIR / "bin" / "VERSION"
-    return version.read_text().strip() if version.exists() else "mbedtls (unknown version)"
+    return built_version(MBEDTLS_DIR, "mbedtls (unknown version)")
 
 
 class MbedTLSServer(_ServerProcess):
@@ -923,10 +934,7 @@ class MbedTLSResult(ClientResult):
 
 def mbedtls_client_program() -> Path:
     """The ssl_client2 built by ``scripts/build-mbedtls.sh``; :class:`PeerError` if absent."""
-    path = MBEDTLS_DIR / "bin" / "ssl_client2"
-    if not os.access(path, os.X_OK):
-        raise PeerError(f"{path} not found: run scripts/build-mbedtls.sh (or scripts/setup.sh)")
-    return path
+    return built_program(MBEDTLS_DIR, "ssl_client2", "build-mbedtls.sh")
 
 
 class MbedTLSClient:
@@ -1085,16 +1093,12 @@ WOLFSSL_DIR = Path(os.environ.get("D2TLS_WOLFSSL_DIR", "/var/cache/d2tls/wolfssl
 
 def wolfssl_server_program() -> Path:
     """The wolfssl_server built by ``scripts/build-wolfssl.sh``; :class:`PeerError` if absent."""
-    path = WOLFSSL_DIR / "bin" / "wolfssl_server"
-    if not os.access(path, os.X_OK):
-        raise PeerError(f"{path} not found: run scripts/build-wolfssl.sh (or scripts/setup.sh)")
-    return path
+    return built_program(WOLFSSL_DIR, "wolfssl_server", "build-wolfssl.sh")
 
 
 def wolfssl_version() -> str:
     """``libwolfssl-dev 5.5.4-2+deb12u3 (Debian package)``, as recorded by the build script."""
-    version = WOLFSSL_DIR / "bin" / "VERSION"
-    return version.read_text().strip() if version.exists() else "wolfssl (unknown version)"
+    return built_version(WOLFSSL_DIR, "wolfssl (unknown version)")
 
 
 class WolfSSLServer(_ServerProcess):

@@ -272,6 +272,14 @@ def _check_request_id(value: bytes) -> None:
         raise EncodingError(f"a request ID is {REQUEST_ID_SIZE} bytes")
 
 
+def _check_name_and_address(name: str, address: IPAddress) -> None:
+    """The name in normalised form and the address in canonical form (§3, §8.1)."""
+    if normalize_name(name) != name:
+        raise EncodingError(f"{name!r} is not a name in normalised form")
+    if parse_address(address) != address:
+        raise EncodingError("address is not in canonical form")
+
+
 def _check_key_server(identity: Identity, params: Params | None, port: int | None) -> None:
     """A child key server names its zone params and port together; its name is its zone."""
     if (params is None) != (port is None):
@@ -478,10 +486,7 @@ class KeyRequest:
 
     def __post_init__(self) -> None:
         _check_request_id(self.request_id)
-        if normalize_name(self.name) != self.name:
-            raise EncodingError(f"{self.name!r} is not a name in normalised form")
-        if parse_address(self.address) != self.address:
-            raise EncodingError("address is not in canonical form")
+        _check_name_and_address(self.name, self.address)
 
     @classmethod
     def of(cls, request_id: bytes, name: str, address: str | bytes | IPAddress) -> KeyRequest:
@@ -568,10 +573,7 @@ class KeyRecord:
 
     def __post_init__(self) -> None:
         _check_enum(self.record_type, RecordType)
-        if normalize_name(self.name) != self.name:
-            raise EncodingError(f"{self.name!r} is not a name in normalised form")
-        if parse_address(self.address) != self.address:
-            raise EncodingError("address is not in canonical form")
+        _check_name_and_address(self.name, self.address)
         _check_uint(self.issued_at, MAX_UINT64, "issued-at")
         _check_uint(self.ttl, MAX_TTL, "a TTL")
         zone = self.issuer_params.zone
@@ -793,10 +795,7 @@ class Invalidate:
 
     def __post_init__(self) -> None:
         _check_request_id(self.request_id)
-        if normalize_name(self.name) != self.name:
-            raise EncodingError(f"{self.name!r} is not a name in normalised form")
-        if parse_address(self.address) != self.address:
-            raise EncodingError("address is not in canonical form")
+        _check_name_and_address(self.name, self.address)
 
     def encode(self) -> bytes:
         return _dump(self.KIND, {1: self.request_id, 2: self.name, 3: self.address.packed})
