@@ -101,6 +101,17 @@ class SessionNotResumable(ConfigurationError):
     """The server issued an empty session ID: its sessions cannot be resumed."""
 
 
+# --------------------------------------------------------------------------- hosts
+
+
+class EventTimeout(TimeoutError, D2TLSError):
+    """A host waited for the next event of a role longer than it was told to."""
+
+
+class TransportClosed(D2TLSError):
+    """A host's socket is closed: no more events will come."""
+
+
 # --------------------------------------------------------------------------- delegation
 
 
