@@ -18,8 +18,9 @@ components and the dissertation's delays added by our user-space relay:
   ``TLSA 3 1 1`` record for it (``_PORT._udp.www.iot.example.test``). The client looks the
   TLSA up (cold: one more query to the SLD server; warm: from its resolver's cache), checks
   its signature chain and compares SHA-256(SubjectPublicKeyInfo) with it.
-* **TwinPeaks**: key resolution from a root key server down (``d2tls.bench.auth_tp``), cold
-  and cached, then the TwinPeaks handshake of spec/twinpeaks.md §9 (raw key + extension).
+* **TwinPeaks**: key resolution by the TwinPeaks resolver role from a root key server down
+  (``d2tls.bench.auth_tp``: the project's key-server, member and resolver roles), cold and
+  cached, then the TwinPeaks handshake of spec/twinpeaks.md §9 (raw key + extension).
 
 Definitions (section 2.6.3): the *authentication delay* of PKI and DANE runs from the
 ClientHello to the end of server authentication, before the client's key exchange is sent;
@@ -62,7 +63,8 @@ from d2tls.bench.auth_lab import (
     run_handshake,
     server_raw_key,
 )
-from d2tls.bench.auth_tp import Hierarchy, KeyResolver, serve
+from d2tls.bench.auth_tp import KeyResolver, start_hierarchy
+from d2tls.bench.auth_tp import close as tp_close
 from d2tls.bench.common import Progress, environment, ratio, summary, table
 from d2tls.bench.infra import LoopThread, RelayProcess, RelaySpec
 from d2tls.dtls.client import DTLSClient
@@ -70,7 +72,7 @@ from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
 from d2tls.dtls.rawpk import spki_of
 from d2tls.dtls.server import DTLSServer
 from d2tls.dtls.twinpeaks import server_identity
-from d2tls.lab.dns import Dnssec
+from d2tls.lab.dns import Dnssec, free_port
 from d2tls.lab.dnssec import ValidatingResolver
 from d2tls.net.udp import ServerEndpoint
 from d2tls.pki.generate import init_pki
@@ -119,6 +121,7 @@ class Sample:
     dns_ms: float
     auth_ms: float
     setup_ms: float
+    handshake_ms: float
     total_ms: float
     dtls_bytes: int
     auth_bytes: int
@@ -155,16 +158,28 @@ async def _listen(config: ServerConfig) -> ServerEndpoint:
 
 @contextmanager
 def lab(directory: Path, topology: Topology, dnssec: Dnssec) -> Iterator[Lab]:
-    """Start the servers, relays, DNS hierarchy, key servers and OCSP responder."""
+    """Start the key servers, DTLS servers, DNS hierarchy, OCSP responder and the relays."""
+    near, far = topology.near_rtt_ms / 2000, topology.far_rtt_ms / 2000
     with ExitStack() as stack:
         paths = init_pki(directory / "pki", server_name=SERVER_NAME, devices=0)
         server_chain = load_certificate_chain(paths.server_chain)
         server_key = load_private_key(paths.server_key)
         ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
-        hierarchy = Hierarchy.create(SERVER_NAME)
-        member = hierarchy.member
-
         thread = stack.enter_context(LoopThread("d2tls-auth-servers"))
+
+        # The key servers first: they publish the ports of the relays in front of them.
+        real = {role: free_port() for role in ("top", "tld", "sld")}
+        key_delays = {"top": near, "tld": far, "sld": near}
+        key_relays = stack.enter_context(
+            RelayProcess(
+                [RelaySpec(("127.0.0.1", real[r]), key_delays[r], key_delays[r]) for r in real]
+            )
+        )
+        published = {r: key_relays.addresses[i][1] for i, r in enumerate(real)}
+        started = thread.run(start_hierarchy(SERVER_NAME, real, published), timeout=120)
+        stack.callback(tp_close, started, thread.loop)
+        member = started.member_key
+
         configs = {
             "pki": ServerConfig(
                 certificate_chain=server_chain, private_key=server_key, client_auth=ClientAuth.NONE
@@ -180,31 +195,18 @@ def lab(directory: Path, topology: Topology, dnssec: Dnssec) -> Iterator[Lab]:
         for endpoint in endpoints.values():
             stack.callback(lambda e=endpoint: thread.loop.call_soon_threadsafe(e.close))
 
-        async def key_servers() -> list[tuple[Any, tuple[str, int]]]:
-            return [await serve(s) for s in (hierarchy.root, hierarchy.tld, hierarchy.sld)]
-
-        served = thread.run(key_servers(), timeout=30)
-        for transport, _ in served:
-            stack.callback(lambda t=transport: thread.loop.call_soon_threadsafe(t.close))
-
         dns = stack.enter_context(dns_hierarchy(directory / "dns", dnssec))
         ocsp = stack.enter_context(OcspResponderProcess(paths.directory))
-
-        near, far = topology.near_rtt_ms / 2000, topology.far_rtt_ms / 2000
         targets: list[tuple[str, tuple[str, int], float]] = [
             *[(name, e.address, near) for name, e in endpoints.items() if e.address],
             ("dns:" + TOP, ("127.0.0.1", dns.ports[TOP]), near),
             ("dns:" + TLD, ("127.0.0.1", dns.ports[TLD]), far),
             ("dns:" + SLD, ("127.0.0.1", dns.ports[SLD]), near),
-            ("keys:root", served[0][1], near),
-            ("keys:tld", served[1][1], far),
-            ("keys:sld", served[2][1], near),
         ]
         relays = stack.enter_context(
             RelayProcess([RelaySpec(target, delay, delay) for _, target, delay in targets])
         )
         at = {name: relays.addresses[i] for i, (name, _, _) in enumerate(targets)}
-        hierarchy.link(at["keys:tld"][1], at["keys:sld"][1])
 
         digest = hashlib.sha256(spki_of(server_key)).hexdigest()
         dane_port = at["dane"][1]
@@ -212,14 +214,20 @@ def lab(directory: Path, topology: Topology, dnssec: Dnssec) -> Iterator[Lab]:
         dns.start()
         proxy = stack.enter_context(TcpDelayProxy(ocsp.address, near))
         book = {f"ns.{zone}.": at[f"dns:{zone}"] for zone in (TOP, TLD, SLD)}
+        resolver = ValidatingResolver(TOP, anchor, at[f"dns:{TOP}"], book)
+
+        def addresses(name: str) -> tuple[list[str], float]:
+            rrset = resolver.resolve(name, "A")
+            return [r.address for r in rrset], float(rrset.ttl)  # type: ignore[attr-defined]
+
         yield Lab(
             trust_store=load_trust_store(paths.ca_cert),
             ca_cert=ca_cert,
             ocsp_url=f"http://127.0.0.1:{proxy.address[1]}/",
             ocsp_proxy=proxy,
             servers={name: at[name] for name in SCHEMES},
-            resolver=ValidatingResolver(TOP, anchor, at[f"dns:{TOP}"], book),
-            keys=KeyResolver(hierarchy.anchor(at["keys:root"])),
+            resolver=resolver,
+            keys=KeyResolver([started.anchor], addresses),
             dane_port=dane_port,
         )
 
@@ -248,7 +256,8 @@ def connect(the_lab: Lab, scheme: str) -> Sample:
     answer = resolver.resolve(SERVER_NAME, "A")
     resolved_at = time.perf_counter()
     dns_bytes = resolver.traffic.bytes - dns_before
-    address = answer[0].address
+    if not len(answer):
+        raise AuthBenchError(f"{SERVER_NAME} has no address")
     server = the_lab.servers[scheme]
     timing: HandshakeTiming
     if scheme == "pki":
@@ -275,7 +284,7 @@ def connect(the_lab: Lab, scheme: str) -> Sample:
         timing = run_handshake(config, server, before_datagram=check)
         auth_ms, setup_ms = timing.auth_part_ms, timing.after_auth_ms
     else:
-        key = keys.resolve(SERVER_NAME, address)
+        key = keys.resolve(SERVER_NAME)
         auth_ms = 1000 * (time.perf_counter() - resolved_at)
         config = ClientConfig(
             server_name=SERVER_NAME, server_key_lookup=lambda _name: key.spki, twinpeaks=key.hello
@@ -294,6 +303,7 @@ def connect(the_lab: Lab, scheme: str) -> Sample:
         dns_ms=1000 * (resolved_at - started),
         auth_ms=auth_ms,
         setup_ms=setup_ms,
+        handshake_ms=timing.total_ms,
         total_ms=total_ms,
         dtls_bytes=timing.bytes_sent + timing.bytes_received,
         auth_bytes=auth_bytes,
@@ -346,6 +356,7 @@ def summarize(
             schemes[scheme][state] = {
                 "auth_ms": summary([s.auth_ms for s in rows]),
                 "setup_ms": summary([s.setup_ms for s in rows]),
+                "handshake_ms": summary([s.handshake_ms for s in rows]),
                 "total_ms": summary([s.total_ms for s in rows]),
                 "dns_ms": summary([s.dns_ms for s in rows]),
                 "bytes": {
@@ -368,8 +379,8 @@ def summarize(
             "zsk_bits": dnssec.zsk_size,
         },
         "dtls": "ECDHE-ECDSA P-256 (128-bit security; our stack supports no other level)",
-        "twinpeaks_lookup": "stand-in key service over d2tls.twinpeaks.messages "
-        "(d2tls.bench.auth_tp), not the spec's roles",
+        "twinpeaks_lookup": "d2tls.twinpeaks roles: KeyServer x3 (DTLS-PSK registration), "
+        "Member, Resolver (no cross-check: one root)",
         "environment": environment(),
         "dns": dns,
         "schemes": schemes,
@@ -471,6 +482,7 @@ def render(result: dict[str, Any]) -> str:
                     state,
                     data["auth_ms"]["median"],
                     data["setup_ms"]["median"],
+                    data["handshake_ms"]["median"],
                     data["total_ms"]["median"],
                     b["dtls"],
                     b["auth"],
@@ -479,7 +491,10 @@ def render(result: dict[str, Any]) -> str:
             )
     out = [
         table(
-            ["scheme", "caches", "auth ms", "set-up ms", "total ms", "DTLS B", "auth B", "DNS B"],
+            [
+                "scheme", "caches", "auth ms", "set-up ms", "handshake ms", "total ms",
+                "DTLS B", "auth B", "DNS B",
+            ],  # fmt: skip
             rows,
             title=(
                 f"Authentication and connection set-up, median of {result['runs']} runs "
