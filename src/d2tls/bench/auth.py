@@ -86,7 +86,7 @@ STATES: Final = ("cold", "warm")
 NEAR_RTT_MS: Final = 1.366
 FAR_RTT_MS: Final = 167.888
 #: Numbers the dissertation gives in its text (section 2.6.3), ms; hit = warm, miss = cold.
-PAPER: Final = {
+PAPER: Final[dict[str, Any]] = {
     "twinpeaks_key_resolution_ms": {"warm": 37.3, "cold": 470.9},
     "dns_resolution_ms": {"warm": 168.5, "cold": 1382.7},
     "twinpeaks_cold_bound_ms": 503.5,
@@ -141,6 +141,7 @@ class Lab:
     resolver: ValidatingResolver
     keys: KeyResolver
     dane_port: int
+    pki_dir: Path
     ocsp_cache: OCSPResult | None = None
 
     def flush(self) -> None:
@@ -193,7 +194,7 @@ def lab(directory: Path, topology: Topology, dnssec: Dnssec) -> Iterator[Lab]:
         }
         endpoints = {name: thread.run(_listen(c), timeout=30) for name, c in configs.items()}
         for endpoint in endpoints.values():
-            stack.callback(lambda e=endpoint: thread.loop.call_soon_threadsafe(e.close))
+            stack.callback(thread.loop.call_soon_threadsafe, endpoint.close)
 
         dns = stack.enter_context(dns_hierarchy(directory / "dns", dnssec))
         ocsp = stack.enter_context(OcspResponderProcess(paths.directory))
@@ -218,7 +219,7 @@ def lab(directory: Path, topology: Topology, dnssec: Dnssec) -> Iterator[Lab]:
 
         def addresses(name: str) -> tuple[list[str], float]:
             rrset = resolver.resolve(name, "A")
-            return [r.address for r in rrset], float(rrset.ttl)  # type: ignore[attr-defined]
+            return [r.address for r in rrset], float(rrset.ttl)
 
         yield Lab(
             trust_store=load_trust_store(paths.ca_cert),
@@ -229,6 +230,7 @@ def lab(directory: Path, topology: Topology, dnssec: Dnssec) -> Iterator[Lab]:
             resolver=resolver,
             keys=KeyResolver([started.anchor], addresses),
             dane_port=dane_port,
+            pki_dir=paths.directory,
         )
 
 
@@ -236,9 +238,9 @@ def lab(directory: Path, topology: Topology, dnssec: Dnssec) -> Iterator[Lab]:
 def _ocsp_check(the_lab: Lab) -> Callable[[DTLSClient], None]:
     def check(client: DTLSClient) -> None:
         cached = the_lab.ocsp_cache
-        if cached is not None and cached.next_update is not None:
-            if cached.next_update.timestamp() > time.time():
-                return
+        fresh_until = cached.next_update if cached is not None else None
+        if fresh_until is not None and fresh_until.timestamp() > time.time():
+            return
         leaf = x509.load_der_x509_certificate(client.peer_certificates[0])
         result = asyncio.run(check_ocsp(leaf, the_lab.ca_cert, the_lab.ocsp_url))
         if result.status is not OCSPStatus.GOOD:
@@ -251,7 +253,11 @@ def _ocsp_check(the_lab: Lab) -> Callable[[DTLSClient], None]:
 def connect(the_lab: Lab, scheme: str) -> Sample:
     """One connection to the ``scheme`` server, with whatever the caches hold now."""
     resolver, keys = the_lab.resolver, the_lab.keys
-    dns_before, keys_before, ocsp_before = resolver.traffic.bytes, keys.bytes, the_lab.ocsp_proxy.bytes
+    dns_before, keys_before, ocsp_before = (
+        resolver.traffic.bytes,
+        keys.bytes,
+        the_lab.ocsp_proxy.bytes,
+    )
     started = time.perf_counter()
     answer = resolver.resolve(SERVER_NAME, "A")
     resolved_at = time.perf_counter()
@@ -274,8 +280,8 @@ def connect(the_lab: Lab, scheme: str) -> Sample:
                 return
             digest = hashlib.sha256(spki).digest()
             for tlsa in resolver.resolve(owner, "TLSA"):
-                usage, selector, mtype = tlsa.usage, tlsa.selector, tlsa.mtype  # type: ignore[attr-defined]
-                if (usage, selector, mtype) == (3, 1, 1) and tlsa.cert == digest:  # type: ignore[attr-defined]
+                usage, selector, mtype = tlsa.usage, tlsa.selector, tlsa.mtype
+                if (usage, selector, mtype) == (3, 1, 1) and tlsa.cert == digest:
                     matched["spki"] = spki
 
         config = ClientConfig(
@@ -325,19 +331,20 @@ def run(
         raise AuthBenchError(f"unknown DNSSEC algorithm {dnssec_algorithm!r}")
     dnssec = DNSSEC_ALGORITHMS[dnssec_algorithm]
     samples: dict[str, dict[str, list[Sample]]] = {s: {c: [] for c in STATES} for s in SCHEMES}
-    with tempfile.TemporaryDirectory(prefix="d2tls-bench-auth-") as tmp:
-        with lab(Path(tmp), topology, dnssec) as the_lab:
-            with Progress(2 * runs * len(SCHEMES), "bench auth", progress) as bar:
-                for state in STATES:
-                    for i in range(runs):
-                        order = SCHEMES[i % 3 :] + SCHEMES[: i % 3]
-                        for scheme in order:
-                            if state == "cold":
-                                the_lab.flush()
-                            elif i == 0:
-                                connect(the_lab, scheme)  # fill the caches, unmeasured
-                            samples[scheme][state].append(connect(the_lab, scheme))
-                            bar.update()
+    with (
+        tempfile.TemporaryDirectory(prefix="d2tls-bench-auth-") as tmp,
+        lab(Path(tmp), topology, dnssec) as the_lab,
+        Progress(2 * runs * len(SCHEMES), "bench auth", progress) as bar,
+    ):
+        for state in STATES:
+            for i in range(runs):
+                for scheme in SCHEMES[i % 3 :] + SCHEMES[: i % 3]:
+                    if state == "cold":
+                        the_lab.flush()
+                    elif i == 0:
+                        connect(the_lab, scheme)  # fill the caches, unmeasured
+                    samples[scheme][state].append(connect(the_lab, scheme))
+                    bar.update()
     result = summarize(samples, runs, topology, dnssec)
     if plot_dir is not None:
         plot_dir.mkdir(parents=True, exist_ok=True)
@@ -492,9 +499,16 @@ def render(result: dict[str, Any]) -> str:
     out = [
         table(
             [
-                "scheme", "caches", "auth ms", "set-up ms", "handshake ms", "total ms",
-                "DTLS B", "auth B", "DNS B",
-            ],  # fmt: skip
+                "scheme",
+                "caches",
+                "auth ms",
+                "set-up ms",
+                "handshake ms",
+                "total ms",
+                "DTLS B",
+                "auth B",
+                "DNS B",
+            ],
             rows,
             title=(
                 f"Authentication and connection set-up, median of {result['runs']} runs "
@@ -533,8 +547,9 @@ def render(result: dict[str, Any]) -> str:
         verdict = "met" if claim["met"] else "MISSED"
         detail = claim.get("values_ms") or claim.get("values_bytes") or claim.get("ratio")
         if isinstance(detail, dict):
-            detail = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
-                               for k, v in detail.items())
+            detail = ", ".join(
+                f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in detail.items()
+            )
         out.append(f"  {claim['claim']}: {verdict} ({detail})")
     if "plots" in result:
         out.append("")
@@ -563,6 +578,9 @@ def plot(result: dict[str, Any], directory: Path) -> list[Path]:
     paper_tp = PAPER["twinpeaks_key_resolution_ms"]
     ax.scatter([2 - width / 2, 2 + width / 2], [paper_tp["cold"], paper_tp["warm"]],
                marker="_", s=600, color="black", zorder=3, label="paper (TwinPeaks)")  # fmt: skip
+    for state, dx in (("cold", -width / 2), ("warm", width / 2)):
+        ax.annotate(f"paper {paper_tp[state]:g}", (2 + dx, paper_tp[state]), fontsize=7,
+                    ha="center", va="bottom")  # fmt: skip
     ax.set_xticks(list(x), labels, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("authentication delay (ms, log)")

@@ -66,8 +66,8 @@ class TcpDelayProxy:
         self._sockets: list[socket.socket] = []
         self._start(self._accept)
 
-    def _start(self, target: Callable[[], None]) -> None:
-        thread = threading.Thread(target=target, daemon=True, name="d2tls-tcp-delay")
+    def _start(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name="d2tls-tcp-delay")
         self._threads.append(thread)
         thread.start()
 
@@ -84,10 +84,12 @@ class TcpDelayProxy:
             self._sockets += [client, upstream]
             for source, sink, handshake in ((client, upstream, True), (upstream, client, False)):
                 pending: queue.Queue[tuple[float, bytes]] = queue.Queue()
-                self._start(lambda s=source, p=pending, h=handshake: self._read(s, p, h))
-                self._start(lambda d=sink, p=pending: self._write(d, p))
+                self._start(self._read, source, pending, handshake)
+                self._start(self._write, sink, pending)
 
-    def _read(self, sock: socket.socket, pending: queue.Queue[tuple[float, bytes]], first: bool) -> None:
+    def _read(
+        self, sock: socket.socket, pending: queue.Queue[tuple[float, bytes]], first: bool
+    ) -> None:
         extra = 2 * self.delay if first else 0.0
         while True:
             try:
@@ -300,7 +302,10 @@ class DnsHierarchy:
     def __post_init__(self) -> None:
         for zone in (TOP, TLD, SLD):
             self.servers[zone] = KnotServer(
-                [Zone(zone)], self.directory / zone.replace(".", "_"), free_port(), dnssec=self.dnssec
+                [Zone(zone)],
+                self.directory / zone.replace(".", "_"),
+                free_port(),
+                dnssec=self.dnssec,
             )
 
     @property
@@ -314,7 +319,9 @@ class DnsHierarchy:
             server.generate_keys()
         loopback = Zone(TOP).ns_address
         top, tld, sld = (self.servers[z] for z in (TOP, TLD, SLD))
-        top.zones[f"{TOP}."] = Zone(TOP, delegations={"example": loopback}, records=tuple(tld.ds(TLD)))
+        top.zones[f"{TOP}."] = Zone(
+            TOP, delegations={"example": loopback}, records=tuple(tld.ds(TLD))
+        )
         tld.zones[f"{TLD}."] = Zone(TLD, delegations={"iot": loopback}, records=tuple(sld.ds(SLD)))
         sld.zones[f"{SLD}."] = Zone(SLD, hosts={"www": [loopback]}, records=tuple(tlsa))
         return top.ds(TOP)

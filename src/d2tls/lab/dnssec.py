@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import socket
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-import dns.dnssec
 import dns.exception
 import dns.flags
 import dns.message
@@ -33,8 +33,15 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.DS
 import dns.rrset
+from cryptography.utils import CryptographyDeprecationWarning
 
 from d2tls.lab.dns import DnsLabError
+
+with warnings.catch_warnings():
+    # dnspython's DNSSEC module imports DSA support, which cryptography deprecates; we never
+    # use DSA (RFC 8624 §3.1: MUST NOT), so the warning says nothing about this code.
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    import dns.dnssec
 
 Address = tuple[str, int]
 
@@ -90,7 +97,9 @@ class ValidatingResolver:
 
     def __post_init__(self) -> None:
         zone = dns.name.from_text(self.anchor_zone)
-        lines = [line.split(None, 2)[2] if " DS " in f" {line} " else line for line in self.anchor_ds]
+        lines = [
+            line.split(None, 2)[2] if " DS " in f" {line} " else line for line in self.anchor_ds
+        ]
         try:
             ds = dns.rrset.from_text_list(zone, 3600, "IN", "DS", lines)
         except (dns.exception.DNSException, ValueError) as exc:
@@ -107,7 +116,9 @@ class ValidatingResolver:
         }
 
     # ------------------------------------------------------------------ the wire
-    def _query(self, server: Address, qname: dns.name.Name, rdtype: int) -> dns.message.Message:
+    def _query(
+        self, server: Address, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
+    ) -> dns.message.Message:
         request = dns.message.make_query(
             qname, rdtype, want_dnssec=True, use_edns=0, payload=EDNS_PAYLOAD
         )
@@ -140,8 +151,9 @@ class ValidatingResolver:
                 raise DnsLabError(f"{qname} {dns.rdatatype.to_text(rdtype)}: truncated answer")
             code = response.rcode()
             if code != dns.rcode.NOERROR:
-                raise DnsLabError(f"{qname} {dns.rdatatype.to_text(rdtype)}: "
-                                  f"{dns.rcode.to_text(code)}")
+                raise DnsLabError(
+                    f"{qname} {dns.rdatatype.to_text(rdtype)}: {dns.rcode.to_text(code)}"
+                )
             return response
         raise DnsLabError(f"no answer from {server[0]}:{server[1]} for {qname}: {last}")
 
@@ -163,7 +175,7 @@ class ValidatingResolver:
             raise ValidationFailed(f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)} unsigned")
         try:
             dns.dnssec.validate(rrset, sigs[0], {zone: keys})
-        except dns.dnssec.ValidationFailure as exc:
+        except dns.exception.ValidationFailure as exc:
             raise ValidationFailed(
                 f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}: {exc}"
             ) from exc
@@ -184,7 +196,7 @@ class ValidatingResolver:
                     continue
                 try:
                     digest = dns.dnssec.make_ds(cut.name, key, ds.digest_type)
-                except (dns.dnssec.UnsupportedAlgorithm, ValueError):
+                except (dns.exception.UnsupportedAlgorithm, ValueError):
                     continue
                 if digest != ds:
                     continue
@@ -253,7 +265,7 @@ class ValidatingResolver:
 
 
 def _find(
-    section: Sequence[dns.rrset.RRset], name: dns.name.Name, rdtype: int
+    section: Sequence[dns.rrset.RRset], name: dns.name.Name, rdtype: dns.rdatatype.RdataType
 ) -> dns.rrset.RRset | None:
     for rrset in section:
         if rrset.name == name and rrset.rdtype == rdtype and rrset.rdclass == dns.rdataclass.IN:
