@@ -141,7 +141,8 @@ def test_bench_auth_command_reports_table_claims_and_figures(tmp_path: Path) -> 
     assert result["paper"]["twinpeaks_key_resolution_ms"] == {"warm": 37.3, "cold": 470.9}
     assert result["paper"]["dns_resolution_ms"] == {"warm": 168.5, "cold": 1382.7}
     claims = result["claims"]
-    assert len(claims) == 6 and all(isinstance(c["met"], bool) for c in claims)
+    assert len(claims) == 7 and all(isinstance(c["met"], bool) for c in claims)
+    assert [c["claimed"] for c in claims] == [True, False, True, True, True, True, True]
     warm_claim = claims[0]
     values = warm_claim["values_ms"]
     assert warm_claim["met"] == (values["twinpeaks"] < min(values["pki"], values["dane"]))

@@ -426,50 +426,71 @@ def _ratios(result: dict[str, Any]) -> dict[str, float | None]:
 
 
 def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The dissertation's orderings (section 2.6.3), checked on this run's medians."""
-    out: list[dict[str, Any]] = []
+    """The dissertation's statements of section 2.6.3, checked on this run's medians.
 
-    def shortest(what: str, state: str, claim: str) -> None:
+    ``claimed`` is False for an ordering the dissertation does *not* state (TwinPeaks with a
+    cache miss is "comparable" to PKI with an OCSP round trip, not shorter); it is checked
+    and reported beside the claims, so that the cold case is not left out."""
+    out: list[dict[str, Any]] = []
+    schemes = result["schemes"]
+
+    def shortest(what: str, state: str, claim: str, claimed: bool = True) -> None:
         values = {s: _median(result, s, state, what) for s in SCHEMES}
         others = min(values[s] for s in ("pki", "dane"))
         out.append(
             {
                 "claim": claim,
+                "claimed": claimed,
                 "values_ms": values,
                 "met": values["twinpeaks"] < others,
             }
         )
 
-    shortest("auth_ms", "warm", "TwinPeaks has the shortest authentication delay, warm caches")
-    shortest("auth_ms", "cold", "TwinPeaks has the shortest authentication delay, cold caches")
-    shortest("setup_ms", "warm", "TwinPeaks has the shortest set-up except authentication")
-    warm = result["schemes"]
+    shortest(
+        "auth_ms", "warm", "TwinPeaks has the shortest authentication delay, warm caches (Fig. 2.3)"
+    )
+    shortest(
+        "auth_ms",
+        "cold",
+        "TwinPeaks has the shortest authentication delay, cold caches (not claimed)",
+        claimed=False,
+    )
+    shortest("setup_ms", "warm", "TwinPeaks has the shortest set-up except authentication (2.4)")
     traffic = {
-        s: warm[s]["warm"]["bytes"]["dtls"] + warm[s]["warm"]["bytes"]["auth"] for s in SCHEMES
+        s: schemes[s]["warm"]["bytes"]["dtls"] + schemes[s]["warm"]["bytes"]["auth"]
+        for s in SCHEMES
     }
     out.append(
         {
-            "claim": "TwinPeaks generates the least set-up traffic (handshake + authentication)",
+            "claim": "TwinPeaks has the least set-up traffic, handshake + authentication (2.5)",
+            "claimed": True,
             "values_bytes": traffic,
             "met": traffic["twinpeaks"] < min(traffic["pki"], traffic["dane"]),
         }
     )
-    speedup = result["ratios"]["twinpeaks_cold/warm"]
+    cold_tp = _median(result, "twinpeaks", "cold", "auth_ms")
+    bound = PAPER["twinpeaks_cold_bound_ms"]
     out.append(
         {
-            "claim": "a key-resolver cache hit is faster than a miss (paper: 12.6x)",
-            "ratio": speedup,
-            "met": speedup is not None and speedup > 1,
+            "claim": f"TwinPeaks key resolution below {bound} ms even with cache misses",
+            "claimed": True,
+            "values_ms": {"twinpeaks": cold_tp},
+            "met": cold_tp < bound,
         }
     )
-    dns = result["ratios"]["dns_cold/warm"]
-    out.append(
-        {
-            "claim": "a DNS cache hit is faster than a miss (paper: 8.2x)",
-            "ratio": dns,
-            "met": dns is not None and dns > 1,
-        }
-    )
+    for key, what, paper in (
+        ("twinpeaks_cold/warm", "a key-resolver cache hit is faster than a miss", 12.6),
+        ("dns_cold/warm", "a DNS cache hit is faster than a miss", 8.2),
+    ):
+        speedup = result["ratios"][key]
+        out.append(
+            {
+                "claim": f"{what} (paper: {paper}x)",
+                "claimed": True,
+                "ratio": speedup,
+                "met": speedup is not None and speedup > 1,
+            }
+        )
     return out
 
 
@@ -544,9 +565,14 @@ def render(result: dict[str, Any]) -> str:
     out.append("")
     out.append("Claims of the dissertation (section 2.6.3), this run:")
     for claim in result["claims"]:
-        verdict = "met" if claim["met"] else "MISSED"
-        detail = claim.get("values_ms") or claim.get("values_bytes") or claim.get("ratio")
-        if isinstance(detail, dict):
+        if claim["claimed"]:
+            verdict = "met" if claim["met"] else "MISSED"
+        else:
+            verdict = "holds" if claim["met"] else "does not hold"
+        detail = claim.get("values_ms") or claim.get("values_bytes")
+        if "ratio" in claim:
+            detail = "ours " + (f"{claim['ratio']:.1f}x" if claim["ratio"] is not None else "n/a")
+        elif isinstance(detail, dict):
             detail = ", ".join(
                 f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in detail.items()
             )
