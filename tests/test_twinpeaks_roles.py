@@ -146,8 +146,8 @@ def test_key_update_then_invalidation_gives_the_new_key() -> None:
 
 
 def test_invalidate_message_from_a_client_is_answered(demo: Demo) -> None:
-    from d2tls.twinpeaks.messages import Invalidate
     from d2tls.twinpeaks.identity import parse_address
+    from d2tls.twinpeaks.messages import Invalidate
 
     message = Invalidate(b"12345678", "alice.example.test", parse_address("127.0.0.1"))
     demo.resolver.receive_datagram(message.encode(), ("127.0.0.1", 40000), demo.net.now)
@@ -284,3 +284,15 @@ def test_registration_on_the_open_port_is_refused(demo: Demo) -> None:
     ((reply, _),) = demo.h.root.datagrams_to_send(0)
     status = decode_message(reply)
     assert isinstance(status, Status) and status.code == StatusCode.MALFORMED
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=400))
+def test_hostile_anchor_files_raise_typed_errors(data: bytes) -> None:
+    from d2tls.twinpeaks.errors import TwinPeaksError
+
+    try:
+        anchors = load_anchors(data)
+    except TwinPeaksError:
+        return
+    assert anchors and dump_anchors(anchors) == data  # accepted only in canonical form
