@@ -601,11 +601,12 @@ def run_pki_revoke(args: argparse.Namespace) -> int:
 
 
 def _spec_role(name: str) -> RoleSpec:
-    """A role of spec/dtls.yaml or spec/d2tls.yaml (the D2TLS device and agent)."""
+    """A role of spec/dtls.yaml, spec/d2tls.yaml (the D2TLS device and agent) or
+    spec/twinpeaks.yaml (member, key_server, resolver)."""
     from d2tls.errors import SpecError
     from d2tls.model.spec import load_spec
 
-    specs = [load_spec("dtls"), load_spec("d2tls")]
+    specs = [load_spec("dtls"), load_spec("d2tls"), load_spec("twinpeaks")]
     for spec in specs:
         if name in spec.roles:
             return spec.roles[name]
@@ -997,6 +998,10 @@ PLUGINS: dict[str, tuple[str, str]] = {
         "d2tls.conformance.cli",
         "D2TLS readiness, scripted RFC scenarios and state-machine learning of a server",
     ),
+    "twinpeaks": (
+        "d2tls.lab.twinpeaks_cli",
+        "TwinPeaks key servers, resolver, lookup and demo on loopback",
+    ),
     "conformance-peers": (
         "d2tls.conformance.cli",
         "start OpenSSL, GnuTLS, mbedTLS, wolfSSL and d2tls servers on loopback and test each",
@@ -1042,7 +1047,7 @@ def _subparser(
 ) -> argparse.ArgumentParser:
     """The (sub)parser that parsed ``args``, for ``parser.error`` in ``check`` hooks."""
     current = parser
-    for dest in ("command", "pki_command", "model_command"):
+    for dest in ("command", "pki_command", "model_command", "twinpeaks_command"):
         for action in current._actions:
             if isinstance(action, argparse._SubParsersAction) and action.dest == dest:
                 name = getattr(args, dest, None)

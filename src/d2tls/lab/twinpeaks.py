@@ -23,11 +23,12 @@ from d2tls.sansio import Address, Datagram
 from d2tls.twinpeaks import clpkc
 from d2tls.twinpeaks.keyserver import Child, KeyServer, KeyServerConfig
 from d2tls.twinpeaks.member import Member, MemberConfig, ParentLink
-from d2tls.twinpeaks.resolver import Resolver, ResolverConfig
+from d2tls.twinpeaks.resolver import DnsQuery, Resolver, ResolverConfig
 
 LOOPBACK = "127.0.0.1"
 ROOT_NAME = "root.keys"
 MEMBERS = ("alice", "bob")
+DNS_CACHE_TTL = 60.0
 
 
 def _psk(label: str, randomness: Randomness) -> bytes:
@@ -158,6 +159,12 @@ class MemoryNet:
         self.interceptor: Interceptor | None = None
         self.delivered = 0
         self.dns: Callable[[str], list[str]] | None = None
+        #: Events of resolvers whose DNS this net answers (the DNS queries taken out).
+        self.events: dict[Address, list[Any]] = {}
+
+    def take(self, address: Address) -> list[Any]:
+        """The events collected from the resolver at ``address`` since the last call."""
+        return self.events.pop(address, [])
 
     def add(self, address: Address, role: Any) -> None:
         self.nodes[address] = role
@@ -166,8 +173,11 @@ class MemoryNet:
         out: list[tuple[bytes, Address, Address]] = []
         for source, role in list(self.nodes.items()):
             if isinstance(role, Resolver) and self.dns is not None:
-                while (query := role.next_dns_query()) is not None:
-                    role.dns_answer(query.query_id, self.dns(query.name), 60.0, self.now)
+                while (event := role.next_event()) is not None:
+                    if isinstance(event, DnsQuery):
+                        role.dns_answer(event.query_id, self.dns(event.name), 60.0, self.now)
+                    else:
+                        self.events.setdefault(source, []).append(event)
             datagrams: list[Datagram] = role.datagrams_to_send(self.now)
             out += [(data, source, destination) for data, destination in datagrams]
         return out
@@ -200,21 +210,26 @@ class MemoryNet:
 
 
 # --------------------------------------------------------------------------- real DNS
-def serve_dns(resolver: Resolver, dns: DnsResolver, now: float) -> int:
-    """Answer every pending DNS query of ``resolver`` from a real DNS server (dnspython);
-    returns how many were answered. Blocking: call it from the host's thread or executor."""
-    answered = 0
-    while (query := resolver.next_dns_query()) is not None:
-        try:
-            addresses = dns.addresses(query.name)
-        except NameNotFound:
-            resolver.dns_failure(query.query_id, f"{query.name}: NXDOMAIN", now)
-        except DnsLabError as exc:
-            resolver.dns_failure(query.query_id, str(exc), now)
-        else:
-            resolver.dns_answer(query.query_id, addresses, 60.0, now)
-        answered += 1
-    return answered
+def fetch_addresses(dns: DnsResolver, name: str) -> tuple[list[str], str | None]:
+    """The A and AAAA records of ``name`` from a real DNS server (dnspython, blocking: run it
+    in an executor), or the reason there are none."""
+    try:
+        return [a.compressed for a in dns.addresses(name)], None
+    except NameNotFound:
+        return [], f"{name}: NXDOMAIN"
+    except DnsLabError as exc:
+        return [], str(exc)
+
+
+def answer_dns(
+    resolver: Resolver, query: DnsQuery, found: tuple[list[str], str | None], now: float
+) -> None:
+    """Give ``resolver`` the outcome of :func:`fetch_addresses` for ``query``."""
+    addresses, failure = found
+    if failure is not None:
+        resolver.dns_failure(query.query_id, failure, now)
+    else:
+        resolver.dns_answer(query.query_id, addresses, DNS_CACHE_TTL, now)
 
 
 def resolver_for(hierarchy: Hierarchy, **kwargs: Any) -> Resolver:
@@ -225,8 +240,9 @@ def resolver_for(hierarchy: Hierarchy, **kwargs: Any) -> Resolver:
 __all__ = [
     "Hierarchy",
     "MemoryNet",
+    "answer_dns",
     "build_hierarchy",
+    "fetch_addresses",
     "resolver_for",
     "seeded",
-    "serve_dns",
 ]

@@ -8,9 +8,9 @@ Sections 2.4.1, 2.4.4 and 2.5.1 of the dissertation. Public API (everything a ho
   :meth:`Resolver.next_event` as :class:`LookupCompleted` (with the validated
   :class:`LookupResult`: record, issuer params, public key Q, timeline) or :class:`LookupFailed`
   (a typed :class:`~d2tls.twinpeaks.errors.LookupFailed` or other TwinPeaks error);
-* the DNS half, kept apart: :meth:`Resolver.next_dns_query` gives a :class:`DnsQuery` (a name
-  whose A/AAAA records the host must fetch, e.g. with dnspython), answered with
-  :meth:`Resolver.dns_answer` (addresses and TTL) or :meth:`Resolver.dns_failure`;
+* the DNS half, kept apart: a :class:`DnsQuery` event names a name whose A/AAAA records the
+  host must fetch (e.g. with dnspython, :func:`d2tls.lab.twinpeaks.answer_dns`); the host
+  answers with :meth:`Resolver.dns_answer` (addresses and TTL) or :meth:`Resolver.dns_failure`;
 * ``invalidate(name, address)`` — the "outdated public key" path (2.4.4): drop cached records;
 * the five :mod:`d2tls.sansio` calls for the key-request datagrams. The resolver is also a
   service for local clients: a ``tp-key-request`` from a client starts a lookup whose answer
@@ -187,7 +187,7 @@ class Invalidated:
     entries: int
 
 
-ResolverEvent: TypeAlias = LookupCompleted | LookupFailed | Discarded | Invalidated
+ResolverEvent: TypeAlias = LookupCompleted | LookupFailed | Discarded | Invalidated | DnsQuery
 
 
 @dataclass
@@ -512,7 +512,6 @@ class Resolver:
         self.dns_cache = _Cache(config.max_cache_entries)
         self._lookups: dict[int, Lookup] = {}
         self._by_request: dict[bytes, Lookup] = {}
-        self._dns: deque[DnsQuery] = deque()
         self._dns_pending: dict[int, Lookup] = {}
         self._ids = itertools.count(1)
         self.counters = {"queries": 0, "discarded": 0, "cache_hits": 0, "lookups": 0}
@@ -543,10 +542,6 @@ class Resolver:
             return lookup.lookup_id
         lookup.driver.fire_local("lookup")
         return lookup.lookup_id
-
-    def next_dns_query(self) -> DnsQuery | None:
-        """The next name whose A/AAAA records the host must fetch, or None."""
-        return self._dns.popleft() if self._dns else None
 
     def dns_answer(
         self, query_id: int, addresses: Sequence[str | IPAddress], ttl: float, now: float
@@ -667,7 +662,7 @@ class Resolver:
 
     def ask_dns(self, lookup: Lookup) -> int:
         query = DnsQuery(next(self._ids), lookup.name)
-        self._dns.append(query)
+        self.events.append(query)
         self._dns_pending[query.query_id] = lookup
         return query.query_id
 
