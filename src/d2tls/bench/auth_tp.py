@@ -39,7 +39,13 @@ from d2tls.twinpeaks.clpkc import FullPrivateKey
 from d2tls.twinpeaks.keyserver import Child, KeyServer, KeyServerConfig, Serving
 from d2tls.twinpeaks.member import Member, MemberConfig, ParentLink, Registered
 from d2tls.twinpeaks.messages import TrustAnchor
-from d2tls.twinpeaks.resolver import LookupCompleted, LookupFailed, Resolver, ResolverConfig
+from d2tls.twinpeaks.resolver import (
+    DnsQuery,
+    LookupCompleted,
+    LookupFailed,
+    Resolver,
+    ResolverConfig,
+)
 
 Address = tuple[str, int]
 LOOPBACK: Final = "127.0.0.1"
@@ -172,6 +178,12 @@ class KeyResolver:
         """A cold resolver: a new instance with empty caches."""
         self._resolver = self._fresh()
 
+    def _send(self, resolver: Resolver, sock: socket.socket) -> None:
+        for data, addr in resolver.datagrams_to_send(time.monotonic()):
+            sock.sendto(data, addr)
+            self.bytes += len(data)
+            self.datagrams += 1
+
     def resolve(self, name: str) -> ResolvedServerKey:
         """The validated key of ``name`` (spec §8.3-8.5), then the raw key and the TwinPeaks
         extension computed from the record's Q (checked by the resolver). The resolver's DNS
@@ -183,21 +195,18 @@ class KeyResolver:
             deadline = time.monotonic() + LOOKUP_TIMEOUT
             while True:
                 now = time.monotonic()
-                while (query := resolver.next_dns_query()) is not None:
-                    addresses, ttl = self.dns(query.name)
-                    resolver.dns_answer(query.query_id, addresses, ttl, time.monotonic())
-                    now = time.monotonic()
-                for data, addr in resolver.datagrams_to_send(now):
-                    sock.sendto(data, addr)
-                    self.bytes += len(data)
-                    self.datagrams += 1
+                self._send(resolver, sock)
                 while (event := resolver.next_event()) is not None:
-                    if isinstance(event, LookupCompleted):
+                    if isinstance(event, DnsQuery):
+                        addresses, ttl = self.dns(event.name)
+                        resolver.dns_answer(event.query_id, addresses, ttl, time.monotonic())
+                        self._send(resolver, sock)
+                    elif isinstance(event, LookupCompleted):
                         result = event.result
                         spki = spki_of(result.q.to_public_key())
                         hello = hello_for(result.params, result.public_key)
                         return ResolvedServerKey(spki, hello, result.from_cache)
-                    if isinstance(event, LookupFailed):
+                    elif isinstance(event, LookupFailed):
                         raise AuthBenchError(f"TwinPeaks lookup of {name} failed: {event.error}")
                 if now > deadline:
                     raise AuthBenchError(f"TwinPeaks lookup of {name} timed out")
