@@ -349,8 +349,10 @@ class TwinPeaksClient:
         )
 
     def _pump_dtls(self) -> None:
-        assert self.dtls is not None
-        while (event := self.dtls.next_event()) is not None:
+        dtls = self.dtls
+        assert dtls is not None
+        # A failed handshake may replace the engine (a retry): stop with the old one.
+        while self.dtls is dtls and (event := dtls.next_event()) is not None:
             if isinstance(event, HandshakeCompleted):
                 self._fire("handshake_done")
             elif isinstance(event, ApplicationDataReceived):
