@@ -186,6 +186,7 @@ class TwinPeaksClient:
         self._error: D2TLSError | None = None
         self._ended: ConnectionTerminated | None = None
         self._retries = config.retries
+        self._lookup_only = False
         self._started = 0.0
         self._now = 0.0
         self._driver = MachineDriver(self.ROLE, self, spec_name="twinpeaks")
@@ -201,6 +202,15 @@ class TwinPeaksClient:
         self.port = port
         self._now = self._started = now
         self._driver.fire_local("connect")
+
+    def lookup(self, name: str, now: float, address: str | None = None) -> None:
+        """Only look ``name``'s key up (a :class:`KeyResolved` event, or
+        :class:`ClientFailed`): ``d2tls twinpeaks lookup --resolver``."""
+        self.name = normalize_name(name)
+        self.wanted = parse_address(address) if address is not None else None
+        self._lookup_only = True
+        self._now = self._started = now
+        self._driver.fire_local("lookup")
 
     def send_application_data(self, data: bytes) -> None:
         if self.state != "connected" or self.dtls is None:
@@ -437,6 +447,9 @@ class TwinPeaksClient:
             self._error = KeyDenied(f"{record.signer.name} denies {self.name}: {reason}")
         return True
 
+    def lookup_only(self) -> bool:
+        return self._lookup_only
+
     def outdated_key(self) -> bool:
         return self._ended is not None and isinstance(refusal_error(self._ended), OutdatedPublicKey)
 
@@ -489,6 +502,14 @@ class TwinPeaksClient:
         )
         self.dtls = DTLSClient(config)
         self.dtls.connect(self._now)
+
+    def report_resolved(self) -> None:
+        """Lookup only: the key is the result (its event, :class:`KeyResolved`, is out)."""
+        response = self._response
+        if isinstance(response, KeyResponse):  # from the resolver service
+            self._deadline = None
+            self._resolved(response.record, from_cache=False)
+        self.note(f"key of {self.name} resolved")
 
     def report_connected(self) -> None:
         assert self.key is not None and self.peer is not None and self.record is not None
