@@ -191,15 +191,27 @@ class KeyServer:
 
     ROLE = "key_server"
 
-    def __init__(self, config: KeyServerConfig, saved: KeyServerState | None = None) -> None:
+    def __init__(
+        self,
+        config: KeyServerConfig,
+        saved: KeyServerState | None = None,
+        *,
+        port_of: KeyServer | None = None,
+    ) -> None:
         """``saved``: the state of a previous run (:meth:`export_state`), restored so that the
-        keys issued before a restart stay valid and published."""
+        keys issued before a restart stay valid and published. ``port_of``: this server is
+        another key-service port of that one, for another root (§11.6): same master key,
+        the same registrations, its own key from its own parent."""
         self.state = ""
         self.config = config
         self.key: FullPrivateKey | None = None
         self.registrations: dict[tuple[str, IPAddress], Registration] = {}
         self._serials: dict[str, int] = {}
         self._saved_key: FullPrivateKey | None = None
+        if port_of is not None:
+            if port_of.config.master != config.master or saved is not None:
+                raise TwinPeaksError("another port of a key server shares its master key only")
+            self.registrations, self._serials = port_of.registrations, port_of._serials
         if saved is not None:
             self._restore(saved)
         self._events: deque[KeyServerEvent] = deque()
