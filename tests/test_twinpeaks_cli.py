@@ -1,8 +1,10 @@
 """``d2tls twinpeaks`` for real: processes on loopback UDP, Knot DNS (d2tls.lab.dns).
 
-The demo runs the whole hierarchy and exits 0; a root key server process and ``lookup``
-against it with a real DNS server give a signed denial for a name it has no child for; bad
-command lines exit 2 with the cause; ``model diagram`` draws the TwinPeaks roles.
+The demo runs the whole hierarchy, its lookups and its connections and exits 0; a root key
+server process and ``lookup`` against it with a real DNS server give a signed denial for a
+name it has no child for; a root with a state directory, a member process, a resolver
+service, ``lookup --resolver`` and ``connect`` work across a restart of the root; bad command
+lines exit 2 with the cause; ``model diagram`` draws the TwinPeaks roles.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ def test_demo_runs_and_reports_every_step() -> None:
     assert not cold["from_cache"] and cached["from_cache"] and cold["q"] == cached["q"]
     assert updated["serial"] == 2 and updated["q"] != cold["q"]
     assert sum("key request" in line for line in cold["timeline"]) == 3
+    first, served, wrong, recovered = report["connections"]
+    assert first["ok"] and first["echo"] == "hello alice" and first["attempts"] == 1
+    assert served["ok"] and any("resolver service" in line for line in served["timeline"])
+    assert not wrong["ok"] and wrong["error_type"] == "WrongServerName"
+    assert recovered["ok"] and recovered["outdated_key_recovered"]
+    assert recovered["attempts"] == 2 and recovered["serial"] == 2 == updated["serial"]
+    assert recovered["q"] == updated["q"]
     assert all(a["as_expected"] for a in report["attacks"])
     assert {a["verdict"] for a in report["attacks"]} == {"prevented", "detected", "impersonation"}
 
@@ -120,7 +129,7 @@ def test_hostile_anchor_file_is_a_typed_error(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("role", ["member", "key_server", "resolver"])
+@pytest.mark.parametrize("role", ["member", "key_server", "resolver", "client"])
 def test_model_diagram_draws_the_twinpeaks_roles(tmp_path: Path, role: str) -> None:
     out = tmp_path / f"{role}.dot"
     done = subprocess.run(
