@@ -233,3 +233,51 @@ def test_hostile_datagrams_to_the_client_never_raise(
     client.datagrams_to_send(world.net.now)
     while (event := client.next_event()) is not None:
         assert not isinstance(event, ClientFailed | Connected)
+
+
+def test_silent_resolver_service_times_out_after_three_sends() -> None:
+    """A resolver service that never answers: the tp-key-request is sent 3 times (after 1
+    and 2 seconds) and the client fails with a typed LookupTimeout."""
+    from d2tls.twinpeaks.errors import LookupTimeout
+    from d2tls.twinpeaks.messages import KeyRequest, decode_message
+
+    client = TwinPeaksClient(TwinPeaksClientConfig(resolver_service=(LOOPBACK, 6999)))
+    client.connect(ALICE, 6004, 0.0)
+    (query,) = [e for e in iter(client.next_event, None)]
+    client.dns_answer(query.query_id, ["127.0.0.1"], 60.0, 0.0)
+    sent: list[float] = []
+    now = 0.0
+    events: list[Any] = []
+    while client.state == "resolving":
+        for data, peer in client.datagrams_to_send(now):
+            assert peer == (LOOPBACK, 6999) and isinstance(decode_message(data), KeyRequest)
+            sent.append(now)
+        timer = client.next_timer()
+        assert timer is not None
+        now = timer
+        client.handle_timer(now)
+        events += list(iter(client.next_event, None))
+    assert sent == [0.0, 1.0, 3.0] and client.state == "failed"
+    (failed,) = [e for e in events if isinstance(e, ClientFailed)]
+    assert isinstance(failed.error, LookupTimeout)
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.binary(max_size=300), peer_port=st.sampled_from([6003, 40000]))
+def test_hostile_datagrams_to_a_member_service_never_raise(
+    world: MemoryWorld, data: bytes, peer_port: int
+) -> None:
+    """Random datagrams from the parent's address (to the member's association) or from a
+    stranger (to its DTLS server): typed events only, never an exception."""
+    from d2tls.dtls.events import Event
+    from d2tls.twinpeaks.member import Registered, RegistrationError
+    from d2tls.twinpeaks.service import ServingKey
+
+    service = world.h.services["bob"]
+    while service.next_event() is not None:
+        pass
+    service.receive_datagram(data, (LOOPBACK, peer_port), world.net.now)
+    service.datagrams_to_send(world.net.now)
+    while (event := service.next_event()) is not None:
+        assert isinstance(event, Event | Registered | RegistrationError | ServingKey)
+    assert service.dtls is not None and service.dtls.counters().internal_errors == 0
