@@ -465,6 +465,7 @@ class TwinPeaksClient:
 
     def start_lookup(self) -> None:
         self._response, self._error, self._ended = None, None, None
+        self._deadline = None  # the tp-invalidate (if any) is answered
         if self.resolver is not None:
             self.note(f"lookup {self.name} (own resolver)")
             self._lookup_id = self.resolver.lookup(self.name, self._now, self.wanted)
