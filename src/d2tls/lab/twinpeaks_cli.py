@@ -223,7 +223,7 @@ def _print_result(out: dict[str, Any], as_json: bool, what: str) -> int:
         print(
             f"{out['name']}: "
             + (
-                f"{what} key {out['q'][:32]}... serial {out['serial']}"
+                f"{what}key {out['q'][:32]}... serial {out['serial']}"
                 if out["ok"]
                 else out["error"]
             )
@@ -409,7 +409,7 @@ async def _connect(args: argparse.Namespace) -> int:
     payload = args.send.encode() if args.send else b""
     run = await run_client(client, args.name, args.port, dns, address=args.address, payload=payload)
     out = _client_json(client, run)
-    return _print_result(out, args.json, "connected, server proved its")
+    return _print_result(out, args.json, "connected, server proved its ")
 
 
 # --------------------------------------------------------------------------- demo
