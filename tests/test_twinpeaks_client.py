@@ -281,3 +281,73 @@ def test_hostile_datagrams_to_a_member_service_never_raise(
     while (event := service.next_event()) is not None:
         assert isinstance(event, Event | Registered | RegistrationError | ServingKey)
     assert service.dtls is not None and service.dtls.counters().internal_errors == 0
+
+
+class StaleService:
+    """A resolver service that keeps serving one (genuine, signed) old record: it stands
+    beside the real service tests above, to show that the retry happens once only."""
+
+    def __init__(self, record: Any, signature: bytes) -> None:
+        self.record, self.signature = record, signature
+        self.out: list[tuple[bytes, tuple[str, int]]] = []
+        self.invalidations = 0
+
+    def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        from d2tls.twinpeaks.messages import (
+            Invalidate,
+            KeyRequest,
+            KeyResponse,
+            Status,
+            StatusCode,
+            decode_message,
+        )
+
+        message = decode_message(data)
+        if isinstance(message, KeyRequest):
+            reply = KeyResponse(message.request_id, self.record, self.signature).encode()
+        else:
+            assert isinstance(message, Invalidate)
+            self.invalidations += 1
+            reply = Status(message.request_id, StatusCode.OK).encode()
+        self.out.append((reply, addr))
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int]]]:
+        out, self.out = self.out, []
+        return out
+
+    def next_timer(self) -> None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        pass
+
+    def next_event(self) -> None:
+        return None
+
+
+def test_a_second_outdated_key_refusal_is_final() -> None:
+    """dissertation 2.4.4 / spec §9.4: one invalidation and one retry; if the fresh lookup
+    still gives a key the server calls outdated, the client gives up with the typed error."""
+    world = MemoryWorld()
+    world.client.connect(ALICE, 6004, world.net.now)
+    assert world.net.run(lambda: world.client.state == "connected", 30)
+    assert world.client.resolver is not None
+    ((record, signature), _) = next(iter(world.client.resolver.answers.items.values()))
+    alice = world.h.members["alice"]
+    alice.update_key(world.net.now)
+    assert world.net.run(lambda: alice.serial == 2, 30)
+    stale = StaleService(record, signature)
+    world.net.add((LOOPBACK, 6998), stale)
+    client = TwinPeaksClient(
+        TwinPeaksClientConfig(
+            resolver_service=(LOOPBACK, 6998), wall_clock=world.client.config.wall_clock
+        )
+    )
+    world.net.add((LOOPBACK, 7002), client)
+    client.connect(ALICE, 6004, world.net.now)
+    assert world.net.run(lambda: client.state == "failed", 30)
+    events = world.net.take((LOOPBACK, 7002)) + list(iter(client.next_event, None))
+    assert len([e for e in events if isinstance(e, KeyInvalidated)]) == 1
+    assert stale.invalidations == 1
+    (failed,) = [e for e in events if isinstance(e, ClientFailed)]
+    assert isinstance(failed.error, OutdatedPublicKey)
