@@ -89,7 +89,7 @@ def test_spec_roles_load_and_draw() -> None:
     from d2tls.model.diagram import to_dot
 
     spec = load_spec("twinpeaks")
-    assert set(spec.roles) == {"member", "key_server", "resolver"}
+    assert set(spec.roles) == {"member", "key_server", "resolver", "client"}
     for role in spec.roles.values():
         assert "digraph" in to_dot(role)
 

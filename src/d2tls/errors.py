@@ -222,3 +222,13 @@ class LookupTimeout(LookupFailed):
 class RegistrationFailed(TwinPeaksError):
     """A member's registration or key update with its parent failed: refused by the parent
     (a tp-status), a partial private key that does not check, or no association."""
+
+
+class TwinPeaksConnectFailed(TwinPeaksError):
+    """The relying client's handshake with a looked-up name failed for a reason that is not a
+    TwinPeaks refusal (no answer, another alert), or data was sent before it connected."""
+
+
+class StateFileError(TwinPeaksError):
+    """A key server's state file is unreadable, corrupt or for another server: the server
+    refuses to start rather than issue keys under a master key it cannot trust."""

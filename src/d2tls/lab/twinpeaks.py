@@ -2,7 +2,8 @@
 
 :func:`build_hierarchy` sets up the hierarchy of spec/twinpeaks.md §2 (section 2.4.1 of the
 dissertation): a root key server, the ``test`` TLK server, the ``example.test`` SLK server and
-the members ``alice.example.test`` and ``bob.example.test``, each association with its own PSK.
+the members ``alice.example.test`` and ``bob.example.test``, each association with its own PSK;
+each member serves DTLS with its TwinPeaks key on its port (:class:`MemberService`, an echo).
 :class:`MemoryNet` delivers datagrams between sans-IO roles in memory (the simulator of the
 attacker worlds and of fast tests); :func:`serve_dns` answers a resolver's DNS queries from
 a real DNS server (Knot DNS of :mod:`d2tls.lab.dns`, through dnspython).
@@ -21,9 +22,11 @@ from d2tls.lab.dns import Resolver as DnsResolver
 from d2tls.randomness import SYSTEM, Randomness, SeededRandomness
 from d2tls.sansio import Address, Datagram
 from d2tls.twinpeaks import clpkc
+from d2tls.twinpeaks.client import TwinPeaksClient
 from d2tls.twinpeaks.keyserver import Child, KeyServer, KeyServerConfig
 from d2tls.twinpeaks.member import Member, MemberConfig, ParentLink
 from d2tls.twinpeaks.resolver import DnsQuery, Resolver, ResolverConfig
+from d2tls.twinpeaks.service import MemberService
 
 LOOPBACK = "127.0.0.1"
 ROOT_NAME = "root.keys"
@@ -44,6 +47,12 @@ class Hierarchy:
     sld: KeyServer
     members: dict[str, Member]
     addresses: dict[str, Address] = field(default_factory=dict)
+    #: Each member's DTLS server with its TwinPeaks key, on the member's port (§9).
+    services: dict[str, MemberService] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, member in self.members.items():
+            self.services.setdefault(name, MemberService(member, echo=True))
 
     def roles(self) -> dict[Address, Any]:
         nodes: dict[Address, Any] = {
@@ -51,8 +60,8 @@ class Hierarchy:
             self.addresses["test"]: self.tld,
             self.addresses["example.test"]: self.sld,
         }
-        for name, member in self.members.items():
-            nodes[self.addresses[name]] = member
+        for name, service in self.services.items():
+            nodes[self.addresses[name]] = service
         return nodes
 
     def start(self, now: float) -> None:
@@ -172,7 +181,7 @@ class MemoryNet:
     def _outgoing(self) -> list[tuple[bytes, Address, Address]]:
         out: list[tuple[bytes, Address, Address]] = []
         for source, role in list(self.nodes.items()):
-            if isinstance(role, Resolver) and self.dns is not None:
+            if isinstance(role, Resolver | TwinPeaksClient) and self.dns is not None:
                 while (event := role.next_event()) is not None:
                     if isinstance(event, DnsQuery):
                         role.dns_answer(event.query_id, self.dns(event.name), 60.0, self.now)

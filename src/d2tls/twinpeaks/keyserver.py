@@ -25,7 +25,7 @@ from d2tls.clock import Clock, wall_time
 from d2tls.dtls.config import ServerConfig, TimerConfig
 from d2tls.dtls.events import ApplicationDataReceived, ConnectionTerminated, HandshakeCompleted
 from d2tls.dtls.server import DTLSServer
-from d2tls.errors import TwinPeaksError
+from d2tls.errors import StateFileError, TwinPeaksError
 from d2tls.model.machine import MachineDriver
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.sansio import Address, Datagram
@@ -56,6 +56,7 @@ from d2tls.twinpeaks.messages import (
     TrustAnchor,
     decode_message,
 )
+from d2tls.twinpeaks.state import KeyServerState
 
 DEFAULT_RECORD_TTL: Final = 300
 """Seconds a resolver may cache a record this server signs (§8.4)."""
@@ -190,12 +191,29 @@ class KeyServer:
 
     ROLE = "key_server"
 
-    def __init__(self, config: KeyServerConfig) -> None:
+    def __init__(
+        self,
+        config: KeyServerConfig,
+        saved: KeyServerState | None = None,
+        *,
+        port_of: KeyServer | None = None,
+    ) -> None:
+        """``saved``: the state of a previous run (:meth:`export_state`), restored so that the
+        keys issued before a restart stay valid and published. ``port_of``: this server is
+        another key-service port of that one, for another root (§11.6): same master key,
+        the same registrations, its own key from its own parent."""
         self.state = ""
         self.config = config
         self.key: FullPrivateKey | None = None
         self.registrations: dict[tuple[str, IPAddress], Registration] = {}
         self._serials: dict[str, int] = {}
+        self._saved_key: FullPrivateKey | None = None
+        if port_of is not None:
+            if port_of.config.master != config.master or saved is not None:
+                raise TwinPeaksError("another port of a key server shares its master key only")
+            self.registrations, self._serials = port_of.registrations, port_of._serials
+        if saved is not None:
+            self._restore(saved)
         self._events: deque[KeyServerEvent] = deque()
         self._out: list[Datagram] = []
         self._member: Member | None = None
@@ -219,6 +237,34 @@ class KeyServer:
         self._refusal = (StatusCode.MALFORMED, "")
         self._now = 0.0
         self._driver = MachineDriver(self.ROLE, self, spec_name="twinpeaks")
+
+    def _restore(self, saved: KeyServerState) -> None:
+        config = self.config
+        if saved.master != config.master:
+            raise StateFileError(f"the saved state is for another master key (zone {config.zone})")
+        own = saved.own_key
+        if own is not None and (
+            own.params != config.params
+            or own.identity != config.params.identity(config.name, config.address)
+        ):
+            raise StateFileError(
+                f"the saved key is not {config.name} at {config.address} under our params"
+            )
+        self._saved_key = own
+        for subject in saved.subjects:
+            if not _strictly_below(subject.identity.name, config.zone):
+                raise StateFileError(f"a saved key for {subject.identity.name} is not in our zone")
+            registration = Registration(subject)
+            self.registrations[(registration.name, registration.address)] = registration
+        self._serials = dict(saved.serials)
+
+    def export_state(self) -> KeyServerState:
+        """What must survive a restart (save it after every :class:`ChildRegistered` and
+        once :class:`Serving`): the master key, a root's own key, the published keys and
+        the serials. A TLK/SLK server registers again at start (a fresh key of its own)."""
+        own = self.key if self.config.parent is None else None
+        subjects = tuple(r.subject for r in self.registrations.values())
+        return KeyServerState(self.config.master, own, subjects, dict(self._serials))
 
     # ------------------------------------------------------------------ inputs
     def start(self, now: float) -> None:
@@ -387,7 +433,12 @@ class KeyServer:
         return self.config.parent is None
 
     def self_issue_key(self) -> None:
-        """A root's key under its own params (§8.8: a self-issued anchor)."""
+        """A root's key under its own params (§8.8: a self-issued anchor); the saved one after
+        a restart, so that the anchor clients hold stays valid."""
+        if self._saved_key is not None:
+            self.key = self._saved_key
+            self._events.append(Serving(self.key))
+            return
         params, rng = self.config.params, self.config.randomness.random_bytes
         identity = params.identity(self.config.name, self.config.address)
         secret = clpkc.set_secret_value(params, identity, rng)
