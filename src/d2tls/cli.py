@@ -1000,7 +1000,7 @@ PLUGINS: dict[str, tuple[str, str]] = {
     ),
     "twinpeaks": (
         "d2tls.lab.twinpeaks_cli",
-        "TwinPeaks key servers, resolver, lookup and demo on loopback",
+        "TwinPeaks key servers, resolver, lookup, connect and demo on loopback",
     ),
     "conformance-peers": (
         "d2tls.conformance.cli",
