@@ -87,6 +87,9 @@ GNUTLS_SUITE_PRIORITY: dict[CipherSuite, str] = {
     CipherSuite.TLS_PSK_WITH_AES_128_CCM_8: (
         "NORMAL:-VERS-ALL:+VERS-DTLS1.2:-CIPHER-ALL:+AES-128-CCM-8:-KX-ALL:+PSK"
     ),
+    CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256: (
+        "NORMAL:-VERS-ALL:+VERS-DTLS1.2:-CIPHER-ALL:+CHACHA20-POLY1305:-KX-ALL:+ECDHE-PSK"
+    ),
 }
 #: GnuTLS priority for RFC 7250 raw public keys (server and client) with ECDHE-ECDSA AES-128-CCM-8.
 GNUTLS_RAWPK_PRIORITY = (
@@ -768,6 +771,8 @@ class GnuTLSResult(ClientResult):
         kx = parts[1] if len(parts) > 1 else ""
         if kx == "PSK" and cipher == "AES-128-CCM-8":
             return CipherSuite.TLS_PSK_WITH_AES_128_CCM_8
+        if kx.startswith("ECDHE-PSK") and cipher == "CHACHA20-POLY1305":
+            return CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256
         if ("X.509" in parts[0] or "Raw Public Key" in parts[0]) and kx.startswith("ECDHE"):
             if cipher == "AES-128-CCM-8":
                 return CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8
