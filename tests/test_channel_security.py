@@ -44,9 +44,7 @@ def test_channel_suites() -> None:
 @asynccontextmanager
 async def stack(pki: LoadedPKI, agent_channel: Channel) -> AsyncIterator[tuple[Agent, Any]]:
     """Server and agent on loopback; yields the agent and a device factory."""
-    server = await ServerEndpoint.listen(
-        "127.0.0.1", 0, DTLSServer(server_config(pki)), echo=True
-    )
+    server = await ServerEndpoint.listen("127.0.0.1", 0, DTLSServer(server_config(pki)), echo=True)
     assert server.address is not None
     server_address = server.address
     policy = AgentPolicy.build(
