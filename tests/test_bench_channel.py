@@ -1,4 +1,4 @@
-"""``python -m d2tls.bench.channel``: the device's cost of one channel handshake, psk vs
+"""``d2tls bench channel``: the device's cost of one channel handshake, psk vs
 ecdhe-psk (issue 23 item 1). Counts and bytes are checked; timings only for being there."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_measure_reports_ratios_from_one_run() -> None:
 
 def test_command_line_json() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "d2tls.bench.channel", "--runs", "2", "--json"],
+        [sys.executable, "-m", "d2tls.cli", "bench", "channel", "--runs", "2", "--json"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,7 +1,8 @@
 """The device's cost of one delegation-channel handshake: ``psk`` against ``ecdhe-psk``.
 
-Run: ``python -m d2tls.bench.channel [--runs N] [--json]``. The device's channel engine (the
-DTLSClient the device opens to the agent, same config as in d2tls.roles.device) meets the
+Run: ``d2tls bench channel [--runs N] [--json]`` (or ``python -m d2tls.bench.channel``). The
+device's channel engine (the DTLSClient the device opens to the agent, same config as in
+d2tls.roles.device) meets the
 agent's engine (DTLSServer, cookie exchange on) in memory, datagrams passed by hand; only the
 calls into the device's engine are timed (CPU time of this thread), alternating the two
 channels so that load on the machine hits both alike. Bytes are the device's datagrams both
@@ -136,19 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     result = measure(args.runs)
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-        return 0
-    print(f"device, one channel handshake ({args.runs} runs each, medians):")
+    print(json.dumps(result, sort_keys=True) if args.json else render(result))
+    return 0
+
+
+def render(result: dict[str, Any]) -> str:
+    """The human-readable table of :func:`measure`'s result."""
+    lines = [f"device, one channel handshake ({result['runs']} runs each, medians):"]
     for channel, row in result["channels"].items():
         ops = ", ".join(f"{k} {v}" for k, v in row["key_operations"].items() if v)
-        print(
+        lines.append(
             f"  {channel:10} {row['suite']:45} CPU {row['cpu_ms_median']:7.3f} ms  "
             f"{row['bytes']:4} bytes ({row['datagrams']} datagrams)  {ops or 'no key operations'}"
         )
     ratio = result["ratio_ecdhe_psk_over_psk"]
-    print(f"  ecdhe-psk / psk: CPU {ratio['cpu']}x, bytes {ratio['bytes']}x")
-    return 0
+    lines.append(f"  ecdhe-psk / psk: CPU {ratio['cpu']}x, bytes {ratio['bytes']}x")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
