@@ -146,6 +146,15 @@ def test_our_client_to_mbedtls_server(pki: LoadedPKI) -> None:
         assert "mbed TLS" in (result["received"] or ""), result
 
 
+def test_our_client_with_a_wrong_key_gets_bad_record_mac_from_mbedtls(pki: LoadedPKI) -> None:
+    """ssl_server2 answers a Finished that does not authenticate with bad_record_mac; our
+    client reports the peer's alert at once."""
+    with mbedtls_server(pki) as server:
+        result = d2tls_client(server.port, "--psk", WRONG_ARG, "--cipher", OPENSSL_NAME)
+        assert result["ok"] is False, result
+        assert result["alert"] == "bad_record_mac" and result["alert_from_peer"] is True, result
+
+
 def test_mbedtls_client_to_our_server(ecdhe_server: CLIServer) -> None:
     mark = ecdhe_server.mark()
     result = MbedTLSClient(ecdhe_server.port, psk=PAIR, suite=SUITE).run()
