@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,10 +26,12 @@ from d2tls.dtls.constants import CipherSuite
 from d2tls.dtls.server import DTLSServer
 from d2tls.errors import ConfigurationError
 from d2tls.net.udp import ServerEndpoint
+from d2tls.peers import OutputCapture
 from d2tls.pki.verify import load_psk_file
 from d2tls.roles.agent import Agent, AgentConfig
 from d2tls.roles.device import DelegationFailed, Device, DeviceConfig
 from d2tls.roles.signer import DeviceSigner
+from test_interop import CLIServer
 
 ECDHE_PSK = CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256
 PSK = CipherSuite.TLS_PSK_WITH_AES_128_CCM_8
@@ -125,3 +131,51 @@ def test_an_agent_requiring_ecdhe_psk_refuses_a_plain_psk_device(pki: LoadedPKI)
             assert agent.completed == 0
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+
+
+def test_command_line_channel_option(pki: LoadedPKI) -> None:
+    """``d2tls agent --channel ecdhe-psk`` and ``d2tls device --channel ...`` as processes: the
+    option reaches both engines (a plain-PSK device is refused, an ECDHE-PSK one delegates)."""
+    paths = pki.paths
+    with CLIServer(
+        "--cert", str(paths.server_cert), "--key", str(paths.server_key),
+        "--ca", str(paths.ca_cert), "--require-client-cert", "--echo",
+    ) as server:  # fmt: skip
+        agent_argv = [sys.executable, "-m", "d2tls.cli", "agent", "--listen", "127.0.0.1:0"]
+        agent_argv += ["--psk-file", str(paths.agent_psk_file), "--ca", str(paths.ca_cert)]
+        agent_argv += ["--allow-server", f"127.0.0.1:{server.port}", "--channel", "ecdhe-psk"]
+        agent = subprocess.Popen(
+            agent_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        assert agent.stdout is not None
+        capture = OutputCapture(agent.stdout)
+        try:
+            ready = re.compile(rb"agent listening on 127\.0\.0\.1:(\d+)")
+            assert capture.wait_for(ready, 15), capture.text()
+            match = ready.search(capture.data())
+            assert match is not None
+            identity, key = next(iter(load_psk_file(paths.psk_file).items()))
+            device = paths.devices[0]
+            argv = [sys.executable, "-m", "d2tls.cli", "device", "--json", "--send", "fs"]
+            argv += ["--agent", f"127.0.0.1:{int(match.group(1))}"]
+            argv += ["--psk", f"{identity.decode()}:{key.hex()}", "--timeout", "15"]
+            argv += ["--server", f"127.0.0.1:{server.port}", "--server-name", SERVER_NAME]
+            argv += ["--cert", str(device.cert), "--key", str(device.key)]
+            results = {}
+            for channel in ("psk", "ecdhe-psk"):
+                proc = subprocess.run(
+                    [*argv, "--channel", channel],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+                results[channel] = json.loads(proc.stdout.strip().splitlines()[-1])
+        finally:
+            agent.terminate()
+            agent.wait(timeout=10)
+            capture.join()
+    assert results["psk"]["ok"] is False and "handshake_failure" in results["psk"]["error"]
+    assert results["ecdhe-psk"]["ok"] is True, results["ecdhe-psk"]
+    assert results["ecdhe-psk"]["connections"][0]["received"] == "fs"
