@@ -13,23 +13,41 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Run, psk_client_config, psk_server_config
+from conftest import (
+    CLIENT_ADDRESS,
+    PSK_KEY,
+    SERVER_ADDRESS,
+    Run,
+    psk_client_config,
+    psk_server_config,
+)
 from d2tls.dtls import keyschedule
 from d2tls.dtls.constants import (
     SECP256R1,
     AlertDescription,
     CipherSuite,
+    ContentType,
     HandshakeType,
 )
 from d2tls.dtls.ecdhe_psk import client_key_exchange, server_pre_master
-from d2tls.dtls.fragments import HandshakeFragment
+from d2tls.dtls.fragments import HandshakeFragment, encode_fragment, parse_handshake_fragments
 from d2tls.dtls.messages import (
     MAX_PSK_HINT,
+    ClientHello,
     ClientKeyExchangeECDHEPSK,
+    ServerHello,
     ServerKeyExchangeECDHEPSK,
     decode_handshake_body,
+    encode_handshake,
 )
-from d2tls.errors import ConfigurationError, DecodeError, IllegalParameter, ProtocolError
+from d2tls.dtls.record import AEADProtection, Record, encode_record, parse_datagram
+from d2tls.errors import (
+    ConfigurationError,
+    DecodeError,
+    IllegalParameter,
+    ProtocolError,
+    RecordError,
+)
 from d2tls.randomness import SYSTEM
 from d2tls.sim import Tap
 from test_handshake import (
@@ -290,3 +308,110 @@ def test_pre_master_layout_and_agreement() -> None:
     assert info.value.alert == AlertDescription.UNKNOWN_PSK_IDENTITY
     with pytest.raises(ValueError):
         keyschedule.ecdhe_psk_pre_master_secret(z, b"")
+
+
+# --------------------------------------------------------------------------- forward secrecy
+def record_channel(suite: CipherSuite) -> tuple[list[tuple[Address, bytes]], Run]:
+    """A channel handshake and one client record, as a passive observer records them."""
+    seen: list[tuple[Address, bytes]] = []
+
+    def recorder(source: Address, destination: Address, data: bytes) -> list[bytes]:
+        seen.append((source, data))
+        return [data]
+
+    run = Run(
+        psk_server_config(cipher_suites=(suite,)),
+        psk_client_config(cipher_suites=(suite,)),
+        tap=recorder,
+    )
+    run.handshake()
+    assert_established(run)
+    run.send_to_server(b"the SessionContext")
+    run.settle()
+    return seen, run
+
+
+def decrypt_with_the_psk_only(
+    seen: list[tuple[Address, bytes]], suite: CipherSuite, other_secret: bytes
+) -> bytes:
+    """What an agent compromised later can do with a recording: it knows the PSK (and
+    guesses ``other_secret``), rebuilds the EMS session hash from the cleartext handshake
+    (RFC 7627 §4) and opens the client's first application-data record."""
+    transcript = bytearray()
+    hashed: set[tuple[int, int]] = set()
+    client_random = server_random = b""
+    app_record = None
+    for source, data in seen:
+        records, _ = parse_datagram(data)
+        for record in records:
+            if record.content_type == ContentType.APPLICATION_DATA and source == CLIENT_ADDRESS:
+                app_record = app_record or record
+            if record.content_type != ContentType.HANDSHAKE or record.epoch != 0:
+                continue
+            for f in parse_handshake_fragments(record.fragment):
+                if f.msg_type == HandshakeType.HELLO_VERIFY_REQUEST or f.message_seq == 0:
+                    continue  # RFC 6347 §4.2.6: the cookie exchange is not hashed
+                if (f.msg_type, f.message_seq) in hashed:
+                    continue
+                hashed.add((f.msg_type, f.message_seq))
+                transcript += encode_handshake(f.msg_type, f.message_seq, f.body)
+                if f.msg_type == HandshakeType.CLIENT_HELLO:
+                    client_random = ClientHello.decode(f.body).random
+                if f.msg_type == HandshakeType.SERVER_HELLO:
+                    server_random = ServerHello.decode(f.body).random
+    assert app_record is not None
+    if suite == PSK_CCM8:
+        pre_master = keyschedule.psk_pre_master_secret(PSK_KEY)
+    else:
+        pre_master = keyschedule.ecdhe_psk_pre_master_secret(other_secret, PSK_KEY)
+    master = keyschedule.extended_master_secret(
+        pre_master, keyschedule.transcript_hash(bytes(transcript))
+    )
+    keys = keyschedule.key_block(bytes(master), client_random, server_random, suite)
+    protection = AEADProtection(suite, keys.client_write_key, keys.client_write_iv)
+    return protection.open(app_record)
+
+
+def test_a_recorded_psk_channel_opens_with_the_psk_an_ecdhe_psk_one_does_not() -> None:
+    """Issue 16's trade-off, shown on the wire: with the PSK alone a recorded plain-PSK channel
+    yields the context; a recorded ECDHE-PSK channel does not (RFC 5489 §1)."""
+    seen, _ = record_channel(PSK_CCM8)
+    assert decrypt_with_the_psk_only(seen, PSK_CCM8, b"") == b"the SessionContext"
+    seen, _ = record_channel(ECDHE_PSK)
+    with pytest.raises(RecordError):
+        decrypt_with_the_psk_only(seen, ECDHE_PSK, bytes(32))
+
+
+def test_server_hello_done_without_the_server_key_exchange_is_unexpected_message() -> None:
+    """RFC 5489 §2 makes the ECDHE_PSK ServerKeyExchange mandatory: a flight without it (the
+    ServerHelloDone renumbered into its place) is unexpected_message at the client."""
+
+    def drop_ske(source: Address, destination: Address, data: bytes) -> list[bytes]:
+        if source != SERVER_ADDRESS:
+            return [data]
+        records, _ = parse_datagram(data)
+        out = bytearray()
+        for record in records:
+            if record.content_type == ContentType.HANDSHAKE and record.epoch == 0:
+                kept = []
+                for f in parse_handshake_fragments(record.fragment):
+                    if f.msg_type == HandshakeType.SERVER_KEY_EXCHANGE:
+                        continue
+                    if f.msg_type == HandshakeType.SERVER_HELLO_DONE:
+                        f = HandshakeFragment(f.msg_type, 0, f.message_seq - 1, 0, 0, b"")
+                    kept.append(encode_fragment(f))
+                if not kept:
+                    continue
+                record = Record(record.content_type, record.version, 0, record.sequence_number,
+                                b"".join(kept))  # fmt: skip
+            out += encode_record(record)
+        return [bytes(out)] if out else []
+
+    run = Run(
+        psk_server_config(cipher_suites=(ECDHE_PSK,)),
+        psk_client_config(cipher_suites=(ECDHE_PSK,)),
+        tap=drop_ske,
+    )
+    run.handshake()
+    local, _ = assert_failed_with(run, sender="client", alert=AlertDescription.UNEXPECTED_MESSAGE)
+    assert "ServerHelloDone" in local.reason
