@@ -100,6 +100,20 @@ def test_ecdhe_psk_handshake_then_data_then_resumption() -> None:
     exchange_application_data(again)
 
 
+def test_rfc8442_aes128_gcm_handshake() -> None:
+    """TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256 (RFC 8442 §2): the same key exchange, AES-128-GCM
+    records with the nonce of RFC 5288 §3 (interop with wolfSSL in the interop tests)."""
+    suite = CipherSuite.TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256
+    run = Run(
+        psk_server_config(cipher_suites=(suite, ECDHE_PSK)),
+        psk_client_config(cipher_suites=(suite,)),
+    )
+    run.handshake()
+    client_done, _ = assert_established(run)
+    assert client_done.cipher_suite == suite
+    exchange_application_data(run)
+
+
 def test_each_handshake_uses_fresh_ephemeral_keys() -> None:
     """Forward secrecy rests on a new ECDH key pair per handshake (RFC 5489 §1)."""
     points: list[bytes] = []

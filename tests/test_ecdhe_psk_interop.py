@@ -1,9 +1,10 @@
 """ECDHE-PSK (RFC 5489) interop with third-party DTLS 1.2 peers, real processes on loopback.
 
 TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256 (0xCCAC, RFC 7905) is the one AEAD ECDHE-PSK
-suite that OpenSSL 3.0, GnuTLS 3.7 and mbedTLS 2.28 all offer in DTLS 1.2 (none of them has
-the RFC 8442 AES-GCM/CCM ones). Both directions with OpenSSL and mbedTLS, our client against
-gnutls-serv, and a wrong key refused with the alert RFC 4279 §2 names (decrypt_error).
+suite that OpenSSL 3.0, GnuTLS 3.7, mbedTLS 2.28 and wolfSSL 5.5 all offer in DTLS 1.2; of
+RFC 8442's AES suites only TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256 (0xD001) exists, in wolfSSL.
+Both directions with OpenSSL and mbedTLS, our client against gnutls-serv and wolfSSL, and a
+wrong key refused with the alert RFC 4279 §2 names (decrypt_error).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from d2tls.peers import (
     MbedTLSServer,
     OpenSSLClient,
     OpenSSLServer,
+    WolfSSLServer,
 )
 from test_interop import CLIServer, d2tls_client
 
@@ -191,3 +193,29 @@ def test_our_client_to_gnutls_server(tmp_path: Path, pki: LoadedPKI) -> None:
         assert result["ok"] and result["cipher"] == SUITE.name, result
         assert result["received"] == "gnutls-ecdhe"  # --echo
         assert server.wait_for("Processing 12 bytes command: gnutls-ecdhe")
+
+
+# --------------------------------------------------------------------------- wolfSSL
+@pytest.mark.parametrize(
+    ("suite", "name"),
+    [
+        (SUITE, OPENSSL_NAME),
+        (CipherSuite.TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256, "ECDHE-PSK-AES128-GCM-SHA256"),
+    ],
+    ids=["chacha20-poly1305", "rfc8442-aes128-gcm"],
+)
+def test_our_client_to_wolfssl_server(pki: LoadedPKI, suite: CipherSuite, name: str) -> None:
+    """wolfssl_server (Debian's wolfSSL 5.5.4) echoes; it names the suite it negotiated."""
+    with WolfSSLServer(
+        cert=pki.paths.server_cert,
+        key=pki.paths.server_key,
+        ca=pki.paths.ca_cert,
+        client_auth="none",
+        psk=PAIR,
+        ciphers=name,
+    ) as server:
+        result = d2tls_client(server.port, "--psk", PSK_ARG, "--cipher", name, "--send", "wolf")
+        assert result["ok"] and result["cipher"] == suite.name, result
+        assert result["extended_master_secret"] is True
+        assert result["received"] == "wolf"
+        assert server.wait_for(f"handshake done: {name}"), server.output()

@@ -96,8 +96,13 @@ GNUTLS_RAWPK_PRIORITY = (
     GNUTLS_SUITE_PRIORITY[CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8]
     + ":+CTYPE-SRV-RAWPK:+CTYPE-CLI-RAWPK"
 )
+#: d2tls suites that OpenSSL 3.0, GnuTLS 3.7 and mbedTLS 2.28 lack (of the peers here, only
+#: wolfSSL 5.5 has RFC 8442's ECDHE-PSK-AES128-GCM-SHA256).
+WOLFSSL_ONLY_SUITES = frozenset({CipherSuite.TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256})
 #: OpenSSL cipher names of the d2tls suites.
-OPENSSL_SUITE_NAMES: dict[CipherSuite, str] = {s: n for n, s in CIPHER_SUITE_NAMES.items()}
+OPENSSL_SUITE_NAMES: dict[CipherSuite, str] = {
+    s: n for n, s in CIPHER_SUITE_NAMES.items() if s not in WOLFSSL_ONLY_SUITES
+}
 
 DEFAULT_TIMEOUT = 10.0
 ClientAuthMode = Literal["none", "optional", "required"]

@@ -1,9 +1,10 @@
 """TLS 1.2 key schedule with the SHA-256 PRF (RFC 5246 §5, §6.3, §8.1; RFC 7627; RFC 4279 §2;
 RFC 5489 §2).
 
-Every d2tls suite (CCM_8, GCM_SHA256, PSK_CCM_8, ECDHE_PSK_CHACHA20_POLY1305_SHA256) uses the
-SHA-256 PRF: RFC 5246 §5 makes it the default, RFC 5289 §3.2, RFC 6655 §3 / RFC 7251 §2 and
-RFC 7905 §2 keep it for these AEAD suites.
+Every d2tls suite (CCM_8, GCM_SHA256, PSK_CCM_8, ECDHE_PSK_CHACHA20_POLY1305_SHA256,
+ECDHE_PSK_AES_128_GCM_SHA256) uses the SHA-256 PRF: RFC 5246 §5 makes it the default,
+RFC 5289 §3.2, RFC 6655 §3 / RFC 7251 §2, RFC 7905 §2 and RFC 8442 §2 keep it for these AEAD
+suites.
 """
 
 from __future__ import annotations
