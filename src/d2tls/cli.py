@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from d2tls.delegation.channel_security import CHANNELS
 from d2tls.dtls.constants import CIPHER_SUITE_NAMES, CipherSuite
 from d2tls.errors import D2TLSError
 
@@ -430,6 +431,7 @@ async def run_agent(args: argparse.Namespace) -> int:
         tracer=trace,
         max_connections=args.max_connections,
         max_half_open=args.max_half_open,
+        channel=args.channel,
     )
     agent = Agent(config, ocsp_issuer=issuer)
     host, port = await agent.start(*args.listen)
@@ -517,6 +519,7 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             tracer=trace,
             timeout=args.timeout,
             server_pin=args.server_pin,
+            channel=args.channel,
         )
     )
     for _ in range(args.connections):
@@ -880,6 +883,13 @@ def _add_agent(sub: Any) -> None:
         help="seconds a device may resume a handed-over session (default 21600)",
     )
     agent.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    agent.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        default="psk",
+        help="device channel: psk (default) accepts PSK or ECDHE-PSK devices; ecdhe-psk "
+        "requires ECDHE-PSK (RFC 5489: forward secrecy for handed-over contexts)",
+    )
     add_association_limits(agent)
     agent.set_defaults(handler=lambda args: _run_async(run_agent(args)))
 
@@ -890,6 +900,13 @@ def _add_device(sub: Any) -> None:
         "--agent", type=parse_address, metavar="HOST:PORT", help="the security agent's address"
     )
     device.add_argument("--psk", metavar="ID:HEX", help="PSK shared with the agent")
+    device.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        default="psk",
+        help="agent channel: psk (default, TLS_PSK_WITH_AES_128_CCM_8) or ecdhe-psk "
+        "(TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256: forward secrecy for contexts)",
+    )
     device.add_argument(
         "--server",
         type=parse_address,

@@ -207,6 +207,12 @@ def _flood(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def _channel(args: argparse.Namespace) -> int:
+    from d2tls.bench import channel
+
+    return _emit(args, channel.measure(args.runs), channel.render)
+
+
 # --------------------------------------------------------------------------- parsers
 def register(subparsers: Any) -> None:
     """Add ``bench`` (device, latency, server, record) and ``overhead`` to ``d2tls``."""
@@ -314,6 +320,12 @@ def register(subparsers: Any) -> None:
         help="application-data sizes in bytes (default 16,64,256,1024,1345)",
     )
     record.set_defaults(handler=_record)
+
+    channel = kinds.add_parser(
+        "channel", help="device cost of one delegation-channel handshake: psk vs ecdhe-psk"
+    )
+    _common(channel, runs=200)
+    channel.set_defaults(handler=_channel)
 
     flood = kinds.add_parser(
         "flood",

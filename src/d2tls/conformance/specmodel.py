@@ -123,7 +123,7 @@ class SpecModel:
             return not self.options.cookie_exchange or config.cookie == letter
         if name == "session_resumable":
             return letter == "ClientHelloResume"
-        if name == "psk_suite_chosen":
+        if name in ("psk_suite_chosen", "ecdhe_psk_suite_chosen"):
             return False  # the learner offers one ECDHE_ECDSA suite
         if name == "client_certificate_wanted":
             return self.options.client_auth != "none"

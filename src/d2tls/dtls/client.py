@@ -17,13 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from d2tls.clock import utc
-from d2tls.dtls import keyschedule
+from d2tls.dtls import ecdhe_psk, keyschedule
 from d2tls.dtls.config import ClientConfig
 from d2tls.dtls.connection import Connection, FlightItem, InvalidStateError, Tracer
 from d2tls.dtls.constants import (
     CERT_TYPE_ECDSA_SIGN,
     COMPRESSION_NULL,
     DTLS_1_2,
+    ECDHE_PSK_SUITES,
     ECDSA_SECP256R1_SHA256,
     POINT_FORMAT_UNCOMPRESSED,
     PSK_SUITES,
@@ -46,6 +47,7 @@ from d2tls.dtls.messages import (
     CertificateVerify,
     ClientHello,
     ClientKeyExchangeECDHE,
+    ClientKeyExchangeECDHEPSK,
     ClientKeyExchangePSK,
     Extension,
     HelloVerifyRequest,
@@ -106,6 +108,7 @@ class DTLSClient(Connection):
         self._certificate_requested = False
         self._ephemeral: ec.EllipticCurvePrivateKey | None = None
         self._pre_master = b""
+        self._ecdhe_psk_exchange: ClientKeyExchangeECDHEPSK | None = None
         self._signature: bytes | None = None
         self._prebuilt_items: list[FlightItem] = []
         self._resumed = False
@@ -150,6 +153,11 @@ class DTLSClient(Connection):
 
     def server_chose_psk(self) -> bool:
         return isinstance(self._current, ServerHello) and self._current.cipher_suite in PSK_SUITES
+
+    def server_chose_ecdhe_psk(self) -> bool:
+        """RFC 5489 §2: an ECDHE_PSK suite; its ServerKeyExchange is mandatory."""
+        hello = self._current
+        return isinstance(hello, ServerHello) and hello.cipher_suite in ECDHE_PSK_SUITES
 
     def has_client_certificate(self) -> bool:
         if not self._certificate_requested:
@@ -438,8 +446,23 @@ class DTLSClient(Connection):
         if not isinstance(self._current, ServerKeyExchangePSK):
             raise IllegalParameter("expected a PSK ServerKeyExchange")
 
+    def process_ecdhe_psk_server_key_exchange(self) -> None:
+        """Keep the server's ephemeral point; the hint is informational (RFC 5489 §2)."""
+        self._server_point = ecdhe_psk.server_point(self._current)
+
     def process_server_hello_done(self) -> None:
-        """Compute the premaster secret (RFC 8422 §5.10, RFC 4279 §2)."""
+        """Compute the premaster secret (RFC 8422 §5.10, RFC 4279 §2, RFC 5489 §2)."""
+        if self._uses_ecdhe_psk():
+            assert self.config.psk is not None and self.config.psk_identity is not None
+            self._ecdhe_psk_exchange, self._pre_master = ecdhe_psk.client_key_exchange(
+                self.config.randomness,
+                self.config.psk_identity,
+                self.config.psk,
+                self._server_point,
+            )
+            self.stats["keygen"] += 1
+            self.stats["ecdh"] += 1
+            return
         if self._uses_psk():
             assert self.config.psk is not None
             self._pre_master = keyschedule.psk_pre_master_secret(self.config.psk)
@@ -508,7 +531,9 @@ class DTLSClient(Connection):
         """Send our key share, then derive the master secret (RFC 7627 §4: session hash)."""
         if self._take_prebuilt(ClientKeyExchangeECDHE.msg_type):
             return
-        if self._uses_psk():
+        if self._ecdhe_psk_exchange is not None:
+            self._queue_handshake(self._ecdhe_psk_exchange)
+        elif self._uses_psk():
             assert self.config.psk_identity is not None
             self._queue_handshake(ClientKeyExchangePSK(self.config.psk_identity))
         else:
@@ -554,7 +579,9 @@ class DTLSClient(Connection):
                 extended_master_secret=self.extended_master_secret,
                 server_name=self.config.server_name,
                 peer_certificates=self._server_certificates,
-                psk_identity=self.config.psk_identity if self._uses_psk() else None,
+                psk_identity=(
+                    self.config.psk_identity if self._uses_psk() or self._uses_ecdhe_psk() else None
+                ),
                 created_at=self.config.wall_clock(),
             )
         self.handshake_completed_at = self._now

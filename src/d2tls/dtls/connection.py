@@ -21,6 +21,7 @@ from d2tls.dtls.config import KeyLogCallback, TimerConfig
 from d2tls.dtls.constants import (
     DTLS_1_0,
     DTLS_1_2,
+    ECDHE_PSK_SUITES,
     HANDSHAKE_HEADER_LEN,
     MAX_PLAINTEXT,
     PSK_SUITES,
@@ -269,7 +270,7 @@ class Connection:
             try:
                 payload = self._open(self._read, record)
             except RecordError as exc:
-                if self.state == "wait_finished" and self._uses_psk():
+                if self.state == "wait_finished" and (self._uses_psk() or self._uses_ecdhe_psk()):
                     # RFC 4279 §2: a wrong key is answered with decrypt_error; the peer's
                     # Finished is the first record under the new keys (RFC 6347 §4.1.2.7
                     # allows a fatal alert instead of the silent discard).
@@ -375,7 +376,11 @@ class Connection:
         if not self._driver.accepts(trigger):
             raise UnexpectedMessage(f"{name} is not allowed in state {self.state}")
         self._current = decode_handshake_body(
-            msg_type, body, psk=self._uses_psk(), raw_public_key=self._peer_sends_raw_public_key()
+            msg_type,
+            body,
+            psk=self._uses_psk(),
+            raw_public_key=self._peer_sends_raw_public_key(),
+            ecdhe_psk=self._uses_ecdhe_psk(),
         )
         self._trace("message_received", message=name, message_seq=message_seq, length=len(body))
         self._transcript_mark = len(self._transcript)
@@ -476,6 +481,10 @@ class Connection:
 
     def _uses_psk(self) -> bool:
         return self.cipher_suite in PSK_SUITES
+
+    def _uses_ecdhe_psk(self) -> bool:
+        """An ECDHE_PSK suite was negotiated (RFC 5489 §2)."""
+        return self.cipher_suite in ECDHE_PSK_SUITES
 
     def _peer_sends_raw_public_key(self) -> bool:
         """True when the peer's Certificate carries a raw public key (RFC 7250 §4.2)."""

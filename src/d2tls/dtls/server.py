@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from d2tls.clock import utc
-from d2tls.dtls import keyschedule
+from d2tls.dtls import ecdhe_psk, keyschedule
 from d2tls.dtls.config import ClientAuth, ServerConfig
 from d2tls.dtls.connection import Address, Connection, InvalidStateError, Tracer, log
 from d2tls.dtls.constants import (
@@ -30,11 +30,13 @@ from d2tls.dtls.constants import (
     COMPRESSION_NULL,
     DTLS_1_0,
     DTLS_1_2,
+    ECDHE_PSK_SUITES,
     ECDSA_SECP256R1_SHA256,
     EMPTY_RENEGOTIATION_INFO_SCSV,
     MAX_PLAINTEXT,
     MAX_SEQUENCE,
     POINT_FORMAT_UNCOMPRESSED,
+    PSK_KEYED_SUITES,
     PSK_SUITES,
     SECP256R1,
     AlertDescription,
@@ -351,6 +353,10 @@ class ServerConnection(Connection):
     def psk_suite_chosen(self) -> bool:
         return self._negotiate_suite() in PSK_SUITES
 
+    def ecdhe_psk_suite_chosen(self) -> bool:
+        """RFC 5489 §2: ServerKeyExchange with hint and ECDH parameters, no certificate."""
+        return self._negotiate_suite() in ECDHE_PSK_SUITES
+
     def client_certificate_wanted(self) -> bool:
         return self.config.client_auth is not ClientAuth.NONE
 
@@ -410,9 +416,12 @@ class ServerConnection(Connection):
                 return suite
             if groups is not None and SECP256R1 not in groups:
                 continue
-            if algorithms is not None and ECDSA_SECP256R1_SHA256 not in algorithms:
-                continue
             if formats is not None and POINT_FORMAT_UNCOMPRESSED not in formats:
+                continue
+            if suite in ECDHE_PSK_SUITES:  # RFC 5489 §2: nothing is signed
+                self._choice = suite
+                return suite
+            if algorithms is not None and ECDSA_SECP256R1_SHA256 not in algorithms:
                 continue
             self._choice = suite
             return suite
@@ -446,7 +455,7 @@ class ServerConnection(Connection):
 
     def new_session(self) -> None:
         self._session_id = self.config.randomness.random_bytes(32)
-        if not self._uses_psk():
+        if self.cipher_suite not in PSK_KEYED_SUITES:
             self._negotiate_certificate_types()
 
     def _negotiate_certificate_types(self) -> None:
@@ -535,7 +544,7 @@ class ServerConnection(Connection):
                     encode_ec_point_formats([POINT_FORMAT_UNCOMPRESSED]),
                 )
             )
-        if not self._resumed and self.cipher_suite not in PSK_SUITES:
+        if not self._resumed and self.cipher_suite not in PSK_KEYED_SUITES:
             # RFC 7250 §4.2: answer each list the client sent with the one type chosen; the
             # client's type only when we send a CertificateRequest and a type was chosen.
             if hello.server_certificate_types is not None:
@@ -586,7 +595,13 @@ class ServerConnection(Connection):
         return key
 
     def build_ServerKeyExchange(self) -> None:
-        """Signed ECDHE parameters (RFC 8422 §5.4)."""
+        """Signed ECDHE parameters (RFC 8422 §5.4), or hint and ECDH parameters (RFC 5489 §2)."""
+        if self._uses_ecdhe_psk():
+            self._ephemeral, exchange = ecdhe_psk.server_key_exchange(
+                self.config.randomness, self.config.psk_identity_hint
+            )
+            self._queue_handshake(exchange)
+            return
         self._ephemeral = self.config.randomness.ec_private_key()
         point = self._ephemeral.public_key().public_bytes(
             Encoding.X962, PublicFormat.UncompressedPoint
@@ -654,7 +669,12 @@ class ServerConnection(Connection):
     def process_client_key_exchange(self) -> None:
         """Premaster, then (extended) master secret and the next epoch's keys."""
         exchange = self._current
-        if self._uses_psk():
+        if self._uses_ecdhe_psk():
+            assert self._ephemeral is not None
+            self._psk_identity, pre_master = ecdhe_psk.server_pre_master(
+                self._ephemeral, exchange, self.config.psk_keys
+            )
+        elif self._uses_psk():
             if not isinstance(exchange, ClientKeyExchangePSK):
                 raise IllegalParameter("expected a PSK ClientKeyExchange")
             psk = self.config.psk_keys.get(exchange.identity)

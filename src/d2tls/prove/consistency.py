@@ -95,6 +95,16 @@ EXCLUDED: dict[str, str] = {
     " recv_ServerHelloDone": "PSK suite (device<->agent channel, abstracted)",
     "dtls_server.listen->wait_client_key_exchange recv_ClientHello"
     " if cookie_valid,psk_suite_chosen": "PSK suite (device<->agent channel, abstracted)",
+    "dtls_client.wait_server_hello->wait_ecdhe_psk_server_key_exchange recv_ServerHello"
+    " if server_chose_ecdhe_psk": (
+        "ECDHE-PSK suite (RFC 5489): the device<->agent channel option, abstracted like PSK"
+    ),
+    "dtls_client.wait_ecdhe_psk_server_key_exchange->wait_psk_server_hello_done"
+    " recv_ServerKeyExchange": "ECDHE-PSK suite (device<->agent channel, abstracted)",
+    "dtls_server.listen->wait_client_key_exchange recv_ClientHello"
+    " if cookie_valid,ecdhe_psk_suite_chosen": (
+        "ECDHE-PSK suite (device<->agent channel, abstracted)"
+    ),
     "dtls_client.wait_certificate_request->wait_change_cipher_spec recv_ServerHelloDone": (
         "server that asks for no client certificate: a D2TLS server always requires one "
         "(DESIGN.md 1)"

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.x509.verification import Store
 
 from d2tls.clock import Clock, utc, wall_time
+from d2tls.delegation.channel_security import Channel, agent_channel_suites
 from d2tls.delegation.messages import (
     NO_REQUEST_ID,
     DelegationError,
@@ -115,6 +116,9 @@ class AgentConfig:
     #: engines: docs/architecture.md, "Time and randomness".
     wall_clock: Clock = wall_time
     randomness: Randomness = SYSTEM
+    #: Delegation channel protection: ``psk`` accepts plain PSK or ECDHE-PSK, ``ecdhe-psk``
+    #: requires ECDHE-PSK (d2tls.delegation.channel_security).
+    channel: Channel = "psk"
 
 
 def describe_server_failure(event: ConnectionTerminated) -> tuple[DelegationErrorCode, str]:
@@ -451,7 +455,7 @@ class Agent:
         self.endpoint: ServerEndpoint | None = None
         self.engine = DTLSServer(
             ServerConfig(
-                cipher_suites=(CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,),
+                cipher_suites=agent_channel_suites(config.channel),
                 psk_keys=dict(config.psk_keys),
                 mtu=CHANNEL_MTU,
                 timers=config.timers or TimerConfig(),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from d2tls.clock import Clock, wall_time
+from d2tls.delegation.channel_security import Channel, device_channel_suites
 from d2tls.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
@@ -84,6 +85,9 @@ class DeviceConfig:
     #: the engines' randoms): docs/architecture.md, "Time and randomness".
     wall_clock: Clock = wall_time
     randomness: Randomness = SYSTEM
+    #: Delegation channel protection, ``psk`` or ``ecdhe-psk`` (forward secrecy of handed-over
+    #: contexts): d2tls.delegation.channel_security.
+    channel: Channel = "psk"
 
 
 class DeviceProtocol:
@@ -475,7 +479,7 @@ class Device:
     ) -> ClientEndpoint | None:
         engine = DTLSClient(
             ClientConfig(
-                cipher_suites=(CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,),
+                cipher_suites=device_channel_suites(self.config.channel),
                 psk_identity=self.config.psk_identity,
                 psk=self.config.psk,
                 mtu=CHANNEL_MTU,
