@@ -1009,7 +1009,7 @@ PLUGINS: dict[str, tuple[str, str]] = {
         "d2tls.prove.cli",
         "prove the Tamarin theories and compare with the expected verdicts",
     ),
-    "bench": ("d2tls.bench.cli", "benchmarks (device, latency, server, record, flood, auth)"),
+    "bench": ("d2tls.bench.cli", "benchmarks (device, latency, server, record, flood, auth, channel)"),
     "overhead": ("d2tls.bench.cli", "24-hour session-overhead model of the paper (Figs. 9-10)"),
     "conformance": (
         "d2tls.conformance.cli",

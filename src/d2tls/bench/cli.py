@@ -217,7 +217,7 @@ def _channel(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add ``bench`` (device, latency, server, record) and ``overhead`` to ``d2tls``."""
     bench = subparsers.add_parser(
-        "bench", help="benchmarks (device, latency, server, record, flood, auth)"
+        "bench", help="benchmarks (device, latency, server, record, flood, auth, channel)"
     )
     kinds = bench.add_subparsers(dest="bench_command", required=True)
 
