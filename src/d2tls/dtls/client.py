@@ -5,7 +5,7 @@ CertificateVerify signature is requested with a ``SignatureRequested`` event and
 ``provide_signature``), a caller-chosen ClientHello random, and resume-only connections that
 fail instead of falling back to a full handshake.
 
-The spec's guards, actions and builders are private methods listed in :meth:`_handlers`;
+The spec's guards, actions and builders are private methods listed in ``_handlers``;
 each handler of a received message takes it as its argument.
 """
 
@@ -89,7 +89,7 @@ def _is_ip_literal(name: str) -> bool:
     return True
 
 
-class DTLSClient(Connection[ClientState]):
+class DTLSClient(Connection):
     """A DTLS 1.2 client connection (sans-IO)."""
 
     ROLE = "dtls_client"
@@ -128,6 +128,11 @@ class DTLSClient(Connection[ClientState]):
         self.handshake_completed_at: float | None = None
 
     # ------------------------------------------------------------------ public API
+    @property
+    def state(self) -> ClientState:
+        """The current state (``spec/dtls.yaml``, role ``dtls_client``)."""
+        return ClientState(self._machine.state)
+
     def connect(self, now: float) -> None:
         """Start the handshake by sending the ClientHello."""
         self._now = now

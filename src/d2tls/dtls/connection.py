@@ -7,7 +7,7 @@ and which record the current state takes (content types, the next epoch, an earl
 ChangeCipherSpec), is decided only by ``spec/dtls.yaml``: this module feeds the state machine
 triggers and looks up the current state's record rules.
 
-The spec calls the engine through a typed handler table (:meth:`Connection._handlers`); the
+The spec calls the engine through a typed handler table (``Connection._handlers``); the
 handlers are private methods that take the message that fired the transition as an argument.
 """
 
@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar
 
 from d2tls.dtls import keyschedule
 from d2tls.dtls.config import KeyLogCallback, TimerConfig
@@ -92,7 +92,6 @@ CONTENT_NAMES: dict[int, str] = {
 #: What the spec's guards and actions receive: the handshake message that fired the
 #: transition, or None (a ChangeCipherSpec or a local event).
 Payload = HandshakeMessage | None
-S = TypeVar("S", bound=StrEnum)
 
 
 @dataclass
@@ -106,9 +105,9 @@ class FlightItem:
     message_seq: int = -1
 
 
-class Connection(Generic[S]):
+class Connection:
     """Record layer, reassembly, flights and timers, driven by a spec state machine whose
-    states are the members of ``S``."""
+    states are the members of ``states`` (the role's Enum in :mod:`d2tls.model.states`)."""
 
     ROLE: ClassVar[str]
     IS_CLIENT: ClassVar[bool]
@@ -125,7 +124,7 @@ class Connection(Generic[S]):
         keylog: KeyLogCallback | None,
         peer: Address | None,
         tracer: Tracer | None,
-        states: type[S],
+        states: type[StrEnum],
     ) -> None:
         self.peer = peer
         self._mtu = mtu
@@ -183,7 +182,7 @@ class Connection(Generic[S]):
             "internal_errors": 0,
         }
         self._table = self._handlers()
-        self._machine: SpecMachine[S, Payload] = SpecMachine(
+        self._machine: SpecMachine[StrEnum, Payload] = SpecMachine(
             load_spec().role(self.ROLE), states, self._table
         )
 
@@ -246,8 +245,8 @@ class Connection(Generic[S]):
         return self._events.popleft() if self._events else None
 
     @property
-    def state(self) -> S:
-        """The current state of the spec machine."""
+    def state(self) -> StrEnum:
+        """The current state of the spec machine (the role's Enum member)."""
         return self._machine.state
 
     def send_application_data(self, data: bytes) -> None:
@@ -284,7 +283,7 @@ class Connection(Generic[S]):
     @property
     def is_closed(self) -> bool:
         """True once the connection ended (cleanly or not)."""
-        machine: SpecMachine[S, Payload] | None = self.__dict__.get("_machine")
+        machine: SpecMachine[StrEnum, Payload] | None = self.__dict__.get("_machine")
         return machine is not None and machine.is_final()
 
     # ------------------------------------------------------------------ record layer

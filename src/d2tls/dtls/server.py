@@ -162,7 +162,7 @@ class CookieJar:
         )
 
 
-class ServerConnection(Connection[ServerState]):
+class ServerConnection(Connection):
     """The server side of one DTLS 1.2 association (sans-IO)."""
 
     ROLE = "dtls_server"
@@ -240,8 +240,13 @@ class ServerConnection(Connection[ServerState]):
             self._writes[0].write_seq = self._record_seq
 
     @property
+    def state(self) -> ServerState:
+        """The current state (``spec/dtls.yaml``, role ``dtls_server``)."""
+        return ServerState(self._machine.state)
+
+    @property
     def stateless(self) -> bool:
-        """True while the spec's state keeps nothing for the peer (RFC 6347 §4.2.1): the
+        """Whether the spec's state keeps nothing for the peer (RFC 6347 §4.2.1), so that the
         listener answers from it and drops the machine."""
         return self._machine.spec_state.stateless
 

@@ -1,14 +1,9 @@
-"""The protocol spec (``spec/*.yaml``) turned into explicit state machines and diagrams."""
+"""The protocol spec (``spec/*.yaml``) turned into explicit state machines and diagrams.
 
-from d2tls.model.machine import Handlers, MachineDriver, SpecMachine
+:mod:`d2tls.model.machine` runs a role's machine through a typed handler table,
+:mod:`d2tls.model.states` holds the state Enums generated from the spec.
+"""
+
 from d2tls.model.spec import RoleSpec, Spec, TransitionSpec, load_spec
 
-__all__ = [
-    "Handlers",
-    "MachineDriver",
-    "RoleSpec",
-    "Spec",
-    "SpecMachine",
-    "TransitionSpec",
-    "load_spec",
-]
+__all__ = ["RoleSpec", "Spec", "TransitionSpec", "load_spec"]

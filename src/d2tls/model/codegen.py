@@ -34,7 +34,7 @@ def _roles() -> list[tuple[str, RoleSpec]]:
 def render_states() -> str:
     """The source of ``d2tls/model/states.py`` for the current spec."""
     lines = [
-        '"""States of every role, generated from spec/*.yaml by ``d2tls model states``.',
+        '"""States of every role, generated from ``spec/*.yaml`` by ``d2tls model states``.',
         "",
         "Do not edit: ``d2tls model lint`` and tests/test_spec_states.py fail when this file and",
         "the spec disagree. Members are strings (``StrEnum``), so a state prints as its spec name.",
@@ -68,11 +68,6 @@ def render_states() -> str:
         "__all__ = [" + ", ".join(f'"{n}"' for n in ["ROLE_STATES", *sorted(names)]) + "]",
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_states(path: Path = STATES_MODULE) -> Path:
-    path.write_text(render_states(), encoding="utf-8")
-    return path
 
 
 def lint() -> list[str]:

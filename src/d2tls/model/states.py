@@ -1,4 +1,4 @@
-"""States of every role, generated from spec/*.yaml by ``d2tls model states``.
+"""States of every role, generated from ``spec/*.yaml`` by ``d2tls model states``.
 
 Do not edit: ``d2tls model lint`` and tests/test_spec_states.py fail when this file and
 the spec disagree. Members are strings (``StrEnum``), so a state prints as its spec name.
