@@ -226,3 +226,54 @@ def test_the_conformance_machine_reads_the_same_rules() -> None:
         SpecModel(edited, ServerOptions(echo=True)).step(established, "ApplicationData")[1]
         == "TIMEOUT"
     )
+
+
+@pytest.fixture
+def edited_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run the engines on an edited copy of the spec (the loader's cache is cleared around)."""
+    import shutil
+
+    from d2tls.resources import spec_dir
+
+    copy = tmp_path / "spec"
+    shutil.copytree(spec_dir(), copy)
+
+    def edit(change: Any) -> None:
+        path = copy / "dtls.yaml"
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        change(raw["roles"])
+        path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        monkeypatch.setenv("D2TLS_SPEC_DIR", str(copy))
+        load_spec.cache_clear()
+
+    yield edit
+    monkeypatch.delenv("D2TLS_SPEC_DIR")
+    load_spec.cache_clear()
+
+
+def test_the_engine_enforces_the_record_rules_of_the_yaml(edited_spec: Any) -> None:
+    """The engines have no rule of their own: with application data taken out of the client's
+    ``established`` state in the YAML, the same handshake completes, but the client is not
+    established and drops the server's application data (RFC 6347 §4.1.2.7)."""
+    from conftest import Run, psk_client_config, psk_server_config
+
+    run = Run(psk_server_config(), psk_client_config())
+    run.handshake()
+    assert run.both_established()
+    run.send_to_client(b"pong")
+    run.settle()
+    assert run.received(run.client_events) == [b"pong"]
+
+    def no_data(roles: dict[str, Any]) -> None:
+        roles["dtls_client"]["states"]["established"]["record"]["accept"].remove("application_data")
+
+    edited_spec(no_data)
+    run = Run(psk_server_config(), psk_client_config())
+    run.handshake()
+    assert run.client.state is ClientState.ESTABLISHED and run.completed(run.client_events)
+    assert not run.client.is_established
+    discarded = run.client.stats["records_discarded"]
+    run.send_to_client(b"pong")
+    run.settle()
+    assert run.received(run.client_events) == []
+    assert run.client.stats["records_discarded"] == discarded + 1
