@@ -8,6 +8,7 @@ so a state renamed in ``spec/*.yaml`` can never silently disagree with the code.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from d2tls.model.machine import HandlerNames, table_problems
@@ -15,7 +16,8 @@ from d2tls.model.spec import RoleSpec, load_spec
 
 #: Spec files that define roles, in the order their Enums are written.
 SPEC_FILES = ("dtls", "d2tls")
-STATES_MODULE = Path(__file__).with_name("states.py")
+#: The generated module, located through the package (an installed copy included).
+STATES_MODULE = Path(str(resources.files("d2tls.model").joinpath("states.py")))
 
 
 def enum_name(role: str) -> str:
