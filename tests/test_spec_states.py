@@ -165,6 +165,11 @@ def test_the_record_rules_come_from_the_spec() -> None:
             if state.final:
                 continue
             rules = state.rules
+            if state.stateless:  # before the cookie: epoch-0 handshake records only
+                assert (role_name, name) == ("dtls_server", "listen")
+                assert rules.accept == rules.epoch0 == {"handshake"}
+                assert rules.old_epoch == set()
+                continue
             established = name == "established"
             assert rules.accepts("application_data", 1) is established, name
             assert not rules.accepts("application_data", 0), name
@@ -173,7 +178,27 @@ def test_the_record_rules_come_from_the_spec() -> None:
             assert rules.early_change_cipher_spec == ("fatal" if established else "hold"), name
             assert rules.old_epoch == {"handshake", "change_cipher_spec"}, name
             assert (rules.undecryptable == "fatal_with_psk") is (name == "wait_finished"), name
-            assert state.stateless is (name == "listen" and role_name == "dtls_server"), name
+
+
+def test_the_listener_filters_what_the_stateless_listen_state_takes() -> None:
+    """RFC 6347 §4.2.1: before a cookie the server takes what its ``listen`` state accepts:
+    epoch-0 handshake records with ClientHello fragments, nothing else in the datagram."""
+    from d2tls.dtls.record import Record, encode_record
+    from d2tls.dtls.server import _client_hello_fragments, _listen_filter
+
+    assert _listen_filter() == ({"handshake"}, {1})
+    client = DTLSClient(
+        ClientConfig(
+            cipher_suites=(CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,),
+            psk=b"k" * 16,
+            psk_identity=b"id",
+        )
+    )
+    client.connect(0.0)
+    (hello,) = client.datagrams_to_send(0.0)
+    assert _client_hello_fragments(hello) is not None
+    alert = encode_record(Record(21, 0xFEFD, 0, 7, b"\x01\x00"))
+    assert _client_hello_fragments(hello + alert) is None
 
 
 def _spec_with(edit: Any) -> Any:

@@ -25,6 +25,7 @@ from d2tls.clock import utc
 from d2tls.dtls import keyschedule
 from d2tls.dtls.config import ClientAuth, ServerConfig
 from d2tls.dtls.connection import (
+    CONTENT_NAMES,
     Address,
     Connection,
     InvalidStateError,
@@ -70,6 +71,7 @@ from d2tls.dtls.messages import (
     encode_certificate_type,
     encode_ec_point_formats,
     encode_renegotiation_info,
+    message_name,
 )
 from d2tls.dtls.pending_hellos import PendingHellos
 from d2tls.dtls.rawpk import choose_type, fingerprint, load_raw_public_key, spki_of
@@ -83,8 +85,10 @@ from d2tls.errors import (
     HandshakeFailure,
     IllegalParameter,
     ProtocolError,
+    SpecError,
 )
 from d2tls.model.machine import Handlers, expecting, ignoring
+from d2tls.model.spec import RoleSpec, load_spec
 from d2tls.model.states import ServerState
 from d2tls.pki.verdict_cache import VerdictCache
 from d2tls.pki.verify import certificate_identity, verify_client_path
@@ -871,18 +875,43 @@ def _is_new_client_hello(data: bytes, connection: ServerConnection) -> bool:
     return len(random) != 32 or random != connection.client_random
 
 
+_LISTEN: dict[int, tuple[RoleSpec, frozenset[str], frozenset[int]]] = {}
+
+
+def _listen_filter() -> tuple[frozenset[str], frozenset[int]]:
+    """What the stateless initial state of ``dtls_server`` takes (spec/dtls.yaml): the record
+    content types of epoch 0 and the handshake types it has a transition for (computed once
+    per loaded spec)."""
+    role = load_spec().role("dtls_server")
+    hit = _LISTEN.get(id(role))
+    if hit is not None and hit[0] is role:
+        return hit[1], hit[2]
+    listen = role.states[role.initial]
+    if not listen.stateless:
+        raise SpecError(f"dtls_server: the initial state {role.initial} must be stateless")
+    triggers = role.triggers_from(role.initial)
+    types = frozenset(t for t in HandshakeType if f"recv_{message_name(t)}" in triggers)
+    if types != {HandshakeType.CLIENT_HELLO}:
+        raise SpecError(f"dtls_server: {role.initial} must take exactly ClientHello")
+    content_types = listen.rules.epoch0 & listen.rules.accept
+    _LISTEN[id(role)] = (role, content_types, types)
+    return content_types, types
+
+
 def _client_hello_fragments(data: bytes) -> list[tuple[Record, HandshakeFragment]] | None:
     """The ClientHello fragments of a datagram from an address without an association.
 
-    Before a cookie only epoch-0 handshake records carrying ClientHello fragments of at most
-    :data:`MAX_CLIENT_HELLO_LENGTH` bytes are accepted (RFC 6347 §4.2.1); anything else in
-    the datagram makes it worthless (None).
+    Before a cookie only what the stateless ``listen`` state of the spec takes is accepted
+    (RFC 6347 §4.2.1): epoch-0 handshake records carrying ClientHello fragments, of at most
+    :data:`MAX_CLIENT_HELLO_LENGTH` bytes; anything else in the datagram makes it worthless
+    (None).
     """
+    content_types, message_types = _listen_filter()
     records, _ = parse_datagram(data)
     out: list[tuple[Record, HandshakeFragment]] = []
     for record in records:
         if (
-            record.content_type != ContentType.HANDSHAKE
+            CONTENT_NAMES.get(record.content_type) not in content_types
             or record.epoch != 0
             or record.version not in (DTLS_1_2, DTLS_1_0)
             or len(record.fragment) > MAX_PLAINTEXT
@@ -893,10 +922,7 @@ def _client_hello_fragments(data: bytes) -> list[tuple[Record, HandshakeFragment
         except D2TLSError:
             return None
         for fragment in fragments:
-            if (
-                fragment.msg_type != HandshakeType.CLIENT_HELLO
-                or fragment.length > MAX_CLIENT_HELLO_LENGTH
-            ):
+            if fragment.msg_type not in message_types or fragment.length > MAX_CLIENT_HELLO_LENGTH:
                 return None
             out.append((record, fragment))
     return out or None
