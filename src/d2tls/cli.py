@@ -638,6 +638,30 @@ def run_model_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_model_lint(args: argparse.Namespace) -> int:
+    """Load every spec (schema, references, reachability), then compare it with the code
+    built from it: the generated state Enums and the engines' handler tables."""
+    from d2tls.model.codegen import SPEC_FILES, lint
+
+    problems = lint()
+    for problem in problems:
+        print(f"d2tls model lint: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"spec OK: {', '.join(f'spec/{name}.yaml' for name in SPEC_FILES)}")
+    return 0
+
+
+def run_model_states(args: argparse.Namespace) -> int:
+    """Regenerate d2tls/model/states.py from the spec."""
+    from d2tls.model.codegen import STATES_MODULE, render_states
+
+    output = Path(args.output) if args.output else STATES_MODULE
+    output.write_text(render_states(), encoding="utf-8")
+    print(f"wrote {output}")
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     if args.fleet is not None:
         from d2tls.fleet import run_fleet_demo
@@ -973,6 +997,13 @@ def _add_model(sub: Any) -> None:
     table = model.add_parser("table", help="print a role's transition table")
     table.add_argument("role", help="a role of the spec, e.g. dtls_server")
     table.set_defaults(handler=run_model_table)
+    lint = model.add_parser(
+        "lint", help="check the spec and the code generated from it (exit 1 on any problem)"
+    )
+    lint.set_defaults(handler=run_model_lint)
+    states = model.add_parser("states", help="regenerate the state Enums (d2tls.model.states)")
+    states.add_argument("-o", "--output", help="write here instead of the package module")
+    states.set_defaults(handler=run_model_states)
 
 
 def _add_demo(sub: Any) -> None:
@@ -1009,7 +1040,10 @@ PLUGINS: dict[str, tuple[str, str]] = {
         "d2tls.prove.cli",
         "prove the Tamarin theories and compare with the expected verdicts",
     ),
-    "bench": ("d2tls.bench.cli", "benchmarks (device, latency, server, record, flood, auth, channel)"),
+    "bench": (
+        "d2tls.bench.cli",
+        "benchmarks (device, latency, server, record, flood, auth, channel)",
+    ),
     "overhead": ("d2tls.bench.cli", "24-hour session-overhead model of the paper (Figs. 9-10)"),
     "conformance": (
         "d2tls.conformance.cli",

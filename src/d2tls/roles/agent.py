@@ -55,6 +55,7 @@ from d2tls.dtls.server import DTLSServer
 from d2tls.dtls.session import Session
 from d2tls.errors import ProtocolError
 from d2tls.model.machine import MachineDriver
+from d2tls.model.states import AgentState, ClientState
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed, ServerEndpoint
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.roles.device import CHANNEL_MTU
@@ -225,7 +226,7 @@ class AgentSession:
             self._fire("server_failed")
         elif isinstance(event, HandshakeCompleted):
             self._fire("server_handshake_done")
-            if self.state == "handing_over":
+            if self.state == AgentState.HANDING_OVER:
                 self._fire("context_sent")
 
     def handshake_timed_out(self) -> None:
@@ -573,12 +574,13 @@ class Agent:
         """Push channel output; hand a signature to the server connection when it arrived."""
         signature = session.take_signature()
         client = session.client
-        if signature is not None and client is not None and client.state == "wait_signature":
+        waiting = client is not None and client.state == ClientState.WAIT_SIGNATURE
+        if signature is not None and client is not None and waiting:
             client.provide_signature(signature, asyncio.get_running_loop().time())
             self._kick(session)
         if session.is_final and not session.counted:
             session.counted = True
-            if session.state == "done":
+            if session.state == AgentState.DONE:
                 self.completed += 1
             else:
                 self.failed += 1

@@ -38,6 +38,7 @@ from d2tls.errors import (
 )
 from d2tls.errors import ProtocolError
 from d2tls.model.machine import MachineDriver
+from d2tls.model.states import DeviceState
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.roles.signer import DeviceSigner, SigningRefused, check_bound_transcript
@@ -434,7 +435,7 @@ class Device:
                     elif command == "start_resumption":
                         connection = await self._resume(protocol, report)
                 self._flush(protocol, channel, report)
-                if protocol.state == "connected" or protocol.is_final:
+                if protocol.state == DeviceState.CONNECTED or protocol.is_final:
                     break
                 if channel is None:
                     raise DelegationFailed(f"no channel to the agent in state {protocol.state}")
@@ -458,7 +459,7 @@ class Device:
         report.key_operations["sign"] = self.config.signer.signatures - signs_before
         report.cpu_ms = (time.process_time() - cpu_start) * 1000
         report.wall_ms = (time.perf_counter() - wall_start) * 1000
-        if protocol.state != "connected" or connection is None or self.context is None:
+        if protocol.state != DeviceState.CONNECTED or connection is None or self.context is None:
             raise DelegationFailed(protocol.error or f"delegation ended in state {protocol.state}")
         return DeviceConnection(connection, report, self.context)
 
