@@ -36,10 +36,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "d2tls"
 def test_the_generated_enums_are_up_to_date_with_the_spec() -> None:
     """Regenerating d2tls/model/states.py from the spec gives the checked-in file."""
     assert STATES_MODULE.read_text(encoding="utf-8") == render_states()
-    for spec_name in ("dtls", "d2tls"):
+    for spec_name in ("dtls", "d2tls", "twinpeaks"):
         for role in load_spec(spec_name).roles.values():
             states = ROLE_STATES[role.name]
-            assert states.__name__ == enum_name(role.name)
+            assert states.__name__ == enum_name(role.name, spec_name)
             assert [m.value for m in states] == list(role.states)
             check_states(role, states)
     assert (ClientState.WAIT_SIGNATURE, ServerState.LISTEN) == ("wait_signature", "listen")

@@ -31,6 +31,7 @@ from typing import Any
 
 from d2tls.clock import FixedClock
 from d2tls.lab.twinpeaks import LOOPBACK, Hierarchy, MemoryNet, build_hierarchy, seeded
+from d2tls.model.states import TwinPeaksKeyServerState, TwinPeaksMemberState
 from d2tls.sansio import Address
 from d2tls.twinpeaks import clpkc
 from d2tls.twinpeaks.clpkc import FullPrivateKey
@@ -124,8 +125,11 @@ class World:
             server.start(self.net.now)
         registered = self.net.run(
             lambda: (
-                all(m.state == "registered" for m in self.h.members.values())
-                and all(s.state == "serving" for s in [self.h.tld, self.h.sld, *self.extra])
+                all(m.state == TwinPeaksMemberState.REGISTERED for m in self.h.members.values())
+                and all(
+                    s.state == TwinPeaksKeyServerState.SERVING
+                    for s in [self.h.tld, self.h.sld, *self.extra]
+                )
             ),
             30,
         )

@@ -336,14 +336,14 @@ def run(
         lab(Path(tmp), topology, dnssec) as the_lab,
         Progress(2 * runs * len(SCHEMES), "bench auth", progress) as bar,
     ):
-        for state in STATES:
+        for cache in STATES:
             for i in range(runs):
                 for scheme in SCHEMES[i % 3 :] + SCHEMES[: i % 3]:
-                    if state == "cold":
+                    if cache == "cold":
                         the_lab.flush()
                     elif i == 0:
                         connect(the_lab, scheme)  # fill the caches, unmeasured
-                    samples[scheme][state].append(connect(the_lab, scheme))
+                    samples[scheme][cache].append(connect(the_lab, scheme))
                     bar.update()
     result = summarize(samples, runs, topology, dnssec)
     if plot_dir is not None:

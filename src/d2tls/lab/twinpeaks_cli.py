@@ -43,6 +43,7 @@ from d2tls.lab.twinpeaks_live import (
     serve_resolver,
 )
 from d2tls.lab.twinpeaks_state import load_state, save_state
+from d2tls.model.states import TwinPeaksClientState
 from d2tls.net.pump import Pump
 from d2tls.twinpeaks.client import (
     ClientFailed,
@@ -176,7 +177,7 @@ def _client_json(client: TwinPeaksClient, run: ClientRun | None = None) -> dict[
     if failed is None and run is None:
         failed = next((e for e in _drain(client) if isinstance(e, ClientFailed)), None)
     out: dict[str, Any] = {"name": client.name, "timeline": list(client.timeline)}
-    if failed is not None or client.record is None or client.state == "failed":
+    if failed is not None or client.record is None or client.state == TwinPeaksClientState.FAILED:
         error = failed.error if failed is not None else None
         return out | {
             "ok": False,
@@ -390,7 +391,7 @@ async def _service_lookup(args: argparse.Namespace) -> dict[str, Any]:
     async with await Pump.open(client, (LOOPBACK, 0)) as pump:
         client.lookup(args.name, pump.now, args.address)
         pump.poke()
-        while client.state not in ("resolved", "failed"):
+        while client.state not in (TwinPeaksClientState.RESOLVED, TwinPeaksClientState.FAILED):
             event = await pump.next_event(EVENT_TIMEOUT)
             if isinstance(event, DnsQuery):
                 await answer_query(pump, client, dns, event)

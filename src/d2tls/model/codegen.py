@@ -15,14 +15,16 @@ from d2tls.model.machine import HandlerNames, table_problems
 from d2tls.model.spec import RoleSpec, load_spec
 
 #: Spec files that define roles, in the order their Enums are written.
-SPEC_FILES = ("dtls", "d2tls")
+SPEC_FILES = ("dtls", "d2tls", "twinpeaks")
 #: The generated module, located through the package (an installed copy included).
 STATES_MODULE = Path(str(resources.files("d2tls.model").joinpath("states.py")))
 
 
-def enum_name(role: str) -> str:
-    """``dtls_client`` -> ``ClientState``, ``device`` -> ``DeviceState``."""
-    return "".join(part.title() for part in role.removeprefix("dtls_").split("_")) + "State"
+def enum_name(role: str, spec: str = "d2tls") -> str:
+    """``dtls_client`` -> ``ClientState``, ``device`` -> ``DeviceState``; the TwinPeaks roles
+    carry their system's name (``client`` in spec/twinpeaks.yaml -> ``TwinPeaksClientState``)."""
+    prefix = "TwinPeaks" if spec == "twinpeaks" else ""
+    return prefix + "".join(p.title() for p in role.removeprefix("dtls_").split("_")) + "State"
 
 
 def member_name(state: str) -> str:
@@ -49,7 +51,7 @@ def render_states() -> str:
     ]
     names: list[str] = []
     for spec_name, role in _roles():
-        cls = enum_name(role.name)
+        cls = enum_name(role.name, spec_name)
         names.append(cls)
         lines += ["", f"class {cls}(StrEnum):"]
         lines.append(f'    """States of ``{role.name}`` (spec/{spec_name}.yaml)."""')
@@ -62,12 +64,14 @@ def render_states() -> str:
         "#: The Enum of each role, by role name.",
         "ROLE_STATES: dict[str, type[StrEnum]] = {",
     ]
-    for _, role in _roles():
-        lines.append(f'    "{role.name}": {enum_name(role.name)},')
+    for spec_name, role in _roles():
+        lines.append(f'    "{role.name}": {enum_name(role.name, spec_name)},')
     lines.append("}")
     lines += [
         "",
-        "__all__ = [" + ", ".join(f'"{n}"' for n in ["ROLE_STATES", *sorted(names)]) + "]",
+        "__all__ = [",
+        *(f'    "{n}",' for n in ["ROLE_STATES", *sorted(names)]),
+        "]",
     ]
     return "\n".join(lines) + "\n"
 

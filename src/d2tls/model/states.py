@@ -75,12 +75,71 @@ class AgentState(StrEnum):
     FAILED = "failed"
 
 
+class TwinPeaksMemberState(StrEnum):
+    """States of ``member`` (spec/twinpeaks.yaml)."""
+
+    UNREGISTERED = "unregistered"
+    CONNECTING = "connecting"
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    UPDATING = "updating"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class TwinPeaksKeyServerState(StrEnum):
+    """States of ``key_server`` (spec/twinpeaks.yaml)."""
+
+    CREATED = "created"
+    AWAITING_OWN_KEY = "awaiting_own_key"
+    SERVING = "serving"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class TwinPeaksResolverState(StrEnum):
+    """States of ``resolver`` (spec/twinpeaks.yaml)."""
+
+    IDLE = "idle"
+    RESOLVING_ADDRESS = "resolving_address"
+    QUERYING = "querying"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class TwinPeaksClientState(StrEnum):
+    """States of ``client`` (spec/twinpeaks.yaml)."""
+
+    IDLE = "idle"
+    RESOLVING = "resolving"
+    HANDSHAKING = "handshaking"
+    INVALIDATING = "invalidating"
+    CONNECTED = "connected"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
 #: The Enum of each role, by role name.
 ROLE_STATES: dict[str, type[StrEnum]] = {
     "dtls_client": ClientState,
     "dtls_server": ServerState,
     "device": DeviceState,
     "agent": AgentState,
+    "member": TwinPeaksMemberState,
+    "key_server": TwinPeaksKeyServerState,
+    "resolver": TwinPeaksResolverState,
+    "client": TwinPeaksClientState,
 }
 
-__all__ = ["ROLE_STATES", "AgentState", "ClientState", "DeviceState", "ServerState"]
+__all__ = [
+    "ROLE_STATES",
+    "AgentState",
+    "ClientState",
+    "DeviceState",
+    "ServerState",
+    "TwinPeaksClientState",
+    "TwinPeaksKeyServerState",
+    "TwinPeaksMemberState",
+    "TwinPeaksResolverState",
+]

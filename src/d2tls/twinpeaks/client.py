@@ -33,6 +33,7 @@ from d2tls.dtls.events import ApplicationDataReceived, ConnectionTerminated, Han
 from d2tls.dtls.twinpeaks import OutdatedPublicKey, ResolvedKey, TwinPeaksRefusal, refusal_error
 from d2tls.errors import D2TLSError, TwinPeaksConnectFailed, UnexpectedMessage
 from d2tls.model.machine import MachineDriver
+from d2tls.model.states import TwinPeaksClientState
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.sansio import Address, Datagram
 from d2tls.twinpeaks import clpkc
@@ -213,7 +214,7 @@ class TwinPeaksClient:
         self._driver.fire_local("lookup")
 
     def send_application_data(self, data: bytes) -> None:
-        if self.state != "connected" or self.dtls is None:
+        if self.state != TwinPeaksClientState.CONNECTED or self.dtls is None:
             raise TwinPeaksConnectFailed(f"not connected (state {self.state})")
         self.dtls.send_application_data(data)
 
@@ -237,7 +238,7 @@ class TwinPeaksClient:
             self.resolver.dns_answer(query_id, list(addresses), ttl, now)
             self._pump_resolver()
             return
-        if query_id != self._dns_pending or self.state != "resolving":
+        if query_id != self._dns_pending or self.state != TwinPeaksClientState.RESOLVING:
             return
         self._dns_pending = None
         parsed: list[IPAddress] = []
@@ -266,7 +267,7 @@ class TwinPeaksClient:
         if self.resolver is not None:
             self.resolver.dns_failure(query_id, reason, now)
             self._pump_resolver()
-        elif query_id == self._dns_pending and self.state == "resolving":
+        elif query_id == self._dns_pending and self.state == TwinPeaksClientState.RESOLVING:
             self._dns_pending = None
             self._lookup_failed(AddressMismatch(f"DNS: {reason}"))
 
@@ -369,9 +370,9 @@ class TwinPeaksClient:
                 self._events.append(DataReceived(event.data))
             elif isinstance(event, ConnectionTerminated):
                 self._ended = event
-                if self.state == "handshaking":
+                if self.state == TwinPeaksClientState.HANDSHAKING:
                     self._fire("handshake_failed")
-                elif self.state == "connected":
+                elif self.state == TwinPeaksClientState.CONNECTED:
                     self._fire("connection_ended")
 
     def _service_message(self, data: bytes) -> None:

@@ -27,6 +27,7 @@ from d2tls.dtls.events import ApplicationDataReceived, ConnectionTerminated, Han
 from d2tls.dtls.server import DTLSServer
 from d2tls.errors import StateFileError, TwinPeaksError
 from d2tls.model.machine import MachineDriver
+from d2tls.model.states import TwinPeaksKeyServerState
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.sansio import Address, Datagram
 from d2tls.twinpeaks import clpkc
@@ -359,11 +360,11 @@ class KeyServer:
         while (event := self._member.next_event()) is not None:
             if isinstance(event, Registered):
                 self.key = event.key
-                if self.state == "awaiting_own_key":
+                if self.state == TwinPeaksKeyServerState.AWAITING_OWN_KEY:
                     self._driver.fire_local("own_key_ready")
                     self._events.append(Serving(event.key))
             elif isinstance(event, RegistrationError) and event.final:
-                if self.state == "awaiting_own_key":
+                if self.state == TwinPeaksKeyServerState.AWAITING_OWN_KEY:
                     self._driver.fire_local("own_key_failed")
                 self._events.append(OwnKeyFailed(event.error))
 
@@ -521,7 +522,7 @@ class KeyServer:
     def build_Status(self) -> None:
         message = self._current
         request_id = getattr(message, "request_id", b"\x00" * 8)
-        if self.state == "awaiting_own_key":
+        if self.state == TwinPeaksKeyServerState.AWAITING_OWN_KEY:
             self._refusal = (StatusCode.SERVER_FAILURE, "the key server has no key yet")
         code, detail = self._refusal
         self._status(self._peer, request_id, code, detail)

@@ -26,6 +26,7 @@ from d2tls.dtls.constants import CipherSuite
 from d2tls.dtls.events import ApplicationDataReceived, ConnectionTerminated, HandshakeCompleted
 from d2tls.errors import TwinPeaksError, UnexpectedMessage
 from d2tls.model.machine import MachineDriver
+from d2tls.model.states import TwinPeaksMemberState
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.sansio import Address, Datagram
 from d2tls.twinpeaks import clpkc
@@ -144,7 +145,7 @@ class Member:
     ) -> None:
         """Replace the key (dissertation 2.4.3): a fresh secret value, with ``address`` as
         the new address when it changed. Only while registered."""
-        if self.state != "registered":
+        if self.state != TwinPeaksMemberState.REGISTERED:
             raise RegistrationFailed(f"a key update needs a registered member (state {self.state})")
         self._now = now
         self._reason = UpdateReason(reason)
@@ -198,7 +199,10 @@ class Member:
     def _pump_dtls(self) -> None:
         assert self._dtls is not None
         while (event := self._dtls.next_event()) is not None:
-            if isinstance(event, HandshakeCompleted) and self.state == "connecting":
+            if (
+                isinstance(event, HandshakeCompleted)
+                and self.state == TwinPeaksMemberState.CONNECTING
+            ):
                 self._fire("channel_up")
             elif isinstance(event, ApplicationDataReceived):
                 self._receive_message(event.data)
