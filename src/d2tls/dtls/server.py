@@ -1086,7 +1086,11 @@ class DTLSServer:
                 self.stats["internal_errors"] += candidate.stats["internal_errors"]
             return
         if connection is not None:
-            self._drop(peer, now)  # the same address starts over (its cookie proved it)
+            # The same address starts over (its cookie proved it). The old association is
+            # forgotten without a close_notify: the only reader at that address is the new
+            # client, which would take an alert under the old keys for a record of its own next
+            # epoch (RFC 6347 §4.2.8 keeps the old state from reaching the new handshake).
+            self._drop(peer, now, notify=False)
         # A resumption without cookie is half-open like any other until its Finished arrives.
         self.stats["cookieless_resumptions"] += candidate.without_cookie
         self._make_room(now)
@@ -1175,8 +1179,9 @@ class DTLSServer:
             self._established.pop(peer, None)
             self._established[peer] = connection.last_activity or now  # most recent last
 
-    def _drop(self, peer: Address, now: float) -> None:
-        """Close ``peer``'s association (close_notify) and forget it at once."""
+    def _drop(self, peer: Address, now: float, *, notify: bool = True) -> None:
+        """Close ``peer``'s association (close_notify unless ``notify`` is false) and forget
+        it at once."""
         connection = self._connections.pop(peer, None)
         self._half_open.pop(peer, None)
         self._established.pop(peer, None)
@@ -1185,7 +1190,9 @@ class DTLSServer:
             return
         connection.close()
         self._collect(connection)
-        self._stateless_out.extend((d, peer) for d in connection.datagrams_to_send(now))
+        goodbye = connection.datagrams_to_send(now)
+        if notify:
+            self._stateless_out.extend((d, peer) for d in goodbye)
 
     # ------------------------------------------------------------------ plumbing
     def _collect(self, connection: ServerConnection) -> None:
