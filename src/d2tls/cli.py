@@ -144,7 +144,11 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
         trust_store=load_trust_store(Path(args.ca)) if args.ca else None,
         client_auth=ClientAuth.REQUIRED
         if args.require_client_cert
-        else (ClientAuth.OPTIONAL if args.ca or args.trust_rawpk else ClientAuth.NONE),
+        else (
+            ClientAuth.OPTIONAL
+            if args.ca or args.trust_rawpk or args.twinpeaks_client
+            else ClientAuth.NONE
+        ),
         raw_private_key=load_private_key(Path(args.rawpk_key)) if args.rawpk_key else None,
         trusted_client_keys=frozenset(load_spki_file(Path(args.trust_rawpk)))
         if args.trust_rawpk
@@ -184,9 +188,15 @@ async def run_server(args: argparse.Namespace) -> int:
 
     host, port = args.listen
     trace = TraceFile(Path(args.trace)) if args.trace else None
-    engine = DTLSServer(
-        build_server_config(args), tracer=tagged(trace, party="server", link="server")
-    )
+    config = build_server_config(args)
+    client_keys = None
+    if args.twinpeaks_client:  # the host resolves the devices' keys; the core checks them
+        from d2tls.lab.twinpeaks_keys import TwinPeaksClientKeys
+
+        client_keys = await TwinPeaksClientKeys.start(
+            config, Path(args.twinpeaks_root), args.dns, args.twinpeaks_client
+        )
+    engine = DTLSServer(config, tracer=tagged(trace, party="server", link="server"))
 
     def report(event: Event) -> None:
         if args.quiet:
@@ -214,6 +224,8 @@ async def run_server(args: argparse.Namespace) -> int:
         await _forever()
     finally:
         endpoint.close()
+        if client_keys is not None:
+            client_keys.close()
     return 0
 
 
@@ -454,6 +466,7 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
     from d2tls.delegation.messages import DelegationMode
     from d2tls.dtls.config import ClientConfig
     from d2tls.dtls.keylog import keylog_from_environment
+    from d2tls.dtls.rawpk import spki_of
     from d2tls.net.udp import ConnectionFailed
     from d2tls.pki.verify import (
         load_certificate_chain,
@@ -466,8 +479,9 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
     from d2tls.trace import TraceFile, tagged
 
     trace = TraceFile(Path(args.trace)) if args.trace else None
-    chain = tuple(load_certificate_chain(Path(args.cert)))
+    chain = tuple(load_certificate_chain(Path(args.cert))) if args.cert else ()
     key = load_private_key(Path(args.key))
+    raw_key = spki_of(key) if args.rawpk else None  # RFC 7250: e.g. a TwinPeaks member key
     suites = parse_suites(args.cipher, (CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,))
     result: dict[str, Any] = {"ok": False, "mode": "standalone" if args.standalone else args.mode}
     connections: list[dict[str, Any]] = []
@@ -481,6 +495,7 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             server_name=args.server_name,
             certificate_chain=chain,
             private_key=key,
+            client_raw_public_key=raw_key,
             keylog=keylog_from_environment(),
         )
         for _ in range(args.connections):
@@ -517,6 +532,7 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             tracer=trace,
             timeout=args.timeout,
             server_pin=args.server_pin,
+            raw_public_key=raw_key,
         )
     )
     for _ in range(args.connections):
@@ -640,6 +656,10 @@ def run_demo(args: argparse.Namespace) -> int:
         from d2tls.fleet import run_fleet_demo
 
         return run_fleet_demo(args.fleet, as_json=args.json, keep=args.keep)
+    if args.keys == "twinpeaks":
+        from d2tls.lab.twinpeaks_d2tls import run_demo as twinpeaks_demo
+
+        return twinpeaks_demo(as_json=args.json, keep=args.keep)
     from d2tls.demo import run_demo as demo
 
     return demo(as_json=args.json, server_kind=args.server or "d2tls", keep=args.keep)
@@ -737,6 +757,20 @@ def _add_server(sub: Any) -> None:
     )
     add_association_limits(server)
     server.add_argument(
+        "--twinpeaks-client",
+        action="append",
+        type=_client_name,
+        metavar="NAME[@ADDR]",
+        help="accept the device NAME's TwinPeaks key as a client raw public key (RFC 7250), "
+        "looked up through --twinpeaks-root and --dns (repeatable)",
+    )
+    server.add_argument(
+        "--twinpeaks-root", metavar="FILE", help="TwinPeaks trust-anchor file for the lookups"
+    )
+    server.add_argument(
+        "--dns", type=parse_address, metavar="HOST:PORT", help="DNS server for TwinPeaks lookups"
+    )
+    server.add_argument(
         "--session-store",
         default="memory://",
         metavar="URL",
@@ -747,7 +781,22 @@ def _add_server(sub: Any) -> None:
         metavar="FILE",
         help="key that encrypts master secrets in sqlite/redis stores (32 bytes, hex)",
     )
-    server.set_defaults(handler=lambda args: _run_async(run_server(args)))
+    server.set_defaults(handler=lambda args: _run_async(run_server(args)), check=_check_server)
+
+
+def _client_name(text: str) -> Any:
+    from d2tls.lab.twinpeaks_keys import parse_client_name
+
+    try:
+        return parse_client_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _check_server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    tp = [args.twinpeaks_client, args.twinpeaks_root, args.dns]
+    if any(v is not None for v in tp) and not all(v is not None for v in tp):
+        parser.error("--twinpeaks-client, --twinpeaks-root and --dns come together")
 
 
 def _add_client(sub: Any) -> None:
@@ -900,7 +949,13 @@ def _add_device(sub: Any) -> None:
     device.add_argument(
         "--server-name", required=True, help="the name the server certificate must carry"
     )
-    device.add_argument("--cert", required=True, help="device certificate chain (PEM)")
+    device.add_argument("--cert", help="device certificate chain (PEM; or --rawpk)")
+    device.add_argument(
+        "--rawpk",
+        action="store_true",
+        help="present the key of --key as an RFC 7250 raw public key instead of a certificate "
+        "(e.g. a TwinPeaks member key, which the server resolves through TwinPeaks)",
+    )
     device.add_argument(
         "--key", required=True, help="device private key (PEM); never leaves the device"
     )
@@ -936,6 +991,8 @@ def _add_device(sub: Any) -> None:
 
 
 def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.cert is None) == (not args.rawpk):
+        parser.error("give exactly one device credential: --cert FILE or --rawpk")
     if args.server_pin is not None and (args.standalone or args.mode == "blind"):
         parser.error(
             "--server-pin needs bound mode: a blind or standalone device does not check the "
@@ -968,6 +1025,13 @@ def _add_demo(sub: Any) -> None:
     )
     demo.add_argument("--keep", metavar="DIR", help="keep PKI, logs and traces in DIR")
     demo.add_argument(
+        "--keys",
+        choices=["x509", "twinpeaks"],
+        default="x509",
+        help="the device's identity: an X.509 certificate (default), or a TwinPeaks member "
+        "key as an RFC 7250 raw public key that the server resolves through TwinPeaks",
+    )
+    demo.add_argument(
         "--fleet",
         type=fleet_size,
         metavar="N",
@@ -978,6 +1042,8 @@ def _add_demo(sub: Any) -> None:
 
 
 def _check_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.keys == "twinpeaks" and (args.fleet is not None or args.server not in (None, "d2tls")):
+        parser.error("--keys twinpeaks runs one d2tls server (no --fleet, no --server)")
     if args.fleet is not None and args.server not in (None, "d2tls"):
         parser.error(
             f"--fleet runs d2tls servers only; it cannot be combined with --server {args.server}"

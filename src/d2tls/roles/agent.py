@@ -320,6 +320,7 @@ class AgentSession:
                 trust_store=self.config.trust_store,
                 server_name=request.server_name,
                 certificate_chain=request.certificate_chain,
+                client_raw_public_key=request.raw_public_key,  # RFC 7250, e.g. TwinPeaks
                 private_key=None,  # structural: the agent can only ask the device to sign
                 client_random=request.client_random,
                 mtu=self.config.mtu,

@@ -84,6 +84,9 @@ class DeviceConfig:
     #: the engines' randoms): docs/architecture.md, "Time and randomness".
     wall_clock: Clock = wall_time
     randomness: Randomness = SYSTEM
+    #: The DER SubjectPublicKeyInfo of the signer's key, presented as an RFC 7250 raw public
+    #: key instead of ``certificate_chain`` (which is then empty): a TwinPeaks member key.
+    raw_public_key: bytes | None = None
 
 
 class DeviceProtocol:
@@ -199,6 +202,7 @@ class DeviceProtocol:
                 request.certificate_chain,
                 request.server_name,
                 self.config.server_pin,
+                raw_public_key=request.raw_public_key,
             )
         except SigningRefused as exc:
             self._refusal = str(exc)
@@ -240,6 +244,7 @@ class DeviceProtocol:
             client_random=(
                 self.config.randomness.random_bytes(32) if mode is DelegationMode.BOUND else None
             ),
+            raw_public_key=self.config.raw_public_key,
         )
         self._next_request_id += 1
 
