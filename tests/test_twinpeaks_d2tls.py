@@ -174,6 +174,20 @@ def test_encoding_refuses_a_request_without_a_credential() -> None:
         encode_message(request(certificate_chain=(b"\x30\x00",)))
 
 
+def test_spec_cddl_has_the_raw_key_credential() -> None:
+    """spec/delegation.md's CDDL accepts our raw-key requests and refuses a request without
+    a credential (that both are refused is the codec's test above: pycddl's type choices of
+    maps let a key of one alternative through in another)."""
+    import pycddl
+
+    spec = (Path(__file__).parent.parent / "spec" / "delegation.md").read_text()
+    schema = pycddl.Schema(spec.split("```cddl\n", 1)[1].split("```", 1)[0])
+    for mode, random in ((DelegationMode.BOUND, bytes(32)), (DelegationMode.BLIND, None)):
+        schema.validate_cbor(encode_message(request(mode=mode, client_random=random)))
+    with pytest.raises(pycddl.ValidationError):
+        schema.validate_cbor(wire(k21=None))
+
+
 # --------------------------------------------------------------------------- agent policy
 def test_the_agent_binds_an_identity_to_a_raw_key() -> None:
     entry = parse_psk_line(f"dev:{'11' * 32} rpk-sha256={hashlib.sha256(SPKI).hexdigest()}")
