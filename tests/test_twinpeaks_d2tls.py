@@ -491,3 +491,43 @@ def test_demo_text_output_shows_one_signature_per_new_session() -> None:
     assert f"Device {DEVICE_NAME} registered" in out
     assert "alert certificate_unknown from the server" in out
     assert out.rstrip().endswith("result: OK")
+
+
+async def key_set_follows_twinpeaks(tmp_path: Path, knot: dnslab.KnotServer) -> list[object]:
+    from d2tls.dtls.config import ServerConfig
+    from d2tls.lab.twinpeaks_keys import ClientName, TwinPeaksClientKeys
+    from d2tls.lab.twinpeaks_live import static_dns
+
+    seen: list[object] = []
+    async with LiveHierarchy(members=(DEVICE,)) as live:
+        root = tmp_path / "root.anchors"
+        root.write_bytes(dump_anchors(live.anchors()))
+        static = spki_of(ec.generate_private_key(ec.SECP256R1()))  # a --trust-rawpk key
+        config = ServerConfig(trusted_client_keys=frozenset({static}))
+        keys = await TwinPeaksClientKeys.start(
+            config, root, ("127.0.0.1", knot.port), [ClientName(DEVICE_NAME)], refresh=3600
+        )
+        try:
+            first = spki_of(live.registered[DEVICE].key.to_cryptography())
+            seen.append(config.trusted_client_keys == {static, first})
+            # A key update reaches the server once the resolver's cached answer is gone.
+            updated = await live.update_key(DEVICE)
+            second = spki_of(updated.key.to_cryptography())
+            keys.resolver.invalidate(DEVICE_NAME, "127.0.0.1")
+            seen.append(await keys.resolve_all() == [])
+            seen.append(config.trusted_client_keys == {static, second})
+            # A failed lookup (here: the DNS has no address for the name) fails closed.
+            keys.dns = static_dns({})
+            keys.resolver.invalidate(DEVICE_NAME, "127.0.0.1")
+            failures = await keys.resolve_all()
+            seen.append(len(failures) == 1 and "NXDOMAIN" in failures[0])
+            seen.append(config.trusted_client_keys == {static})
+        finally:
+            await keys.aclose()
+    return seen
+
+
+def test_the_key_set_follows_key_updates_and_fails_closed(tmp_path: Path) -> None:
+    with dnslab.running(demo_zones(), tmp_path / "knot") as knot:
+        seen = asyncio.run(key_set_follows_twinpeaks(tmp_path, knot))
+    assert seen == [True] * 5
