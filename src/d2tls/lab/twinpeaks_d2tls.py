@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ from d2tls.twinpeaks.resolver import dump_anchors
 DEVICE = "device"
 DEVICE_NAME = f"{DEVICE}.example.test"
 IMPOSTOR_IDENTITY = "impostor"
+READY_TIMEOUT = 60.0
 
 
 def demo_zones() -> list[dnslab.Zone]:
@@ -105,7 +107,8 @@ def _ok(result: dict[str, Any]) -> dict[str, Any]:
 def _run_processes(
     directory: Path, device_key: Path, impostor_key: Path, root: Path, dns_port: int
 ) -> dict[str, Any]:
-    """Server, OCSP responder, agent and the device runs (blocking; run in a thread)."""
+    """Server, OCSP responder, agent and the device runs (blocking); every process is
+    stopped on the way out, Ctrl-C included."""
     pki = init_pki(directory / "pki", server_name="localhost", devices=1)
     identity, psk = next(iter(load_psk_file(pki.psk_file).items()))
     impostor_psk = hashlib.sha256(b"impostor|" + os.urandom(16)).digest()
@@ -229,19 +232,60 @@ def _run_processes(
     }
 
 
-async def _run(directory: Path) -> dict[str, Any]:
-    with dnslab.KnotServer(demo_zones(), directory / "knot") as knot:
-        async with LiveHierarchy(members=(DEVICE,)) as live:
-            registered = live.registered[DEVICE]
-            device_key = directory / "device-twinpeaks.key"
-            _write_key(device_key, registered.key.to_cryptography())
-            impostor_key = directory / "impostor.key"
-            _write_key(impostor_key, ec.generate_private_key(ec.SECP256R1()))
-            root = directory / "root.anchors"
-            root.write_bytes(dump_anchors(live.anchors()))
-            results = await asyncio.to_thread(
-                _run_processes, directory, device_key, impostor_key, root, knot.port
+class _Hierarchy:
+    """The key-server hierarchy on its own thread and event loop, so that the demo's main
+    thread runs the processes and handles Ctrl-C (it stops them, then this thread)."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="twinpeaks", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.live: LiveHierarchy | None = None
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> LiveHierarchy:
+        self._thread.start()
+        if not self._ready.wait(READY_TIMEOUT) or self.error is not None or self.live is None:
+            self.__exit__()
+            raise DemoError(
+                f"the TwinPeaks hierarchy failed: {self.error}"
+                if self.error is not None
+                else f"the TwinPeaks hierarchy did not register in {READY_TIMEOUT:g} s"
             )
+        return self.live
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(READY_TIMEOUT)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to the main thread by __enter__
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with LiveHierarchy(members=(DEVICE,)) as live:
+            self.live = live
+            self._ready.set()
+            await self._stop.wait()
+
+
+def _run(directory: Path) -> dict[str, Any]:
+    with dnslab.KnotServer(demo_zones(), directory / "knot") as knot, _Hierarchy() as live:
+        registered = live.registered[DEVICE]
+        device_key = directory / "device-twinpeaks.key"
+        _write_key(device_key, registered.key.to_cryptography())
+        impostor_key = directory / "impostor.key"
+        _write_key(impostor_key, ec.generate_private_key(ec.SECP256R1()))
+        root = directory / "root.anchors"
+        root.write_bytes(dump_anchors(live.anchors()))
+        results = _run_processes(directory, device_key, impostor_key, root, knot.port)
     results["device"] = {
         "name": DEVICE_NAME,
         "serial": registered.serial,
@@ -266,7 +310,7 @@ def run(keep: Path | None = None) -> dict[str, Any]:
             stack.enter_context(tempfile.TemporaryDirectory(prefix="d2tls-demo-tp-"))
         )
         directory.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_run(directory))
+        return _run(directory)
 
 
 def run_demo(as_json: bool = False, keep: str | None = None) -> int:
