@@ -712,7 +712,8 @@ def _add_server(sub: Any) -> None:
     server.add_argument(
         "--require-client-cert",
         action="store_true",
-        help="refuse clients without a certificate (needs --ca)",
+        help="refuse clients without a certificate or raw key (needs --ca, --trust-rawpk or "
+        "--twinpeaks-client)",
     )
     server.add_argument(
         "--psk", action="append", metavar="ID:HEX", help="accept this PSK (repeatable)"
