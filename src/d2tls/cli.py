@@ -443,6 +443,13 @@ async def run_agent(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         max_half_open=args.max_half_open,
     )
+    server_keys = None
+    if args.twinpeaks_server:  # the host resolves the servers' keys; the core uses them
+        from d2tls.lab.twinpeaks_keys import ServerKeyTable
+
+        table = ServerKeyTable()
+        server_keys = await table.start(Path(args.twinpeaks_root), args.dns, args.twinpeaks_server)
+        config.server_keys = table
     agent = Agent(config, ocsp_issuer=issuer)
     host, port = await agent.start(*args.listen)
     print(f"agent listening on {host}:{port}", flush=True)
@@ -450,6 +457,8 @@ async def run_agent(args: argparse.Namespace) -> int:
         await _forever()
     finally:
         agent.close()
+        if server_keys is not None:
+            server_keys.close()
         print(f"agent: {agent.completed} delegations completed, {agent.failed} failed", flush=True)
     return 0
 
@@ -543,10 +552,24 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             return result
         entry = connection.report.to_dict()
         entry["session_id"] = connection.session.session_id.hex()
+        entry["server_raw_public_key"] = _raw_key_fingerprint(connection.session.peer_certificates)
         entry["received"] = await _exchange(connection, args)
         connections.append(entry)
     result["ok"] = True
     return result
+
+
+def _raw_key_fingerprint(peer: tuple[bytes, ...]) -> str | None:
+    """``sha256:...`` of the server's raw public key (RFC 7250), None for a certificate."""
+    from d2tls.dtls.rawpk import fingerprint, load_raw_public_key
+    from d2tls.errors import CertificateError
+
+    if len(peer) != 1:
+        return None
+    try:
+        return fingerprint(load_raw_public_key(peer[0], "server")[1])
+    except CertificateError:
+        return None
 
 
 async def _exchange(connection: Any, args: argparse.Namespace) -> str | None:
@@ -931,7 +954,27 @@ def _add_agent(sub: Any) -> None:
     )
     agent.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
     add_association_limits(agent)
-    agent.set_defaults(handler=lambda args: _run_async(run_agent(args)))
+    agent.add_argument(
+        "--twinpeaks-server",
+        action="append",
+        type=_client_name,
+        metavar="NAME[@ADDR]",
+        help="authenticate the server NAME (a request's server_name) by the raw public key "
+        "TwinPeaks serves for it (RFC 7250) instead of a chain and OCSP (repeatable)",
+    )
+    agent.add_argument(
+        "--twinpeaks-root", metavar="FILE", help="TwinPeaks trust-anchor file for the lookups"
+    )
+    agent.add_argument(
+        "--dns", type=parse_address, metavar="HOST:PORT", help="DNS server for TwinPeaks lookups"
+    )
+    agent.set_defaults(handler=lambda args: _run_async(run_agent(args)), check=_check_agent)
+
+
+def _check_agent(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    tp = [args.twinpeaks_server, args.twinpeaks_root, args.dns]
+    if any(v is not None for v in tp) and not all(v is not None for v in tp):
+        parser.error("--twinpeaks-server, --twinpeaks-root and --dns come together")
 
 
 def _add_device(sub: Any) -> None:

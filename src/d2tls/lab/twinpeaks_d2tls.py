@@ -58,16 +58,19 @@ from d2tls.twinpeaks.resolver import dump_anchors
 
 DEVICE = "device"
 DEVICE_NAME = f"{DEVICE}.example.test"
+SERVER = "server"
+SERVER_NAME = f"{SERVER}.example.test"
 IMPOSTOR_IDENTITY = "impostor"
 READY_TIMEOUT = 60.0
 
 
 def demo_zones() -> list[dnslab.Zone]:
-    """``test.`` delegating ``example.test.``, where ``device`` has a loopback address."""
+    """``test.`` delegating ``example.test.``, where ``device`` and ``server`` have a
+    loopback address."""
     v4 = ipaddress.IPv4Address("127.0.0.1")
     return [
         dnslab.Zone("test", delegations={"example": v4}),
-        dnslab.Zone("example.test", hosts={DEVICE: [v4]}),
+        dnslab.Zone("example.test", hosts={DEVICE: [v4], SERVER: [v4]}),
     ]
 
 
@@ -105,11 +108,15 @@ def _ok(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_processes(
-    directory: Path, device_key: Path, impostor_key: Path, root: Path, dns_port: int
+    directory: Path,
+    keys: dict[str, Path],
+    root: Path,
+    dns_port: int,
 ) -> dict[str, Any]:
     """Server, OCSP responder, agent and the device runs (blocking); every process is
     stopped on the way out, Ctrl-C included."""
-    pki = init_pki(directory / "pki", server_name="localhost", devices=1)
+    device_key, impostor_key = keys[DEVICE], keys["impostor"]
+    pki = init_pki(directory / "pki", server_name=SERVER_NAME, devices=1)
     identity, psk = next(iter(load_psk_file(pki.psk_file).items()))
     impostor_psk = hashlib.sha256(b"impostor|" + os.urandom(16)).digest()
 
@@ -149,6 +156,8 @@ def _run_processes(
                 str(pki.server_cert),
                 "--key",
                 str(pki.server_key),
+                "--rawpk-key",
+                str(keys[SERVER]),
                 "--require-client-cert",
                 "--twinpeaks-client",
                 DEVICE_NAME,
@@ -183,6 +192,12 @@ def _run_processes(
                     f"http://127.0.0.1:{ocsp_port}",
                     "--trace",
                     str(agent_trace),
+                    "--twinpeaks-server",
+                    SERVER_NAME,
+                    "--twinpeaks-root",
+                    str(root),
+                    "--dns",
+                    f"127.0.0.1:{dns_port}",
                 ),
                 directory,
                 "agent listening",
@@ -193,7 +208,7 @@ def _run_processes(
             "--server",
             f"127.0.0.1:{server_port}",
             "--server-name",
-            "localhost",
+            SERVER_NAME,
             "--rawpk",
             "--send",
             ECHO_TEXT,
@@ -216,6 +231,7 @@ def _run_processes(
         for process in reversed(processes):
             process.stop()
     server_log = server.log.read_text(errors="replace")
+    agent_log = (directory / "agent.log").read_text(errors="replace")
     return {
         "bound": bound["connections"],
         "blind": blind["connections"],
@@ -227,6 +243,9 @@ def _run_processes(
         },
         "server_resolution": [
             line for line in server_log.splitlines() if line.startswith("twinpeaks:")
+        ],
+        "agent_resolution": [
+            line for line in agent_log.splitlines() if line.startswith("twinpeaks:")
         ],
         "timeline": build_timeline([*read_trace(device_trace), *read_trace(agent_trace)]),
     }
@@ -270,7 +289,7 @@ class _Hierarchy:
 
     async def _serve(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        async with LiveHierarchy(members=(DEVICE,)) as live:
+        async with LiveHierarchy(members=(DEVICE, SERVER)) as live:
             self.live = live
             self._ready.set()
             await self._stop.wait()
@@ -279,18 +298,30 @@ class _Hierarchy:
 def _run(directory: Path) -> dict[str, Any]:
     with dnslab.KnotServer(demo_zones(), directory / "knot") as knot, _Hierarchy() as live:
         registered = live.registered[DEVICE]
-        device_key = directory / "device-twinpeaks.key"
-        _write_key(device_key, registered.key.to_cryptography())
-        impostor_key = directory / "impostor.key"
-        _write_key(impostor_key, ec.generate_private_key(ec.SECP256R1()))
+        server_key = live.registered[SERVER].key.to_cryptography()
+        keys = {
+            DEVICE: directory / "device-twinpeaks.key",
+            SERVER: directory / "server-twinpeaks.key",
+            "impostor": directory / "impostor.key",
+        }
+        _write_key(keys[DEVICE], registered.key.to_cryptography())
+        _write_key(keys[SERVER], server_key)
+        _write_key(keys["impostor"], ec.generate_private_key(ec.SECP256R1()))
         root = directory / "root.anchors"
         root.write_bytes(dump_anchors(live.anchors()))
-        results = _run_processes(directory, device_key, impostor_key, root, knot.port)
+        results = _run_processes(directory, keys, root, knot.port)
     results["device"] = {
         "name": DEVICE_NAME,
         "serial": registered.serial,
         "raw_public_key": fingerprint(spki_of(registered.key.to_cryptography())),
     }
+    results["server"] = {"name": SERVER_NAME, "raw_public_key": fingerprint(spki_of(server_key))}
+    for row in results["bound"] + results["blind"]:
+        if row.get("server_raw_public_key") != results["server"]["raw_public_key"]:
+            raise DemoError(
+                f"the agent did not authenticate {SERVER_NAME} by its TwinPeaks key "
+                f"({row['mode']} mode: {row.get('server_raw_public_key')})"
+            )
     for row in results["bound"] + results["blind"] + results["standalone"]:
         if row.get("received") != ECHO_TEXT:
             raise DemoError(f"no echo in {row['mode']} mode (got {row.get('received')!r})")
@@ -337,6 +368,15 @@ def run_demo(as_json: bool = False, keep: str | None = None) -> int:
     )
     for line in results["server_resolution"]:
         print(f"  server {line}")
+    server = results["server"]
+    print(f"Server {server['name']} registered too; its key {server['raw_public_key']}")
+    for line in results["agent_resolution"]:
+        print(f"  agent {line}")
+    print(
+        "  (delegated handshakes: the agent authenticates the server by this raw key, the "
+        "server the device by its own;\n   the standalone device checks the server's X.509 "
+        "certificate, the server the device's raw key)"
+    )
     print("\nTimeline of the first delegated connection (paper Figure 8 (a) then (b)):")
     start = results["timeline"][0]["wall"] if results["timeline"] else 0.0
     for row in results["timeline"]:

@@ -1,4 +1,4 @@
-"""Client raw public keys resolved through TwinPeaks, for a DTLS server (tooling, not core).
+"""Raw public keys resolved through TwinPeaks, for a DTLS server or a D2TLS agent (tooling).
 
 D2TLS over TwinPeaks keys (spec/delegation.md §5.1, spec/twinpeaks.md §9.5): a device
 authenticates with its TwinPeaks member key as an RFC 7250 raw public key, and the server
@@ -12,6 +12,11 @@ server core checks on every full handshake and resumption (RFC 7250 §3: any oth
 resolver's cache keeps an answer until its TTL (§11.3), so a key update reaches the server
 within TTL + ``refresh``; a name whose lookup fails is dropped (fail closed) until a later
 lookup succeeds.
+
+The agent's host does the same for the servers it may delegate to (``d2tls agent
+--twinpeaks-server``): :class:`ServerKeyTable` is the agent's ``server_keys``
+(:mod:`d2tls.delegation.twinpeaks_identity`), so that a delegated handshake with such a server
+authenticates it by its TwinPeaks key (RFC 7250) instead of a chain and OCSP.
 """
 
 from __future__ import annotations
@@ -20,14 +25,14 @@ import asyncio
 import contextlib
 import ipaddress
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from d2tls.dtls.config import ServerConfig
 from d2tls.dtls.rawpk import fingerprint
-from d2tls.dtls.twinpeaks import raw_public_key
+from d2tls.dtls.twinpeaks import ResolvedKey
 from d2tls.errors import ConfigurationError, D2TLSError, EventTimeout
 from d2tls.lab import dns as dnslab
 from d2tls.lab.twinpeaks import LOOPBACK
@@ -49,7 +54,7 @@ LOOKUP_TIMEOUT = 20.0
 
 
 class ClientKeyLookupFailed(D2TLSError):
-    """No configured client name could be resolved through TwinPeaks; the message says why."""
+    """A TwinPeaks lookup of a configured name failed, or none resolved; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,12 @@ class ResolvedClient:
 
     name: str
     address: str
-    spki: bytes
+    key: ResolvedKey
     serial: int
+
+    @property
+    def spki(self) -> bytes:
+        return self.key.spki
 
 
 async def lookup(
@@ -115,45 +124,48 @@ async def lookup(
             return ResolvedClient(
                 result.name,
                 result.address.compressed,
-                raw_public_key(result.params, result.public_key),
+                ResolvedKey(result.params, result.public_key),
                 subject.serial,
             )
 
 
-class TwinPeaksClientKeys:
-    """Keeps ``config.trusted_client_keys`` = the static keys + the keys TwinPeaks serves for
-    ``clients`` (see the module docstring). Use :meth:`start`, then :meth:`close`."""
+Install = Callable[[Mapping[ClientName, ResolvedClient]], None]
+
+
+class TwinPeaksKeys:
+    """Looks ``names`` up now and every ``refresh`` seconds and hands the keys that resolved
+    to ``install`` after each round. Use :meth:`open`, then :meth:`close`."""
 
     def __init__(
         self,
-        config: ServerConfig,
         resolver: Resolver,
         pump: Pump[Any],
         dns: DnsFetch,
-        clients: Sequence[ClientName],
+        names: Sequence[ClientName],
+        install: Install,
         refresh: float = DEFAULT_REFRESH,
         say: Callable[[str], None] | None = None,
     ) -> None:
-        self.config = config
         self.resolver = resolver
         self.pump = pump
         self.dns = dns
-        self.clients = tuple(clients)
+        self.names = tuple(names)
+        self.install = install
         self.refresh = refresh
-        self._static = frozenset(config.trusted_client_keys)
         self._say = say or (lambda text: print(f"twinpeaks: {text}", file=sys.stderr, flush=True))
         self.resolved: dict[ClientName, ResolvedClient] = {}
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(
+    async def open(
         cls,
-        config: ServerConfig,
         root: Path,
         dns: tuple[str, int],
-        clients: Sequence[ClientName],
+        names: Sequence[ClientName],
+        install: Install,
         refresh: float = DEFAULT_REFRESH,
-    ) -> TwinPeaksClientKeys:
+        what: str = "name",
+    ) -> TwinPeaksKeys:
         """Resolve every name once (ClientKeyLookupFailed when none resolves), then keep
         refreshing in the background."""
         try:
@@ -164,7 +176,7 @@ class TwinPeaksClientKeys:
             raise ConfigurationError(f"{root}: not a TwinPeaks trust-anchor file: {exc}") from None
         resolver = Resolver(ResolverConfig(anchors))
         pump: Pump[Any] = await Pump.open(resolver, (LOOPBACK, 0))
-        keys = cls(config, resolver, pump, knot_dns(dnslab.Resolver(*dns)), clients, refresh)
+        keys = cls(resolver, pump, knot_dns(dnslab.Resolver(*dns)), names, install, refresh)
         try:
             failures = await keys.resolve_all()
         except BaseException:
@@ -173,7 +185,7 @@ class TwinPeaksClientKeys:
         if not keys.resolved:
             pump.close()
             raise ClientKeyLookupFailed(
-                "no client name could be resolved through TwinPeaks: " + "; ".join(failures)
+                f"no {what} could be resolved through TwinPeaks: " + "; ".join(failures)
             )
         keys._task = asyncio.get_running_loop().create_task(keys._refresh_forever())
         return keys
@@ -181,26 +193,24 @@ class TwinPeaksClientKeys:
     async def resolve_all(self) -> list[str]:
         """Look every name up; install the keys; return the failures, one line each."""
         failures: list[str] = []
-        for client in self.clients:
+        for name in self.names:
             try:
-                found = await lookup(self.pump, self.resolver, self.dns, client)
+                found = await lookup(self.pump, self.resolver, self.dns, name)
             except ClientKeyLookupFailed as exc:
                 failures.append(str(exc))
-                if self.resolved.pop(client, None) is not None:
+                if self.resolved.pop(name, None) is not None:
                     self._say(f"{exc}: its key is no longer trusted")
                 else:
                     self._say(str(exc))
                 continue
-            previous = self.resolved.get(client)
-            self.resolved[client] = found
+            previous = self.resolved.get(name)
+            self.resolved[name] = found
             if previous is None or previous.spki != found.spki:
                 self._say(
-                    f"client {found.name} at {found.address}: raw public key "
+                    f"{found.name} at {found.address}: raw public key "
                     f"{fingerprint(found.spki)} (serial {found.serial})"
                 )
-        self.config.trusted_client_keys = self._static | frozenset(
-            r.spki for r in self.resolved.values()
-        )
+        self.install(dict(self.resolved))
         return failures
 
     async def _refresh_forever(self) -> None:
@@ -218,3 +228,45 @@ class TwinPeaksClientKeys:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class TwinPeaksClientKeys:
+    """A server's client keys: ``config.trusted_client_keys`` = its static keys + the keys
+    TwinPeaks serves for ``clients`` (see the module docstring)."""
+
+    @staticmethod
+    async def start(
+        config: ServerConfig,
+        root: Path,
+        dns: tuple[str, int],
+        clients: Sequence[ClientName],
+        refresh: float = DEFAULT_REFRESH,
+    ) -> TwinPeaksKeys:
+        static = frozenset(config.trusted_client_keys)
+
+        def install(resolved: Mapping[ClientName, ResolvedClient]) -> None:
+            config.trusted_client_keys = static | frozenset(r.spki for r in resolved.values())
+
+        return await TwinPeaksKeys.open(root, dns, clients, install, refresh, "client name")
+
+
+class ServerKeyTable:
+    """The agent's ``server_keys``: the TwinPeaks key of each configured server name."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, ResolvedKey] = {}
+
+    def __call__(self, server_name: str) -> ResolvedKey | None:
+        return self._keys.get(server_name.lower().rstrip("."))
+
+    def install(self, resolved: Mapping[ClientName, ResolvedClient]) -> None:
+        self._keys = {name.name: r.key for name, r in resolved.items()}
+
+    async def start(
+        self,
+        root: Path,
+        dns: tuple[str, int],
+        servers: Sequence[ClientName],
+        refresh: float = DEFAULT_REFRESH,
+    ) -> TwinPeaksKeys:
+        return await TwinPeaksKeys.open(root, dns, servers, self.install, refresh, "server name")

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from d2tls.dtls.constants import HandshakeType
+from d2tls.dtls.constants import CertificateType, HandshakeType
 from d2tls.dtls.fragments import parse_handshake_fragments
-from d2tls.dtls.messages import Certificate, ClientHello, RawPublicKeyCertificate
+from d2tls.dtls.messages import Certificate, ClientHello, RawPublicKeyCertificate, ServerHello
 from d2tls.errors import CertificateError, D2TLSError
 from d2tls.pki.names import names_server, spki_sha256
 
@@ -98,10 +98,18 @@ def check_bound_transcript(
     if len(certificates) != 2:
         raise SigningRefused("the transcript must hold the server's and the device's Certificate")
     _check_client_certificate(certificates[-1].body, certificate_chain, raw_public_key)
-    check_server_certificate(certificates[0].body, server_name, server_pin)
     types = [m.msg_type for m in messages]
     if types.count(HandshakeType.CLIENT_HELLO) != 1 or types.count(HandshakeType.SERVER_HELLO) != 1:
         raise SigningRefused("the transcript must hold exactly one ClientHello and ServerHello")
+    [server_hello] = [m for m in messages if m.msg_type == HandshakeType.SERVER_HELLO]
+    try:
+        server_type = ServerHello.decode(server_hello.body).server_certificate_type
+    except D2TLSError as exc:
+        raise SigningRefused(f"undecodable ServerHello: {exc}") from exc
+    if server_type == CertificateType.RAW_PUBLIC_KEY:
+        check_server_raw_key(certificates[0].body, hello, server_name, server_pin)
+    else:
+        check_server_certificate(certificates[0].body, server_name, server_pin)
 
 
 def _check_client_certificate(
@@ -124,6 +132,32 @@ def _check_client_certificate(
         raise SigningRefused(f"undecodable client Certificate: {exc}") from exc
     if tuple(ours.certificates) != tuple(certificate_chain):
         raise SigningRefused("the client Certificate in the transcript is not this device's chain")
+
+
+def check_server_raw_key(
+    body: bytes, hello: ClientHello, server_name: str, server_pin: bytes | None
+) -> None:
+    """A TwinPeaks server's raw key (spec/twinpeaks.md §9.5): the ClientHello carries the
+    TwinPeaks extension naming ``server_name`` (an honest server refuses another name, §9.3),
+    and, with a pin, the server Certificate carries the pinned key."""
+    try:
+        raw = RawPublicKeyCertificate.decode(body)
+        extension = hello.twinpeaks
+    except D2TLSError as exc:
+        raise SigningRefused(f"undecodable server raw key or TwinPeaks extension: {exc}") from exc
+    if extension is None:
+        raise SigningRefused(
+            "the server authenticated with a raw public key, but the ClientHello carries no "
+            "TwinPeaks extension naming the server"
+        )
+    if extension.host_name != server_name.lower().rstrip("."):
+        raise SigningRefused(
+            f"the ClientHello's TwinPeaks extension names {extension.host_name!r}, not "
+            f"{server_name!r}, the server this device asked for"
+        )
+    pinned = hashlib.sha256(raw.subject_public_key_info).digest()
+    if server_pin is not None and not hmac.compare_digest(pinned, server_pin):
+        raise SigningRefused("the server raw public key in the transcript is not the pinned key")
 
 
 def check_server_certificate(body: bytes, server_name: str, server_pin: bytes | None) -> None:
