@@ -44,6 +44,7 @@ from d2tls.delegation.messages import (
 )
 from d2tls.delegation.policy import AgentPolicy, parse_psk_line
 from d2tls.dtls.events import SignatureRequested
+from d2tls.dtls.messages import TwinPeaksHello
 from d2tls.dtls.rawpk import spki_of
 from d2tls.errors import ConfigurationError
 from d2tls.lab import dns as dnslab
@@ -302,6 +303,70 @@ def test_bound_mode_refuses_a_transcript_presenting_a_certificate(pki: LoadedPKI
     assert protocol.config.signer.signatures == 0
 
 
+SERVER_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def raw_server_transcript(
+    pki: LoadedPKI, client_random: bytes | None, twinpeaks: TwinPeaksHello | None
+) -> SignatureRequested:
+    """The agent's handshake with a server that authenticates by a raw key (a TwinPeaks
+    server, spec/twinpeaks.md §9.5), the device presenting its raw key too."""
+    run = Run(
+        server_config(pki, raw_private_key=SERVER_KEY, trusted_client_keys=frozenset({SPKI})),
+        client_config(
+            pki,
+            certificate_chain=(),
+            private_key=None,
+            client_raw_public_key=SPKI,
+            client_random=client_random,
+            trusted_server_keys=frozenset({spki_of(SERVER_KEY)}),
+            twinpeaks=twinpeaks,
+        ),
+    )
+    run.handshake(max_time=30)
+    [asked] = [e for e in run.client_events if isinstance(e, SignatureRequested)]
+    return asked
+
+
+@pytest.mark.parametrize(
+    ("host_name", "signed"), [(SERVER_NAME, True), ("other.example.test", False), (None, False)]
+)
+def test_bound_mode_with_a_raw_key_server_checks_the_twinpeaks_name(
+    pki: LoadedPKI, host_name: str | None, signed: bool
+) -> None:
+    """Rule 6 for a raw-key server: the ClientHello's TwinPeaks extension names the server
+    the device asked for (an honest TwinPeaks server refuses another name, §9.3)."""
+    protocol = device_protocol(KEY, DelegationMode.BOUND)
+    [sent] = protocol.outbox
+    protocol.outbox.clear()
+    assert isinstance(sent, DelegationRequest)
+    hello = TwinPeaksHello(host_name, bytes([127, 0, 0, 1]), bytes(32)) if host_name else None
+    asked = raw_server_transcript(pki, sent.client_random, hello)
+    protocol.receive(SignRequest(sent.request_id, asked.digest, asked.transcript))
+    [answer] = protocol.outbox
+    if signed:
+        assert isinstance(answer, SignResponse)
+        assert protocol.config.signer.signatures == 1
+    else:
+        assert isinstance(answer, DelegationError)
+        assert answer.code is DelegationErrorCode.SIGNING_REFUSED
+        assert "TwinPeaks extension" in answer.reason
+        assert protocol.config.signer.signatures == 0
+
+
+def test_bound_mode_with_a_raw_key_server_checks_the_pin(pki: LoadedPKI) -> None:
+    protocol = device_protocol(KEY, DelegationMode.BOUND)
+    protocol.config.server_pin = hashlib.sha256(SPKI).digest()  # not the server's key
+    [sent] = protocol.outbox
+    protocol.outbox.clear()
+    assert isinstance(sent, DelegationRequest)
+    hello = TwinPeaksHello(SERVER_NAME, bytes([127, 0, 0, 1]), bytes(32))
+    asked = raw_server_transcript(pki, sent.client_random, hello)
+    protocol.receive(SignRequest(sent.request_id, asked.digest, asked.transcript))
+    [answer] = protocol.outbox
+    assert isinstance(answer, DelegationError) and "pinned" in answer.reason
+
+
 # --------------------------------------------------------------------------- real processes
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "d2tls.cli", *args]
@@ -394,7 +459,7 @@ def test_server_accepts_only_the_key_twinpeaks_serves_for_the_device(tmp_path: P
     assert good["received"] == "ping"
     assert bad["ok"] is False, bad
     assert bad["alert"] == "certificate_unknown" and bad["alert_from_peer"] is True
-    assert f"client {DEVICE_NAME} at 127.0.0.1: raw public key" in out["log"]
+    assert f"{DEVICE_NAME} at 127.0.0.1: raw public key" in out["log"]
     assert "is not trusted (alert certificate_unknown)" in out["log"]
 
 
@@ -475,6 +540,13 @@ def test_demo_with_twinpeaks_keys() -> None:
     assert "alert certificate_unknown from the server" in impostor["error"]
     fingerprint = result["device"]["raw_public_key"]
     assert any(fingerprint in line for line in result["server_resolution"])
+    # The agent authenticated the server by the key TwinPeaks serves for its name; the
+    # standalone device, which has no TwinPeaks resolver, by its X.509 certificate.
+    server_key = result["server"]["raw_public_key"]
+    assert any(server_key in line for line in result["agent_resolution"])
+    for row in (bound[0], bound[1], blind[0]):
+        assert row["server_raw_public_key"] == server_key
+    assert standalone[0].get("server_raw_public_key") is None
 
 
 def test_demo_text_output_shows_one_signature_per_new_session() -> None:
