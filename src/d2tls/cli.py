@@ -145,7 +145,11 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
         trust_store=load_trust_store(Path(args.ca)) if args.ca else None,
         client_auth=ClientAuth.REQUIRED
         if args.require_client_cert
-        else (ClientAuth.OPTIONAL if args.ca or args.trust_rawpk else ClientAuth.NONE),
+        else (
+            ClientAuth.OPTIONAL
+            if args.ca or args.trust_rawpk or args.twinpeaks_client
+            else ClientAuth.NONE
+        ),
         raw_private_key=load_private_key(Path(args.rawpk_key)) if args.rawpk_key else None,
         trusted_client_keys=frozenset(load_spki_file(Path(args.trust_rawpk)))
         if args.trust_rawpk
@@ -185,9 +189,15 @@ async def run_server(args: argparse.Namespace) -> int:
 
     host, port = args.listen
     trace = TraceFile(Path(args.trace)) if args.trace else None
-    engine = DTLSServer(
-        build_server_config(args), tracer=tagged(trace, party="server", link="server")
-    )
+    config = build_server_config(args)
+    client_keys = None
+    if args.twinpeaks_client:  # the host resolves the devices' keys; the core checks them
+        from d2tls.lab.twinpeaks_keys import TwinPeaksClientKeys
+
+        client_keys = await TwinPeaksClientKeys.start(
+            config, Path(args.twinpeaks_root), args.dns, args.twinpeaks_client
+        )
+    engine = DTLSServer(config, tracer=tagged(trace, party="server", link="server"))
 
     def report(event: Event) -> None:
         if args.quiet:
@@ -215,6 +225,8 @@ async def run_server(args: argparse.Namespace) -> int:
         await _forever()
     finally:
         endpoint.close()
+        if client_keys is not None:
+            client_keys.close()
     return 0
 
 
@@ -433,6 +445,13 @@ async def run_agent(args: argparse.Namespace) -> int:
         max_half_open=args.max_half_open,
         channel=args.channel,
     )
+    server_keys = None
+    if args.twinpeaks_server:  # the host resolves the servers' keys; the core uses them
+        from d2tls.lab.twinpeaks_keys import ServerKeyTable
+
+        table = ServerKeyTable()
+        server_keys = await table.start(Path(args.twinpeaks_root), args.dns, args.twinpeaks_server)
+        config.server_keys = table
     agent = Agent(config, ocsp_issuer=issuer)
     host, port = await agent.start(*args.listen)
     print(f"agent listening on {host}:{port}", flush=True)
@@ -440,6 +459,8 @@ async def run_agent(args: argparse.Namespace) -> int:
         await _forever()
     finally:
         agent.close()
+        if server_keys is not None:
+            server_keys.close()
         print(f"agent: {agent.completed} delegations completed, {agent.failed} failed", flush=True)
     return 0
 
@@ -456,6 +477,7 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
     from d2tls.delegation.messages import DelegationMode
     from d2tls.dtls.config import ClientConfig
     from d2tls.dtls.keylog import keylog_from_environment
+    from d2tls.dtls.rawpk import spki_of
     from d2tls.net.udp import ConnectionFailed
     from d2tls.pki.verify import (
         load_certificate_chain,
@@ -468,8 +490,9 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
     from d2tls.trace import TraceFile, tagged
 
     trace = TraceFile(Path(args.trace)) if args.trace else None
-    chain = tuple(load_certificate_chain(Path(args.cert)))
+    chain = tuple(load_certificate_chain(Path(args.cert))) if args.cert else ()
     key = load_private_key(Path(args.key))
+    raw_key = spki_of(key) if args.rawpk else None  # RFC 7250: e.g. a TwinPeaks member key
     suites = parse_suites(args.cipher, (CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,))
     result: dict[str, Any] = {"ok": False, "mode": "standalone" if args.standalone else args.mode}
     connections: list[dict[str, Any]] = []
@@ -483,6 +506,7 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             server_name=args.server_name,
             certificate_chain=chain,
             private_key=key,
+            client_raw_public_key=raw_key,
             keylog=keylog_from_environment(),
         )
         for _ in range(args.connections):
@@ -520,6 +544,7 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             timeout=args.timeout,
             server_pin=args.server_pin,
             channel=args.channel,
+            raw_public_key=raw_key,
         )
     )
     for _ in range(args.connections):
@@ -530,10 +555,24 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             return result
         entry = connection.report.to_dict()
         entry["session_id"] = connection.session.session_id.hex()
+        entry["server_raw_public_key"] = _raw_key_fingerprint(connection.session.peer_certificates)
         entry["received"] = await _exchange(connection, args)
         connections.append(entry)
     result["ok"] = True
     return result
+
+
+def _raw_key_fingerprint(peer: tuple[bytes, ...]) -> str | None:
+    """``sha256:...`` of the server's raw public key (RFC 7250), None for a certificate."""
+    from d2tls.dtls.rawpk import fingerprint, load_raw_public_key
+    from d2tls.errors import CertificateError
+
+    if len(peer) != 1:
+        return None
+    try:
+        return fingerprint(load_raw_public_key(peer[0], "server")[1])
+    except CertificateError:
+        return None
 
 
 async def _exchange(connection: Any, args: argparse.Namespace) -> str | None:
@@ -667,6 +706,10 @@ def run_demo(args: argparse.Namespace) -> int:
         from d2tls.fleet import run_fleet_demo
 
         return run_fleet_demo(args.fleet, as_json=args.json, keep=args.keep)
+    if args.keys == "twinpeaks":
+        from d2tls.lab.twinpeaks_d2tls import run_demo as twinpeaks_demo
+
+        return twinpeaks_demo(as_json=args.json, keep=args.keep)
     from d2tls.demo import run_demo as demo
 
     return demo(as_json=args.json, server_kind=args.server or "d2tls", keep=args.keep)
@@ -719,7 +762,8 @@ def _add_server(sub: Any) -> None:
     server.add_argument(
         "--require-client-cert",
         action="store_true",
-        help="refuse clients without a certificate (needs --ca)",
+        help="refuse clients without a certificate or raw key (needs --ca, --trust-rawpk or "
+        "--twinpeaks-client)",
     )
     server.add_argument(
         "--psk", action="append", metavar="ID:HEX", help="accept this PSK (repeatable)"
@@ -764,6 +808,20 @@ def _add_server(sub: Any) -> None:
     )
     add_association_limits(server)
     server.add_argument(
+        "--twinpeaks-client",
+        action="append",
+        type=_client_name,
+        metavar="NAME[@ADDR]",
+        help="accept the device NAME's TwinPeaks key as a client raw public key (RFC 7250), "
+        "looked up through --twinpeaks-root and --dns (repeatable)",
+    )
+    server.add_argument(
+        "--twinpeaks-root", metavar="FILE", help="TwinPeaks trust-anchor file for the lookups"
+    )
+    server.add_argument(
+        "--dns", type=parse_address, metavar="HOST:PORT", help="DNS server for TwinPeaks lookups"
+    )
+    server.add_argument(
         "--session-store",
         default="memory://",
         metavar="URL",
@@ -774,7 +832,22 @@ def _add_server(sub: Any) -> None:
         metavar="FILE",
         help="key that encrypts master secrets in sqlite/redis stores (32 bytes, hex)",
     )
-    server.set_defaults(handler=lambda args: _run_async(run_server(args)))
+    server.set_defaults(handler=lambda args: _run_async(run_server(args)), check=_check_server)
+
+
+def _client_name(text: str) -> Any:
+    from d2tls.lab.twinpeaks_keys import parse_client_name
+
+    try:
+        return parse_client_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _check_server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    tp = [args.twinpeaks_client, args.twinpeaks_root, args.dns]
+    if any(v is not None for v in tp) and not all(v is not None for v in tp):
+        parser.error("--twinpeaks-client, --twinpeaks-root and --dns come together")
 
 
 def _add_client(sub: Any) -> None:
@@ -915,7 +988,27 @@ def _add_agent(sub: Any) -> None:
         "requires ECDHE-PSK (RFC 5489: forward secrecy for handed-over contexts)",
     )
     add_association_limits(agent)
-    agent.set_defaults(handler=lambda args: _run_async(run_agent(args)))
+    agent.add_argument(
+        "--twinpeaks-server",
+        action="append",
+        type=_client_name,
+        metavar="NAME[@ADDR]",
+        help="authenticate the server NAME (a request's server_name) by the raw public key "
+        "TwinPeaks serves for it (RFC 7250) instead of a chain and OCSP (repeatable)",
+    )
+    agent.add_argument(
+        "--twinpeaks-root", metavar="FILE", help="TwinPeaks trust-anchor file for the lookups"
+    )
+    agent.add_argument(
+        "--dns", type=parse_address, metavar="HOST:PORT", help="DNS server for TwinPeaks lookups"
+    )
+    agent.set_defaults(handler=lambda args: _run_async(run_agent(args)), check=_check_agent)
+
+
+def _check_agent(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    tp = [args.twinpeaks_server, args.twinpeaks_root, args.dns]
+    if any(v is not None for v in tp) and not all(v is not None for v in tp):
+        parser.error("--twinpeaks-server, --twinpeaks-root and --dns come together")
 
 
 def _add_device(sub: Any) -> None:
@@ -941,7 +1034,13 @@ def _add_device(sub: Any) -> None:
     device.add_argument(
         "--server-name", required=True, help="the name the server certificate must carry"
     )
-    device.add_argument("--cert", required=True, help="device certificate chain (PEM)")
+    device.add_argument("--cert", help="device certificate chain (PEM; or --rawpk)")
+    device.add_argument(
+        "--rawpk",
+        action="store_true",
+        help="present the key of --key as an RFC 7250 raw public key instead of a certificate "
+        "(e.g. a TwinPeaks member key, which the server resolves through TwinPeaks)",
+    )
     device.add_argument(
         "--key", required=True, help="device private key (PEM); never leaves the device"
     )
@@ -977,6 +1076,8 @@ def _add_device(sub: Any) -> None:
 
 
 def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.cert is None) == (not args.rawpk):
+        parser.error("give exactly one device credential: --cert FILE or --rawpk")
     if args.server_pin is not None and (args.standalone or args.mode == "blind"):
         parser.error(
             "--server-pin needs bound mode: a blind or standalone device does not check the "
@@ -1016,6 +1117,13 @@ def _add_demo(sub: Any) -> None:
     )
     demo.add_argument("--keep", metavar="DIR", help="keep PKI, logs and traces in DIR")
     demo.add_argument(
+        "--keys",
+        choices=["x509", "twinpeaks"],
+        default="x509",
+        help="the device's identity: an X.509 certificate (default), or a TwinPeaks member "
+        "key as an RFC 7250 raw public key that the server resolves through TwinPeaks",
+    )
+    demo.add_argument(
         "--fleet",
         type=fleet_size,
         metavar="N",
@@ -1026,6 +1134,8 @@ def _add_demo(sub: Any) -> None:
 
 
 def _check_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.keys == "twinpeaks" and (args.fleet is not None or args.server not in (None, "d2tls")):
+        parser.error("--keys twinpeaks runs one d2tls server (no --fleet, no --server)")
     if args.fleet is not None and args.server not in (None, "d2tls"):
         parser.error(
             f"--fleet runs d2tls servers only; it cannot be combined with --server {args.server}"

@@ -12,7 +12,7 @@ a real DNS server (Knot DNS of :mod:`d2tls.lab.dns`, through dnspython).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,15 +78,17 @@ def build_hierarchy(
     randomness: Randomness = SYSTEM,
     wall_clock: Clock = wall_time,
     extra_roots: int = 0,
+    members: Sequence[str] = MEMBERS,
 ) -> Hierarchy:
     """The demo hierarchy on 127.0.0.1. ``ports`` maps ``root``, ``test``, ``example.test``
-    and each member's short name to a UDP port. The KGC setups take ``randomness``."""
+    and each member's short name (``members``, below ``example.test``) to a UDP port. The KGC
+    setups take ``randomness``."""
     rng = randomness.random_bytes
     addresses = {key: (LOOPBACK, port) for key, port in ports.items()}
     masters = {zone: clpkc.setup(zone, rng) for zone in (".", "test", "example.test")}
-    psks = {name: _psk(name, randomness) for name in ("test", "example.test", *MEMBERS)}
+    psks = {name: _psk(name, randomness) for name in ("test", "example.test", *members)}
     sld_children = {
-        f"{m}.example.test".encode(): Child(f"{m}.example.test", psks[m]) for m in MEMBERS
+        f"{m}.example.test".encode(): Child(f"{m}.example.test", psks[m]) for m in members
     }
     common: dict[str, Any] = {"wall_clock": wall_clock, "randomness": randomness}
     root = KeyServer(
@@ -126,7 +128,7 @@ def build_hierarchy(
             **common,
         )
     )
-    members = {
+    roles = {
         m: Member(
             MemberConfig(
                 f"{m}.example.test",
@@ -140,9 +142,9 @@ def build_hierarchy(
                 **common,
             )
         )
-        for m in MEMBERS
+        for m in members
     }
-    return Hierarchy(root, tld, sld, members, addresses)
+    return Hierarchy(root, tld, sld, roles, addresses)
 
 
 def seeded(seed: str) -> SeededRandomness:

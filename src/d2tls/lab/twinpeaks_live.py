@@ -10,7 +10,7 @@ registration plus their DTLS server). :func:`run_client` drives one
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,10 +76,13 @@ async def next_matching(
 class LiveHierarchy:
     """The demo hierarchy on 127.0.0.1, one pump per role (``async with``)."""
 
-    def __init__(self, ports: Mapping[str, int] | None = None) -> None:
-        names = ["root", "test", "example.test", *MEMBERS]
+    def __init__(
+        self, ports: Mapping[str, int] | None = None, members: Sequence[str] = MEMBERS
+    ) -> None:
+        self.members = tuple(members)
+        names = ["root", "test", "example.test", *self.members]
         self.ports = dict(ports) if ports else {n: dnslab.free_port() for n in names}
-        self.h: Hierarchy = build_hierarchy(self.ports)
+        self.h: Hierarchy = build_hierarchy(self.ports, members=self.members)
         self.pumps: dict[str, Pump[Any]] = {}
         self.registered: dict[str, Registered] = {}
 
@@ -93,7 +96,7 @@ class LiveHierarchy:
             h.start(self.pumps["root"].now)
             for pump in self.pumps.values():
                 pump.poke()
-            for name in MEMBERS:
+            for name in self.members:
                 self.registered[name] = await self._registered(name)
         except BaseException:
             self.close()

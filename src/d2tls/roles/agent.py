@@ -40,6 +40,7 @@ from d2tls.delegation.messages import (
     encode_message,
 )
 from d2tls.delegation.policy import AgentPolicy
+from d2tls.delegation.twinpeaks_identity import ServerKeys, twinpeaks_client_settings
 from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientConfig, KeyLogCallback, ServerConfig, TimerConfig
 from d2tls.dtls.connection import Tracer
@@ -120,6 +121,9 @@ class AgentConfig:
     #: Delegation channel protection: ``psk`` accepts plain PSK or ECDHE-PSK, ``ecdhe-psk``
     #: requires ECDHE-PSK (d2tls.delegation.channel_security).
     channel: Channel = "psk"
+    #: TwinPeaks keys of servers, looked up by the host (spec/twinpeaks.md §9.5): a server
+    #: with one is authenticated by that raw public key instead of a chain and OCSP.
+    server_keys: ServerKeys | None = None
 
 
 def describe_server_failure(event: ConnectionTerminated) -> tuple[DelegationErrorCode, str]:
@@ -305,7 +309,9 @@ class AgentSession:
         self.error = "the server gave no session ID: its sessions cannot be resumed"
 
     def ocsp_configured(self) -> bool:
-        return self.config.ocsp_url is not None
+        """OCSP is for a certificate: not for a TwinPeaks raw key (spec/twinpeaks.md §9.5)."""
+        raw = self.client is not None and self.client.peer_raw_public_key is not None
+        return self.config.ocsp_url is not None and not raw
 
     def _usable_suites(self, request: DelegationRequest) -> tuple[CipherSuite, ...]:
         return tuple(
@@ -319,12 +325,15 @@ class AgentSession:
         request = self._current
         assert isinstance(request, DelegationRequest)
         self.request = request
+        keys = self.config.server_keys
+        resolved = keys(request.server_name) if keys is not None else None
         client = DTLSClient(
             ClientConfig(
                 cipher_suites=self._usable_suites(request),
                 trust_store=self.config.trust_store,
                 server_name=request.server_name,
                 certificate_chain=request.certificate_chain,
+                client_raw_public_key=request.raw_public_key,  # RFC 7250, e.g. TwinPeaks
                 private_key=None,  # structural: the agent can only ask the device to sign
                 client_random=request.client_random,
                 mtu=self.config.mtu,
@@ -332,6 +341,7 @@ class AgentSession:
                 keylog=self.config.keylog,
                 wall_clock=self.config.wall_clock,
                 randomness=self.config.randomness,
+                **twinpeaks_client_settings(request.server_name, resolved),
             ),
             tracer=tagged(self.config.tracer, party="agent", link="agent-server"),
         )
@@ -367,6 +377,7 @@ class AgentSession:
     def build_SessionContext(self) -> None:
         request, session = self.request, self.session
         assert request is not None and session is not None
+        raw = self.client.peer_raw_public_key if self.client is not None else None
         self._send(
             SessionContext(
                 request_id=request.request_id,
@@ -374,9 +385,10 @@ class AgentSession:
                 master_secret=bytes(session.master_secret),
                 cipher_suite=int(session.cipher_suite),
                 extended_master_secret=session.extended_master_secret,
-                server_certificates=tuple(session.peer_certificates),
+                # A raw public key (RFC 7250) is the one entry (spec/delegation.md §5.2).
+                server_certificates=(raw,) if raw is not None else tuple(session.peer_certificates),
                 lifetime=self.config.context_lifetime,
-                ocsp_status=1 if self.config.ocsp_url else 0,
+                ocsp_status=1 if self.ocsp_configured() else 0,
             )
         )
 

@@ -89,6 +89,9 @@ class DeviceConfig:
     #: Delegation channel protection, ``psk`` or ``ecdhe-psk`` (forward secrecy of handed-over
     #: contexts): d2tls.delegation.channel_security.
     channel: Channel = "psk"
+    #: The DER SubjectPublicKeyInfo of the signer's key, presented as an RFC 7250 raw public
+    #: key instead of ``certificate_chain`` (which is then empty): a TwinPeaks member key.
+    raw_public_key: bytes | None = None
 
 
 class DeviceProtocol:
@@ -204,6 +207,7 @@ class DeviceProtocol:
                 request.certificate_chain,
                 request.server_name,
                 self.config.server_pin,
+                raw_public_key=request.raw_public_key,
             )
         except SigningRefused as exc:
             self._refusal = str(exc)
@@ -245,6 +249,7 @@ class DeviceProtocol:
             client_random=(
                 self.config.randomness.random_bytes(32) if mode is DelegationMode.BOUND else None
             ),
+            raw_public_key=self.config.raw_public_key,
         )
         self._next_request_id += 1
 
