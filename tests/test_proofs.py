@@ -800,8 +800,10 @@ def test_batch_out_of_time_proves_its_lemmas_singly(
     started = time.monotonic()
     run = runner.run_all(prover, [], jobs, timeout=3, workers=1, batch_timeout=4)
     assert time.monotonic() - started < 25  # 4 s batch + 3 singles (one killed at 3 s)
-    (batch,) = run.batches
+    batch, *singles = run.batches
     assert not batch.finished and batch.seconds < 10
+    assert sorted(j.lemma for s in singles for j in s.batch.jobs) == sorted(names)
+    assert [s.cpu_seconds is None for s in singles].count(True) == 1  # only the killed one
     by_name = {r.lemma: r for r in run.lemmas}
     assert by_name["executable_blind"].verdict == runner.TIMEOUT
     assert by_name["executable_bound"].ok and by_name["one_signature_per_request"].ok

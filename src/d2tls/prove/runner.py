@@ -420,6 +420,7 @@ class _Finished:
     seconds: float
     failure: str = ""  # TIMEOUT or ERROR when output is None
     detail: str = ""
+    cpu_seconds: float | None = None  # user + system time of tamarin-prover itself
 
 
 class _LiveProcesses:
@@ -475,7 +476,11 @@ def stop_all() -> None:
 
 
 def _run(command: list[str], timeout: float) -> _Finished:
-    """Run one prover process; on timeout or any exception its whole process group is killed."""
+    """Run one prover process; on timeout or any exception its whole process group is killed.
+
+    The process is reaped with ``os.wait4`` so that its CPU time is known (on a shared machine
+    the wall time alone says little).
+    """
     start = time.monotonic()
     try:
         process = _LIVE.spawn(command)
@@ -483,20 +488,34 @@ def _run(command: list[str], timeout: float) -> _Finished:
         return _Finished(None, None, 0.0, ERROR, str(exc))
     if process is None:
         return _Finished(None, None, 0.0, ERROR, "stopped before it started")
+    chunks: list[str] = []
+    assert process.stdout is not None
+    stdout = process.stdout
+    reader = threading.Thread(target=lambda: chunks.append(stdout.read()), daemon=True)
+    reader.start()
     try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(process)
-        process.communicate()
-        seconds = time.monotonic() - start
-        return _Finished(None, None, seconds, TIMEOUT, f"no verdict within {timeout:g} s")
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                process.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() >= deadline:
+                kill_group(process)
+                process.wait()
+                reader.join()
+                seconds = time.monotonic() - start
+                return _Finished(None, None, seconds, TIMEOUT, f"no verdict within {timeout:g} s")
+            time.sleep(0.05)
+        reader.join()
     except BaseException:  # e.g. a signal in the main thread: leave no prover behind
         kill_group(process)
         process.wait()
         raise
     finally:
         _LIVE.forget(process)
-    return _Finished(output, process.returncode, time.monotonic() - start)
+    cpu = usage.ru_utime + usage.ru_stime
+    return _Finished("".join(chunks), process.returncode, time.monotonic() - start, cpu_seconds=cpu)
 
 
 def run_lemma(prover: Prover, job: Job, timeout: float, threads: int | None = None) -> LemmaResult:
@@ -524,6 +543,7 @@ class BatchOutcome:
     command: list[str]
     results: list[LemmaResult]
     detail: str = ""
+    cpu_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -532,6 +552,7 @@ class BatchOutcome:
             "alone": self.batch.alone,
             "finished": self.finished,
             "seconds": round(self.seconds, 2),
+            "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 2),
             "command": self.command,
             "detail": self.detail,
         }
@@ -598,7 +619,9 @@ def run_batch(
             )
         )
     finished = done.output is not None or done.failure != TIMEOUT
-    return BatchOutcome(batch, finished, done.seconds, command, results, done.detail)
+    return BatchOutcome(
+        batch, finished, done.seconds, command, results, done.detail, done.cpu_seconds
+    )
 
 
 def plan_batches(jobs: Sequence[Job], workers: int, per_lemma: bool = False) -> list[Batch]:
@@ -717,6 +740,13 @@ class Run:
     batches: list[BatchOutcome] = field(default_factory=list)
     seconds: float = 0.0  # wall time of the whole run
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time of all proving processes (wellformedness checks not included)."""
+        times = [b.cpu_seconds for b in self.batches]
+        if not times or any(t is None for t in times):
+            return None
+        return round(sum(t for t in times if t is not None), 2)
+
     @property
     def ok(self) -> bool:
         return (
@@ -783,6 +813,8 @@ def run_all(
                             dot_file())  # fmt: skip
         result = outcome.results[0]
         result.rerun = True
+        with lock:
+            reruns.append(outcome)
         report_results([result])
         return result
 
@@ -795,6 +827,7 @@ def run_all(
 
     by_job: dict[Job, LemmaResult] = {}
     outcomes: list[BatchOutcome] = []
+    reruns: list[BatchOutcome] = []  # single runs of the lemmas of batches out of time
     _LIVE.reopen()
     try:
         with ThreadPoolExecutor(max_workers=count) as pool:
@@ -821,7 +854,12 @@ def run_all(
     except BaseException:
         stop_all()
         raise
-    return Run(check_results, [by_job[job] for job in jobs], outcomes, time.monotonic() - started)
+    return Run(
+        check_results,
+        [by_job[job] for job in jobs],
+        outcomes + reruns,
+        time.monotonic() - started,
+    )
 
 
 def plan(
@@ -935,6 +973,7 @@ def report(
         "cpu_count": os.cpu_count(),
         "timeout": timeout,
         "seconds": None if run is None else round(run.seconds, 2),
+        "cpu_seconds": None if run is None else run.cpu_seconds(),
         "batches": [] if run is None else [b.to_dict() for b in run.batches],
         "mismatches": sum(1 for r in results if not r.ok) + sum(1 for c in checks if not c.ok),
         "wellformedness": [c.to_dict() for c in checks],
