@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from d2tls.errors import D2TLSError
 from d2tls.prove.runner import strip_comments
 from d2tls.prove.spec_text import SpecField, bound_signing_rules, delegation_md, message_fields
 
@@ -82,7 +83,7 @@ Node = str | Tup | App  # a str is a name: variable (~x, $x, x) or 'constant'
 _TOKEN = re.compile(r"\s*(?:(?P<punct>[<>(),])|(?P<atom>'[^']*'|[~$!]?[A-Za-z0-9_.]+))")
 
 
-class TermError(ValueError):
+class TermError(D2TLSError):
     """A term the small parser here does not read."""
 
 
