@@ -565,6 +565,8 @@ STAND_IN = textwrap.dedent(
         time.sleep(0.5)
     if "sleep" in verdicts.values():
         time.sleep(30)
+    if "crash" in verdicts.values():
+        print("tamarin-prover: heap exhausted"); sys.exit(251)
     if os.environ.get("LOG"):
         open(os.environ["LOG"], "a").write(f"end {' '.join(lemmas)}\\n")
     status = {"verified": "verified", "falsified": "falsified - found trace",
@@ -809,6 +811,22 @@ def test_batch_out_of_time_proves_its_lemmas_singly(
     assert by_name["executable_bound"].ok and by_name["one_signature_per_request"].ok
     assert all(r.rerun and r.batch_size == 1 for r in run.lemmas)
     assert "(alone, after its batch ran out of time)" in runner.format_table(run.lemmas)
+
+
+def test_batch_that_dies_without_a_summary_proves_its_lemmas_singly(
+    stand_in: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch process that ends without Tamarin's summary (say, out of memory) loses no
+    other lemma's verdict: they are proved again one per process."""
+    monkeypatch.setenv("VERDICTS", json.dumps({"executable_blind": "crash"}))
+    prover = runner.Prover(stand_in[1], stand_in[3])
+    expected = runner.load_expected(PROOFS / runner.EXPECTED_FILE)
+    jobs = runner.plan([MAIN_THEORY], expected, ["executable_bound", "executable_blind"])
+    run = runner.run_all(prover, [], jobs, timeout=30, workers=1)
+    assert [b.finished for b in run.batches] == [False, True, True]
+    bound, blind = run.lemmas
+    assert bound.ok and bound.rerun
+    assert blind.verdict == runner.ERROR and "heap exhausted" in blind.detail
 
 
 def test_per_lemma_mode_runs_one_process_per_lemma(

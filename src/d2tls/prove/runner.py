@@ -545,12 +545,17 @@ class BatchOutcome:
     detail: str = ""
     cpu_seconds: float | None = None
 
+    @property
+    def timed_out(self) -> bool:
+        return any(r.verdict == TIMEOUT for r in self.results)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "theory": self.batch.theory.name,
             "lemmas": [job.lemma for job in self.batch.jobs],
             "alone": self.batch.alone,
-            "finished": self.finished,
+            "finished": self.finished,  # its verdicts are final (else: proved again singly)
+            "timed_out": self.timed_out,
             "seconds": round(self.seconds, 2),
             "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 2),
             "command": self.command,
@@ -570,7 +575,8 @@ def run_batch(
 
     Budget: ``batch_timeout``, else ``timeout`` per lemma (one lemma: exactly ``timeout``).
     On time, every lemma's verdict and steps come from the summary; ``seconds`` of each is
-    the process's wall time. Out of time, ``finished`` is False and every result is TIMEOUT.
+    the process's wall time. Out of time, or ended without Tamarin's summary, a batch of
+    several lemmas is not ``finished``: :func:`run_all` proves its lemmas again singly.
     """
     jobs = batch.jobs
     command = build_command(prover, batch.theory, [j.lemma for j in jobs], threads, trace_dot)
@@ -618,7 +624,12 @@ def run_batch(
                 **common,
             )
         )
-    finished = done.output is not None or done.failure != TIMEOUT
+    # Out of time, or ended without a summary (e.g. killed for its memory): a batch of
+    # several lemmas is then proved again one lemma per process.
+    finished = (done.output is None and done.failure != TIMEOUT) or (
+        done.output is not None and _SUMMARY_HEADER in done.output
+    )
+    finished = finished or len(jobs) == 1
     return BatchOutcome(
         batch, finished, done.seconds, command, results, done.detail, done.cpu_seconds
     )
@@ -804,7 +815,7 @@ def run_all(
 
     def prove(batch: Batch) -> BatchOutcome:
         outcome = run_batch(prover, batch, timeout, batch_timeout, threads, dot_file())
-        if outcome.finished or len(batch.jobs) == 1:
+        if outcome.finished:
             report_results(outcome.results)
         return outcome
 
@@ -820,7 +831,7 @@ def run_all(
 
     def settle(outcome: BatchOutcome) -> bool:
         """Keep a finished batch's results; False when its lemmas must be proved singly."""
-        if outcome.finished or len(outcome.batch.jobs) == 1:
+        if outcome.finished:
             by_job.update(zip(outcome.batch.jobs, outcome.results, strict=True))
             return True
         return False
