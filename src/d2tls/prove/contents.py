@@ -274,19 +274,24 @@ class BoundSigning:
 def bound_signing(rule: Rule) -> BoundSigning | str:
     """Read the bound signing rule, or say why it cannot be read."""
     requests = [t for tag, t in tuples_tagged(rule.text, {"SignRequest"}) if tag == "SignRequest"]
-    states = [f for f in _premise_facts(rule.text, "St_D_AwaitSign") if len(f.args) >= 6]
+    states = [
+        f
+        for f in _premise_facts(rule.text, "St_D_AwaitSign")
+        if "'bound'" in f.args and 0 < f.args.index("'bound'") < len(f.args) - 1
+    ]
     keys = [f for f in _premise_facts(rule.text, "!Ltk") if len(f.args) == 2]
     if len(requests) != 1 or len(requests[0].items) != 4:
         return "no single <'SignRequest', rid, digest, transcript> in the rule"
     if len(states) != 1 or len(keys) != 1:
-        return "no single St_D_AwaitSign(D, A, rid, S, mode, random) and !Ltk(D, key) premise"
+        return "no single St_D_AwaitSign(.., S, 'bound', random, ..) and !Ltk(D, key) premise"
     _, _, digest, transcript = requests[0].items
     transcript = expand(transcript, rule.lets)
     messages = transcript.items if isinstance(transcript, Tup) else ()
     state = states[0]
+    mode = state.args.index("'bound'")  # the request's server before the mode, its random after
     return BoundSigning(
-        expand(digest, rule.lets), transcript, messages, state.args[5], state.args[3],
-        keys[0].args[0],
+        expand(digest, rule.lets), transcript, messages, state.args[mode + 1],
+        state.args[mode - 1], keys[0].args[0],
     )  # fmt: skip
 
 
