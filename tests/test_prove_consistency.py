@@ -62,6 +62,19 @@ RULE_ANNOTATIONS: dict[str, list[str]] = {
     "Agent_Wipe": ["// msg: Wiped(request_id)"],
 }
 
+#: The same for the rules of the strict device mode (issue 24 item 3, branch ``proofs``): not in
+#: the theory of this branch; checked against that theory by hand before the merge.
+STRICT_MODE_ANNOTATIONS: dict[str, list[str]] = {
+    "Device_Delegate_Strict": [
+        "// msg: DelegationRequest(request_id, server_name, mode, client_random)"
+    ],
+    "Device_Sign_Strict": [
+        "// msg: SignRequest(request_id, digest, transcript)",
+        "// msg: SignResponse(request_id, +digest, signature)",
+        "// policy: bound-signing",
+    ],
+}
+
 #: Lines anywhere in the theory (inserted after ``begin``).
 THEORY_ANNOTATIONS = [
     "// omit: DelegationRequest.server_host (a server is named by one name, its identity S)",
@@ -85,7 +98,7 @@ def annotate(text: str) -> str:
         stripped = line.strip()
         if stripped.startswith("rule "):
             name = stripped[len("rule ") :].split(":")[0].split("[")[0].strip()
-            out += RULE_ANNOTATIONS.get(name, [])
+            out += RULE_ANNOTATIONS.get(name, []) + STRICT_MODE_ANNOTATIONS.get(name, [])
         out.append(line)
         if stripped == "begin":
             out += THEORY_ANNOTATIONS

@@ -274,12 +274,10 @@ class BoundSigning:
 def bound_signing(rule: Rule) -> BoundSigning | str:
     """Read the bound signing rule, or say why it cannot be read."""
     requests = [t for tag, t in tuples_tagged(rule.text, {"SignRequest"}) if tag == "SignRequest"]
-    states = [
-        f
-        for f in _premise_facts(rule.text, "St_D_AwaitSign")
-        if "'bound'" in f.args and 0 < f.args.index("'bound'") < len(f.args) - 1
-    ]
+    states = [f for f in _premise_facts(rule.text, "St_D_AwaitSign") if _mode_index(f) is not None]
     keys = [f for f in _premise_facts(rule.text, "!Ltk") if len(f.args) == 2]
+    if states:  # the device's own key: the one of the state's first argument (D)
+        keys = [k for k in keys if k.args[0] == states[0].args[0]] or keys
     if len(requests) != 1 or len(requests[0].items) != 4:
         return "no single <'SignRequest', rid, digest, transcript> in the rule"
     if len(states) != 1 or len(keys) != 1:
@@ -288,11 +286,25 @@ def bound_signing(rule: Rule) -> BoundSigning | str:
     transcript = expand(transcript, rule.lets)
     messages = transcript.items if isinstance(transcript, Tup) else ()
     state = states[0]
-    mode = state.args.index("'bound'")  # the request's server before the mode, its random after
+    mode = _mode_index(state)  # the request's server before the mode, its random after
+    assert mode is not None
     return BoundSigning(
         expand(digest, rule.lets), transcript, messages, state.args[mode + 1],
         state.args[mode - 1], keys[0].args[0],
     )  # fmt: skip
+
+
+#: Device modes that sign only a transcript they check (§6 "Bound mode"; a strict device
+#: checks all of it and more).
+CHECKING_MODES = ("'bound'", "'strict'")
+
+
+def _mode_index(state: App) -> int | None:
+    """Where the mode is among St_D_AwaitSign's arguments (server before it, random after)."""
+    for i, arg in enumerate(state.args):
+        if arg in CHECKING_MODES and 0 < i < len(state.args) - 1:
+            return i
+    return None
 
 
 def _tag(node: Node) -> str | None:
@@ -439,7 +451,8 @@ def _check_theory(
         signing = [
             r
             for r in rules
-            if re.search(r"St_D_AwaitSign\([^)]*'bound'", r.text) and "'SignRequest'" in r.text
+            if re.search(r"St_D_AwaitSign\([^)]*'(bound|strict)'", r.text)
+            and "'SignRequest'" in r.text
         ]
     if strict and not signing:
         report.problems.append(f"{where}: no rule annotated '// policy: {POLICY_BOUND}'")
