@@ -743,7 +743,7 @@ def test_alone_lemmas_run_one_at_a_time_after_the_others(
         runner.Job(MAIN_THEORY, name, replace(expected[name], alone=(i == 1)))
         for i, name in enumerate(names)
     ]
-    run = runner.run_all(prover, [], jobs, timeout=30, workers=2)
+    run = runner.run_all(prover, [], jobs, timeout=30, workers=2, per_lemma=True)
     assert [r.lemma for r in run.lemmas] == names  # job order, not run order
     assert all(r.ok for r in run.lemmas)
     pooled, alone = [run.lemmas[0], run.lemmas[2]], run.lemmas[1]
@@ -762,7 +762,7 @@ def test_batches_prove_many_lemmas_per_process(
     stand_in: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two workers: the lemmas of a theory go to two Tamarin processes (--prove=A --prove=B ..),
-    each lemma still with its own verdict and steps; the alone lemma runs after them, by itself."""
+    the slow (alone) lemma dealt first; each lemma still gets its own verdict and steps."""
     log = tmp_path / "log"
     monkeypatch.setenv("LOG", str(log))
     prover = runner.Prover(stand_in[1], stand_in[3])
@@ -775,18 +775,22 @@ def test_batches_prove_many_lemmas_per_process(
     ]
     run = runner.run_all(prover, [], jobs, timeout=30, workers=2)
     assert [r.lemma for r in run.lemmas] == names and all(r.ok for r in run.lemmas)
-    assert [r.batch_size for r in run.lemmas] == [2, 2, 2, 2, 1]
+    assert [r.batch_size for r in run.lemmas] == [2, 3, 2, 3, 3]
     assert [r.steps for r in run.lemmas] == [7] * 5
     assert [[j.lemma for j in b.batch.jobs] for b in run.batches] == [
-        [names[0], names[2]], [names[1], names[3]], [names[4]],
+        [names[4], names[1], names[3]], [names[0], names[2]],
     ]  # fmt: skip
     first = run.lemmas[0].command
     assert [a for a in first if a.startswith("--prove=")] == [f"--prove={names[0]}",
                                                              f"--prove={names[2]}"]  # fmt: skip
     assert first[-3:] == ["+RTS", "-N1", "-RTS"]
     events = _log_events(log)
-    assert len([e for e in events if e.startswith("start")]) == 3  # three processes in all
-    assert events[-2:] == [f"start {names[4]}", f"end {names[4]}"]  # alone, after the others
+    assert len([e for e in events if e.startswith("start")]) == 2  # two processes in all
+    assert all(b.cpu_seconds is not None and b.finished for b in run.batches)
+    per_lemma = runner.run_all(prover, [], jobs, timeout=30, workers=2, per_lemma=True)
+    assert [len(b.batch.jobs) for b in per_lemma.batches] == [1] * 5
+    assert per_lemma.batches[-1].batch.alone  # --per-lemma: the alone lemma last, by itself
+    assert _log_events(log)[-2:] == [f"start {names[4]}", f"end {names[4]}"]
 
 
 def test_batch_out_of_time_proves_its_lemmas_singly(

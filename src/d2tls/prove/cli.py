@@ -49,14 +49,15 @@ checks (--quit-on-warning); the proofs then run with the derivation checks off.
 
 Lemmas are proved in batches, so that Tamarin's precomputation (most of the
 time) is done once per process, not once per lemma: per theory, one process
-per core proves its share of the lemmas (--prove=A --prove=B ...), and the
-lemmas marked alone in expected.toml form one more process, run after the
-others. A batch may take --timeout seconds per lemma in it (--batch-timeout
-sets its budget instead); a batch out of time is killed and each of its lemmas
-is proved again in its own process under --timeout, so one lemma that does not
-finish costs only its own verdict. Tamarin reports time per process, not per
-lemma: a lemma's time is that of its process ("batch of N"); --per-lemma runs
-one process per lemma (per-lemma times, one precomputation each).
+per core proves its share of the lemmas (--prove=A --prove=B ...), the slow
+ones (alone in expected.toml) dealt first so that each batch gets its share;
+with --per-lemma they run one at a time after the others. A batch may take
+--timeout seconds per lemma in it (--batch-timeout sets its budget instead);
+a batch out of time is killed and each of its lemmas is proved again in its
+own process under --timeout, so one lemma that does not finish costs only its
+own verdict. Tamarin reports time per process, not per lemma: a lemma's time
+is that of its process ("batch of N"); --per-lemma runs one process per lemma
+(per-lemma times, one precomputation each).
 
 Supported: Tamarin 1.8.x and 1.10.x (from tamarin-prover --version); another
 release is refused unless --any-prover-version is given.
@@ -308,7 +309,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"d2tls prove: {version} is not supported; running it anyway", file=sys.stderr)
     prover = dataclasses.replace(prover, extra_args=tuple(args.prover_arg), release=release)
     alone = sum(1 for job in jobs if job.expected is not None and job.expected.alone)
-    after = f" ({alone} of them alone, after the others)" if alone else ""
+    after = f" ({alone} of them alone, after the others)" if alone and args.per_lemma else ""
     mode = "per-lemma" if args.per_lemma else "batch"
     print(
         f"{version}; {len(jobs)} lemma(s){after}, {mode} mode, timeout {args.timeout:g} s each",

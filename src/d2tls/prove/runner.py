@@ -11,11 +11,12 @@ and a ``WARNING: N wellformedness check failed!`` line above them when the theor
 formed. :func:`parse_output` reads exactly that, for any lemma of the summary.
 
 Batches (why and how). Most of a lemma's time on our theory is Tamarin's source precomputation
-(about 150 of 165 s on Tamarin 1.8 for two small lemmas), which does not depend on the lemma. So
+(about 140 s per process on Tamarin 1.8, the 2026-12-07 full run in proofs/LEMMAS.md: 3934 s
+for 22 lemmas, of which about 850 s proof search), which does not depend on the lemma. So
 ``d2tls prove`` proves the lemmas of a theory in *batches*: one Tamarin process per batch, the
-theory's lemmas dealt round-robin into as many batches as there are workers (cores), so every
-core pays the precomputation once and the batches run side by side; lemmas marked ``alone`` in
-expected.toml form one more batch that runs after the others with nothing beside it.
+theory's lemmas dealt round-robin into as many batches as there are workers (cores), the slow
+ones (``alone`` in expected.toml) first so that each batch gets its share; every core pays the
+precomputation once and the batches run side by side (:func:`plan_batches`).
 Tamarin (1.8 and 1.10 alike) prints nothing before every selected lemma is proved, and it
 times only the whole theory (``processing time``), so:
 
@@ -192,8 +193,9 @@ def find_prover(tamarin: str | None = None, maude: str | None = None) -> Prover:
 class Expectation:
     """The expected verdict of one lemma, and why.
 
-    ``alone``: the lemma is proved by itself (one Tamarin thread), after the others, because
-    two at a time it runs past the time limit (see "Running" in proofs/LEMMAS.md).
+    ``alone``: a slow lemma. With ``--per-lemma`` it is proved by itself, after the others,
+    because two at a time it ran past the time limit; in batch mode the slow lemmas are dealt
+    into the batches first (see "Running" in proofs/LEMMAS.md).
     """
 
     verdict: str
@@ -636,9 +638,14 @@ def run_batch(
 
 
 def plan_batches(jobs: Sequence[Job], workers: int, per_lemma: bool = False) -> list[Batch]:
-    """The batches of ``jobs``: per theory, the ordinary lemmas dealt round-robin into
-    ``workers`` batches, then one batch of its ``alone`` lemmas (run after the others).
-    ``per_lemma``: one batch per lemma (``alone`` ones still alone)."""
+    """The batches of ``jobs``, per theory: its lemmas dealt round-robin into ``workers``
+    batches, the ``alone`` ones (the slow ones) first so that each batch gets its share.
+
+    ``per_lemma``: one batch per lemma, the ``alone`` ones last and run one at a time (two
+    single-lemma processes side by side slowed each other past the limit). In batch mode that
+    rule would cost one more precomputation (about 140 s) on the critical path, more than the
+    slowdown it avoids, and a batch's budget is the sum of its lemmas' limits anyway.
+    """
     batches: list[Batch] = []
     alone_batches: list[Batch] = []
     theories = list(dict.fromkeys(job.theory for job in jobs))
@@ -650,11 +657,10 @@ def plan_batches(jobs: Sequence[Job], workers: int, per_lemma: bool = False) -> 
             batches += [Batch(theory, (job,)) for job in shared]
             alone_batches += [Batch(theory, (job,), alone=True) for job in alone]
             continue
-        count = max(1, min(workers, len(shared)))
-        groups = [tuple(shared[i::count]) for i in range(count)]
+        ordered = alone + shared
+        count = max(1, min(workers, len(ordered)))
+        groups = [tuple(ordered[i::count]) for i in range(count)]
         batches += [Batch(theory, group) for group in groups if group]
-        if alone:
-            alone_batches.append(Batch(theory, tuple(alone), alone=True))
     return batches + alone_batches
 
 
@@ -782,11 +788,11 @@ def run_all(
 
     The checks and the ordinary batches share one process pool (checks queued first); the
     lemmas of a batch that ran out of its budget are then proved singly in the same pool.
-    Then the ``alone`` batches run one at a time (and, out of time, their lemmas singly, one at
-    a time). Every process gets one Tamarin thread (more make Tamarin 1.8 slower, not faster:
-    parallel GC). ``trace_dot_dir``: each process writes its attacks there with 1.10's
-    ``--output-dot`` (:attr:`LemmaResult.trace_dot`). Results come back in the order of
-    ``theories`` and ``jobs``.
+    Then the ``alone`` batches (``--per-lemma`` only) run one at a time (and, out of time,
+    their lemmas singly, one at a time). Every process gets one Tamarin thread (more make
+    Tamarin 1.8 slower, not faster: parallel GC). ``trace_dot_dir``: each process writes its
+    attacks there with 1.10's ``--output-dot`` (:attr:`LemmaResult.trace_dot`). Results come
+    back in the order of ``theories`` and ``jobs``.
     """
     started = time.monotonic()
     count, threads = _workers(workers, len(theories) + len(jobs))
