@@ -81,6 +81,7 @@ THEORY_ANNOTATIONS = [
     "// omit: DelegationRequest.server_port (as server_host)",
     "// omit: DelegationRequest.cipher_suites (one cipher suite in the model)",
     "// omit: DelegationRequest.certificate_chain (the device's certificate is its !Pk entry)",
+    "// omit: DelegationRequest.raw_public_key (a raw key is the same !Pk entry without a chain)",
     "// omit: SessionContext.cipher_suite (one cipher suite in the model)",
     "// omit: SessionContext.extended_master_secret (always on: the model derives the EMS)",
     "// omit: SessionContext.lifetime (time is not modelled)",

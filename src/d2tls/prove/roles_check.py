@@ -27,8 +27,9 @@ from d2tls.dtls.fragments import HandshakeFragment, encode_fragment
 from d2tls.dtls.messages import Certificate, ClientHello
 from d2tls.prove.spec_text import SpecField
 
-#: Fields §5.2 makes optional.
-OPTIONAL_FIELDS = frozenset({"client_random", "transcript"})
+#: Fields §5.2 makes optional: client_random (bound mode only), transcript, and the device's
+#: credential, which is exactly one of certificate_chain and raw_public_key.
+OPTIONAL_FIELDS = frozenset({"client_random", "transcript", "certificate_chain", "raw_public_key"})
 
 SERVER_NAME = "server.example"
 OTHER_NAME = "other.example"
