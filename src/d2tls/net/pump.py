@@ -136,6 +136,14 @@ class Pump(Generic[E]):
         """The monotonic time the pump gives the protocol (the event loop's clock)."""
         return self._loop.time()
 
+    def child_address(self, key: int | None) -> Address | None:
+        """The local address of child endpoint ``key``'s socket, once bound."""
+        child = self._children.get(key) if key is not None else None
+        if child is None:
+            return None
+        name = child.get_extra_info("sockname")
+        return (str(name[0]), int(name[1]))
+
     # ------------------------------------------------------------------ driving
     def poke(self) -> None:
         """Send what the protocol has to send, collect its events and re-arm its timer.
