@@ -216,14 +216,6 @@ class AgentApp:
     def history(self) -> list[AgentSession]:
         return self.protocol.history
 
-    @property
-    def completed(self) -> int:
-        return self.protocol.completed
-
-    @property
-    def failed(self) -> int:
-        return self.protocol.failed
-
     def _on_event(self, event: AgentEvent) -> None:
         if isinstance(event, StatusCheckRequested):
 

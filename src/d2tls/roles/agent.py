@@ -60,18 +60,10 @@ from d2tls.errors import ProtocolError
 from d2tls.model.machine import MachineDriver
 from d2tls.net.pump import Pump
 from d2tls.randomness import SYSTEM, Randomness
-from d2tls.roles.device import CHANNEL_MTU
+from d2tls.roles.device import CHANNEL_MTU, MESSAGE_NAMES
 from d2tls.sansio import Address, Datagram
 from d2tls.trace import tagged
 
-MESSAGE_NAMES = {
-    DelegationRequest: "DelegationRequest",
-    SignRequest: "SignRequest",
-    SignResponse: "SignResponse",
-    SessionContext: "SessionContext",
-    DelegationError: "DelegationError",
-    Wiped: "Wiped",
-}
 #: Context lifetime the agent announces when the server gives none (paper §6.5: 6-24 h).
 DEFAULT_CONTEXT_LIFETIME = 6 * 3600
 #: How many delegations one channel may carry; its used request_ids are remembered (§6).
