@@ -5,7 +5,7 @@ agent) sits at an address of one :class:`Network`, which is its host exactly as
 :class:`d2tls.net.pump.Pump` is on a real socket: it delivers datagrams with
 ``receive_datagram``, collects ``datagrams_to_send``, fires ``handle_timer`` at ``next_timer``
 and hands every ``next_event`` to the handler given for that address. Time is virtual
-(:attr:`Network.now`), and the only randomness is the seeded :class:`random.Random` of the
+(``Network.now``), and the only randomness is the seeded ``random.Random`` of the
 :class:`Impairments` model (loss, duplication, reordering, latency), so a run is reproducible
 to the byte.
 
@@ -461,7 +461,7 @@ class Network:
 
 
 class Simulation(Network):
-    """Clients against one DTLS server at :data:`SERVER_ADDRESS`, every event recorded."""
+    """Clients against one DTLS server at ``SERVER_ADDRESS``, every event recorded."""
 
     def __init__(
         self,

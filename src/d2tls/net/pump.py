@@ -7,19 +7,21 @@ directly (``device.connect(now)``, ``client.send_application_data(...)``) and th
 :meth:`Pump.poke`\\ s the pump so that what the call produced leaves and the timer is re-armed.
 ``now`` is the event loop's monotonic clock (:attr:`Pump.now`).
 
-ICMP port unreachable: the socket is not connected (a role may talk to several peers), so the
-kernel reports it only with ``IP_RECVERR`` (Linux), and without the address it came from; a
-protocol that wants it offers ``port_unreachable(now)`` (:class:`~d2tls.sansio.HearsUnreachable`).
-A role with child endpoints (:class:`~d2tls.sansio.HasChildEndpoints`, the agent's handshakes
-with servers) gets one more socket per child, bound on the same host (or the loopback of the
-child's peer's family), closed when the role stops listing it.
+A role with child endpoints (:class:`~d2tls.sansio.HasChildEndpoints`: the device's engines,
+the agent's handshakes with servers) gets one more socket per child, bound on the same host
+(or the loopback of the child's peer's family), *connected* to the child's one peer, closed
+when the role stops listing it. A host of a single-peer engine (a DTLS client) connects the
+main socket too (``remote_addr``). The kernel reports ICMP port unreachable on connected
+sockets only (``ConnectionRefusedError``): to the role as ``child_unreachable``/
+``port_unreachable`` (:class:`~d2tls.sansio.HearsUnreachable`), or to ``on_unreachable``. An
+unconnected socket is not asked for them (``IP_RECVERR`` would make a send fail, and its
+datagram be lost, whenever any earlier peer's error is pending).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar, cast
@@ -28,10 +30,6 @@ from d2tls.errors import EventTimeout, TransportClosed
 from d2tls.sansio import Address, HasChildEndpoints, HearsUnreachable, SansIOProtocol
 
 E = TypeVar("E")
-
-#: Linux socket options that report ICMP errors on an unconnected UDP socket (ip(7), ipv6(7)).
-_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
-_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 
 
 class _Socket(asyncio.DatagramProtocol):
@@ -59,16 +57,14 @@ def _child_host(main: Address, peer: Address) -> str:
     return "::1" if ":" in peer[0] else "127.0.0.1"
 
 
-def _bind(local_addr: Address) -> socket.socket:
+def _bind(local_addr: Address, remote: Address | None = None) -> socket.socket:
+    """A non-blocking UDP socket bound to ``local_addr``, connected to ``remote`` if given."""
     family = socket.AF_INET6 if ":" in local_addr[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        if sys.platform == "linux":
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
-            else:
-                sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
         sock.bind(local_addr)
+        if remote is not None:
+            sock.connect(remote)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -99,6 +95,7 @@ class Pump(Generic[E]):
         #: Sockets of the protocol's child endpoints (HasChildEndpoints), by key.
         self._children: dict[int, asyncio.DatagramTransport] = {}
         self._binding: dict[int, asyncio.Task[None]] = {}
+        self._connected = False
 
     @classmethod
     async def open(
@@ -106,17 +103,19 @@ class Pump(Generic[E]):
         protocol: SansIOProtocol[E],
         local_addr: Address,
         *,
+        remote_addr: Address | None = None,
         on_event: Callable[[E], None] | None = None,
         on_unreachable: Callable[[], None] | None = None,
     ) -> Pump[E]:
         """Bind ``local_addr`` (port 0: any free port) and start driving ``protocol``.
 
-        ``on_event``: a host that reacts to events at once (a server's echo) gets each one
+        ``remote_addr``: the protocol's one peer (a DTLS client); the socket is connected to
+        it. ``on_event``: a host that reacts to events at once (a server's echo) gets each one
         there instead of through :meth:`next_event`. ``on_unreachable``: a host wrapping a
-        plain engine hears ICMP port unreachable there.
+        plain engine hears ICMP port unreachable there (connected sockets only).
         """
         loop = asyncio.get_running_loop()
-        sock = _bind(local_addr)
+        sock = _bind(local_addr, remote_addr)
         pump = cls(protocol, loop, on_event, on_unreachable)
         try:
             transport, _ = await loop.create_datagram_endpoint(
@@ -126,6 +125,7 @@ class Pump(Generic[E]):
             sock.close()
             raise
         pump._transport = transport
+        pump._connected = remote_addr is not None
         name = transport.get_extra_info("sockname")
         pump.local_address = (str(name[0]), int(name[1]))
         pump.poke()
@@ -165,7 +165,7 @@ class Pump(Generic[E]):
         transport = self._transport
         for data, addr in self.protocol.datagrams_to_send(now):
             if transport is not None and not transport.is_closing():
-                transport.sendto(data, addr)
+                transport.sendto(data, None if self._connected else addr)
         if isinstance(self.protocol, HasChildEndpoints):
             self._drive_children(self.protocol, now)
         if self._timer is not None:
@@ -185,15 +185,15 @@ class Pump(Generic[E]):
         for key, peer in wanted.items():
             child = self._children.get(key)
             if child is not None:
-                for data, addr in protocol.child_datagrams_to_send(key, now):
+                for data, _peer in protocol.child_datagrams_to_send(key, now):
                     if not child.is_closing():
-                        child.sendto(data, addr)
+                        child.sendto(data)  # connected to the child's one peer
             elif key not in self._binding:
                 host = _child_host(self.local_address, peer)
-                self._binding[key] = self._loop.create_task(self._bind_child(key, host))
+                self._binding[key] = self._loop.create_task(self._bind_child(key, host, peer))
 
-    async def _bind_child(self, key: int, host: str) -> None:
-        sock = _bind((host, 0))
+    async def _bind_child(self, key: int, host: str, peer: Address) -> None:
+        sock = _bind((host, 0), peer)
         try:
             transport, _ = await self._loop.create_datagram_endpoint(
                 lambda: _Socket(cast(Pump[object], self), key), sock=sock

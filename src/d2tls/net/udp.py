@@ -111,6 +111,7 @@ class ClientEndpoint:
         endpoint._pump = await Pump.open(
             _Answered(engine, endpoint),
             (local_host, local_port),
+            remote_addr=remote,
             on_event=endpoint._dispatch,
             on_unreachable=endpoint._unreachable,
         )

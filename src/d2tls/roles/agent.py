@@ -164,7 +164,7 @@ def describe_server_failure(event: ConnectionTerminated) -> tuple[DelegationErro
 class AgentSession:
     r"""One delegation on behalf of one device (machine role ``agent``), without IO.
 
-    It produces delegation messages for the device (:attr:`outbox`) and :data:`Need`\ s
+    It produces delegation messages for the device (:attr:`outbox`) and ``Need`` items
     (start the handshake with the server, check the server certificate's status) that its
     owner, :class:`AgentProtocol`, carries out; the owner feeds back the events of the
     agent's DTLS client (:meth:`on_engine_event`), the status (:meth:`status_result`) and the

@@ -7,7 +7,7 @@ its channel to the agent and the resume-only DTLS client of its end-to-end conne
 server, all on the device's one address. A :class:`DelegationAttempt` (the machine) decides;
 the role carries its :class:`Command`\\ s out on the engines, keeps the device's timeouts as
 its own timer, and tells the application what happened with typed events
-(:data:`DeviceEvent`). :class:`Device` is its asyncio host on a real socket
+(``DeviceEvent``). :class:`Device` is its asyncio host on a real socket
 (:class:`~d2tls.net.pump.Pump`); the simulator (:class:`d2tls.sim.Network`) hosts the same
 object.
 """
@@ -507,7 +507,7 @@ class DeviceProtocol:
         self.connection: DTLSClient | None = None
         #: Traffic of the current attempt on each link (DeviceReport).
         self.agent_link = LinkStats()
-        self.server_link = LinkStats()
+        self._server_done = LinkStats()
         #: Every engine with a child endpoint (socket) of its own, by key, until it is closed,
         #: replaced and its last datagrams left.
         self._engines: dict[int, DTLSClient] = {}
@@ -540,6 +540,16 @@ class DeviceProtocol:
     def next_request_id(self) -> int:
         return self._request_ids
 
+    @property
+    def server_link(self) -> LinkStats:
+        """Traffic with the server in this attempt: refused resumptions, and the current
+        connection as it stands (read at :class:`Connected`: its handshake, final flight
+        included)."""
+        link = replace(self._server_done)
+        if self.connection is not None:
+            link.add_engine(self.connection.stats)
+        return link
+
     def connect(self, now: float) -> None:
         """Start one attempt: resume the cached context if unexpired, else delegate."""
         if self.attempt is not None and not self.finished:
@@ -549,7 +559,7 @@ class DeviceProtocol:
                 self._retire(engine)
         self.channel = self.connection = None
         self.attempts += 1
-        self.agent_link, self.server_link = LinkStats(), LinkStats()
+        self.agent_link, self._server_done = LinkStats(), LinkStats()
         self._reported = False
         self.attempt = DelegationAttempt(self.config, self.context, self._request_ids)
         self.attempt.start()
@@ -726,7 +736,6 @@ class DeviceProtocol:
             elif connection is not self.connection:
                 continue
             elif attempt.state == "resuming" and isinstance(event, HandshakeCompleted):
-                self.server_link.add_engine(connection.stats)
                 attempt.resumed()
                 moved = True
             elif attempt.state == "resuming" and isinstance(event, ConnectionTerminated):
@@ -738,7 +747,7 @@ class DeviceProtocol:
 
     def _resumption_failed(self, connection: DTLSClient, reason: str) -> None:
         assert self.attempt is not None
-        self.server_link.add_engine(connection.stats)
+        self._server_done.add_engine(connection.stats)
         self._events.append(ResumptionFailed(reason))
         self._retire(connection)
         self.connection = None
