@@ -542,9 +542,9 @@ class DeviceProtocol:
 
     @property
     def server_link(self) -> LinkStats:
-        """Traffic with the server in this attempt: refused resumptions, and the current
-        connection as it stands (read at :class:`Connected`: its handshake, final flight
-        included)."""
+        """The traffic with the server in this attempt (refused resumptions, and the current
+        connection as it stands; read at :class:`Connected` it is the handshake with its
+        final flight)."""
         link = replace(self._server_done)
         if self.connection is not None:
             link.add_engine(self.connection.stats)
