@@ -169,7 +169,8 @@ def resumption_hello(session: Session) -> bytes:
             server_name=SERVER_NAME,
             session=session,
             resume_only=True,
-        )
+        ),
+        remote=("192.0.2.1", 4433),  # the caller sends it where it wants
     )
     engine.connect(time.monotonic())
     ((datagram, _),) = engine.datagrams_to_send(time.monotonic())
