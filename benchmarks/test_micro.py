@@ -77,7 +77,7 @@ def test_record_through_both_engines(benchmark: Any, materials: Materials) -> No
 
     def one_record() -> None:
         client.send_application_data(payload)
-        for datagram in client.datagrams_to_send(0.0):
+        for datagram, _ in client.datagrams_to_send(0.0):
             server.receive_datagram(datagram, CLIENT, 0.0)
         event = server.next_event()
         assert isinstance(event, ApplicationDataReceived) and event.data == payload

@@ -62,13 +62,20 @@ nitpick_ignore_regex = [
 ]
 # Names that annotations use unqualified (module-level aliases and imports under
 # ``from __future__ import annotations``), which Sphinx cannot resolve to a documented object.
-nitpick_ignore = [
+nitpick_ignore = [("py:obj", "d2tls.sansio.EventT_co")] + [
     ("py:class", name)
     for name in (
         "Address",
         "Session",
         "Tracer",
         "ClientEndpoint",
+        "Pump",
+        "DeviceEvent",
+        "AgentEvent",
+        "Datagram",
+        "_Timer",
+        "d2tls.sim.P",
+        "d2tls.sansio.EventT_co",
         "VerdictCache",
         "DelegationMessage",
         "x509.Certificate",

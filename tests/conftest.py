@@ -221,11 +221,11 @@ class Run:
 
     def send_to_server(self, data: bytes) -> None:
         self.client.send_application_data(data)
-        self.sim._flush()
+        self.sim.flush()
 
     def send_to_client(self, data: bytes) -> None:
         self.server.send_application_data(self.address, data)
-        self.sim._flush()
+        self.sim.flush()
 
     # ---------------------------------------------------------------- events
     @property

@@ -173,14 +173,20 @@ def session_for(pki: LoadedPKI, used: set[int], sent: list[DelegationMessage]) -
         b"device-1", bytes(32), frozenset({hashlib.sha256(pki.device.chain[0]).digest()})
     )
     policy = AgentPolicy({b"device-1": entry})  # no server allowed
-    return AgentSession(
+    session = NoHandshake(
         AgentConfig(psk_keys=policy.psk_keys, trust_store=pki.store, policy=policy),
-        sent.append,
-        lambda request, client: pytest.fail("must not start a handshake"),
-        lambda certificate, owner: None,
         identity=b"device-1",
         used_request_ids=used,
     )
+    session.outbox = sent  # what the agent would send the device
+    return session
+
+
+class NoHandshake(AgentSession):
+    """A session whose policy must refuse: starting a handshake fails the test."""
+
+    def start_server_handshake(self) -> None:
+        pytest.fail("must not start a handshake")
 
 
 def test_refused_request_id_is_never_served_again(pki: LoadedPKI) -> None:
@@ -220,9 +226,9 @@ class Stack:
 
     def __init__(self, pki: LoadedPKI, two: Any, server: ServerEndpoint, agent: Agent) -> None:
         self.pki, self.two, self.server, self.agent = pki, two, server, agent
-        assert server.address is not None and agent.endpoint is not None
+        assert server.address is not None and agent.address is not None
         self.server_address = server.address
-        self.agent_address = agent.endpoint.address
+        self.agent_address = agent.address
 
     def device(self, index: int = 0, cert_of: int | None = None, **overrides: Any) -> Device:
         paths = self.two.devices

@@ -28,7 +28,6 @@ from d2tls.adversary import profiles
 from d2tls.adversary.credentials import SERVER_NAME, credentials
 from d2tls.adversary.forge import datagram, seal, write_keys
 from d2tls.adversary.machines import Payloads, liveness_bound, stop_adversary
-from d2tls.adversary.network import Address, AdversaryNetwork
 from d2tls.adversary.observer import Observer
 from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig, TimerConfig
@@ -37,6 +36,7 @@ from d2tls.dtls.constants import CipherSuite, ContentType
 from d2tls.dtls.record import parse_datagram
 from d2tls.dtls.server import DTLSServer
 from d2tls.randomness import Randomness, SeededRandomness
+from d2tls.sim import Address, Network
 
 SERVER: Address = ("203.0.113.10", 4433)
 CLIENT: Address = ("198.51.100.7", 40000)
@@ -105,7 +105,7 @@ class HostileNetwork(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net: AdversaryNetwork | None = None
+        self.net: Network | None = None
 
     @initialize(
         suite=st.sampled_from(["psk", "psk", "ecdhe"]),
@@ -120,19 +120,21 @@ class HostileNetwork(RuleBasedStateMachine):
         def intercept(source: Address, destination: Address) -> bool:
             return self.attacking and MALLORY not in (source, destination)
 
-        self.net = AdversaryNetwork(seed=seed, intercept=intercept)
+        self.net = Network(seed=seed, intercept=intercept)
         self.observer = Observer(self.net)
         # Seeded engines (RFC 6979 signatures, randoms from the seed): hypothesis replays an
         # example by its choices, so the engines' bytes, and with them the sizes of signatures
         # and records the rules depend on, must be the same on every replay.
         self.server = DTLSServer(server_config(suite, SeededRandomness(f"server-{seed}")))
-        self.net.add_server(self.server, SERVER)
-        self.client = DTLSClient(client_config(suite, SeededRandomness(f"client-{seed}")))
-        self.net.add_client(self.client, CLIENT, SERVER)
-        self.mallory = DTLSClient(
-            client_config(suite, SeededRandomness(f"mallory-{seed}"), mallory=True)
+        self.net.add(self.server, SERVER)
+        self.client = DTLSClient(
+            client_config(suite, SeededRandomness(f"client-{seed}")), remote=SERVER
         )
-        self.net.add_client(self.mallory, MALLORY, SERVER)
+        self.net.add(self.client, CLIENT)
+        self.mallory = DTLSClient(
+            client_config(suite, SeededRandomness(f"mallory-{seed}"), mallory=True), remote=SERVER
+        )
+        self.net.add(self.mallory, MALLORY)
         self.payloads = Payloads("app")
         self.client.connect(0.0)
         self.mallory.connect(0.0)
@@ -144,7 +146,7 @@ class HostileNetwork(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ helpers
     @property
-    def n(self) -> AdversaryNetwork:
+    def n(self) -> Network:
         assert self.net is not None
         return self.net
 

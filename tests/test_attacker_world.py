@@ -22,11 +22,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from d2tls.adversary import profiles
 from d2tls.adversary.machines import Payloads, stop_adversary
-from d2tls.adversary.network import Address, AdversaryNetwork
 from d2tls.adversary.world import D2TLSWorld, WorldOptions
 from d2tls.delegation.messages import DelegationMode, DelegationRequest
 from d2tls.dtls.config import TimerConfig
-from d2tls.sim import Impairments
+from d2tls.sim import Address, Impairments, Network
 
 INDEX = st.integers(0, 1 << 16)
 MODES = st.sampled_from([DelegationMode.BOUND, DelegationMode.BLIND])
@@ -88,7 +87,7 @@ class HostileD2TLS(RuleBasedStateMachine):
         return self.world
 
     @property
-    def n(self) -> AdversaryNetwork:
+    def n(self) -> Network:
         return self.w.net
 
     def held(self) -> bool:

@@ -307,13 +307,8 @@ def test_fifty_devices_delegate_concurrently(pki: LoadedPKI) -> None:
 
 def test_agent_answers_garbage_with_a_delegation_error(pki: LoadedPKI) -> None:
     """Malformed input on the channel gives DelegationError MALFORMED, never a crash."""
-    sent: list[DelegationMessage] = []
-    session = AgentSession(
-        AgentConfig(psk_keys={}, trust_store=pki.store),
-        sent.append,
-        lambda request, client: None,
-        lambda certificate, owner: None,
-    )
+    session = AgentSession(AgentConfig(psk_keys={}, trust_store=pki.store))
+    sent: list[DelegationMessage] = session.outbox
     session.receive_bytes(b"\xff\x00garbage")
     assert session.state == "failed"
     assert len(sent) == 1
@@ -321,13 +316,8 @@ def test_agent_answers_garbage_with_a_delegation_error(pki: LoadedPKI) -> None:
 
 
 def test_agent_refuses_a_request_without_a_usable_suite(pki: LoadedPKI) -> None:
-    sent: list[DelegationMessage] = []
-    session = AgentSession(
-        AgentConfig(psk_keys={}, trust_store=pki.store),
-        sent.append,
-        lambda request, client: pytest.fail("must not start a handshake"),
-        lambda certificate, owner: None,
-    )
+    session = AgentSession(AgentConfig(psk_keys={}, trust_store=pki.store))
+    sent: list[DelegationMessage] = session.outbox
     session.receive(
         DelegationRequest(
             request_id=7,
@@ -340,7 +330,7 @@ def test_agent_refuses_a_request_without_a_usable_suite(pki: LoadedPKI) -> None:
             client_random=None,
         )
     )
-    assert session.state == "failed"
+    assert session.state == "failed" and not session.needs  # no handshake started
     assert sent[0].code is DelegationErrorCode.UNSUPPORTED  # type: ignore[union-attr]
     assert sent[0].request_id == 7
 

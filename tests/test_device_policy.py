@@ -28,11 +28,13 @@ from d2tls.delegation.messages import (
 )
 from d2tls.dtls.constants import CipherSuite
 from d2tls.dtls.events import SignatureRequested
-from d2tls.roles.device import DeviceConfig, DeviceProtocol
+from d2tls.roles.device import Command, DelegationAttempt, DeviceConfig
 from d2tls.roles.signer import DeviceSigner
 
 
-def make_protocol(pki: LoadedPKI, mode: DelegationMode) -> tuple[DeviceProtocol, DelegationRequest]:
+def make_protocol(
+    pki: LoadedPKI, mode: DelegationMode
+) -> tuple[DelegationAttempt, DelegationRequest]:
     config = DeviceConfig(
         agent=("127.0.0.1", 1),
         psk_identity=b"device-1",
@@ -43,9 +45,9 @@ def make_protocol(pki: LoadedPKI, mode: DelegationMode) -> tuple[DeviceProtocol,
         signer=DeviceSigner(pki.device.key),
         mode=mode,
     )
-    protocol = DeviceProtocol(config, context=None, first_request_id=41)
+    protocol = DelegationAttempt(config, context=None, first_request_id=41)
     protocol.start()
-    assert list(protocol.commands) == ["open_channel"]
+    assert list(protocol.commands) == [Command.OPEN_CHANNEL]
     protocol.channel_up()
     [request] = protocol.outbox
     protocol.outbox.clear()
@@ -76,7 +78,7 @@ def sign_request(
     return SignRequest(**fields)  # type: ignore[arg-type]
 
 
-def last_error(protocol: DeviceProtocol) -> DelegationError:
+def last_error(protocol: DelegationAttempt) -> DelegationError:
     errors = [m for m in protocol.outbox if isinstance(m, DelegationError)]
     assert errors, protocol.outbox
     return errors[-1]

@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 
 from conftest import (
     CLIENT_ADDRESS,
+    SERVER_ADDRESS,
     LoadedPKI,
     Run,
     client_config,
@@ -113,7 +114,7 @@ def sign_requests(run: Run, pki: LoadedPKI) -> None:
         if isinstance(event, SignatureRequested) and run.client.state == "wait_signature":
             signature = pki.device.key.sign(event.transcript, ec.ECDSA(hashes.SHA256()))
             run.client.provide_signature(signature, run.sim.now)
-            run.sim._flush()
+            run.sim.flush()
 
 
 def client_at(pki: LoadedPKI, state: str) -> Run:
@@ -129,7 +130,7 @@ def client_at(pki: LoadedPKI, state: str) -> Run:
     if state == "closed":
         run.run(run.both_established)
         run.client.close()
-        run.sim._flush()
+        run.sim.flush()
     while run.client.state != state:
         assert run.sim.step(), f"client never reached {state}"
     return run
@@ -265,7 +266,7 @@ def test_client_survives_hostile_datagrams_in_every_state(
     before = (client.state, len(run.client_events), client.next_timer())
     discarded = client.stats["records_discarded"]
     for datagram in garbage:
-        client.receive_datagram(datagram, run.sim.now)
+        client.receive_datagram(datagram, SERVER_ADDRESS, run.sim.now)
     if state == "closed":
         assert (client.state, len(run.client_events)) == before[:2]
         assert client.datagrams_to_send(run.sim.now) == []
@@ -276,7 +277,7 @@ def test_client_survives_hostile_datagrams_in_every_state(
         assert client.next_event() is None
         if state == "established" and any(garbage) and not has_plaintext:
             assert client.stats["records_discarded"] > discarded
-    run.sim._flush()
+    run.sim.flush()
     finish(run, pki)
     check_outcome(run, reads_plaintext, garbage)
     if not (reads_plaintext and has_plaintext):
@@ -292,7 +293,7 @@ def test_datagrams_of_another_association_never_disturb_an_established_client(
     epoch-1 records do not authenticate and epoch-0 ones only look like retransmissions."""
     run = client_at(pki, state)
     for datagram in captured:
-        run.client.receive_datagram(datagram, run.sim.now)
+        run.client.receive_datagram(datagram, SERVER_ADDRESS, run.sim.now)
     assert len(terminations(run.client_events)) <= 1
     if state == "established":
         assert run.client.is_established and not terminations(run.client_events)
@@ -322,7 +323,7 @@ def test_server_survives_hostile_datagrams_in_every_state(
     before = run.server.connection(CLIENT_ADDRESS)
     for datagram in garbage:
         server.receive_datagram(datagram, CLIENT_ADDRESS, run.sim.now)
-    run.sim._flush()
+    run.sim.flush()
     if state == "established":
         # Epoch 0 is only read for retransmission detection now; nothing else authenticates.
         assert server.connection(CLIENT_ADDRESS) is before
@@ -373,7 +374,7 @@ def test_plaintext_garbage_after_the_handshake_is_dropped(
     assert run.both_established()
     datagram = MALFORMED_PLAINTEXT[name]
     if side == "client":
-        run.client.receive_datagram(datagram, run.sim.now)
+        run.client.receive_datagram(datagram, SERVER_ADDRESS, run.sim.now)
     else:
         run.server.receive_datagram(datagram, CLIENT_ADDRESS, run.sim.now)
     run.settle()
@@ -389,7 +390,9 @@ def test_forged_plaintext_record_cannot_poison_the_epoch0_replay_window(pki: Loa
     genuine server record, so the handshake silently timed out."""
     run = Run(server_config(pki), client_config(pki))
     run.sim.connect(CLIENT_ADDRESS)
-    run.client.receive_datagram(MALFORMED_PLAINTEXT["handshake message far ahead"], 0.0)
+    run.client.receive_datagram(
+        MALFORMED_PLAINTEXT["handshake message far ahead"], SERVER_ADDRESS, 0.0
+    )
     run.run(lambda: run.both_established() or run.any_terminated())
     assert run.both_established()
     assert run.sim.now < 1.0
@@ -406,15 +409,15 @@ def test_handshake_garbage_in_the_handshake_ends_it_with_an_alert(pki: LoadedPKI
         encode_fragment(HandshakeFragment(HandshakeType.FINISHED, 12, 0, 0, 12, bytes(12))),
         seq=0,
     )
-    run.client.receive_datagram(bogus, 0.0)
-    (alert,) = run.client.datagrams_to_send(0.0)
+    run.client.receive_datagram(bogus, SERVER_ADDRESS, 0.0)
+    ((alert, _),) = run.client.datagrams_to_send(0.0)
     (record,), _ = parse_datagram(alert)
     assert (record.content_type, record.epoch, record.fragment) == (
         ContentType.ALERT,
         0,
         b"\x02\x0a",
     )
-    run.sim._flush()
+    run.sim.flush()
     (end,) = terminations(run.client_events)
     assert end.reason == "Finished is not allowed in state wait_server_hello"
     assert (end.alert, end.by_peer) == (AlertDescription.UNEXPECTED_MESSAGE, False)

@@ -22,6 +22,7 @@ from conftest import (
     CLIENT_ADDRESS,
     PSK_IDENTITY,
     PSK_KEY,
+    SERVER_ADDRESS,
     LoadedPKI,
     Run,
     client_config,
@@ -109,33 +110,33 @@ def cookie_hello(
 ) -> bytes:
     """Run the cookie exchange; return the client's ClientHello that carries the cookie."""
     client.connect(now)
-    (hello,) = client.datagrams_to_send(now)
+    ((hello, _),) = client.datagrams_to_send(now)
     server.receive_datagram(hello, peer, now)
     ((hvr, _),) = server.datagrams_to_send(now)
-    client.receive_datagram(hvr, now)
-    (second,) = client.datagrams_to_send(now)
+    client.receive_datagram(hvr, SERVER_ADDRESS, now)
+    ((second, _),) = client.datagrams_to_send(now)
     return second
 
 
 def half_open(server: DTLSServer, peer: tuple[str, int], now: float) -> None:
     """A handshake that passes the cookie and then goes silent (a half-open association)."""
-    client = DTLSClient(psk_client_config())
+    client = DTLSClient(psk_client_config(), remote=SERVER_ADDRESS)
     server.receive_datagram(cookie_hello(server, client, peer, now), peer, now)
     server.datagrams_to_send(now)
 
 
 def established(server: DTLSServer, peer: tuple[str, int], now: float) -> DTLSClient:
     """A PSK handshake with ``peer`` run to completion by hand."""
-    client = DTLSClient(psk_client_config())
+    client = DTLSClient(psk_client_config(), remote=SERVER_ADDRESS)
     server.receive_datagram(cookie_hello(server, client, peer, now), peer, now)
     for _ in range(10):
         for datagram, to in server.datagrams_to_send(now):
             if to == peer:
-                client.receive_datagram(datagram, now)
+                client.receive_datagram(datagram, SERVER_ADDRESS, now)
         out = client.datagrams_to_send(now)
         if not out:
             break
-        for datagram in out:
+        for datagram, _ in out:
             server.receive_datagram(datagram, peer, now)
     conn = server.connection(peer)
     assert client.is_established and conn is not None and conn.is_established
@@ -151,16 +152,18 @@ def test_client_hello_with_message_seq_65535_is_refused_with_illegal_parameter()
     alert. RFC 6347 §4.2.2: a ClientHello's message_seq counts the HelloVerifyRequests the
     client answered; an absurd one is illegal_parameter, answered statelessly."""
     server = DTLSServer(psk_server_config())
-    client = DTLSClient(psk_client_config())
+    client = DTLSClient(psk_client_config(), remote=SERVER_ADDRESS)
     client.connect(0.0)
-    (hello,) = client.datagrams_to_send(0.0)
+    ((hello, _),) = client.datagrams_to_send(0.0)
     server.receive_datagram(with_message_seq(hello, 65535), CLIENT_ADDRESS, 0.0)
     ((reply, _),) = server.datagrams_to_send(0.0)
     assert alerts(reply) == [(AlertLevel.FATAL, AlertDescription.ILLEGAL_PARAMETER)]
     assert server.connection_count == 0
 
     # With a valid cookie too: the cookie covers the hello's fields, not its message_seq.
-    second = cookie_hello(server, DTLSClient(psk_client_config()), CLIENT_ADDRESS, 1.0)
+    second = cookie_hello(
+        server, DTLSClient(psk_client_config(), remote=SERVER_ADDRESS), CLIENT_ADDRESS, 1.0
+    )
     server.receive_datagram(with_message_seq(second, 65535), CLIENT_ADDRESS, 1.0)
     ((reply, _),) = server.datagrams_to_send(1.0)
     assert alerts(reply) == [(AlertLevel.FATAL, AlertDescription.ILLEGAL_PARAMETER)]
@@ -171,7 +174,9 @@ def test_client_hello_with_message_seq_65535_is_refused_with_illegal_parameter()
     assert server.connection_count == 0 and server.counters().internal_errors == 0
 
     # A client that answered a few HelloVerifyRequests (message_seq 2) is still served.
-    third = cookie_hello(server, DTLSClient(psk_client_config()), ("198.51.100.8", 1), 2.0)
+    third = cookie_hello(
+        server, DTLSClient(psk_client_config(), remote=SERVER_ADDRESS), ("198.51.100.8", 1), 2.0
+    )
     server.receive_datagram(with_message_seq(third, 2), ("198.51.100.8", 1), 2.0)
     assert server.counters().half_open == 1
 
@@ -204,7 +209,9 @@ def test_client_hello_record_sequence_number_near_2_48_is_refused() -> None:
     """Our epoch-0 records continue from the ClientHello's record sequence number (RFC 6347
     §4.2.1); one near 2^48 would exhaust them (RFC 6347 §4.1: they never wrap)."""
     server = DTLSServer(psk_server_config())
-    second = cookie_hello(server, DTLSClient(psk_client_config()), CLIENT_ADDRESS, 0.0)
+    second = cookie_hello(
+        server, DTLSClient(psk_client_config(), remote=SERVER_ADDRESS), CLIENT_ADDRESS, 0.0
+    )
     server.receive_datagram(with_record_seq(second, MAX_SEQUENCE), CLIENT_ADDRESS, 0.0)
     ((reply, _),) = server.datagrams_to_send(0.0)
     assert alerts(reply) == [(AlertLevel.FATAL, AlertDescription.ILLEGAL_PARAMETER)]
@@ -265,18 +272,18 @@ def test_a_fragmented_client_hello_completes_the_handshake(pki: LoadedPKI) -> No
     run = Run(server.config, client_config(pki), server=server)
     client = run.client
     client.connect(0.0)
-    (hello,) = client.datagrams_to_send(0.0)
+    ((hello, _),) = client.datagrams_to_send(0.0)
     pieces = split_hello(hello, 3)
     for piece in reversed(pieces):
         server.receive_datagram(piece, CLIENT_ADDRESS, 0.0)
     ((hvr, _),) = server.datagrams_to_send(0.0)
     assert server.connection_count == 0 and server.counters().pending_hellos == 0
-    client.receive_datagram(hvr, 0.0)
-    (second,) = client.datagrams_to_send(0.0)
+    client.receive_datagram(hvr, SERVER_ADDRESS, 0.0)
+    ((second, _),) = client.datagrams_to_send(0.0)
     for piece in split_hello(second, 4):
         server.receive_datagram(piece, CLIENT_ADDRESS, 0.0)
     assert server.counters().half_open == 1
-    run.sim._flush()
+    run.sim.flush()
     run.run(lambda: run.both_established() or run.any_terminated())
     assert run.both_established()
 
@@ -293,7 +300,7 @@ def test_half_open_handshakes_never_evict_an_established_association() -> None:
     assert stats.evicted_half_open == 12 and stats.evicted_idle == 0
     assert {p for p in server._half_open} == {("203.0.113.7", 2012 + i) for i in range(4)}
     device.send_application_data(b"still here")
-    (datagram,) = device.datagrams_to_send(2.0)
+    ((datagram, _),) = device.datagrams_to_send(2.0)
     server.receive_datagram(datagram, ("198.51.100.1", 1), 2.0)
     assert [getattr(e, "data", None) for e in iter(server.next_event, None)][-1] == b"still here"
 
@@ -306,7 +313,9 @@ def test_a_full_table_refuses_new_handshakes_and_evicts_only_idle_associations()
     first = established(server, ("198.51.100.1", 1), 0.0)
     established(server, ("198.51.100.2", 2), 10.0)
     newcomer = ("203.0.113.9", 9)
-    hello = cookie_hello(server, DTLSClient(psk_client_config()), newcomer, 20.0)
+    hello = cookie_hello(
+        server, DTLSClient(psk_client_config(), remote=SERVER_ADDRESS), newcomer, 20.0
+    )
     server.receive_datagram(hello, newcomer, 20.0)
     ((reply, to),) = server.datagrams_to_send(20.0)
     assert to == newcomer and alerts(reply) == [(AlertLevel.FATAL, AlertDescription.INTERNAL_ERROR)]
@@ -314,11 +323,13 @@ def test_a_full_table_refuses_new_handshakes_and_evicts_only_idle_associations()
     assert (stats.established, stats.half_open, stats.refused_handshakes) == (2, 0, 1)
 
     # 60 s after its last datagram the first association is idle: it makes room.
-    hello = cookie_hello(server, DTLSClient(psk_client_config()), newcomer, 61.0)
+    hello = cookie_hello(
+        server, DTLSClient(psk_client_config(), remote=SERVER_ADDRESS), newcomer, 61.0
+    )
     server.receive_datagram(hello, newcomer, 61.0)
     replies = server.datagrams_to_send(61.0)
     (notify,) = [d for d, to in replies if to == ("198.51.100.1", 1)]
-    first.receive_datagram(notify, 61.0)
+    first.receive_datagram(notify, SERVER_ADDRESS, 61.0)
     assert first.is_closed
     assert any(
         isinstance(e, ConnectionTerminated) and e.by_peer for e in iter(first.next_event, None)
@@ -475,13 +486,13 @@ def _half_open_over_udp(port: int, count: int) -> int:
             sockets.append(sock)
             sock.bind(("127.0.0.1", 0))
             sock.settimeout(5.0)
-            client = DTLSClient(psk_client_config())
+            client = DTLSClient(psk_client_config(), remote=SERVER_ADDRESS)
             client.connect(0.0)
-            for datagram in client.datagrams_to_send(0.0):
+            for datagram, _ in client.datagrams_to_send(0.0):
                 sock.sendto(datagram, ("127.0.0.1", port))
             hvr, _ = sock.recvfrom(4096)
-            client.receive_datagram(hvr, 0.0)
-            for datagram in client.datagrams_to_send(0.0):
+            client.receive_datagram(hvr, SERVER_ADDRESS, 0.0)
+            for datagram, _ in client.datagrams_to_send(0.0):
                 sock.sendto(datagram, ("127.0.0.1", port))
             flight, _ = sock.recvfrom(4096)  # the ServerHello flight: the handshake is half-open
             assert parse_datagram(flight)[0][0].content_type == ContentType.HANDSHAKE

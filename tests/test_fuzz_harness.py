@@ -106,10 +106,11 @@ def _client_hello_datagram() -> bytes:
             cipher_suites=(CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,),
             psk_identity=b"device-1",
             psk=bytes(32),
-        )
+        ),
+        remote=("192.0.2.1", 4433),
     )
     client.connect(0.0)
-    (hello,) = client.datagrams_to_send(0.0)
+    ((hello, _),) = client.datagrams_to_send(0.0)
     return hello
 
 

@@ -501,7 +501,7 @@ def test_cookie_exchange_is_stateless_until_the_cookie_returns(pki: LoadedPKI) -
     run = Run(server.config, client_config(pki), server=server)
     client = run.client
     client.connect(0.0)
-    (hello1,) = client.datagrams_to_send(0.0)
+    ((hello1, _),) = client.datagrams_to_send(0.0)
     assert client_hellos(hello1)[0].cookie == b""
 
     server.receive_datagram(hello1, CLIENT_ADDRESS, 0.01)
@@ -514,8 +514,8 @@ def test_cookie_exchange_is_stateless_until_the_cookie_returns(pki: LoadedPKI) -
     assert len(cookie) >= 16
     assert server.next_timer() is None  # no retransmission state either
 
-    client.receive_datagram(hvr_datagram, 0.02)
-    (hello2,) = client.datagrams_to_send(0.02)
+    client.receive_datagram(hvr_datagram, SERVER_ADDRESS, 0.02)
+    ((hello2, _),) = client.datagrams_to_send(0.02)
     (second,) = client_hellos(hello2)
     assert second.cookie == cookie
     assert second.random == client_hellos(hello1)[0].random
@@ -1158,7 +1158,7 @@ def test_every_single_byte_corruption_of_a_record_is_dropped_silently(pki: Loade
     connection = run.server.connection(CLIENT_ADDRESS)
     assert connection is not None
     run.client.send_application_data(b"sensor value 42")
-    (datagram,) = run.client.datagrams_to_send(run.sim.now)
+    ((datagram, _),) = run.client.datagrams_to_send(run.sim.now)
     for position in range(len(datagram)):
         for flip in (0x01, 0x03, 0x80):
             corrupted = bytearray(datagram)
@@ -1184,7 +1184,7 @@ def test_records_of_another_connection_do_not_authenticate(pki: LoadedPKI) -> No
     second = Run(server.config, client_config(pki), server=server, address=("198.51.100.20", 1))
     second.handshake()
     second.client.send_application_data(b"for the other one")
-    (datagram,) = second.client.datagrams_to_send(second.sim.now)
+    ((datagram, _),) = second.client.datagrams_to_send(second.sim.now)
     server.receive_datagram(datagram, CLIENT_ADDRESS, second.sim.now)
     events = []
     while (event := server.next_event()) is not None:

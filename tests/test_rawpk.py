@@ -395,7 +395,8 @@ def test_malformed_certificate_type_list_is_decode_error(data: bytes) -> None:
 
     run = Run(rpk_server(client_auth=ClientAuth.NONE), rpk_client())
     run.client = BadHello(rpk_client())
-    run.sim.clients[run.address] = run.client
+    run.sim.remove(run.address)
+    run.sim.add_client(run.client, run.address)
     run.handshake()
     assert client_alert(run) == AlertDescription.DECODE_ERROR
 

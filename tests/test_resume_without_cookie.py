@@ -106,13 +106,14 @@ def run_client(
     """Drive ``engine`` over ``sock`` until its handshake ends; count the wire traffic."""
     wire = Wire()
     server = ("127.0.0.1", port)
+    engine.remote = server
     engine.connect(time.monotonic())
     deadline = time.monotonic() + timeout
     outcome: HandshakeCompleted | ConnectionTerminated | None = None
     while outcome is None:
         now = time.monotonic()
         assert now < deadline, "handshake did not finish"
-        for datagram in engine.datagrams_to_send(now):
+        for datagram, _ in engine.datagrams_to_send(now):
             wire.sent.append(datagram)
             sock.sendto(datagram, server)
         while (event := engine.next_event()) is not None:
@@ -129,8 +130,8 @@ def run_client(
             engine.handle_timer(time.monotonic())
             continue
         wire.received.append(data)
-        engine.receive_datagram(data, time.monotonic())
-    for datagram in engine.datagrams_to_send(time.monotonic()):  # our last flight
+        engine.receive_datagram(data, server, time.monotonic())
+    for datagram, _ in engine.datagrams_to_send(time.monotonic()):  # our last flight
         wire.sent.append(datagram)
         sock.sendto(datagram, server)
     return outcome, wire
@@ -168,10 +169,11 @@ def resumption_hello(session: Session) -> bytes:
             server_name=SERVER_NAME,
             session=session,
             resume_only=True,
-        )
+        ),
+        remote=("192.0.2.1", 4433),  # the caller sends it where it wants
     )
     engine.connect(time.monotonic())
-    (datagram,) = engine.datagrams_to_send(time.monotonic())
+    ((datagram, _),) = engine.datagrams_to_send(time.monotonic())
     return datagram
 
 

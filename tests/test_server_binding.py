@@ -33,7 +33,7 @@ from d2tls.pki.names import names_server, spki_sha256, subject_alt_names
 from d2tls.pki.verify import load_certificate_chain, load_private_key, load_trust_store
 from d2tls.prove.consistency import check_theories
 from d2tls.resources import proofs_dir
-from d2tls.roles.device import DelegationFailed, DeviceProtocol
+from d2tls.roles.device import DelegationAttempt, DelegationFailed
 from d2tls.roles.signer import SigningRefused, check_server_certificate
 from openssl_pki import WRONG_NAME_EXT, OpenSSLPKI
 from test_d2tls import run, running_stack
@@ -145,7 +145,7 @@ def test_pin_is_the_sha256_of_the_subject_public_key_info(pki: LoadedPKI) -> Non
 # ------------------------------------------------------------------- the device's refusal
 
 
-def assert_refused(protocol: DeviceProtocol, fragment: str) -> None:
+def assert_refused(protocol: DelegationAttempt, fragment: str) -> None:
     error = last_error(protocol)
     assert error.code is DelegationErrorCode.SIGNING_REFUSED
     assert fragment in error.reason

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import (
     CLIENT_ADDRESS,
+    SERVER_ADDRESS,
     LoadedPKI,
     client_config,
     psk_client_config,
@@ -129,20 +130,20 @@ def handshake_datagrams(
 ) -> tuple[list[tuple[str, bytes]], list[Event], list[Event]]:
     """Run one handshake in process through the five methods; every datagram, in order."""
     server = DTLSServer(server_cfg)
-    client = DTLSClient(client_cfg)
+    client = DTLSClient(client_cfg, remote=SERVER_ADDRESS)
     now = 100.0
     client.connect(now)
     sent: list[tuple[str, bytes]] = []
     for _ in range(40):
         moved = False
-        for datagram in client.datagrams_to_send(now):
+        for datagram, _ in client.datagrams_to_send(now):
             sent.append(("client", datagram))
             server.receive_datagram(datagram, CLIENT_ADDRESS, now)
             moved = True
         for datagram, address in server.datagrams_to_send(now):
             assert address == CLIENT_ADDRESS
             sent.append(("server", datagram))
-            client.receive_datagram(datagram, now)
+            client.receive_datagram(datagram, SERVER_ADDRESS, now)
             moved = True
         for engine in (client, server):
             deadline = engine.next_timer()

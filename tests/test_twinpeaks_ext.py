@@ -283,7 +283,8 @@ def test_malformed_extension_from_a_client_is_decode_error(member: FullPrivateKe
     config = ClientConfig(server_name=NAME, trusted_server_keys={spki_of(member.to_cryptography())})
     run = Run(twinpeaks_server(member), config)
     run.client = Garbling(config)
-    run.sim.clients[run.address] = run.client
+    run.sim.remove(run.address)
+    run.sim.add_client(run.client, run.address)
     run.handshake()
     run.settle(2.0)
     (ended,) = run.terminated(run.client_events)

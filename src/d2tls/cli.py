@@ -549,14 +549,14 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
     )
     for _ in range(args.connections):
         try:
-            connection = await device.connect()
+            delegated = await device.connect()
         except DelegationFailed as exc:
             result["error"] = str(exc) or "delegation failed (no reason given)"
             return result
-        entry = connection.report.to_dict()
-        entry["session_id"] = connection.session.session_id.hex()
-        entry["server_raw_public_key"] = _raw_key_fingerprint(connection.session.peer_certificates)
-        entry["received"] = await _exchange(connection, args)
+        entry = delegated.report.to_dict()
+        entry["session_id"] = delegated.session.session_id.hex()
+        entry["server_raw_public_key"] = _raw_key_fingerprint(delegated.session.peer_certificates)
+        entry["received"] = await _exchange(delegated, args)
         connections.append(entry)
     result["ok"] = True
     return result

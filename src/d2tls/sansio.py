@@ -48,3 +48,41 @@ class SansIOProtocol(Protocol[EventT_co]):
 
     def next_event(self) -> EventT_co | None:
         """Pop the next event for the application, or ``None``."""
+
+
+@runtime_checkable
+class HasChildEndpoints(Protocol):
+    """Optional: a role that talks to some peers from local ports of their own.
+
+    The security agent runs each delegated handshake with a cloud server as a separate
+    association, so that two delegations to one server do not share an address (a server
+    keeps one association per address, RFC 6347 §4.2.8). Each such *child endpoint* has a
+    key, talks to exactly one peer, and lives as long as :meth:`child_endpoints` lists it; a
+    host binds one more socket (or, in the simulator, one more address) for each and routes
+    that socket's datagrams with the ``child_*`` calls below. Everything else (timers,
+    events) still goes through the five methods of :class:`SansIOProtocol`.
+    """
+
+    def child_endpoints(self) -> dict[int, Address]:
+        """The live child endpoints: key -> the peer it talks to."""
+
+    def child_receive_datagram(self, key: int, data: bytes, addr: Address, now: float) -> None:
+        """One datagram arrived at child endpoint ``key`` from ``addr``."""
+
+    def child_datagrams_to_send(self, key: int, now: float) -> list[Datagram]:
+        """Datagrams to send from child endpoint ``key``."""
+
+    def child_unreachable(self, key: int, now: float) -> None:
+        """The kernel reported ICMP port unreachable on child endpoint ``key``."""
+
+
+@runtime_checkable
+class HearsUnreachable(Protocol):
+    """Optional: a role that acts on ICMP port unreachable on its own socket.
+
+    An unconnected UDP socket learns of it only with ``IP_RECVERR`` (Linux) and without the
+    address it came from; a role that talks to one peer at a time (the device) knows which.
+    """
+
+    def port_unreachable(self, now: float) -> None:
+        """The kernel reported ICMP port unreachable for a datagram this role sent."""

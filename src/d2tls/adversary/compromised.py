@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from cryptography import x509
-
 from d2tls.adversary.credentials import OTHER_SERVER_NAME
 from d2tls.adversary.forge import (
     datagram,
@@ -27,7 +25,6 @@ from d2tls.adversary.forge import (
     seal,
     write_keys,
 )
-from d2tls.adversary.network import Address
 from d2tls.adversary.world import (
     AGENT_HOST,
     OTHER_SERVER,
@@ -37,7 +34,6 @@ from d2tls.adversary.world import (
     WorldOptions,
 )
 from d2tls.delegation.messages import (
-    DelegationMessage,
     DelegationMode,
     DelegationRequest,
     SessionContext,
@@ -52,6 +48,7 @@ from d2tls.dtls.session import MemorySessionStore, Session
 from d2tls.errors import D2TLSError
 from d2tls.model.states import ClientState, DeviceState
 from d2tls.roles.agent import AgentConfig, AgentSession
+from d2tls.sim import Address
 
 
 class Leak(StrEnum):
@@ -210,16 +207,11 @@ def rogue_factory(plan: Plan, loot: Loot, rogue_sessions: int = 1) -> Callable[.
     """The first ``rogue_sessions`` delegations are rogue; later ones honest (recovery)."""
     made = [0]
 
-    def make(
-        config: AgentConfig,
-        send: Callable[[DelegationMessage], None],
-        start: Callable[[DelegationRequest, DTLSClient], None],
-        status: Callable[[x509.Certificate, AgentSession], None],
-    ) -> AgentSession:
+    def make(config: AgentConfig, identity: bytes | None, used: set[int]) -> AgentSession:
         made[0] += 1
         if made[0] > rogue_sessions:
-            return AgentSession(config, send, start, status)
-        session = RogueSession(config, send, start, status)
+            return AgentSession(config, identity, used)
+        session = RogueSession(config, identity, used)
         session.plan, session.loot = plan, loot
         return session
 
@@ -406,7 +398,8 @@ def _prestart(world: D2TLSWorld, loot: Loot) -> None:
             loot.prestarted_request = event
 
     loot.prestarted = client
-    world.net.add_client(client, (AGENT_HOST, 59999), SERVER, on_event)
+    client.remote = SERVER
+    world.net.add(client, (AGENT_HOST, 59999), on_event)
     client.connect(world.net.now)
     world.run(lambda: loot.prestarted_request is not None, max_time=10.0)
 
@@ -418,7 +411,7 @@ def _install_rogue_server(world: D2TLSWorld, loot: Loot) -> ServerApp:
     store.put(loot.made_up)
     config = replace(world.server_config(world.creds.mallory.chain, world.creds))
     config = replace(config, private_key=world.creds.mallory.key, session_store=store)
-    world.net.remove_node(SERVER)
+    world.net.remove(SERVER)
     return ServerApp(world.net, config, SERVER)
 
 

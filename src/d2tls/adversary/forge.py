@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from d2tls.adversary.network import Address, AdversaryNetwork
 from d2tls.dtls import keyschedule
 from d2tls.dtls.connection import Connection
 from d2tls.dtls.constants import DTLS_1_2, MAX_SEQUENCE, CipherSuite, ContentType, HandshakeType
@@ -18,6 +17,7 @@ from d2tls.dtls.fragments import parse_handshake_fragments
 from d2tls.dtls.messages import ClientHello, ServerHello
 from d2tls.dtls.record import AEADProtection, Record, encode_record, parse_datagram
 from d2tls.errors import D2TLSError
+from d2tls.sim import Address, Network
 
 
 def seal(
@@ -77,7 +77,7 @@ class Hellos:
     cipher_suite: int
 
 
-def observed_hellos(net: AdversaryNetwork, client: Address, server: Address) -> Hellos | None:
+def observed_hellos(net: Network, client: Address, server: Address) -> Hellos | None:
     """The last ClientHello/ServerHello pair seen between ``client`` and ``server``."""
     client_random = server_random = session_id = b""
     suite = 0
@@ -109,9 +109,7 @@ def observed_hellos(net: AdversaryNetwork, client: Address, server: Address) -> 
     return Hellos(client_random, server_random, session_id, suite)
 
 
-def highest_sequence(
-    net: AdversaryNetwork, source: Address, destination: Address, epoch: int
-) -> int:
+def highest_sequence(net: Network, source: Address, destination: Address, epoch: int) -> int:
     """Highest record sequence number seen on a link in ``epoch`` (-1 if none)."""
     highest = -1
     for sent in net.datagrams(source, destination):

@@ -6,8 +6,8 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from d2tls.adversary.network import AdversaryNetwork
 from d2tls.dtls.connection import Connection
+from d2tls.sim import Network
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Payloads:
         return head + b"x" * max(0, size - len(head))
 
 
-def stop_adversary(net: AdversaryNetwork) -> None:
+def stop_adversary(net: Network) -> None:
     """The adversary stops: held datagrams go through late, nothing more is intercepted."""
     net.intercept = False
     net.deliver_all()

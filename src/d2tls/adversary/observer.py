@@ -1,4 +1,4 @@
-"""Invariants over every connection of an :class:`~d2tls.adversary.network.AdversaryNetwork`.
+"""Invariants over every connection of an :class:`~d2tls.sim.Network`.
 
 The observer instruments each connection (client engines when added, server connections when
 they appear) without changing its behaviour: it wraps ``send_application_data`` to learn what
@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from d2tls.adversary.network import Address, AdversaryNetwork, ClientNode, Link, Node
 from d2tls.dtls.connection import Connection
 from d2tls.dtls.constants import MAX_SEQUENCE, ContentType
 from d2tls.dtls.events import ApplicationDataReceived, ConnectionTerminated, Event
 from d2tls.dtls.record import Record
+from d2tls.sim import Address, Link, Network, connections_of
 
 WINDOW = 64
 
@@ -79,7 +79,7 @@ class Observer:
     """Checks the attacker-model invariants on every connection of a network."""
 
     def __init__(
-        self, net: AdversaryNetwork, *, strict_reasons: bool = True, unique_payloads: bool = True
+        self, net: Network, *, strict_reasons: bool = True, unique_payloads: bool = True
     ) -> None:
         self.net = net
         self.strict_reasons = strict_reasons
@@ -105,9 +105,10 @@ class Observer:
         net.event_watchers.append(self.note_event)
 
     # ------------------------------------------------------------------ instrumentation
-    def _node_added(self, node: Node) -> None:
-        if isinstance(node, ClientNode):
-            self.watch(node.engine, node.address, node.remote)
+    def _node_added(self, address: Address, protocol: object) -> None:
+        for conn, remote, key in connections_of(protocol):
+            if key is None:
+                self.watch(conn, address, remote)
 
     def _discover(self) -> None:
         for local, conn, remote in self.net.connections():

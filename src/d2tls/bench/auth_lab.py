@@ -236,7 +236,7 @@ def run_handshake(
     the server's raw key); ``on_authenticated`` runs once the engine has verified the server's
     Certificate flight and *before* the client's next flight leaves (an OCSP check): a client
     does not send its key exchange to a server it has not authenticated yet."""
-    client = DTLSClient(config)
+    client = DTLSClient(config, remote=server)
     sent = received = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect(server)
@@ -250,7 +250,7 @@ def run_handshake(
                 if on_authenticated is not None:
                     on_authenticated(client)
                 authenticated = now = time.perf_counter()
-            for datagram in client.datagrams_to_send(now):
+            for datagram, _ in client.datagrams_to_send(now):
                 sock.send(datagram)
                 sent += len(datagram)
             event = client.next_event()
@@ -274,7 +274,7 @@ def run_handshake(
                 received += len(data)
                 if before_datagram is not None:
                     before_datagram(data)
-                client.receive_datagram(data, time.perf_counter())
+                client.receive_datagram(data, server, time.perf_counter())
             else:
                 client.handle_timer(time.perf_counter())
 

@@ -31,6 +31,7 @@ from d2tls.dtls.server import DTLSServer
 from d2tls.roles.device import CHANNEL_MTU
 
 DEVICE = ("127.0.0.1", 40001)
+AGENT = ("127.0.0.1", 40002)
 IDENTITY = b"device-1"
 KEY = bytes(range(32))
 T = TypeVar("T")
@@ -72,18 +73,19 @@ def handshake(channel: Channel) -> ChannelCost:
                 psk_identity=IDENTITY,
                 psk=KEY,
                 mtu=CHANNEL_MTU,
-            )
+            ),
+            remote=AGENT,
         )
     )
     now = 0.0
     device_call(lambda: device.connect(now))
     for _ in range(20):
         outgoing = device_call(lambda: device.datagrams_to_send(now))
-        for datagram in outgoing:
+        for datagram, _ in outgoing:
             agent.receive_datagram(datagram, DEVICE, now)
         replies = [d for d, _ in agent.datagrams_to_send(now)]
         for datagram in replies:
-            device_call(lambda d=datagram: device.receive_datagram(d, now))  # type: ignore[misc]
+            device_call(lambda d=datagram: device.receive_datagram(d, AGENT, now))  # type: ignore[misc]
         if device.is_established and not replies:
             break
     if not device.is_established:

@@ -128,7 +128,7 @@ class DeviceSide:
                 cpu, wall = time.thread_time(), time.perf_counter()
                 connection, report = await run_standalone(config, self.server)
                 cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
-            local = connection.endpoint.local_address
+            local = connection.local_address
             await connection.close()
             return Sample(cpu * 1000, wall * 1000, report, local)
         if variant == "reuse":
@@ -143,7 +143,7 @@ class DeviceSide:
             cpu, wall = time.thread_time(), time.perf_counter()
             delegated = await device.connect()
             cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
-        local = delegated.endpoint.local_address
+        local = delegated.local_address
         await delegated.close()
         return Sample(cpu * 1000, wall * 1000, delegated.report, local)
 

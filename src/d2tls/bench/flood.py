@@ -213,9 +213,9 @@ def first_client_hello(pki: Any) -> bytes:
     """A real ClientHello datagram of the d2tls client, without cookie."""
     from d2tls.dtls.client import DTLSClient
 
-    client = DTLSClient(client_config(pki))
+    client = DTLSClient(client_config(pki), remote=("192.0.2.1", 4433))  # not sent from here
     client.connect(0.0)
-    return client.datagrams_to_send(0.0)[0]
+    return client.datagrams_to_send(0.0)[0][0]
 
 
 def partial_hello(declared: int, fragment: int) -> bytes:
@@ -339,9 +339,9 @@ def flood_half_open(
             for _ in range(min(window, count - first)):
                 sock = _udp()
                 sockets.append(sock)
-                client = DTLSClient(config)
+                client = DTLSClient(config, remote=target)
                 client.connect(0.0)
-                for datagram in client.datagrams_to_send(0.0):
+                for datagram, _ in client.datagrams_to_send(0.0):
                     sock.sendto(datagram, target)
                     sent += 1
                 batch[sock.fileno()] = (sock, client)
@@ -358,8 +358,8 @@ def flood_half_open(
                     except (BlockingIOError, ConnectionRefusedError):
                         continue
                     received += len(data)
-                    client.receive_datagram(data, 0.0)
-                    for datagram in client.datagrams_to_send(0.0):
+                    client.receive_datagram(data, target, 0.0)
+                    for datagram, _ in client.datagrams_to_send(0.0):
                         sock.sendto(datagram, target)
                         sent += 1
                     completed_cookies += 1

@@ -83,7 +83,7 @@ def record_cost(client: DTLSClient, server: DTLSServer, size: int, batches: int)
             start = time.thread_time()
             for _ in range(batch):
                 client.send_application_data(payload)
-                for datagram in client.datagrams_to_send(0.0):
+                for datagram, _ in client.datagrams_to_send(0.0):
                     server.receive_datagram(datagram, CLIENT, 0.0)
                 event = server.next_event()
             elapsed = time.thread_time() - start

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from d2tls.clock import utc
 from d2tls.dtls import ecdhe_psk, keyschedule
 from d2tls.dtls.config import ClientConfig
-from d2tls.dtls.connection import Connection, InvalidStateError, Payload, Tracer
+from d2tls.dtls.connection import Address, Connection, InvalidStateError, Payload, Tracer
 from d2tls.dtls.constants import (
     CERT_TYPE_ECDSA_SIGN,
     COMPRESSION_NULL,
@@ -96,7 +96,11 @@ class DTLSClient(Connection):
     ROLE = "dtls_client"
     IS_CLIENT = True
 
-    def __init__(self, config: ClientConfig, tracer: Tracer | None = None) -> None:
+    def __init__(
+        self, config: ClientConfig, tracer: Tracer | None = None, *, remote: Address | None = None
+    ) -> None:
+        """``remote``: the server's address (an IP literal), the destination of every
+        datagram; a host on a connected socket may set :attr:`remote` before connecting."""
         config.validate()
         self.config = config
         super().__init__(
@@ -107,6 +111,7 @@ class DTLSClient(Connection):
             tracer=tracer,
             states=ClientState,
         )
+        self.remote = remote
         self._cookie = b""
         self._hello_verify_count = 0
         self._session_id = b""

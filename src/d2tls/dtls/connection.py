@@ -128,6 +128,9 @@ class Connection:
         states: type[StrEnum],
     ) -> None:
         self.peer = peer
+        #: Where this connection's datagrams go, and the only source it accepts datagrams from
+        #: (None: a client not told its server's address; only a connected socket may drive it).
+        self.remote: Address | None = peer
         self._mtu = mtu
         self._timers = timers
         self._keylog = keylog
@@ -188,8 +191,11 @@ class Connection:
         )
 
     # ------------------------------------------------------------------ public sans-IO API
-    def receive_datagram(self, data: bytes, now: float) -> None:
-        """Process one datagram. Never raises on hostile input: failures become events."""
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Process one datagram from ``addr``. Never raises on hostile input: failures become
+        events. A datagram from anywhere but :attr:`remote` (when known) is not for us."""
+        if self.remote is not None and addr != self.remote:
+            return
         self._now = now
         self.last_activity = now
         self.stats["datagrams_received"] += 1
@@ -212,14 +218,18 @@ class Connection:
         if saw_duplicate and not self._machine.is_final():
             self._retransmit_on_duplicate()
 
-    def datagrams_to_send(self, now: float) -> list[bytes]:
-        """Datagrams ready to go out; the caller sends them in order."""
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Datagrams ready to go out, each with its destination (:attr:`remote`), in order."""
         self._now = now
+        if not self._outgoing:
+            return []
+        if self.remote is None:
+            raise InvalidStateError("the connection does not know its peer's address (remote)")
         out, self._outgoing = self._outgoing, []
         for datagram in out:
             self.stats["datagrams_sent"] += 1
             self.stats["bytes_sent"] += len(datagram)
-        return out
+        return [(datagram, self.remote) for datagram in out]
 
     def next_timer(self) -> float | None:
         """When ``handle_timer`` must next be called, or None."""

@@ -1054,7 +1054,7 @@ class DTLSServer:
             and not connection.is_closed
             and not (connection.is_established and _is_new_client_hello(data, connection))
         ):
-            connection.receive_datagram(data, now)
+            connection.receive_datagram(data, peer, now)
             self._collect(connection)
             self._account(peer, connection, now)
             self._touch(peer)
@@ -1073,12 +1073,12 @@ class DTLSServer:
             verdicts=self.verdicts,
             cookieless=cookieless,
         )
-        candidate.receive_datagram(hello, now)
+        candidate.receive_datagram(hello, peer, now)
         if candidate.stateless or candidate.is_closed:
             # RFC 6347 §4.2.1: no state is kept before the cookie proves the address.
             self.stats["stateless_replies"] += 1
             self.stats["refused_handshakes"] += candidate.refused
-            self._stateless_out.extend((d, peer) for d in candidate.datagrams_to_send(now))
+            self._stateless_out.extend(candidate.datagrams_to_send(now))
             if connection is None or connection.is_closed:
                 self._collect(candidate)
             else:
@@ -1192,7 +1192,7 @@ class DTLSServer:
         self._collect(connection)
         goodbye = connection.datagrams_to_send(now)
         if notify:
-            self._stateless_out.extend((d, peer) for d in goodbye)
+            self._stateless_out.extend(goodbye)
 
     # ------------------------------------------------------------------ plumbing
     def _collect(self, connection: ServerConnection) -> None:
@@ -1227,7 +1227,7 @@ class DTLSServer:
             connection = self._connections.get(address)
             if connection is None:
                 continue
-            out.extend((d, address) for d in connection.datagrams_to_send(now))
+            out.extend(connection.datagrams_to_send(now))
             if connection.is_closed:
                 del self._connections[address]
                 self._account(address, connection, now)
@@ -1266,6 +1266,10 @@ class DTLSServer:
         if peer in self._connections:
             self._touch(peer)
         return self._connections.get(peer)
+
+    def connections(self) -> list[ServerConnection]:
+        """Every association the server keeps, in the order they were made."""
+        return list(self._connections.values())
 
     def send_application_data(self, peer: Address, data: bytes) -> None:
         connection = self._connections.get(peer)

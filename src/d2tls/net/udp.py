@@ -1,14 +1,16 @@
-"""Thin asyncio UDP transports around the sans-IO engines.
+"""A DTLS client and a DTLS server engine as awaitables, on :class:`~d2tls.net.pump.Pump`.
 
-All protocol logic lives in the engines; these classes only move datagrams, arm the single
-timer the engine asks for, and turn events into awaitables.
+All protocol logic lives in the engines and all socket and timer work in the pump; these
+classes only turn events into awaitables (handshake done, data, closed) for the CLI, the
+benchmarks and the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.events import (
@@ -20,6 +22,7 @@ from d2tls.dtls.events import (
 )
 from d2tls.dtls.server import DTLSServer
 from d2tls.errors import D2TLSError
+from d2tls.net.pump import Pump
 
 Address = tuple[str, int]
 #: Supplies a CertificateVerify signature for an external-signer client (D2TLS agent).
@@ -58,8 +61,8 @@ class HandshakeTimeout(TimeoutError, D2TLSError):
     """The peer answered but the handshake did not finish within the timeout."""
 
 
-class ClientEndpoint(asyncio.DatagramProtocol):
-    """One DTLS client connection over a connected UDP socket."""
+class ClientEndpoint:
+    """One DTLS client connection on its own UDP socket, driven by a :class:`Pump`."""
 
     def __init__(
         self,
@@ -70,9 +73,8 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         self.engine = engine
         self._signer = signer
         self._on_event = on_event
-        self._transport: asyncio.DatagramTransport | None = None
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
+        self._pump: Pump[Event] | None = None
         self._handshake: asyncio.Future[HandshakeCompleted] = self._loop.create_future()
         self._closed: asyncio.Future[ConnectionTerminated] = self._loop.create_future()
         self._data: asyncio.Queue[bytes] = asyncio.Queue()
@@ -93,71 +95,41 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         on_event: Callable[[Event], None] | None = None,
         local_port: int = 0,
     ) -> ClientEndpoint:
-        """Open a UDP socket to ``host:port`` and send the ClientHello.
+        """Open a UDP socket towards ``host:port`` (a name is resolved first) and send the
+        ClientHello.
 
         ``on_event`` sees every engine event first; a ``SignatureRequested`` is answered by
         ``signer`` if given, else left to ``on_event`` (which must call ``provide_signature``).
         """
         loop = asyncio.get_running_loop()
-        local_host = "::1" if ":" in host else "127.0.0.1"
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: cls(engine, signer, on_event),
-            remote_addr=(host, port),
-            local_addr=(local_host, local_port),
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        remote: Address = (str(infos[0][4][0]), int(infos[0][4][1]))
+        engine.remote = remote  # the endpoint decides where its engine talks to
+        local_host = "::1" if ":" in remote[0] else "127.0.0.1"
+        endpoint = cls(engine, signer, on_event)
+        endpoint.remote_address = (host, port)
+        endpoint._pump = await Pump.open(
+            _Answered(engine, endpoint),
+            (local_host, local_port),
+            remote_addr=remote,
+            on_event=endpoint._dispatch,
+            on_unreachable=endpoint._unreachable,
         )
-        protocol.remote_address = (host, port)
-        protocol.engine.connect(protocol._loop.time())
-        protocol.pump()
-        return protocol
+        endpoint.local_address = endpoint._pump.local_address
+        engine.connect(endpoint._pump.now)
+        endpoint.pump()
+        return endpoint
 
-    # asyncio callbacks
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        sockname = self._transport.get_extra_info("sockname")
-        self.local_address = (sockname[0], sockname[1]) if sockname else None
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        self.answered = True
-        self.engine.receive_datagram(data, self._loop.time())
-        self.pump()
-
-    def error_received(self, exc: Exception) -> None:
-        """ICMP errors: port unreachable ends the handshake; others are left to the timers."""
-        if (
-            isinstance(exc, ConnectionRefusedError)
-            and not self._handshake.done()
-            and self.remote_address is not None
-        ):
+    def _unreachable(self) -> None:
+        """ICMP port unreachable ends the handshake: retransmissions cannot help."""
+        if not self._handshake.done() and self.remote_address is not None:
             self._handshake.set_exception(PortUnreachable(*self.remote_address, self.answered))
             self._handshake.exception()  # mark retrieved
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-    # engine plumbing
     def pump(self) -> None:
-        """Deliver events, send pending datagrams and re-arm the timer."""
-        now = self._loop.time()
-        while (event := self.engine.next_event()) is not None:
-            self._dispatch(event)
-        if self._transport is not None and not self._transport.is_closing():
-            for datagram in self.engine.datagrams_to_send(now):
-                self._transport.sendto(datagram)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.engine.next_timer()
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.engine.handle_timer(self._loop.time())
-        self.pump()
+        """Send what the engine has to send and re-arm its timer (after a call into it)."""
+        if self._pump is not None:
+            self._pump.poke()
 
     def _dispatch(self, event: Event) -> None:
         if self._on_event is not None:
@@ -230,14 +202,13 @@ class ClientEndpoint(asyncio.DatagramProtocol):
     async def close(self) -> None:
         """Send close_notify and release the socket."""
         self.engine.close()
-        self.pump()
         await asyncio.sleep(0)
-        if self._transport is not None:
-            self._transport.close()
+        if self._pump is not None:
+            self._pump.close()
 
 
-class ServerEndpoint(asyncio.DatagramProtocol):
-    """A DTLS server on one UDP socket; optional echo of application data."""
+class ServerEndpoint:
+    """A DTLS server on one UDP socket, driven by a :class:`Pump`; optional echo."""
 
     def __init__(
         self,
@@ -249,9 +220,7 @@ class ServerEndpoint(asyncio.DatagramProtocol):
         self.engine = engine
         self._echo = echo
         self._on_event = on_event
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.DatagramTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._pump: Pump[Event] | None = None
         self.address: Address | None = None
 
     @classmethod
@@ -265,59 +234,54 @@ class ServerEndpoint(asyncio.DatagramProtocol):
         on_event: Callable[[Event], None] | None = None,
     ) -> ServerEndpoint:
         """Bind ``host:port`` (use port 0 for any free port)."""
-        loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: cls(engine, echo=echo, on_event=on_event), local_addr=(host, port)
-        )
-        return protocol
+        endpoint = cls(engine, echo=echo, on_event=on_event)
+        endpoint._pump = await Pump.open(engine, (host, port), on_event=endpoint._dispatch)
+        endpoint.address = endpoint._pump.local_address
+        return endpoint
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        sockname = self._transport.get_extra_info("sockname")
-        self.address = (sockname[0], sockname[1])
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        peer = (addr[0], addr[1])
-        self.engine.receive_datagram(data, peer, self._loop.time())
-        self.pump()
-
-    def error_received(self, exc: Exception) -> None:
-        pass
+    def _dispatch(self, event: Event) -> None:
+        if self._echo and isinstance(event, ApplicationDataReceived) and event.peer:
+            conn = self.engine.connection(event.peer)
+            if conn is not None and conn.is_established:
+                conn.send_application_data(event.data)
+        if self._on_event is not None:
+            self._on_event(event)
 
     def flush(self) -> None:
-        """Deliver events, send pending datagrams and re-arm the timer."""
+        """Send pending datagrams and re-arm the timer (after a call into the engine)."""
         self.pump()
 
     def pump(self) -> None:
-        """Deliver events, send pending datagrams and re-arm the timer."""
-        now = self._loop.time()
-        while (event := self.engine.next_event()) is not None:
-            if self._echo and isinstance(event, ApplicationDataReceived) and event.peer:
-                conn = self.engine.connection(event.peer)
-                if conn is not None and conn.is_established:
-                    conn.send_application_data(event.data)
-            if self._on_event is not None:
-                self._on_event(event)
-        if self._transport is not None and not self._transport.is_closing():
-            for datagram, peer in self.engine.datagrams_to_send(now):
-                self._transport.sendto(datagram, peer)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.engine.next_timer()
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.engine.handle_timer(self._loop.time())
-        self.pump()
+        """Send pending datagrams and re-arm the timer (after a call into the engine)."""
+        if self._pump is not None:
+            self._pump.poke()
 
     def close(self) -> None:
         """Send close_notify to every peer and close the socket."""
         self.engine.close_all()
-        self.pump()
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._transport is not None:
-            self._transport.close()
+        if self._pump is not None:
+            self._pump.close()
+
+
+class _Answered:
+    """The client engine as the pump sees it, noting whether the peer ever answered."""
+
+    def __init__(self, engine: DTLSClient, endpoint: ClientEndpoint) -> None:
+        self._engine = engine
+        self._endpoint = endpoint
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        self._endpoint.answered = True
+        self._engine.receive_datagram(data, addr, now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        return self._engine.datagrams_to_send(now)
+
+    def next_timer(self) -> float | None:
+        return self._engine.next_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self._engine.handle_timer(now)
+
+    def next_event(self) -> Event | None:
+        return self._engine.next_event()

@@ -14,10 +14,14 @@ the agent's working copies but is not a guarantee against memory forensics.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import itertools
 import logging
-from collections.abc import Callable
+import socket
+from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from cryptography import x509
 from cryptography.x509.verification import Store
@@ -43,7 +47,7 @@ from d2tls.delegation.policy import AgentPolicy
 from d2tls.delegation.twinpeaks_identity import ServerKeys, twinpeaks_client_settings
 from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientConfig, KeyLogCallback, ServerConfig, TimerConfig
-from d2tls.dtls.connection import Tracer
+from d2tls.dtls.connection import Connection, Tracer
 from d2tls.dtls.constants import ECDHE_SUITES, AlertDescription, CipherSuite
 from d2tls.dtls.events import (
     ApplicationDataReceived,
@@ -57,20 +61,12 @@ from d2tls.dtls.session import Session
 from d2tls.errors import ProtocolError
 from d2tls.model.machine import MachineDriver
 from d2tls.model.states import AgentState, ClientState
-from d2tls.net.udp import ClientEndpoint, ConnectionFailed, ServerEndpoint
+from d2tls.net.pump import Pump
 from d2tls.randomness import SYSTEM, Randomness
-from d2tls.roles.device import CHANNEL_MTU
+from d2tls.roles.device import CHANNEL_MTU, MESSAGE_NAMES
+from d2tls.sansio import Address, Datagram
 from d2tls.trace import tagged
 
-Address = tuple[str, int]
-MESSAGE_NAMES = {
-    DelegationRequest: "DelegationRequest",
-    SignRequest: "SignRequest",
-    SignResponse: "SignResponse",
-    SessionContext: "SessionContext",
-    DelegationError: "DelegationError",
-    Wiped: "Wiped",
-}
 #: Context lifetime the agent announces when the server gives none (paper §6.5: 6-24 h).
 DEFAULT_CONTEXT_LIFETIME = 6 * 3600
 #: How many delegations one channel may carry; its used request_ids are remembered (§6).
@@ -88,6 +84,9 @@ CERTIFICATE_ALERTS: frozenset[AlertDescription] = frozenset(
     }
 )
 log = logging.getLogger("d2tls.agent")
+#: Builds the machine of one delegation: (config, the channel's PSK identity, the request_ids
+#: already used on the channel) -> session.
+SessionFactory = Callable[["AgentConfig", bytes | None, set[int]], "AgentSession"]
 
 
 @dataclass
@@ -126,6 +125,24 @@ class AgentConfig:
     server_keys: ServerKeys | None = None
 
 
+@dataclass(frozen=True)
+class StartHandshake:
+    """Open the agent's DTLS client (already built, not yet connected) to the server."""
+
+    request: DelegationRequest
+    client: DTLSClient
+
+
+@dataclass(frozen=True)
+class CheckStatus:
+    """Ask the OCSP responder about the server's certificate; answer with status_result."""
+
+    certificate: x509.Certificate
+
+
+Need: TypeAlias = StartHandshake | CheckStatus
+
+
 def describe_server_failure(event: ConnectionTerminated) -> tuple[DelegationErrorCode, str]:
     """Which side refused what, from how the agent's handshake with the server ended.
 
@@ -154,11 +171,13 @@ def describe_server_failure(event: ConnectionTerminated) -> tuple[DelegationErro
 
 
 class AgentSession:
-    """One delegation on behalf of one device (machine role ``agent``).
+    r"""One delegation on behalf of one device (machine role ``agent``), without IO.
 
-    IO is done by the owner through three callables: ``send`` (a delegation message to the
-    device), ``start_handshake`` (open the agent's DTLS client to the server) and
-    ``check_status`` (an OCSP query, answered with ``status_result``).
+    It produces delegation messages for the device (:attr:`outbox`) and ``Need`` items
+    (start the handshake with the server, check the server certificate's status) that its
+    owner, :class:`AgentProtocol`, carries out; the owner feeds back the events of the
+    agent's DTLS client (:meth:`on_engine_event`), the status (:meth:`status_result`) and the
+    end of the channel (:meth:`channel_closed`).
     """
 
     ROLE = "agent"
@@ -166,9 +185,6 @@ class AgentSession:
     def __init__(
         self,
         config: AgentConfig,
-        send: Callable[[DelegationMessage], None],
-        start_handshake: Callable[[DelegationRequest, DTLSClient], None],
-        check_status: Callable[[x509.Certificate, AgentSession], None],
         identity: bytes | None = None,
         used_request_ids: set[int] | None = None,
     ) -> None:
@@ -179,9 +195,9 @@ class AgentSession:
         #: The request_id of the message being answered with an error, when it was readable.
         self._offending_id: int | None = None
         self.config = config
-        self._send = send
-        self._start_handshake = start_handshake
-        self._check_status = check_status
+        #: Delegation messages for the device, and what the owner must do, in order.
+        self.outbox: list[DelegationMessage] = []
+        self.needs: deque[Need] = deque()
         self.request: DelegationRequest | None = None
         self.client: DTLSClient | None = None
         self.session: Session | None = None
@@ -232,6 +248,12 @@ class AgentSession:
             self._fire("server_handshake_done")
             if self.state == AgentState.HANDING_OVER:
                 self._fire("context_sent")
+
+    def server_unreachable(self, reason: str) -> None:
+        """The server's address could not be used (no such name, ICMP port unreachable)."""
+        self.error_code = DelegationErrorCode.SERVER_UNREACHABLE
+        self.error = f"cannot reach the server: {reason}"
+        self._fire("server_failed")
 
     def handshake_timed_out(self) -> None:
         self.error_code = DelegationErrorCode.TIMEOUT
@@ -346,7 +368,7 @@ class AgentSession:
             tracer=tagged(self.config.tracer, party="agent", link="agent-server"),
         )
         self.client = client
-        self._start_handshake(request, client)
+        self.needs.append(StartHandshake(request, client))
 
     def reject_request(self) -> None:
         request = self._current
@@ -356,7 +378,7 @@ class AgentSession:
     def start_status_check(self) -> None:
         assert self.client is not None
         chain = self.client.peer_certificates
-        self._check_status(x509.load_der_x509_certificate(chain[0]), self)
+        self.needs.append(CheckStatus(x509.load_der_x509_certificate(chain[0])))
 
     def build_SignRequest(self) -> None:
         request, asked = self.request, self._signature_request
@@ -423,6 +445,9 @@ class AgentSession:
         )
         self._send(DelegationError(request_id, self.error_code, self.error[:256]))
 
+    def _send(self, message: DelegationMessage) -> None:
+        self.outbox.append(message)
+
     def _identity_text(self) -> str:
         if self.identity is None:
             return "an unknown identity"
@@ -452,21 +477,82 @@ class AgentSession:
         return signature
 
 
-class Agent:
-    """Serves many devices concurrently over DTLS 1.2 PSK on one UDP socket."""
+# --------------------------------------------------------------------------- events
 
-    def __init__(self, config: AgentConfig, ocsp_issuer: x509.Certificate | None = None) -> None:
+
+@dataclass(frozen=True)
+class StatusCheckRequested:
+    """Ask the OCSP responder about ``certificate``; answer with
+    :meth:`AgentProtocol.status_checked` (``ticket``)."""
+
+    ticket: int
+    certificate: x509.Certificate
+
+
+@dataclass(frozen=True)
+class ServerLookupRequested:
+    """Resolve the server name a device asked for; answer with
+    :meth:`AgentProtocol.server_resolved` (``ticket``)."""
+
+    ticket: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DelegationEnded:
+    """A delegation ended: handed over and wiped (``ok``), or failed."""
+
+    peer: Address
+    session: AgentSession
+    ok: bool
+
+
+AgentEvent: TypeAlias = StatusCheckRequested | ServerLookupRequested | DelegationEnded
+
+
+@dataclass
+class _Child:
+    """One handshake of the agent with a server, on a child endpoint of its own."""
+
+    session: AgentSession
+    client: DTLSClient
+    deadline: float | None = None
+    connected: bool = False
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- the role
+
+
+class AgentProtocol:
+    """The security agent as one sans-IO role.
+
+    It owns the DTLS-PSK server of the devices' channels (its own address) and, per
+    delegation, the DTLS client of its handshake with the server, each on a child endpoint
+    (:class:`~d2tls.sansio.HasChildEndpoints`) so that every delegation is its own
+    association at the server. Each delegation is an :class:`AgentSession` (the machine);
+    ``session_factory`` builds them (the attacker models substitute a compromised one).
+    The host answers :class:`StatusCheckRequested` and :class:`ServerLookupRequested`.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        session_factory: SessionFactory | None = None,
+        keep_history: bool = False,
+    ) -> None:
         self.config = config
-        self._ocsp_issuer = ocsp_issuer
-        self._sessions: dict[Address, AgentSession] = {}
-        #: Per channel (peer address): request_ids already used (spec/delegation.md §6).
-        self._used_request_ids: dict[Address, set[int]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._server_endpoints: dict[int, ClientEndpoint] = {}
-        self.completed = 0
-        self.failed = 0
-        self.endpoint: ServerEndpoint | None = None
-        self.engine = DTLSServer(
+        self._factory: SessionFactory = session_factory or AgentSession
+        self.server = DTLSServer(
             ServerConfig(
                 cipher_suites=agent_channel_suites(config.channel),
                 psk_keys=dict(config.psk_keys),
@@ -478,6 +564,286 @@ class Agent:
                 randomness=config.randomness,
             )
         )
+        #: The current delegation on each channel (by the device's address).
+        self.sessions: dict[Address, AgentSession] = {}
+        #: With ``keep_history``: every delegation, in order (simulations and tests).
+        self.history: list[AgentSession] = []
+        self._keep_history = keep_history
+        #: Per channel (peer address): request_ids already used (spec/delegation.md §6).
+        self._used_request_ids: dict[Address, set[int]] = {}
+        self._children: dict[int, _Child] = {}
+        self._child_of: dict[int, int] = {}  # id(session) -> child key
+        self._peer_of: dict[int, Address] = {}  # id(session) -> channel peer
+        self._tickets: dict[int, AgentSession] = {}
+        self._keys = itertools.count(1)
+        self._events: deque[AgentEvent] = deque()
+        self.completed = 0
+        self.failed = 0
+
+    # ------------------------------------------------------------------ the host's answers
+    def status_checked(self, ticket: int, good: bool, reason: str, now: float) -> None:
+        """The answer to :class:`StatusCheckRequested` ``ticket``."""
+        session = self._tickets.pop(ticket, None)
+        if session is not None:
+            session.status_result(good, reason)
+            self._after(session, now)
+
+    def server_resolved(
+        self, ticket: int, address: Address | None, reason: str, now: float
+    ) -> None:
+        """The answer to :class:`ServerLookupRequested` ``ticket`` (None: ``reason``)."""
+        session = self._tickets.pop(ticket, None)
+        key = self._child_of.get(id(session)) if session is not None else None
+        child = self._children.get(key) if key is not None else None
+        if session is None or child is None:
+            return
+        if address is None:
+            session.server_unreachable(reason)
+        else:
+            self._connect(child, address, now)
+        self._after(session, now)
+
+    def close(self, now: float) -> None:
+        """Abort every delegation (wiping its secrets) and close every channel."""
+        for session in list(self.sessions.values()):
+            session.abort_server_handshake()
+            session.wipe_context()
+        self.server.close_all()
+
+    # ------------------------------------------------------------------ SansIOProtocol
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        self.server.receive_datagram(data, addr, now)
+        self._channel_events(now)
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        return self.server.datagrams_to_send(now)
+
+    def next_timer(self) -> float | None:
+        timers = [t for t in (self.server.next_timer(),) if t is not None]
+        for child in self._children.values():
+            if (deadline := child.client.next_timer()) is not None:
+                timers.append(deadline)
+            if child.deadline is not None:
+                timers.append(child.deadline)
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        deadline = self.server.next_timer()
+        if deadline is not None and deadline <= now:
+            self.server.handle_timer(now)
+        self._channel_events(now)
+        for child in list(self._children.values()):
+            deadline = child.client.next_timer()
+            if deadline is not None and deadline <= now:
+                child.client.handle_timer(now)
+            if child.deadline is not None and now >= child.deadline:
+                child.deadline = None
+                if not child.session.is_final:
+                    child.session.handshake_timed_out()
+            self._client_events(child, now)
+
+    def next_event(self) -> AgentEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # ------------------------------------------------------------------ HasChildEndpoints
+    def child_endpoints(self) -> dict[int, Address]:
+        return {
+            key: child.client.remote
+            for key, child in self._children.items()
+            if child.client.remote is not None
+        }
+
+    def child_receive_datagram(self, key: int, data: bytes, addr: Address, now: float) -> None:
+        child = self._children.get(key)
+        if child is not None:
+            child.client.receive_datagram(data, addr, now)
+            self._client_events(child, now)
+
+    def child_datagrams_to_send(self, key: int, now: float) -> list[Datagram]:
+        child = self._children.get(key)
+        if child is None:
+            return []
+        out = child.client.datagrams_to_send(now)
+        if child.client.is_closed:  # its last alert leaves now: the endpoint is done
+            self._children.pop(key)
+            self._child_of.pop(id(child.session), None)
+        return out
+
+    def child_unreachable(self, key: int, now: float) -> None:
+        child = self._children.get(key)
+        if child is not None and not child.session.is_final and not child.client.is_established:
+            child.deadline = None
+            child.session.server_unreachable("port unreachable (ICMP)")
+            self._after(child.session, now)
+
+    def connections(self) -> list[tuple[Connection, Address, int | None]]:
+        """The channels and the handshakes with servers (for the simulator's observers)."""
+        out: list[tuple[Connection, Address, int | None]] = [
+            (c, c.peer, None) for c in self.server.connections() if c.peer is not None
+        ]
+        for key, child in self._children.items():
+            if child.client.remote is not None:
+                out.append((child.client, child.client.remote, key))
+        return out
+
+    # ------------------------------------------------------------------ inside
+    def _channel_events(self, now: float) -> None:
+        while (event := self.server.next_event()) is not None:
+            peer = event.peer
+            if peer is None:
+                continue
+            if isinstance(event, ApplicationDataReceived):
+                session = self.sessions.get(peer)
+                if session is None or session.is_final:
+                    session = self._new_session(peer)
+                session.receive_bytes(event.data)
+                self._after(session, now)
+            elif isinstance(event, HandshakeCompleted):
+                # A new channel: its request_ids start afresh (an old association is gone).
+                self._used_request_ids[peer] = set()
+                identity = _text(event.session.psk_identity)
+                log.info("channel from %s up (PSK identity %r)", _show(peer), identity)
+            elif isinstance(event, ConnectionTerminated):
+                self._used_request_ids.pop(peer, None)
+                if event.error:
+                    _log_channel_failure(peer, event)
+                old = self.sessions.pop(peer, None)
+                if old is not None and not old.is_final:
+                    old.channel_closed()
+                    self._after(old, now)
+
+    def _new_session(self, peer: Address) -> AgentSession:
+        connection = self.server.connection(peer)
+        channel = connection.session if connection is not None else None
+        identity = channel.psk_identity if channel is not None else None
+        used = self._used_request_ids.setdefault(peer, set())
+        session = self._factory(self.config, identity, used)
+        self.sessions[peer] = session
+        self._peer_of[id(session)] = peer
+        if self._keep_history:
+            self.history.append(session)
+        return session
+
+    def _client_events(self, child: _Child, now: float) -> None:
+        session = child.session
+        while (event := child.client.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted | ConnectionTerminated):
+                child.deadline = None
+            session.on_engine_event(event)
+            self._after(session, now)
+
+    def _after(self, session: AgentSession, now: float) -> None:
+        """Carry out what the session asks, hand a signature to its client, send its
+        messages, and count it once it ended."""
+        while session.needs:
+            need = session.needs.popleft()
+            if isinstance(need, StartHandshake):
+                self._start_handshake(session, need, now)
+            else:
+                ticket = next(self._keys)
+                self._tickets[ticket] = session
+                self._events.append(StatusCheckRequested(ticket, need.certificate))
+        signature = session.take_signature()
+        client = session.client
+        if (
+            signature is not None
+            and client is not None
+            and client.state == ClientState.WAIT_SIGNATURE
+        ):
+            client.provide_signature(signature, now)
+            key = self._child_of.get(id(session))
+            if key is not None and key in self._children:
+                self._client_events(self._children[key], now)
+        peer = self._peer_of.get(id(session))
+        outbox, session.outbox = session.outbox, []
+        for message in outbox:
+            if peer is not None:
+                self._send(peer, message)
+        if session.is_final and not session.counted:
+            session.counted = True
+            ok = session.state == AgentState.DONE
+            if ok:
+                self.completed += 1
+            else:
+                self.failed += 1
+            if peer is not None:
+                self._events.append(DelegationEnded(peer, session, ok))
+
+    def _send(self, peer: Address, message: DelegationMessage) -> None:
+        connection = self.server.connection(peer)
+        if connection is None or not connection.is_established:
+            return
+        try:
+            data = encode_message(message)
+        except ValueError as exc:  # e.g. a transcript that does not fit in 16 KiB
+            data = encode_message(
+                DelegationError(message.request_id, DelegationErrorCode.UNSUPPORTED, str(exc)[:256])
+            )
+        connection.send_application_data(data)
+
+    def _start_handshake(self, session: AgentSession, need: StartHandshake, now: float) -> None:
+        key = next(self._keys)
+        child = _Child(session, need.client)
+        self._children[key] = child
+        self._child_of[id(session)] = key
+        host, port = need.request.server_host, need.request.server_port
+        if _ip_literal(host):
+            self._connect(child, (host, port), now)
+        else:
+            ticket = next(self._keys)
+            self._tickets[ticket] = session
+            self._events.append(ServerLookupRequested(ticket, host, port))
+
+    def _connect(self, child: _Child, address: Address, now: float) -> None:
+        if child.connected:
+            return
+        child.connected = True
+        child.client.remote = address
+        child.client.connect(now)
+        child.deadline = now + self.config.handshake_timeout
+        self._client_events(child, now)
+
+
+def _log_channel_failure(peer: Address, event: ConnectionTerminated) -> None:
+    alert = event.alert.name.lower() if event.alert is not None else "none"
+    hint = ""
+    if event.alert is AlertDescription.DECRYPT_ERROR and not event.by_peer:
+        hint = " (the device's PSK key does not match the agent's PSK file)"
+    elif event.alert is AlertDescription.UNKNOWN_PSK_IDENTITY and not event.by_peer:
+        hint = " (the device's PSK identity is not in the agent's PSK file)"
+    log.warning(
+        "channel from %s failed: %s (alert %s, %s)%s",
+        _show(peer),
+        event.reason,
+        alert,
+        "sent by the device" if event.by_peer else "sent by the agent",
+        hint,
+    )
+
+
+# --------------------------------------------------------------------------- asyncio host
+
+
+class Agent:
+    """The agent on a real UDP socket: an :class:`AgentProtocol` on a
+    :class:`~d2tls.net.pump.Pump`, answering its OCSP and name lookups."""
+
+    def __init__(self, config: AgentConfig, ocsp_issuer: x509.Certificate | None = None) -> None:
+        self.config = config
+        self._ocsp_issuer = ocsp_issuer
+        self.protocol = AgentProtocol(config)
+        self.engine = self.protocol.server
+        self.address: Address | None = None
+        self._pump: Pump[AgentEvent] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def completed(self) -> int:
+        return self.protocol.completed
+
+    @property
+    def failed(self) -> int:
+        return self.protocol.failed
 
     async def start(self, host: str, port: int) -> Address:
         if self.config.policy is None:
@@ -489,169 +855,61 @@ class Agent:
                     name,
                     "allowed (--allow-unbound)" if self.config.policy.allow_unbound else "refused",
                 )
-        self.endpoint = await ServerEndpoint.listen(
-            host, port, self.engine, on_event=self._on_channel_event
-        )
-        assert self.endpoint.address is not None
-        return self.endpoint.address
+        self._pump = await Pump.open(self.protocol, (host, port), on_event=self._on_event)
+        self.address = self._pump.local_address
+        return self.address
 
     def close(self) -> None:
-        for session in self._sessions.values():
-            session.abort_server_handshake()
-            session.wipe_context()
-        if self.endpoint is not None:
-            self.endpoint.close()
+        for task in self._tasks:
+            task.cancel()
+        if self._pump is not None:
+            self.protocol.close(self._pump.now)
+            self._pump.close()
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _on_event(self, event: AgentEvent) -> None:
+        if isinstance(event, StatusCheckRequested):
+            self._spawn(self._check_status(event))
+        elif isinstance(event, ServerLookupRequested):
+            self._spawn(self._lookup(event))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _on_channel_event(self, event: Event) -> None:
-        peer = event.peer
-        if peer is None:
-            return
-        if isinstance(event, ApplicationDataReceived):
-            session = self._sessions.get(peer)
-            if session is None or session.is_final:
-                session = self._new_session(peer)
-            session.receive_bytes(event.data)
-            self._after(session)
-        elif isinstance(event, HandshakeCompleted):
-            # A new channel: its request_ids start afresh (an old association is gone).
-            self._used_request_ids[peer] = set()
-            identity = _text(event.session.psk_identity)
-            log.info("channel from %s up (PSK identity %r)", _show(peer), identity)
-        elif isinstance(event, ConnectionTerminated):
-            self._used_request_ids.pop(peer, None)
-            if event.error:
-                self._log_channel_failure(peer, event)
-            session = self._sessions.pop(peer, None)
-            if session is not None and not session.is_final:
-                session.channel_closed()
-
-    def _log_channel_failure(self, peer: Address, event: ConnectionTerminated) -> None:
-        alert = event.alert.name.lower() if event.alert is not None else "none"
-        hint = ""
-        if event.alert is AlertDescription.DECRYPT_ERROR and not event.by_peer:
-            hint = " (the device's PSK key does not match the agent's PSK file)"
-        elif event.alert is AlertDescription.UNKNOWN_PSK_IDENTITY and not event.by_peer:
-            hint = " (the device's PSK identity is not in the agent's PSK file)"
-        log.warning(
-            "channel from %s failed: %s (alert %s, %s)%s",
-            _show(peer),
-            event.reason,
-            alert,
-            "sent by the device" if event.by_peer else "sent by the agent",
-            hint,
-        )
-
-    def _new_session(self, peer: Address) -> AgentSession:
-        def send(message: DelegationMessage) -> None:
-            connection = self.engine.connection(peer)
-            if connection is None or not connection.is_established:
-                return
-            try:
-                data = encode_message(message)
-            except ValueError as exc:  # e.g. a transcript that does not fit in 16 KiB
-                data = encode_message(
-                    DelegationError(
-                        message.request_id, DelegationErrorCode.UNSUPPORTED, str(exc)[:256]
-                    )
-                )
-            connection.send_application_data(data)
-
-        def start_handshake(request: DelegationRequest, client: DTLSClient) -> None:
-            self._spawn(self._run_server_handshake(session, request, client))
-
-        def check_status(certificate: x509.Certificate, owner: AgentSession) -> None:
-            self._spawn(self._check_status(certificate, owner))
-
-        connection = self.engine.connection(peer)
-        channel = connection.session if connection is not None else None
-        identity = channel.psk_identity if channel is not None else None
-        used = self._used_request_ids.setdefault(peer, set())
-        session = AgentSession(
-            self.config,
-            send,
-            start_handshake,
-            check_status,
-            identity=identity,
-            used_request_ids=used,
-        )
-        self._sessions[peer] = session
-        return session
-
-    def _after(self, session: AgentSession) -> None:
-        """Push channel output; hand a signature to the server connection when it arrived."""
-        signature = session.take_signature()
-        client = session.client
-        waiting = client is not None and client.state == ClientState.WAIT_SIGNATURE
-        if signature is not None and client is not None and waiting:
-            client.provide_signature(signature, asyncio.get_running_loop().time())
-            self._kick(session)
-        if session.is_final and not session.counted:
-            session.counted = True
-            if session.state == AgentState.DONE:
-                self.completed += 1
-            else:
-                self.failed += 1
-        if self.endpoint is not None:
-            self.endpoint.flush()
-
-    def _kick(self, session: AgentSession) -> None:
-        endpoint = self._server_endpoints.get(id(session))
-        if endpoint is not None:
-            endpoint.pump()
-
-    async def _run_server_handshake(
-        self, session: AgentSession, request: DelegationRequest, client: DTLSClient
-    ) -> None:
-        def forward(event: Event) -> None:
-            session.on_engine_event(event)
-            self._after(session)
-
+    async def _lookup(self, asked: ServerLookupRequested) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            endpoint = await ClientEndpoint.connect(
-                request.server_host, request.server_port, client, on_event=forward
-            )
+            infos = await loop.getaddrinfo(asked.host, asked.port, type=socket.SOCK_DGRAM)
         except OSError as exc:
-            session.error_code = DelegationErrorCode.SERVER_UNREACHABLE
-            session.error = f"cannot reach the server: {exc}"
-            session._fire("server_failed")
-            self._after(session)
-            return
-        self._server_endpoints[id(session)] = endpoint
-        try:
-            await endpoint.handshake(timeout=self.config.handshake_timeout)
-        except ConnectionFailed:
-            pass  # already reported through forward()
-        except TimeoutError:
-            session.handshake_timed_out()
-            self._after(session)
-        await asyncio.sleep(0.05)  # let close_notify leave
-        await endpoint.close()
-        self._server_endpoints.pop(id(session), None)
+            address, reason = None, str(exc)
+        else:
+            address, reason = (str(infos[0][4][0]), int(infos[0][4][1])), ""
+        if self._pump is not None:
+            self.protocol.server_resolved(asked.ticket, address, reason, self._pump.now)
+            self._pump.poke()
 
-    async def _check_status(self, certificate: x509.Certificate, session: AgentSession) -> None:
+    async def _check_status(self, asked: StatusCheckRequested) -> None:
         from d2tls.pki.ocsp import OCSPError, OCSPStatus, check_ocsp
 
         assert self.config.ocsp_url is not None
         if self._ocsp_issuer is None:
-            session.status_result(False, "no issuer certificate configured for OCSP")
+            good, reason = False, "no issuer certificate configured for OCSP"
         else:
             try:
                 result = await check_ocsp(
-                    certificate,
+                    asked.certificate,
                     self._ocsp_issuer,
                     self.config.ocsp_url,
                     now=utc(self.config.wall_clock()),
                 )
             except OCSPError as exc:
-                session.status_result(False, f"OCSP check failed: {exc}")
+                good, reason = False, f"OCSP check failed: {exc}"
             else:
-                session.status_result(result.status is OCSPStatus.GOOD, result.status.name.lower())
-        self._after(session)
+                good, reason = result.status is OCSPStatus.GOOD, result.status.name.lower()
+        if self._pump is not None:
+            self.protocol.status_checked(asked.ticket, good, reason, self._pump.now)
+            self._pump.poke()
 
 
 def _show(peer: Address) -> str:

@@ -1,16 +1,27 @@
-"""The D2TLS device (paper §4.1-4.2), driven by the ``device`` machine of ``spec/d2tls.yaml``.
+"""The D2TLS device (paper §4.1-4.2): one sans-IO role, driven by the ``device`` machine of
+``spec/d2tls.yaml``.
 
-``DeviceProtocol`` is sans-IO: it consumes delegation messages and local events and produces
-delegation messages and *commands* (open/close the agent channel, start the resumption, close
-the connection) that ``Device`` carries out with real UDP sockets.
+:class:`DeviceProtocol` is a :class:`~d2tls.sansio.SansIOProtocol`. It owns its DTLS engines
+the way :class:`~d2tls.dtls.server.DTLSServer` owns its connections: the DTLS-PSK client of
+its channel to the agent and the resume-only DTLS client of its end-to-end connection to the
+server, all on the device's one address. A :class:`DelegationAttempt` (the machine) decides;
+the role carries its :class:`Command`\\ s out on the engines, keeps the device's timeouts as
+its own timer, and tells the application what happened with typed events
+(``DeviceEvent``). :class:`Device` is its asyncio host on a real socket
+(:class:`~d2tls.net.pump.Pump`); the simulator (:class:`d2tls.sim.Network`) hosts the same
+object.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, TypeAlias
 
 from d2tls.clock import Clock, wall_time
 from d2tls.delegation.channel_security import Channel, device_channel_suites
@@ -30,21 +41,27 @@ from d2tls.delegation.messages import (
 )
 from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientConfig, KeyLogCallback, TimerConfig
-from d2tls.dtls.connection import Tracer
+from d2tls.dtls.connection import Connection, Tracer
 from d2tls.dtls.constants import AlertDescription, CipherSuite
+from d2tls.dtls.events import (
+    ApplicationDataReceived,
+    ConnectionTerminated,
+    HandshakeCompleted,
+)
 from d2tls.dtls.session import Session
 from d2tls.errors import (
     DelegationFailed as DelegationFailed,  # re-exported: its home is d2tls.errors
 )
-from d2tls.errors import ProtocolError
+from d2tls.errors import EventTimeout, InvalidStateError, ProtocolError
 from d2tls.model.machine import MachineDriver
 from d2tls.model.states import DeviceState
+from d2tls.net.pump import Pump
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.roles.signer import DeviceSigner, SigningRefused, check_bound_transcript
+from d2tls.sansio import Address, Datagram
 from d2tls.trace import tagged
 
-Address = tuple[str, int]
 #: The channel carries each delegation message in one record (spec/delegation.md, Transport),
 #: so its datagrams may exceed the path MTU and rely on IP fragmentation on the local link.
 CHANNEL_MTU = 17 * 1024
@@ -56,6 +73,17 @@ MESSAGE_NAMES = {
     DelegationError: "DelegationError",
     Wiped: "Wiped",
 }
+#: Device states in which it waits for the agent (the channel timeout runs).
+CHANNEL_STATES = frozenset(
+    {
+        DeviceState.CONNECTING_AGENT,
+        DeviceState.AWAITING_SIGN_REQUEST,
+        DeviceState.AWAITING_CONTEXT,
+        DeviceState.AWAITING_WIPE,
+    }
+)
+#: Why a resumption that never completed ended when the device's timeout ran out.
+RESUMPTION_TIMED_OUT = "timed out (no record of the server authenticated)"
 
 
 @dataclass
@@ -94,8 +122,22 @@ class DeviceConfig:
     raw_public_key: bytes | None = None
 
 
-class DeviceProtocol:
-    """One attempt to obtain an end-to-end session (sans-IO)."""
+class Command(Enum):
+    """What the machine asks its owner to do with the engines."""
+
+    OPEN_CHANNEL = "open_channel"
+    CLOSE_CHANNEL = "close_channel"
+    START_RESUMPTION = "start_resumption"
+    CLOSE_CONNECTION = "close_connection"
+
+
+class DelegationAttempt:
+    r"""One attempt to obtain an end-to-end session: the ``device`` machine, without engines.
+
+    It consumes delegation messages and local events and produces delegation messages
+    (:attr:`outbox`) and :class:`Command`\ s that its owner, :class:`DeviceProtocol`, carries
+    out on its DTLS engines.
+    """
 
     ROLE = "device"
 
@@ -106,7 +148,7 @@ class DeviceProtocol:
         self.config = config
         self.context = context
         self.outbox: list[DelegationMessage] = []
-        self.commands: deque[str] = deque()
+        self.commands: deque[Command] = deque()
         self.error: str | None = None
         self.error_code = DelegationErrorCode.INTERNAL
         self.delegations = 0
@@ -144,10 +186,18 @@ class DeviceProtocol:
     def close(self) -> None:
         self._fire("close")
 
-    def receive(self, message: DelegationMessage) -> None:
-        """Feed one message from the agent; violations become DelegationError + failed."""
+    @property
+    def next_request_id(self) -> int:
+        """The request_id the next delegation of this device will use."""
+        return self._next_request_id
+
+    def receive(self, message: DelegationMessage) -> DelegationMessage | None:
+        """Feed one message from the agent; violations become DelegationError + failed.
+
+        Returns the message if it was for the open request (and so was acted on).
+        """
         if self._driver.is_final():
-            return
+            return None
         request = self._request
         self._offending_id = message.request_id
         foreign = request is None or message.request_id != request.request_id
@@ -155,7 +205,7 @@ class DeviceProtocol:
         # not attribute (§6): it still ends the open delegation, and is never answered.
         if foreign and not (isinstance(message, DelegationError) and request is not None):
             self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, "message for an unknown request")
-            return
+            return None
         self._current = message
         if isinstance(message, SignRequest):
             self.sign_requests_seen += 1
@@ -163,16 +213,17 @@ class DeviceProtocol:
             self._driver.fire(f"recv_{MESSAGE_NAMES[type(message)]}")
         except ProtocolError as exc:
             self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, exc.reason)
+        return message
 
-    def receive_bytes(self, data: bytes) -> None:
+    def receive_bytes(self, data: bytes) -> DelegationMessage | None:
         """Decode then ``receive``; malformed input aborts the delegation with MALFORMED."""
         try:
             message = decode_message(data)
         except DelegationProtocolError as exc:
             self._offending_id = exc.request_id
             self._abort(exc.code, exc.reason)
-            return
-        self.receive(message)
+            return None
+        return self.receive(message)
 
     def _abort(self, code: DelegationErrorCode, reason: str) -> None:
         self.error_code = code
@@ -234,7 +285,7 @@ class DeviceProtocol:
     # ------------------------------------------------------------------ actions
     def open_channel(self) -> None:
         self.delegations += 1
-        self.commands.append("open_channel")
+        self.commands.append(Command.OPEN_CHANNEL)
 
     def prepare_request(self) -> None:
         mode = self.config.mode
@@ -274,12 +325,12 @@ class DeviceProtocol:
     def refuse_signing(self) -> None:
         self.error_code = DelegationErrorCode.SIGNING_REFUSED
         self.error = f"signing refused: {self._refusal}"
-        self.commands.append("close_channel")
+        self.commands.append(Command.CLOSE_CHANNEL)
 
     def refuse_second_signature(self) -> None:
         self.error_code = DelegationErrorCode.SIGNING_REFUSED
         self.error = "signing refused: this request was already signed once"
-        self.commands.append("close_channel")
+        self.commands.append(Command.CLOSE_CHANNEL)
 
     def store_context(self) -> None:
         message = self._current
@@ -298,22 +349,22 @@ class DeviceProtocol:
     def refuse_context(self) -> None:
         self.error_code = DelegationErrorCode.UNSUPPORTED
         self.error = f"context refused: {self._refusal}"
-        self.commands.append("close_channel")
+        self.commands.append(Command.CLOSE_CHANNEL)
 
     def close_channel(self) -> None:
-        self.commands.append("close_channel")
+        self.commands.append(Command.CLOSE_CHANNEL)
 
     def start_resumption(self) -> None:
-        self.commands.append("start_resumption")
+        self.commands.append(Command.START_RESUMPTION)
 
     def report_agent_error(self) -> None:
         message = self._current
         assert isinstance(message, DelegationError)
         self.error = f"agent: {message.code.name.lower()}: {message.reason}"
-        self.commands.append("close_channel")
+        self.commands.append(Command.CLOSE_CHANNEL)
 
     def report_channel_failure(self) -> None:
-        self.commands.append("close_channel")
+        self.commands.append(Command.CLOSE_CHANNEL)
 
     def report_connected(self) -> None:
         pass
@@ -327,7 +378,7 @@ class DeviceProtocol:
         self.error = "the server refused the delegated session again"
 
     def close_connection(self) -> None:
-        self.commands.append("close_connection")
+        self.commands.append(Command.CLOSE_CONNECTION)
 
     def build_DelegationError(self) -> None:
         """The request_id of the message answered if readable (§6), else of the open request."""
@@ -339,6 +390,70 @@ class DeviceProtocol:
     def emit_flight(self, messages: tuple[str, ...]) -> None:
         for name in messages:
             getattr(self, f"build_{name}")()
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class MessageSent:
+    """A delegation message left for the agent."""
+
+    message: DelegationMessage
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    """A delegation message from the agent, for the open request, was acted on."""
+
+    message: DelegationMessage
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The attempt ended with an end-to-end session with the server."""
+
+    session: Session
+    delegations: int
+
+
+@dataclass(frozen=True)
+class AttemptFailed:
+    """The attempt ended without a session; ``reason`` says why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResumptionFailed:
+    """A resumption with the server did not complete (the device may delegate again)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class DataReceived:
+    """Application data from the server on the end-to-end connection."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    """The end-to-end connection ended (``terminated`` says how)."""
+
+    terminated: ConnectionTerminated
+
+
+DeviceEvent: TypeAlias = (
+    MessageSent
+    | MessageReceived
+    | Connected
+    | AttemptFailed
+    | ResumptionFailed
+    | DataReceived
+    | ConnectionClosed
+)
 
 
 @dataclass
@@ -357,6 +472,440 @@ class LinkStats:
         self.bytes_sent += stats["bytes_sent"]
         self.bytes_received += stats["bytes_received"]
         self.round_trips += stats["round_trips"]
+
+
+def _where(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describe_end(ended: ConnectionTerminated) -> str:
+    """How a connection ended, for messages: reason, alert and who sent it."""
+    alert = ended.alert.name.lower() if ended.alert is not None else None
+    return f"{ended.reason} (alert {alert}, {'peer' if ended.by_peer else 'local'})"
+
+
+# --------------------------------------------------------------------------- the role
+
+
+class DeviceProtocol:
+    """The device as one sans-IO role (see the module docstring).
+
+    The application calls :meth:`connect` (one attempt: reuse the cached context or
+    delegate), then :meth:`send` and :meth:`close` on the end-to-end connection; the host
+    calls the five methods of :class:`~d2tls.sansio.SansIOProtocol` and, since every engine
+    talks from a socket of its own, those of :class:`~d2tls.sansio.HasChildEndpoints`.
+    """
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        *,
+        context: Session | None = None,
+        first_request_id: int | None = None,
+        server_address: Address | None = None,
+    ) -> None:
+        """``server_address``: where the device resumes, ``config.server`` resolved to an IP
+        literal by the host (``config.server`` itself is what the DelegationRequest names)."""
+        self.config = config
+        #: The cached context (the session to resume), kept across attempts.
+        self.context = context
+        self.server_address = server_address or config.server
+        if first_request_id is None:
+            first_request_id = int.from_bytes(config.randomness.random_bytes(3), "big") + 1
+        self._request_ids = first_request_id
+        self.attempt: DelegationAttempt | None = None
+        self.attempts = 0
+        #: The DTLS-PSK client of the channel to the agent, while it is open.
+        self.channel: DTLSClient | None = None
+        #: The resume-only DTLS client of the end-to-end connection to the server.
+        self.connection: DTLSClient | None = None
+        #: Traffic of the current attempt on each link (DeviceReport).
+        self.agent_link = LinkStats()
+        self._server_done = LinkStats()
+        #: Every engine with a child endpoint (socket) of its own, by key, until it is closed,
+        #: replaced and its last datagrams left.
+        self._engines: dict[int, DTLSClient] = {}
+        self._keys = itertools.count(1)
+        self._events: deque[DeviceEvent] = deque()
+        self._deadline: float | None = None
+        self._reported = False
+
+    # ------------------------------------------------------------------ the application's calls
+    @property
+    def state(self) -> str:
+        """The machine's state, ``idle`` before the first attempt."""
+        return self.attempt.state if self.attempt is not None else "idle"
+
+    @property
+    def connected(self) -> bool:
+        return self.state == DeviceState.CONNECTED
+
+    @property
+    def finished(self) -> bool:
+        """The current attempt ended (connected, or final)."""
+        attempt = self.attempt
+        return attempt is not None and (self.connected or attempt.is_final)
+
+    @property
+    def delegations(self) -> int:
+        return self.attempt.delegations if self.attempt is not None else 0
+
+    @property
+    def next_request_id(self) -> int:
+        return self._request_ids
+
+    @property
+    def server_link(self) -> LinkStats:
+        """The traffic with the server in this attempt (refused resumptions, and the current
+        connection as it stands; read at :class:`Connected` it is the handshake with its
+        final flight)."""
+        link = replace(self._server_done)
+        if self.connection is not None:
+            link.add_engine(self.connection.stats)
+        return link
+
+    def connect(self, now: float) -> None:
+        """Start one attempt: resume the cached context if unexpired, else delegate."""
+        if self.attempt is not None and not self.finished:
+            raise InvalidStateError(f"an attempt is running (state {self.state})")
+        for engine in (self.channel, self.connection):
+            if engine is not None:
+                self._retire(engine)
+        self.channel = self.connection = None
+        self.attempts += 1
+        self.agent_link, self._server_done = LinkStats(), LinkStats()
+        self._reported = False
+        self.attempt = DelegationAttempt(self.config, self.context, self._request_ids)
+        self.attempt.start()
+        self._run(now, progressed=True)
+
+    def send(self, data: bytes) -> None:
+        """Application data to the server on the end-to-end connection."""
+        if self.connection is None or not self.connected:
+            raise InvalidStateError(f"no end-to-end connection (state {self.state})")
+        self.connection.send_application_data(data)
+
+    def close(self, now: float) -> None:
+        """Close the end-to-end connection (close_notify) and the channel, if open."""
+        for engine in (self.channel, self.connection):
+            if engine is not None:
+                self._retire(engine)
+        self.channel = None
+        self._deadline = None
+
+    # ------------------------------------------------------------------ SansIOProtocol
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Nothing talks to the device's own address: each engine has a child endpoint."""
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        return []
+
+    def next_timer(self) -> float | None:
+        timers = [self._deadline] if self._deadline is not None else []
+        for engine in (self.channel, self.connection):
+            if engine is not None and (deadline := engine.next_timer()) is not None:
+                timers.append(deadline)
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        for engine in (self.channel, self.connection):
+            deadline = engine.next_timer() if engine is not None else None
+            if engine is not None and deadline is not None and deadline <= now:
+                engine.handle_timer(now)
+        progressed = False
+        if self._deadline is not None and now >= self._deadline:
+            self._deadline = None
+            progressed = self._timed_out()
+        self._run(now, progressed)
+
+    def next_event(self) -> DeviceEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # ------------------------------------------------------------------ HasChildEndpoints
+    def child_endpoints(self) -> dict[int, Address]:
+        """One endpoint per engine: every channel and every resumption comes from a fresh
+        port, so that no association the agent or the server still keeps for an earlier
+        attempt takes its datagrams (a server keys associations by address)."""
+        return {key: e.remote for key, e in self._engines.items() if e.remote is not None}
+
+    def child_receive_datagram(self, key: int, data: bytes, addr: Address, now: float) -> None:
+        engine = self._engines.get(key)
+        if engine is not None and engine in (self.channel, self.connection):
+            engine.receive_datagram(data, addr, now)
+            self._run(now)
+
+    def child_datagrams_to_send(self, key: int, now: float) -> list[Datagram]:
+        engine = self._engines.get(key)
+        if engine is None:
+            return []
+        out = engine.datagrams_to_send(now)
+        if engine.is_closed and engine not in (self.channel, self.connection):
+            del self._engines[key]  # its last alert leaves now: the endpoint is done
+        return out
+
+    def child_unreachable(self, key: int, now: float) -> None:
+        """ICMP port unreachable: nothing listens where this engine's handshake goes."""
+        attempt = self.attempt
+        engine = self._engines.get(key)
+        if attempt is None or attempt.is_final or engine is None:
+            return
+        if engine is self.channel and attempt.state == DeviceState.CONNECTING_AGENT:
+            channel, self.channel = engine, None
+            self.agent_link.add_engine(channel.stats)
+            what = (
+                "stopped answering"
+                if channel.stats["datagrams_received"]
+                else ("nothing listens there")
+            )
+            host, port = self.config.agent
+            attempt.channel_failed(
+                f"cannot open the channel to the agent at {_where(self.config.agent)}: "
+                f"port unreachable: {host}:{port} ({what}; ICMP port unreachable)"
+            )
+            self._retire(channel)
+        elif engine is self.connection and attempt.state == DeviceState.RESUMING:
+            self._resumption_failed(engine, "port unreachable")
+        else:
+            return
+        self._run(now, progressed=True)
+
+    def key_of(self, engine: DTLSClient | None) -> int | None:
+        """The child endpoint key of ``engine`` (the host's socket for it)."""
+        for key, candidate in self._engines.items():
+            if candidate is engine:
+                return key
+        return None
+
+    def connections(self) -> list[tuple[Connection, Address, int | None]]:
+        """The live engines and their peers (for the simulator's observers)."""
+        return [(e, e.remote, key) for key, e in self._engines.items() if e.remote is not None]
+
+    # ------------------------------------------------------------------ inside
+    def _run(self, now: float, progressed: bool = False) -> None:
+        """Feed the engines' events to the machine and carry out what it asks, until quiet."""
+        attempt = self.attempt
+        if attempt is None:
+            return
+        for _ in range(1_000):
+            moved = self._channel_events(attempt)
+            moved |= self._connection_events(attempt)
+            moved |= self._execute(attempt, now)
+            if not moved:
+                break
+            progressed = True
+        if progressed:
+            waiting = not attempt.is_final and (
+                attempt.state in CHANNEL_STATES or attempt.state == DeviceState.RESUMING
+            )
+            self._deadline = now + self.config.timeout if waiting else None
+        self._request_ids = attempt.next_request_id
+        self._report_end(attempt)
+
+    def _report_end(self, attempt: DelegationAttempt) -> None:
+        if self._reported or not (self.connected or attempt.is_final):
+            return
+        self._reported = True
+        self.context = attempt.context
+        if self.connected and attempt.context is not None:
+            self._events.append(Connected(attempt.context, attempt.delegations))
+        else:
+            reason = attempt.error or f"delegation ended in state {attempt.state}"
+            self._events.append(AttemptFailed(reason))
+
+    def _channel_events(self, attempt: DelegationAttempt) -> bool:
+        channel = self.channel
+        if channel is None:
+            return False
+        moved = False
+        while (event := channel.next_event()) is not None:
+            if attempt.is_final or channel is not self.channel:
+                continue
+            if (
+                isinstance(event, HandshakeCompleted)
+                and attempt.state == DeviceState.CONNECTING_AGENT
+            ):
+                attempt.channel_up()
+            elif isinstance(event, ApplicationDataReceived):
+                message = attempt.receive_bytes(event.data)
+                if message is not None:
+                    self._trace_message("received", message)
+                    self._events.append(MessageReceived(message))
+            elif isinstance(event, ConnectionTerminated) and attempt.state in CHANNEL_STATES:
+                self.channel = None
+                self.agent_link.add_engine(channel.stats)
+                if attempt.state == DeviceState.CONNECTING_AGENT:
+                    attempt.channel_failed(self._channel_failure(event))
+                else:
+                    attempt.channel_failed(f"agent channel: {describe_end(event)}")
+            else:
+                continue
+            moved = True
+        return moved
+
+    def _connection_events(self, attempt: DelegationAttempt) -> bool:
+        connection = self.connection
+        if connection is None:
+            return False
+        moved = False
+        while (event := connection.next_event()) is not None:
+            if isinstance(event, ApplicationDataReceived):
+                self._events.append(DataReceived(event.data))
+            elif connection is not self.connection:
+                continue
+            elif attempt.state == DeviceState.RESUMING and isinstance(event, HandshakeCompleted):
+                attempt.resumed()
+                moved = True
+            elif attempt.state == DeviceState.RESUMING and isinstance(event, ConnectionTerminated):
+                self._resumption_failed(connection, event.reason)
+                moved = True
+            elif isinstance(event, ConnectionTerminated):
+                self._events.append(ConnectionClosed(event))
+        return moved
+
+    def _resumption_failed(self, connection: DTLSClient, reason: str) -> None:
+        assert self.attempt is not None
+        self._server_done.add_engine(connection.stats)
+        self._events.append(ResumptionFailed(reason))
+        self._retire(connection)
+        self.connection = None
+        self.attempt.resumption_refused()
+
+    def _timed_out(self) -> bool:
+        """The device waited ``config.timeout`` for the agent or the server."""
+        attempt = self.attempt
+        if attempt is None or attempt.is_final:
+            return False
+        if attempt.state == DeviceState.CONNECTING_AGENT:
+            attempt.channel_failed(
+                f"no answer from the agent at {_where(self.config.agent)} "
+                f"after {self.config.timeout:g} s"
+            )
+        elif attempt.state in CHANNEL_STATES:
+            attempt.channel_failed("agent channel: no application data received in time")
+        elif attempt.state == DeviceState.RESUMING and self.connection is not None:
+            self._resumption_failed(self.connection, RESUMPTION_TIMED_OUT)
+        else:
+            return False
+        return True
+
+    def _execute(self, attempt: DelegationAttempt, now: float) -> bool:
+        moved = False
+        while attempt.outbox or attempt.commands:
+            moved = True
+            outbox, attempt.outbox = attempt.outbox, []
+            for message in outbox:  # a DelegationError goes before the channel closes
+                self._send_message(message)
+            while attempt.commands:
+                command = attempt.commands.popleft()
+                if command is Command.OPEN_CHANNEL:
+                    self._open_channel(now)
+                elif command is Command.CLOSE_CHANNEL and self.channel is not None:
+                    channel, self.channel = self.channel, None
+                    self.agent_link.add_engine(channel.stats)
+                    self._retire(channel)
+                elif command is Command.START_RESUMPTION:
+                    self._start_resumption(attempt, now)
+                elif command is Command.CLOSE_CONNECTION and self.connection is not None:
+                    self._retire(self.connection)
+        return moved
+
+    def _send_message(self, message: DelegationMessage) -> None:
+        channel = self.channel
+        if channel is None or not channel.is_established:
+            return
+        self._trace_message("sent", message)  # stamped before it can be answered
+        self._events.append(MessageSent(message))
+        channel.send_application_data(encode_message(message))
+        if isinstance(message, DelegationRequest | SignResponse):
+            self.agent_link.round_trips += 1
+
+    def _retire(self, engine: DTLSClient) -> None:
+        """Close ``engine``; its close_notify leaves with its endpoint's next datagrams."""
+        if not engine.is_closed:
+            engine.close()
+
+    def _adopt(self, engine: DTLSClient, now: float) -> DTLSClient:
+        """Give ``engine`` a child endpoint of its own and start its handshake."""
+        self._engines[next(self._keys)] = engine
+        engine.connect(now)
+        return engine
+
+    def _open_channel(self, now: float) -> None:
+        if self.channel is not None:
+            self._retire(self.channel)
+        self.channel = DTLSClient(
+            ClientConfig(
+                cipher_suites=device_channel_suites(self.config.channel),
+                psk_identity=self.config.psk_identity,
+                psk=self.config.psk,
+                mtu=CHANNEL_MTU,
+                timers=self.config.timers,
+                require_extended_master_secret=True,
+                wall_clock=self.config.wall_clock,
+                randomness=self.config.randomness,
+            ),
+            tracer=self._trace_link("device-agent"),
+            remote=self.config.agent,
+        )
+        self._adopt(self.channel, now)
+
+    def _start_resumption(self, attempt: DelegationAttempt, now: float) -> None:
+        context = attempt.context
+        assert context is not None
+        if self.connection is not None:
+            self._retire(self.connection)
+        self.connection = DTLSClient(
+            ClientConfig(
+                cipher_suites=(context.cipher_suite,),
+                server_name=self.config.server_name,
+                session=context,
+                resume_only=True,
+                require_extended_master_secret=self.config.require_extended_master_secret,
+                mtu=self.config.mtu,
+                timers=self.config.timers,
+                keylog=self.config.keylog,
+                wall_clock=self.config.wall_clock,
+                randomness=self.config.randomness,
+            ),
+            tracer=self._trace_link("device-server"),
+            remote=self.server_address,
+        )
+        self._adopt(self.connection, now)
+
+    def _channel_failure(self, ended: ConnectionTerminated) -> str:
+        """Name the cause of a failed channel handshake (RFC 4279 §2 alerts)."""
+        where = _where(self.config.agent)
+        identity = self.config.psk_identity.decode("utf-8", "replace")
+        if ended.by_peer and ended.alert is AlertDescription.DECRYPT_ERROR:
+            return (
+                f"the agent refused the PSK: the key for identity {identity!r} does not match "
+                f"the agent's (alert decrypt_error from {where})"
+            )
+        if ended.by_peer and ended.alert is AlertDescription.UNKNOWN_PSK_IDENTITY:
+            return (
+                f"the agent refused the PSK: it does not know identity {identity!r} "
+                f"(alert unknown_psk_identity from {where})"
+            )
+        return f"cannot open the channel to the agent at {where}: {describe_end(ended)}"
+
+    def _trace_link(self, link: str) -> Tracer | None:
+        return tagged(self.config.tracer, party="device", link=link)
+
+    def _trace_message(self, direction: str, message: DelegationMessage) -> None:
+        if self.config.tracer is not None:
+            self.config.tracer(
+                {
+                    "event": f"message_{direction}",
+                    "message": type(message).__name__,
+                    "party": "device",
+                    "link": "device-agent",
+                    "layer": "delegation",
+                }
+            )
+
+
+# --------------------------------------------------------------------------- asyncio host
 
 
 @dataclass
@@ -393,23 +942,54 @@ class DeviceReport:
 class DeviceConnection:
     """An end-to-end DTLS connection of the device with the server."""
 
-    def __init__(self, endpoint: ClientEndpoint, report: DeviceReport, session: Session) -> None:
-        self.endpoint = endpoint
+    def __init__(
+        self, pump: Pump[DeviceEvent], protocol: DeviceProtocol, report: DeviceReport
+    ) -> None:
+        self._pump = pump
+        self._protocol = protocol
+        self._key = protocol.key_of(protocol.connection)
         self.report = report
-        self.session = session
+        assert protocol.context is not None
+        self.session = protocol.context
+
+    @property
+    def local_address(self) -> Address | None:
+        """The device's address for this connection (the socket of its resumption)."""
+        return self._pump.child_address(self._key)
 
     def send(self, data: bytes) -> None:
-        self.endpoint.send(data)
+        self._protocol.send(data)
+        self._pump.poke()
 
     async def receive(self, timeout: float = 10.0) -> bytes:
-        return await self.endpoint.receive(timeout)
+        """The next application data; ConnectionFailed if the connection ended, TimeoutError
+        (EventTimeout) after ``timeout`` seconds without any."""
+        deadline = self._pump.now + timeout
+        while True:
+            try:
+                event = await self._pump.next_event(max(0.0, deadline - self._pump.now))
+            except EventTimeout:
+                raise EventTimeout("no application data received in time") from None
+            if isinstance(event, DataReceived):
+                return event.data
+            if isinstance(event, ConnectionClosed):
+                raise ConnectionFailed(event.terminated)
 
     async def close(self) -> None:
-        await self.endpoint.close()
+        self._protocol.close(self._pump.now)
+        await asyncio.sleep(0)
+        self._pump.close()
+
+
+async def _resolve(address: Address) -> Address:
+    """An IP literal for ``address`` (the sans-IO role routes datagrams by address)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(*address, type=socket.SOCK_DGRAM)
+    return str(infos[0][4][0]), int(infos[0][4][1])
 
 
 class Device:
-    """A D2TLS device: obtains sessions through the agent and resumes them itself."""
+    """A D2TLS device on a real UDP socket: each :meth:`connect` runs a
+    :class:`DeviceProtocol` on a :class:`~d2tls.net.pump.Pump` of its own."""
 
     def __init__(self, config: DeviceConfig) -> None:
         self.config = config
@@ -422,165 +1002,64 @@ class Device:
         cpu_start = time.process_time()
         wall_start = time.perf_counter()
         signs_before = self.config.signer.signatures
-        protocol = DeviceProtocol(self.config, self.context, self._request_ids)
-        channel: ClientEndpoint | None = None
-        connection: ClientEndpoint | None = None
+        config = replace(self.config, agent=await _resolve(self.config.agent))
+        protocol = DeviceProtocol(
+            config,
+            context=self.context,
+            first_request_id=self._request_ids,
+            server_address=await _resolve(self.config.server),
+        )
+        local = "::1" if ":" in config.agent[0] else "127.0.0.1"
+        pump: Pump[DeviceEvent] = await Pump.open(protocol, (local, 0))
+        outcome: DeviceEvent | None = None
         try:
-            protocol.start()
-            while True:
-                while protocol.commands:
-                    command = protocol.commands.popleft()
-                    if command == "open_channel":
-                        channel = await self._open_channel(protocol, report)
-                    elif command == "close_channel" and channel is not None:
-                        self._flush(protocol, channel, report)  # a DelegationError goes first
-                        report.agent_link.add_engine(channel.engine.stats)
-                        await channel.close()
-                        channel = None
-                    elif command == "start_resumption":
-                        connection = await self._resume(protocol, report)
-                self._flush(protocol, channel, report)
-                if protocol.state == DeviceState.CONNECTED or protocol.is_final:
-                    break
-                if channel is None:
-                    raise DelegationFailed(f"no channel to the agent in state {protocol.state}")
-                try:
-                    data = await channel.receive(timeout=self.config.timeout)
-                except (ConnectionFailed, TimeoutError) as exc:
-                    protocol.channel_failed(f"agent channel: {exc}")
-                    continue
-                before = protocol._current
-                protocol.receive_bytes(data)
-                if protocol._current is not None and protocol._current is not before:
-                    self._trace_message("received", protocol._current)
+            protocol.connect(pump.now)
+            pump.poke()
+            while not isinstance(outcome, Connected | AttemptFailed):
+                outcome = await pump.next_event()
+        except BaseException:
+            pump.close()
+            raise
         finally:
-            if channel is not None:
-                report.agent_link.add_engine(channel.engine.stats)
-                await channel.close()
-            self._request_ids = protocol._next_request_id
-        self.context = protocol.context
+            self.context = protocol.context
+            self._request_ids = protocol.next_request_id
         report.delegations = protocol.delegations
         report.resumed_from_cache = protocol.delegations == 0
+        report.agent_link, report.server_link = protocol.agent_link, protocol.server_link
         report.key_operations["sign"] = self.config.signer.signatures - signs_before
         report.cpu_ms = (time.process_time() - cpu_start) * 1000
         report.wall_ms = (time.perf_counter() - wall_start) * 1000
-        if protocol.state != DeviceState.CONNECTED or connection is None or self.context is None:
-            raise DelegationFailed(protocol.error or f"delegation ended in state {protocol.state}")
-        return DeviceConnection(connection, report, self.context)
+        if isinstance(outcome, AttemptFailed):
+            pump.close()
+            raise DelegationFailed(outcome.reason)
+        return DeviceConnection(pump, protocol, report)
 
-    def _flush(
-        self, protocol: DeviceProtocol, channel: ClientEndpoint | None, report: DeviceReport
-    ) -> None:
-        outbox, protocol.outbox = protocol.outbox, []
-        for message in outbox:
-            if channel is None or channel.engine.is_closed:
-                continue
-            self._trace_message("sent", message)  # stamped before it can be answered
-            channel.send(encode_message(message))
-            if isinstance(message, DelegationRequest | SignResponse):
-                report.agent_link.round_trips += 1
 
-    async def _open_channel(
-        self, protocol: DeviceProtocol, report: DeviceReport
-    ) -> ClientEndpoint | None:
-        engine = DTLSClient(
-            ClientConfig(
-                cipher_suites=device_channel_suites(self.config.channel),
-                psk_identity=self.config.psk_identity,
-                psk=self.config.psk,
-                mtu=CHANNEL_MTU,
-                timers=self.config.timers,
-                require_extended_master_secret=True,
-                wall_clock=self.config.wall_clock,
-                randomness=self.config.randomness,
-            ),
-            tracer=self._trace_link("device-agent"),
-        )
-        endpoint = await ClientEndpoint.connect(self.config.agent[0], self.config.agent[1], engine)
-        try:
-            await endpoint.handshake(timeout=self.config.timeout)
-        except (ConnectionFailed, TimeoutError) as exc:
-            report.agent_link.add_engine(engine.stats)
-            await endpoint.close()
-            protocol.channel_failed(self._channel_failure(exc))
-            return None
-        protocol.channel_up()
-        return endpoint
+class StandaloneConnection:
+    """The baseline's connection: a DTLS client on its own endpoint."""
 
-    async def _resume(
-        self, protocol: DeviceProtocol, report: DeviceReport
-    ) -> ClientEndpoint | None:
-        context = protocol.context
-        assert context is not None
-        engine = DTLSClient(
-            ClientConfig(
-                cipher_suites=(context.cipher_suite,),
-                server_name=self.config.server_name,
-                session=context,
-                resume_only=True,
-                require_extended_master_secret=self.config.require_extended_master_secret,
-                mtu=self.config.mtu,
-                timers=self.config.timers,
-                keylog=self.config.keylog,
-                wall_clock=self.config.wall_clock,
-                randomness=self.config.randomness,
-            ),
-            tracer=self._trace_link("device-server"),
-        )
-        endpoint = await ClientEndpoint.connect(
-            self.config.server[0], self.config.server[1], engine
-        )
-        try:
-            await endpoint.handshake(timeout=self.config.timeout)
-        except (ConnectionFailed, TimeoutError):
-            report.server_link.add_engine(engine.stats)
-            await endpoint.close()
-            protocol.resumption_refused()
-            return None
-        report.server_link.add_engine(engine.stats)
-        protocol.resumed()
-        return endpoint
+    def __init__(self, endpoint: ClientEndpoint, report: DeviceReport, session: Session) -> None:
+        self.endpoint = endpoint
+        self.report = report
+        self.session = session
 
-    def _channel_failure(self, exc: Exception) -> str:
-        """Name the cause of a failed channel handshake (RFC 4279 §2 alerts)."""
-        host, port = self.config.agent
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        identity = self.config.psk_identity.decode("utf-8", "replace")
-        if isinstance(exc, TimeoutError):
-            return f"no answer from the agent at {where} after {self.config.timeout:g} s"
-        assert isinstance(exc, ConnectionFailed)
-        ended = exc.terminated
-        if ended.by_peer and ended.alert is AlertDescription.DECRYPT_ERROR:
-            return (
-                f"the agent refused the PSK: the key for identity {identity!r} does not match "
-                f"the agent's (alert decrypt_error from {where})"
-            )
-        if ended.by_peer and ended.alert is AlertDescription.UNKNOWN_PSK_IDENTITY:
-            return (
-                f"the agent refused the PSK: it does not know identity {identity!r} "
-                f"(alert unknown_psk_identity from {where})"
-            )
-        return f"cannot open the channel to the agent at {where}: {exc}"
+    @property
+    def local_address(self) -> Address | None:
+        return self.endpoint.local_address
 
-    def _trace_link(self, link: str) -> Tracer | None:
-        return tagged(self.config.tracer, party="device", link=link)
+    def send(self, data: bytes) -> None:
+        self.endpoint.send(data)
 
-    def _trace_message(self, direction: str, message: DelegationMessage) -> None:
-        if self.config.tracer is not None:
-            self.config.tracer(
-                {
-                    "event": f"message_{direction}",
-                    "message": type(message).__name__,
-                    "party": "device",
-                    "link": "device-agent",
-                    "layer": "delegation",
-                }
-            )
+    async def receive(self, timeout: float = 10.0) -> bytes:
+        return await self.endpoint.receive(timeout)
+
+    async def close(self) -> None:
+        await self.endpoint.close()
 
 
 async def run_standalone(
     config: ClientConfig, server: Address, tracer: Tracer | None = None, timeout: float = 30.0
-) -> tuple[DeviceConnection, DeviceReport]:
+) -> tuple[StandaloneConnection, DeviceReport]:
     """The baseline: the device runs the full handshake itself (same engine)."""
     report = DeviceReport(mode="standalone")
     cpu_start = time.process_time()
@@ -593,4 +1072,4 @@ async def run_standalone(
     report.server_link.add_engine(engine.stats)
     for kind in report.key_operations:
         report.key_operations[kind] = engine.stats[kind]
-    return DeviceConnection(endpoint, report, done.session), report
+    return StandaloneConnection(endpoint, report, done.session), report

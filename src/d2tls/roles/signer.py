@@ -24,6 +24,7 @@ from d2tls.dtls.fragments import parse_handshake_fragments
 from d2tls.dtls.messages import Certificate, ClientHello, RawPublicKeyCertificate, ServerHello
 from d2tls.errors import CertificateError, D2TLSError
 from d2tls.pki.names import names_server, spki_sha256
+from d2tls.randomness import SYSTEM, Randomness
 
 
 class SigningRefused(D2TLSError):
@@ -33,23 +34,32 @@ class SigningRefused(D2TLSError):
 class DeviceSigner:
     """Holds the device key and counts private-key operations."""
 
-    def __init__(self, private_key: ec.EllipticCurvePrivateKey) -> None:
+    def __init__(
+        self, private_key: ec.EllipticCurvePrivateKey, randomness: Randomness = SYSTEM
+    ) -> None:
+        """``randomness`` chooses the ECDSA scheme: randomized by default, RFC 6979
+        deterministic with a :class:`~d2tls.randomness.SeededRandomness` (simulations)."""
         if private_key.curve.name != "secp256r1":
             raise D2TLSError("device key must be ECDSA P-256")
         self._key = private_key
+        self._randomness = randomness
         self.signatures = 0
 
     def sign_transcript(self, transcript: bytes) -> bytes:
         """ecdsa_secp256r1_sha256 over the handshake messages (RFC 5246 §7.4.8)."""
         self.signatures += 1
-        return self._key.sign(transcript, ec.ECDSA(hashes.SHA256()))
+        return self._key.sign(transcript, self._randomness.ecdsa())
 
     def sign_digest(self, digest: bytes) -> bytes:
         """Sign a SHA-256 digest computed by someone else (blind mode)."""
         if len(digest) != 32:
             raise SigningRefused("digest must be 32 bytes (SHA-256)")
         self.signatures += 1
-        return self._key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        scheme = ec.ECDSA(
+            utils.Prehashed(hashes.SHA256()),
+            deterministic_signing=self._randomness.ecdsa().deterministic_signing,
+        )
+        return self._key.sign(digest, scheme)
 
     def __repr__(self) -> str:
         return "DeviceSigner(<private key hidden>)"

@@ -138,17 +138,21 @@ def _bytes_per_session(store: SessionStore, chain: tuple[bytes, ...], n: int) ->
     return float("nan"), "unknown store"
 
 
+#: The server's address as the in-memory client sees it (documentation range, no socket).
+SERVER_ADDRESS = ("192.0.2.1", 4433)
+
+
 def _resume_once(server: DTLSServer, config: ClientConfig, address: tuple[str, int]) -> bool:
-    client = DTLSClient(config)
+    client = DTLSClient(config, remote=SERVER_ADDRESS)
     now = monotonic()
     client.connect(now)
     for _ in range(20):
         moved = False
-        for datagram in client.datagrams_to_send(now):
+        for datagram, _server in client.datagrams_to_send(now):
             server.receive_datagram(datagram, address, now)
             moved = True
         for datagram, _peer in server.datagrams_to_send(now):
-            client.receive_datagram(datagram, now)
+            client.receive_datagram(datagram, SERVER_ADDRESS, now)
             moved = True
         if not moved:
             break

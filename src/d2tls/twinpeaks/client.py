@@ -283,7 +283,7 @@ class TwinPeaksClient:
             elif addr == self.config.resolver_service:
                 self._service_message(data)
         elif self.dtls is not None and addr == self.peer:
-            self.dtls.receive_datagram(data, now)
+            self.dtls.receive_datagram(data, addr, now)
             self._pump_dtls()
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
@@ -292,8 +292,7 @@ class TwinPeaksClient:
         if self.resolver is not None:
             out += self.resolver.datagrams_to_send(now)
         if self.dtls is not None and self.peer is not None:
-            peer = self.peer
-            out += [(d, peer) for d in self.dtls.datagrams_to_send(now)]
+            out += self.dtls.datagrams_to_send(now)
         return out
 
     def next_timer(self) -> float | None:
@@ -502,7 +501,7 @@ class TwinPeaksClient:
             wall_clock=self.config.wall_clock,
             randomness=self.config.randomness,
         )
-        self.dtls = DTLSClient(config)
+        self.dtls = DTLSClient(config, remote=self.peer)
         self.dtls.connect(self._now)
 
     def report_resolved(self) -> None:

@@ -169,15 +169,14 @@ class Member:
         self._now = now
         if self._dtls is None or addr != self.config.parent.address:
             return
-        self._dtls.receive_datagram(bytes(data), now)
+        self._dtls.receive_datagram(bytes(data), addr, now)
         self._pump_dtls()
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         self._now = now
         if self._dtls is None:
             return []
-        parent = self.config.parent.address
-        return [(datagram, parent) for datagram in self._dtls.datagrams_to_send(now)]
+        return self._dtls.datagrams_to_send(now)
 
     def next_timer(self) -> float | None:
         timers = [t for t in (self._deadline, self._dtls and self._dtls.next_timer()) if t]
@@ -251,7 +250,8 @@ class Member:
                 timers=self.config.timers,
                 wall_clock=self.config.wall_clock,
                 randomness=randomness,
-            )
+            ),
+            remote=link.address,
         )
         self._dtls.connect(self._now)
 
