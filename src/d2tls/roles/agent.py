@@ -569,8 +569,13 @@ class AgentProtocol:
         #: With ``keep_history``: every delegation, in order (simulations and tests).
         self.history: list[AgentSession] = []
         self._keep_history = keep_history
-        #: Per channel (peer address): request_ids already used (spec/delegation.md §6).
-        self._used_request_ids: dict[Address, set[int]] = {}
+        #: Per channel identity (PSK identity, channel session ID): request_ids already used
+        #: (spec/delegation.md §3.1, §6). An abbreviated channel handshake (the device resuming
+        #: its standing channel from another port) continues the set of the session it
+        #: resumes; a full one starts a new set. Oldest entries go beyond max_connections.
+        self._used_request_ids: dict[tuple[bytes, bytes], set[int]] = {}
+        #: The channel identity of each live channel (by the device's address).
+        self._channel_of: dict[Address, tuple[bytes, bytes]] = {}
         self._children: dict[int, _Child] = {}
         self._child_of: dict[int, int] = {}  # id(session) -> child key
         self._peer_of: dict[int, Address] = {}  # id(session) -> channel peer
@@ -699,12 +704,23 @@ class AgentProtocol:
                 session.receive_bytes(event.data)
                 self._after(session, now)
             elif isinstance(event, HandshakeCompleted):
-                # A new channel: its request_ids start afresh (an old association is gone).
-                self._used_request_ids[peer] = set()
+                channel_id = (event.session.psk_identity or b"", bytes(event.session.session_id))
+                self._channel_of[peer] = channel_id
+                if not event.resumed or channel_id not in self._used_request_ids:
+                    # A full handshake is a new channel: its request_ids start afresh.
+                    self._used_request_ids.pop(channel_id, None)
+                    self._used_request_ids[channel_id] = set()
+                    while len(self._used_request_ids) > self.config.max_connections:
+                        del self._used_request_ids[next(iter(self._used_request_ids))]
                 identity = _text(event.session.psk_identity)
-                log.info("channel from %s up (PSK identity %r)", _show(peer), identity)
+                log.info(
+                    "channel from %s up (PSK identity %r, %s)",
+                    _show(peer),
+                    identity,
+                    "resumed" if event.resumed else "full handshake",
+                )
             elif isinstance(event, ConnectionTerminated):
-                self._used_request_ids.pop(peer, None)
+                self._channel_of.pop(peer, None)
                 if event.error:
                     _log_channel_failure(peer, event)
                 old = self.sessions.pop(peer, None)
@@ -716,7 +732,12 @@ class AgentProtocol:
         connection = self.server.connection(peer)
         channel = connection.session if connection is not None else None
         identity = channel.psk_identity if channel is not None else None
-        used = self._used_request_ids.setdefault(peer, set())
+        channel_id = self._channel_of.get(peer)
+        used = (
+            self._used_request_ids.setdefault(channel_id, set())
+            if channel_id is not None
+            else set()
+        )
         session = self._factory(self.config, identity, used)
         self.sessions[peer] = session
         self._peer_of[id(session)] = peer

@@ -19,6 +19,7 @@ import itertools
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, TypeAlias
@@ -120,6 +121,15 @@ class DeviceConfig:
     #: The DER SubjectPublicKeyInfo of the signer's key, presented as an RFC 7250 raw public
     #: key instead of ``certificate_chain`` (which is then empty): a TwinPeaks member key.
     raw_public_key: bytes | None = None
+    #: Standing channel (spec/delegation.md §3.1): seconds the channel to the agent stays open
+    #: without a delegation (0: close it after every delegation). No keep-alive is sent: the
+    #: default stays below the 2-minute floor of a NAT's UDP mapping timer (RFC 4787 REQ-5).
+    channel_idle_timeout: float = 60.0
+    #: Rekey interval: a fresh full channel handshake (new ECDHE for ``ecdhe-psk``) after this
+    #: many delegations or seconds since the last full one (0: no limit). An abbreviated
+    #: channel handshake keeps the master secret, so forward secrecy is per rekey interval.
+    channel_rekey_delegations: int = 100
+    channel_rekey_seconds: float = 3600.0
 
 
 class Command(Enum):
@@ -127,6 +137,7 @@ class Command(Enum):
 
     OPEN_CHANNEL = "open_channel"
     CLOSE_CHANNEL = "close_channel"
+    RELEASE_CHANNEL = "release_channel"
     START_RESUMPTION = "start_resumption"
     CLOSE_CONNECTION = "close_connection"
 
@@ -142,9 +153,15 @@ class DelegationAttempt:
     ROLE = "device"
 
     def __init__(
-        self, config: DeviceConfig, context: Session | None, first_request_id: int
+        self,
+        config: DeviceConfig,
+        context: Session | None,
+        first_request_id: int,
+        channel_open: Callable[[], bool] = lambda: False,
     ) -> None:
         self.state = ""
+        #: Whether a standing channel to the agent can carry the next delegation.
+        self._channel_open = channel_open
         self.config = config
         self.context = context
         self.outbox: list[DelegationMessage] = []
@@ -282,10 +299,20 @@ class DelegationAttempt:
     def may_delegate_again(self) -> bool:
         return self.delegations < self.config.max_delegations
 
+    def channel_open(self) -> bool:
+        """A standing channel is established and within its rekey interval (§3.1)."""
+        return self._channel_open()
+
     # ------------------------------------------------------------------ actions
     def open_channel(self) -> None:
         self.delegations += 1
         self.commands.append(Command.OPEN_CHANNEL)
+
+    def reuse_channel(self) -> None:
+        self.delegations += 1
+
+    def release_channel(self) -> None:
+        self.commands.append(Command.RELEASE_CHANNEL)
 
     def prepare_request(self) -> None:
         mode = self.config.mode
@@ -530,6 +557,18 @@ class DeviceProtocol:
         self._events: deque[DeviceEvent] = deque()
         self._deadline: float | None = None
         self._reported = False
+        #: Standing channel (spec/delegation.md §3.1): the channel's session (for an
+        #: abbreviated handshake once the channel closed), when its keys were last made by a
+        #: full handshake, how many delegations it carried since, when it closes if idle, and
+        #: its stats already counted in an earlier attempt's agent_link.
+        self.channel_session: Session | None = None
+        self.channel_full_handshakes = 0
+        self.channel_abbreviated_handshakes = 0
+        self._keyed_at = 0.0
+        self._keyed_delegations = 0
+        self._idle_deadline: float | None = None
+        self._channel_base: dict[str, int] | None = None
+        self._now = 0.0
 
     # ------------------------------------------------------------------ the application's calls
     @property
@@ -569,14 +608,20 @@ class DeviceProtocol:
         """Start one attempt: resume the cached context if unexpired, else delegate."""
         if self.attempt is not None and not self.finished:
             raise InvalidStateError(f"an attempt is running (state {self.state})")
-        for engine in (self.channel, self.connection):
-            if engine is not None:
-                self._retire(engine)
-        self.channel = self.connection = None
+        if self.connection is not None:
+            self._retire(self.connection)
+        self.connection = None
+        if self.channel is not None and not self.channel.is_established:
+            self._drop_channel()  # a half-open or closed channel is not kept
+        self._idle_deadline = None
         self.attempts += 1
         self.agent_link, self._server_done = LinkStats(), LinkStats()
+        self._channel_base = dict(self.channel.stats) if self.channel is not None else None
         self._reported = False
-        self.attempt = DelegationAttempt(self.config, self.context, self._request_ids)
+        self._now = now
+        self.attempt = DelegationAttempt(
+            self.config, self.context, self._request_ids, self._channel_standing
+        )
         self.attempt.start()
         self._run(now, progressed=True)
 
@@ -588,11 +633,48 @@ class DeviceProtocol:
 
     def close(self, now: float) -> None:
         """Close the end-to-end connection (close_notify) and the channel, if open."""
-        for engine in (self.channel, self.connection):
-            if engine is not None:
-                self._retire(engine)
-        self.channel = None
+        if self.connection is not None:
+            self._retire(self.connection)
+        if self.channel is not None:
+            self._drop_channel()
+        self._deadline = self._idle_deadline = None
+
+    def close_connection(self, now: float) -> None:
+        """Close the end-to-end connection only; a standing channel stays until idle."""
+        if self.connection is not None:
+            self._retire(self.connection)
         self._deadline = None
+
+    @property
+    def channel_standing(self) -> bool:
+        """The channel to the agent is established and kept between delegations."""
+        return self.channel is not None and self.channel.is_established
+
+    def _channel_standing(self) -> bool:
+        """The guard ``channel_open``: established, and the rekey interval not reached."""
+        return self.channel_standing and not self._rekey_due(self._now)
+
+    def _rekey_due(self, now: float) -> bool:
+        config = self.config
+        by_count = 0 < config.channel_rekey_delegations <= self._keyed_delegations
+        by_time = 0 < config.channel_rekey_seconds <= now - self._keyed_at
+        return by_count or by_time
+
+    def _drop_channel(self) -> None:
+        """Close the channel engine (close_notify) and count its last traffic."""
+        channel, self.channel = self.channel, None
+        if channel is None:
+            return
+        self._account_channel(channel)
+        self._channel_base = None
+        self._retire(channel)
+
+    def _account_channel(self, channel: DTLSClient) -> None:
+        """Add the channel's traffic since the attempt began to this attempt's agent_link."""
+        stats = dict(channel.stats)
+        base = self._channel_base or {}
+        self.agent_link.add_engine({k: v - base.get(k, 0) for k, v in stats.items()})
+        self._channel_base = stats
 
     # ------------------------------------------------------------------ SansIOProtocol
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
@@ -602,7 +684,7 @@ class DeviceProtocol:
         return []
 
     def next_timer(self) -> float | None:
-        timers = [self._deadline] if self._deadline is not None else []
+        timers = [t for t in (self._deadline, self._idle_deadline) if t is not None]
         for engine in (self.channel, self.connection):
             if engine is not None and (deadline := engine.next_timer()) is not None:
                 timers.append(deadline)
@@ -617,7 +699,16 @@ class DeviceProtocol:
         if self._deadline is not None and now >= self._deadline:
             self._deadline = None
             progressed = self._timed_out()
+        if self._idle_deadline is not None and now >= self._idle_deadline:
+            self._idle_deadline = None
+            if self.channel is not None and not self._busy():
+                self._drop_channel()  # idle timeout (§3.1): close_notify to the agent
         self._run(now, progressed)
+
+    def _busy(self) -> bool:
+        """A delegation is using the channel."""
+        attempt = self.attempt
+        return attempt is not None and not attempt.is_final and attempt.state in CHANNEL_STATES
 
     def next_event(self) -> DeviceEvent | None:
         return self._events.popleft() if self._events else None
@@ -684,6 +775,7 @@ class DeviceProtocol:
     # ------------------------------------------------------------------ inside
     def _run(self, now: float, progressed: bool = False) -> None:
         """Feed the engines' events to the machine and carry out what it asks, until quiet."""
+        self._now = now
         attempt = self.attempt
         if attempt is None:
             return
@@ -701,12 +793,19 @@ class DeviceProtocol:
             self._deadline = now + self.config.timeout if waiting else None
         self._request_ids = attempt.next_request_id
         self._report_end(attempt)
+        if self.channel is not None and not self._busy():
+            if self._idle_deadline is None and self.channel.is_established:
+                self._idle_deadline = now + self.config.channel_idle_timeout
+        else:
+            self._idle_deadline = None
 
     def _report_end(self, attempt: DelegationAttempt) -> None:
         if self._reported or not (self.connected or attempt.is_final):
             return
         self._reported = True
         self.context = attempt.context
+        if self.channel is not None:
+            self._account_channel(self.channel)
         if self.connected and attempt.context is not None:
             self._events.append(Connected(attempt.context, attempt.delegations))
         else:
@@ -719,12 +818,19 @@ class DeviceProtocol:
             return False
         moved = False
         while (event := channel.next_event()) is not None:
-            if attempt.is_final or channel is not self.channel:
+            if channel is not self.channel:
+                continue
+            if isinstance(event, ConnectionTerminated) and not self._busy():
+                self._drop_channel()  # the agent closed the standing channel
+                self._idle_deadline = None
+                continue
+            if attempt.is_final:
                 continue
             if (
                 isinstance(event, HandshakeCompleted)
                 and attempt.state == DeviceState.CONNECTING_AGENT
             ):
+                self._channel_keyed(event)
                 attempt.channel_up()
             elif isinstance(event, ApplicationDataReceived):
                 message = attempt.receive_bytes(event.data)
@@ -732,8 +838,9 @@ class DeviceProtocol:
                     self._trace_message("received", message)
                     self._events.append(MessageReceived(message))
             elif isinstance(event, ConnectionTerminated) and attempt.state in CHANNEL_STATES:
-                self.channel = None
-                self.agent_link.add_engine(channel.stats)
+                self._drop_channel()
+                if event.by_peer or attempt.state != DeviceState.CONNECTING_AGENT:
+                    self.channel_session = None  # the agent may have forgotten it
                 if attempt.state == DeviceState.CONNECTING_AGENT:
                     attempt.channel_failed(self._channel_failure(event))
                 else:
@@ -801,9 +908,11 @@ class DeviceProtocol:
                 if command is Command.OPEN_CHANNEL:
                     self._open_channel(now)
                 elif command is Command.CLOSE_CHANNEL and self.channel is not None:
-                    channel, self.channel = self.channel, None
-                    self.agent_link.add_engine(channel.stats)
-                    self._retire(channel)
+                    self._drop_channel()
+                elif command is Command.RELEASE_CHANNEL and self.channel is not None:
+                    self._keyed_delegations += 1
+                    if self.config.channel_idle_timeout <= 0 or self._rekey_due(now):
+                        self._drop_channel()
                 elif command is Command.START_RESUMPTION:
                     self._start_resumption(attempt, now)
                 elif command is Command.CLOSE_CONNECTION and self.connection is not None:
@@ -831,14 +940,31 @@ class DeviceProtocol:
         engine.connect(now)
         return engine
 
+    def _channel_keyed(self, done: HandshakeCompleted) -> None:
+        """The channel handshake completed: full (new keys, new rekey interval) or
+        abbreviated (the keys of the standing channel's session)."""
+        self.channel_session = done.session
+        if done.resumed:
+            self.channel_abbreviated_handshakes += 1
+        else:
+            self.channel_full_handshakes += 1
+            self._keyed_at = self._now
+            self._keyed_delegations = 0
+
     def _open_channel(self, now: float) -> None:
         if self.channel is not None:
-            self._retire(self.channel)
+            self._drop_channel()
+        session = self.channel_session
+        if session is not None and (
+            self._rekey_due(now) or session.expired(self.config.wall_clock())
+        ):
+            session = self.channel_session = None  # rekey: a full handshake, fresh keys
         self.channel = DTLSClient(
             ClientConfig(
                 cipher_suites=device_channel_suites(self.config.channel),
                 psk_identity=self.config.psk_identity,
                 psk=self.config.psk,
+                session=session,
                 mtu=CHANNEL_MTU,
                 timers=self.config.timers,
                 require_extended_master_secret=True,

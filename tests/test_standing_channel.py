@@ -1,0 +1,189 @@
+"""The standing delegation channel (issue 23 item 1, spec/delegation.md §3.1), in the simulator.
+
+The device, the agent and the cloud server are the sans-IO roles the real hosts run; the
+simulator's links are lossless here so that every handshake can be counted exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import cache
+
+import pytest
+
+from d2tls.adversary.credentials import SERVER_NAME, Credentials, credentials
+from d2tls.clock import FixedClock
+from d2tls.delegation.channel_security import Channel
+from d2tls.delegation.messages import DelegationMode
+from d2tls.dtls.config import ClientAuth, ServerConfig
+from d2tls.dtls.server import DTLSServer
+from d2tls.randomness import SeededRandomness
+from d2tls.roles.agent import AgentConfig, AgentProtocol
+from d2tls.roles.device import AttemptFailed, DeviceConfig, DeviceProtocol
+from d2tls.roles.signer import DeviceSigner
+from d2tls.sim import Address, Network
+
+SERVER: Address = ("203.0.113.10", 4433)
+AGENT: Address = ("198.51.100.1", 5684)
+DEVICE: Address = ("198.51.100.7", 40000)
+
+
+@cache
+def creds() -> Credentials:
+    return credentials()
+
+
+class World:
+    def __init__(self, channel: Channel, **device_options: float) -> None:
+        pki = creds()
+        import time
+
+        self.clock = FixedClock(time.time())
+        self.net = Network(seed=1)
+        self.server = DTLSServer(
+            ServerConfig(
+                certificate_chain=pki.server.chain,
+                private_key=pki.server.key,
+                trust_store=pki.store,
+                client_auth=ClientAuth.REQUIRED,
+                wall_clock=self.clock,
+                randomness=SeededRandomness("server"),
+            )
+        )
+        self.net.add(self.server, SERVER)
+        self.channel = channel
+        self.agent = self.new_agent()
+        config = DeviceConfig(
+            agent=AGENT,
+            psk_identity=pki.psk_identity,
+            psk=pki.psk,
+            server=SERVER,
+            server_name=SERVER_NAME,
+            certificate_chain=pki.device.chain,
+            signer=DeviceSigner(pki.device.key, SeededRandomness("signer")),
+            mode=DelegationMode.BLIND,
+            wall_clock=self.clock,
+            randomness=SeededRandomness("device"),
+            channel=channel,
+        )
+        self.device = DeviceProtocol(replace(config, **device_options), first_request_id=1)
+        self.events: list[object] = []
+        self.net.add(self.device, DEVICE, self.events.append)
+
+    def new_agent(self) -> AgentProtocol:
+        pki = creds()
+        agent = AgentProtocol(
+            AgentConfig(
+                psk_keys={pki.psk_identity: pki.psk},
+                trust_store=pki.store,
+                wall_clock=self.clock,
+                randomness=SeededRandomness(f"agent-{id(self)}-{len(self.net.history)}"),
+                channel=self.channel,
+            ),
+            keep_history=True,
+        )
+        self.net.add(agent, AGENT)
+        return agent
+
+    def restart_agent(self) -> None:
+        self.net.remove(AGENT)
+        self.agent = self.new_agent()
+
+    def delegate(self) -> DeviceProtocol:
+        """One new delegated session (the cached context forgotten), then its connection closed."""
+        device = self.device
+        device.context = None
+        device.connect(self.net.now)
+        self.net.run(lambda: device.finished, max_time=120.0)
+        self.net.flush()
+        return device
+
+
+@pytest.mark.parametrize("channel", ["psk", "ecdhe-psk"])
+def test_second_delegation_reuses_the_standing_channel(channel: Channel) -> None:
+    world = World(channel)
+    device = world.delegate()
+    assert device.connected and device.channel_standing
+    first_id = device.attempt.next_request_id if device.attempt else 0
+    device.close_connection(world.net.now)
+    world.net.advance(1.0)
+    device = world.delegate()
+    assert device.connected, device.attempt.error if device.attempt else None
+    assert device.channel_full_handshakes == 1  # no second channel handshake
+    assert device.channel_abbreviated_handshakes == 0
+    assert world.agent.completed == 2
+    assert device.next_request_id == first_id + 1
+    # only the delegation messages crossed the device-agent link the second time
+    assert device.agent_link.datagrams_sent == 2  # DelegationRequest, SignResponse
+
+
+def test_standing_channel_disabled_closes_after_each_delegation() -> None:
+    world = World("psk", channel_idle_timeout=0.0)
+    world.delegate()
+    assert not world.device.channel_standing
+    world.device.close_connection(world.net.now)
+    world.delegate()
+    assert world.device.connected
+    # the closed channel is resumed, never kept
+    assert world.device.channel_full_handshakes == 1
+    assert world.device.channel_abbreviated_handshakes == 1
+
+
+@pytest.mark.parametrize("channel", ["psk", "ecdhe-psk"])
+def test_idle_close_then_abbreviated_channel_handshake(channel: Channel) -> None:
+    world = World(channel, channel_idle_timeout=5.0)
+    device = world.delegate()
+    device.close_connection(world.net.now)
+    world.net.advance(4.0)
+    assert device.channel_standing
+    world.net.advance(2.0)
+    world.net.flush()
+    assert device.channel is None  # idle timeout: closed (close_notify to the agent)
+    device = world.delegate()
+    assert device.connected, device.attempt.error if device.attempt else None
+    assert device.channel_full_handshakes == 1
+    assert device.channel_abbreviated_handshakes == 1
+    assert world.agent.completed == 2
+
+
+def test_agent_restart_falls_back_to_a_full_channel_handshake() -> None:
+    world = World("ecdhe-psk", channel_idle_timeout=5.0)
+    device = world.delegate()
+    device.close_connection(world.net.now)
+    world.net.advance(10.0)
+    world.restart_agent()  # the new agent has forgotten the channel's session
+    device = world.delegate()
+    assert device.connected, device.attempt.error if device.attempt else None
+    assert device.channel_full_handshakes == 2
+    assert device.channel_abbreviated_handshakes == 0
+    assert world.agent.completed == 1
+
+
+def test_rekey_interval_forces_a_full_handshake() -> None:
+    world = World("ecdhe-psk", channel_rekey_delegations=2)
+    for _ in range(3):
+        world.delegate()
+        assert world.device.connected
+        world.device.close_connection(world.net.now)
+    assert world.device.channel_full_handshakes == 2  # delegations 1-2, then a rekey for 3
+
+
+def test_agent_refuses_a_request_id_reused_on_a_resumed_channel() -> None:
+    world = World("psk", channel_idle_timeout=5.0)
+    device = world.delegate()
+    used = device.next_request_id - 1
+    device.close_connection(world.net.now)
+    world.net.advance(10.0)
+    assert device.channel is None
+    device._request_ids = used  # a faulty device: the agent must still refuse it
+    device = world.delegate()
+    assert device.channel_abbreviated_handshakes == 1  # same channel identity, resumed
+    failures = [e for e in world.events if isinstance(e, AttemptFailed)]
+    assert failures and f"request_id {used} was already used on this channel" in (
+        failures[-1].reason
+    )
+    # the device never reuses one by itself: the next delegation goes through
+    device.close(world.net.now)
+    world.net.advance(10.0)
+    device = world.delegate()
+    assert device.connected, device.attempt.error if device.attempt else None
