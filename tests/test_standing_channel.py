@@ -6,11 +6,14 @@ simulator's links are lossless here so that every handshake can be counted exact
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from functools import cache
+from typing import Any
 
 import pytest
 
+from conftest import LoadedPKI
 from d2tls.adversary.credentials import SERVER_NAME, Credentials, credentials
 from d2tls.clock import FixedClock
 from d2tls.delegation.channel_security import Channel
@@ -18,10 +21,11 @@ from d2tls.delegation.messages import DelegationMode
 from d2tls.dtls.config import ClientAuth, ServerConfig
 from d2tls.dtls.server import DTLSServer
 from d2tls.randomness import SeededRandomness
-from d2tls.roles.agent import AgentConfig, AgentProtocol
+from d2tls.roles.agent import Agent, AgentConfig, AgentProtocol
 from d2tls.roles.device import AttemptFailed, DeviceConfig, DeviceProtocol
 from d2tls.roles.signer import DeviceSigner
 from d2tls.sim import Address, Network
+from test_channel_security import stack
 
 SERVER: Address = ("203.0.113.10", 4433)
 AGENT: Address = ("198.51.100.1", 5684)
@@ -187,3 +191,79 @@ def test_agent_refuses_a_request_id_reused_on_a_resumed_channel() -> None:
     world.net.advance(10.0)
     device = world.delegate()
     assert device.connected, device.attempt.error if device.attempt else None
+
+
+# --------------------------------------------------------------------------- real sockets
+
+
+def test_standing_channel_on_real_sockets(pki: LoadedPKI) -> None:
+    """127.0.0.1, real server, agent and device: reuse, idle close, abbreviated handshake,
+    then a restarted agent (forgotten session) and a full handshake."""
+
+    async def scenario() -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        async with stack(pki, "psk") as (agent, make_device):
+            device = make_device("psk", events)
+            device.config = replace(device.config, channel_idle_timeout=0.5)
+
+            async def delegated() -> None:
+                device.context = None
+                connection = await device.connect()
+                connection.send(b"hello")
+                assert await connection.receive() == b"hello"
+                assert connection.report.delegations == 1
+                await connection.close()
+
+            await delegated()
+            await delegated()  # reuses the channel
+            protocol = device.protocol
+            assert protocol is not None
+            assert (protocol.channel_full_handshakes, protocol.channel_abbreviated_handshakes) == (
+                1,
+                0,
+            )
+            assert hellos(events) == 1
+            await asyncio.sleep(1.0)  # idle timeout: the channel closes
+            assert device.protocol is not None and device.protocol.channel is None
+            await delegated()
+            protocol = device.protocol
+            assert (protocol.channel_full_handshakes, protocol.channel_abbreviated_handshakes) == (
+                1,
+                1,
+            )
+            assert agent.completed == 3
+            await asyncio.sleep(1.0)
+            # the agent restarts on the same port with an empty session cache
+            address = agent.address
+            assert address is not None
+            agent.close()
+            await asyncio.sleep(0.05)
+            restarted = Agent(agent.config)
+            await restarted.start(*address)
+            try:
+                await delegated()
+            finally:
+                restarted.close()
+            protocol = device.protocol
+            assert protocol is not None
+            assert (protocol.channel_full_handshakes, protocol.channel_abbreviated_handshakes) == (
+                2,
+                1,
+            )
+            assert restarted.completed == 1
+            device.close()
+        return events
+
+    events = asyncio.run(asyncio.wait_for(scenario(), timeout=90))
+    assert hellos(events) == 3  # full, abbreviated, full (after the restart)
+
+
+def hellos(events: list[dict[str, Any]]) -> int:
+    """ClientHellos the device sent the agent that the agent answered (one per handshake)."""
+    return sum(
+        1
+        for e in events
+        if e.get("link") == "device-agent"
+        and e.get("event") == "message_received"
+        and e.get("message") == "ServerHello"
+    )

@@ -940,6 +940,15 @@ class DeviceProtocol:
         engine.connect(now)
         return engine
 
+    def adopt_channel_state(self, earlier: DeviceProtocol) -> None:
+        """Carry a closed channel's session (for an abbreviated handshake), its rekey
+        interval and its counters over from ``earlier`` (a new pump after an idle close)."""
+        self.channel_session = earlier.channel_session
+        self.channel_full_handshakes = earlier.channel_full_handshakes
+        self.channel_abbreviated_handshakes = earlier.channel_abbreviated_handshakes
+        self._keyed_at = earlier._keyed_at
+        self._keyed_delegations = earlier._keyed_delegations
+
     def _channel_keyed(self, done: HandshakeCompleted) -> None:
         """The channel handshake completed: full (new keys, new rekey interval) or
         abbreviated (the keys of the standing channel's session)."""
@@ -1102,6 +1111,13 @@ class DeviceConnection:
                 raise ConnectionFailed(event.terminated)
 
     async def close(self) -> None:
+        """Close the end-to-end connection; a standing channel to the agent stays open (its
+        idle timeout closes it; :meth:`Device.close` closes everything at once)."""
+        if self._protocol.channel_standing:
+            self._protocol.close_connection(self._pump.now)
+            self._pump.poke()
+            await asyncio.sleep(0)
+            return
         self._protocol.close(self._pump.now)
         await asyncio.sleep(0)
         self._pump.close()
@@ -1121,22 +1137,52 @@ class Device:
         self.config = config
         self.context: Session | None = None
         self._request_ids = int.from_bytes(config.randomness.random_bytes(3), "big") + 1
+        #: The role and its pump, kept while the channel to the agent stands (§3.1).
+        self._protocol: DeviceProtocol | None = None
+        self._pump: Pump[DeviceEvent] | None = None
+
+    @property
+    def protocol(self) -> DeviceProtocol | None:
+        """The sans-IO role of the latest connection (its channel counters)."""
+        return self._protocol
+
+    def close(self) -> None:
+        """Close the standing channel (close_notify) and the device's sockets."""
+        protocol, pump = self._protocol, self._pump
+        self._pump = None
+        if protocol is not None and pump is not None:
+            protocol.close(pump.now)
+            pump.close()
 
     async def connect(self) -> DeviceConnection:
-        """Return an end-to-end connection, delegating the full handshake when needed."""
+        """Return an end-to-end connection, delegating the full handshake when needed.
+
+        One end-to-end connection at a time: a new connect() closes the previous one. The
+        channel to the agent stands between connections (DeviceConfig.channel_idle_timeout).
+        """
         report = DeviceReport(mode=self.config.mode.name.lower())
         cpu_start = time.process_time()
         wall_start = time.perf_counter()
         signs_before = self.config.signer.signatures
-        config = replace(self.config, agent=await _resolve(self.config.agent))
-        protocol = DeviceProtocol(
-            config,
-            context=self.context,
-            first_request_id=self._request_ids,
-            server_address=await _resolve(self.config.server),
-        )
-        local = "::1" if ":" in config.agent[0] else "127.0.0.1"
-        pump: Pump[DeviceEvent] = await Pump.open(protocol, (local, 0))
+        pump = self._pump
+        protocol = self._protocol
+        if pump is None or protocol is None or protocol.channel is None:
+            if pump is not None:
+                pump.close()
+            config = replace(self.config, agent=await _resolve(self.config.agent))
+            protocol = DeviceProtocol(
+                config,
+                context=self.context,
+                first_request_id=self._request_ids,
+                server_address=await _resolve(self.config.server),
+            )
+            if self._protocol is not None:  # keep the channel's session and counters
+                protocol.adopt_channel_state(self._protocol)
+            local = "::1" if ":" in config.agent[0] else "127.0.0.1"
+            pump = await Pump.open(protocol, (local, 0))
+            self._protocol, self._pump = protocol, pump
+        else:
+            protocol.context = self.context
         outcome: DeviceEvent | None = None
         try:
             protocol.connect(pump.now)
@@ -1145,6 +1191,7 @@ class Device:
                 outcome = await pump.next_event()
         except BaseException:
             pump.close()
+            self._pump = None
             raise
         finally:
             self.context = protocol.context
@@ -1156,7 +1203,9 @@ class Device:
         report.cpu_ms = (time.process_time() - cpu_start) * 1000
         report.wall_ms = (time.perf_counter() - wall_start) * 1000
         if isinstance(outcome, AttemptFailed):
-            pump.close()
+            if not protocol.channel_standing:
+                pump.close()
+                self._pump = None
             raise DelegationFailed(outcome.reason)
         return DeviceConnection(pump, protocol, report)
 
