@@ -59,10 +59,18 @@ def test_bench_device_reports_key_operations_and_ratios() -> None:
     # Our D2TLS device does more than the floor (1 signature + symmetric work).
     assert ratios["cpu_d2tls_vs_floor:blind"] > 1
     assert set(result["targets"]) == {
-        "cpu_d2tls_vs_standalone",
-        "cpu_d2tls_vs_floor",
-        "bytes_d2tls_vs_standalone",
+        "cpu_new_vs_standalone",
+        "cpu_reuse_vs_standalone",
+        "bytes_bound_vs_standalone",
+        "bytes_blind_vs_standalone",
     }
+    # the standing channel (issue 23 item 1): a later delegation carries no channel handshake,
+    # so it moves fewer bytes on the agent link than a device's first delegation
+    for mode in ("bound", "blind"):
+        for channel in ("", "-ecdhe"):
+            later, first = variants[mode + channel], variants[f"{mode}{channel}-first"]
+            assert later["agent_bytes"] < first["agent_bytes"], (mode, channel)
+            assert later["delegations"] == first["delegations"] == 1
     breakdown = result["breakdown"]
     assert breakdown["blind"]["device-agent"]["application_data"] > 0  # delegation messages
     assert "application_data" not in breakdown["standalone"]["device-server"]

@@ -5,10 +5,14 @@ runs in a dedicated thread with its own asyncio loop, and its CPU is that thread
 ``time.thread_time()`` around ``Device.connect()`` (or ``run_standalone``). Every run measures
 all variants back to back, in a rotating order, so drift hits them alike:
 
-* ``bound`` – D2TLS, bound mode (the device checks the transcript it signs), new session;
-* ``blind`` – D2TLS, blind mode (the paper's behaviour), new session;
+* ``bound`` – D2TLS, bound mode (the device checks the transcript it signs), new session
+  over the standing plain-PSK channel (spec/delegation.md §3.1: no channel handshake);
+* ``blind`` – D2TLS, blind mode (the paper's behaviour), new session, standing PSK channel;
 * ``standalone`` – the device runs the full mutual-auth ECDHE_ECDSA handshake itself;
-* ``reuse`` – D2TLS with a cached context: the resumption alone (no delegation).
+* ``reuse`` – D2TLS with a cached context: the resumption alone (no delegation);
+* ``<mode>-first`` – the first delegation of a device: a full channel handshake included;
+* ``<mode>-ecdhe`` / ``<mode>-ecdhe-first`` – the same over an ECDHE-PSK channel (forward
+  secrecy of handed-over contexts per channel key, docs/security.md).
 
 The floor (one ECDSA P-256 signature + one resumption's symmetric work) is timed in the same
 thread in the same run. A last pass sends each variant once through zero-delay relays to split
@@ -39,6 +43,7 @@ from d2tls.bench.common import (
 )
 from d2tls.bench.floor import device_floor, public_key_op_times
 from d2tls.bench.infra import LoopThread, Peers, PeersSpec, RelayProcess, RelaySpec
+from d2tls.delegation.channel_security import Channel
 from d2tls.delegation.messages import DelegationMode
 from d2tls.dtls.config import ClientConfig
 from d2tls.roles.device import Device, DeviceConfig, DeviceReport, run_standalone
@@ -46,17 +51,43 @@ from d2tls.roles.signer import DeviceSigner
 
 Address = tuple[str, int]
 VARIANTS = ("bound", "blind", "standalone", "reuse")
+#: The channel variants (issue 23 item 1): first delegation vs later ones, PSK vs ECDHE-PSK.
+CHANNEL_VARIANTS = (
+    "bound-first",
+    "blind-first",
+    "bound-ecdhe",
+    "blind-ecdhe",
+    "bound-ecdhe-first",
+    "blind-ecdhe-first",
+)
+ALL_VARIANTS = VARIANTS + CHANNEL_VARIANTS
+D2TLS_VARIANTS = tuple(v for v in ALL_VARIANTS if v != "standalone")
 LABELS = {
-    "bound": "D2TLS bound (new)",
-    "blind": "D2TLS blind (new)",
+    "bound": "D2TLS bound (new, PSK ch. standing)",
+    "blind": "D2TLS blind (new, PSK ch. standing)",
     "standalone": "standalone DTLS (new)",
     "reuse": "D2TLS reuse (cached ctx)",
+    "bound-first": "D2TLS bound (first, PSK ch. hs)",
+    "blind-first": "D2TLS blind (first, PSK ch. hs)",
+    "bound-ecdhe": "D2TLS bound (new, ECDHE-PSK standing)",
+    "blind-ecdhe": "D2TLS blind (new, ECDHE-PSK standing)",
+    "bound-ecdhe-first": "D2TLS bound (first, ECDHE-PSK hs)",
+    "blind-ecdhe-first": "D2TLS blind (first, ECDHE-PSK hs)",
 }
-TARGETS = {
-    "cpu_d2tls_vs_standalone": 0.25,
-    "cpu_d2tls_vs_floor": 1.3,
-    "bytes_d2tls_vs_standalone": 0.3,
+#: Issue 23 targets: (ratio key prefix, variants it applies to, limit).
+TARGETS: dict[str, tuple[str, tuple[str, ...], float]] = {
+    "cpu_new_vs_standalone": ("cpu_d2tls_vs_standalone", ("bound", "blind"), 1.0),
+    "cpu_reuse_vs_standalone": ("cpu_d2tls_vs_standalone", ("reuse",), 0.5),
+    "bytes_bound_vs_standalone": ("bytes_d2tls_vs_standalone", ("bound",), 1.2),
+    "bytes_blind_vs_standalone": ("bytes_d2tls_vs_standalone", ("blind",), 0.9),
 }
+
+
+def _parse(variant: str) -> tuple[DelegationMode, Channel, bool]:
+    """``bound-ecdhe-first`` -> (BOUND, ecdhe-psk, first delegation)."""
+    parts = variant.split("-")
+    channel: Channel = "ecdhe-psk" if "ecdhe" in parts else "psk"
+    return DelegationMode[parts[0].upper()], channel, "first" in parts
 
 
 @dataclass
@@ -95,8 +126,32 @@ class DeviceSide:
         self.agent = agent
         self.server = server
         self._reuser: Device | None = None
+        #: Devices whose channel to the agent stands, by (mode, channel).
+        self._standing: dict[tuple[DelegationMode, Channel], Device] = {}
 
-    def device(self, mode: DelegationMode, server: Address | None = None) -> Device:
+    def close(self) -> None:
+        """Close the standing channels (in the device thread)."""
+        for device in (*self._standing.values(), self._reuser):
+            if device is not None:
+                device.close()
+        self._standing.clear()
+        self._reuser = None
+
+    async def prepare(self, variant: str) -> None:
+        """Make sure a later-delegation variant has its standing channel (not measured)."""
+        if variant in ("standalone", "reuse"):
+            return
+        mode, channel, first = _parse(variant)
+        if first or (mode, channel) in self._standing:
+            return
+        device = self.device(mode, channel=channel)
+        warm = await device.connect()
+        await warm.close()
+        self._standing[(mode, channel)] = device
+
+    def device(
+        self, mode: DelegationMode, server: Address | None = None, channel: Channel = "psk"
+    ) -> Device:
         m = self.materials
         return Device(
             DeviceConfig(
@@ -109,6 +164,7 @@ class DeviceSide:
                 signer=DeviceSigner(m.device_key),
                 mode=mode,
                 timeout=30.0,
+                channel=channel,
             )
         )
 
@@ -138,13 +194,21 @@ class DeviceSide:
                 await first.close()
             device = self._reuser
         else:
-            device = self.device(DelegationMode[variant.upper()])
+            mode, channel, first = _parse(variant)
+            if first:
+                device = self.device(mode, channel=channel)
+            else:
+                await self.prepare(variant)
+                device = self._standing[(mode, channel)]
+                device.context = None  # a new session: delegate over the standing channel
         with gc_paused():
             cpu, wall = time.thread_time(), time.perf_counter()
             delegated = await device.connect()
             cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
         local = delegated.local_address
         await delegated.close()
+        if variant != "reuse" and _parse(variant)[2]:
+            device.close()  # a first delegation's device goes away with its channel
         return Sample(cpu * 1000, wall * 1000, delegated.report, local)
 
 
@@ -210,15 +274,16 @@ def run(
     profile = device_profiles.load(device_profile) if device_profile else None
     materials = materials or Materials.create()
     memory: dict[str, int] | None = None
-    samples: dict[str, list[Sample]] = {v: [] for v in VARIANTS}
+    samples: dict[str, list[Sample]] = {v: [] for v in ALL_VARIANTS}
     result: dict[str, Any] = {"benchmark": "device", "runs": runs, "environment": environment()}
     with Peers(PeersSpec(materials.paths.directory)) as peers, LoopThread() as thread:
         assert peers.agent is not None
         side = DeviceSide(materials, peers.agent, peers.server)
-        total = (warmup + runs) * len(VARIANTS) + 1
+        total = (warmup + runs) * len(ALL_VARIANTS) + 1
         with Progress(total, "bench device", progress) as bar:
             for i in range(warmup + runs):
-                order = VARIANTS[i % 4 :] + VARIANTS[: i % 4]
+                turn = i % len(ALL_VARIANTS)
+                order = ALL_VARIANTS[turn:] + ALL_VARIANTS[:turn]
                 for variant in order:
                     sample = thread.run(side.measure(variant), timeout=120)
                     if i >= warmup:
@@ -237,7 +302,12 @@ def run(
             result["breakdown"] = _breakdown(materials, peers, thread)
         if profile is not None:
             memory = _peak_memory(side, thread, memory_runs)
-    variants = {v: _aggregate(samples[v]) for v in VARIANTS}
+
+        async def close_side() -> None:
+            side.close()
+
+        thread.run(close_side())
+    variants = {v: _aggregate(samples[v]) for v in ALL_VARIANTS}
     result["variants"] = variants
     result["floor"] = {
         "total_ms": floor["total_s"] * 1000,
@@ -249,21 +319,26 @@ def run(
     }
     result["public_key_op_ms"] = {k: v * 1000 for k, v in pk_times.items()}
     result["ratios"] = _ratios(variants, result["floor"]["total_ms"])
-    result["targets"] = {
-        name: {
-            "limit": limit,
-            "bound": result["ratios"][f"{name}:bound"],
-            "blind": result["ratios"][f"{name}:blind"],
-        }
-        for name, limit in TARGETS.items()
-    }
-    for entry in result["targets"].values():
-        entry["met"] = all(
-            entry[m] is not None and entry[m] <= entry["limit"] for m in ("bound", "blind")
-        )
+    result["targets"] = _targets(result["ratios"])
     if profile is not None:
-        result["device_profile"] = device_profiles.evaluate(profile, variants, memory)
+        base = {v: variants[v] for v in VARIANTS}
+        result["device_profile"] = device_profiles.evaluate(profile, base, memory)
     return result
+
+
+def _targets(ratios: dict[str, float | None]) -> dict[str, Any]:
+    """Issue 23's targets: the worst ratio of the variants each applies to, met or missed."""
+    out: dict[str, Any] = {}
+    for name, (key, modes, limit) in TARGETS.items():
+        values = {m: ratios[f"{key}:{m}"] for m in modes}
+        known = [v for v in values.values() if v is not None]
+        out[name] = {
+            "limit": limit,
+            **values,
+            "worst": max(known) if known else None,
+            "met": len(known) == len(values) and all(v <= limit for v in known),
+        }
+    return out
 
 
 def _peak_memory(side: DeviceSide, thread: LoopThread, runs: int) -> dict[str, int]:
@@ -289,7 +364,7 @@ def _peak_memory(side: DeviceSide, thread: LoopThread, runs: int) -> dict[str, i
 def _ratios(variants: dict[str, Any], floor_ms: float) -> dict[str, float | None]:
     standalone = variants["standalone"]
     out: dict[str, float | None] = {}
-    for mode in ("bound", "blind", "reuse"):
+    for mode in D2TLS_VARIANTS:
         v = variants[mode]
         out[f"cpu_d2tls_vs_standalone:{mode}"] = ratio(
             v["cpu_ms"]["median"], standalone["cpu_ms"]["median"]
@@ -318,6 +393,8 @@ def _breakdown(materials: Materials, peers: Peers, thread: LoopThread) -> dict[s
         agent_relay, server_relay = relays.addresses
         side = DeviceSide(materials, agent_relay, server_relay)
         for variant in ("bound", "blind", "standalone"):
+            thread.run(side.prepare(variant), timeout=120)
+            time.sleep(0.05)
             relays.reset()
             sample = thread.run(side.measure(variant), timeout=120)
             time.sleep(0.05)  # let close_notify pass the relays
@@ -328,6 +405,11 @@ def _breakdown(materials: Materials, peers: Peers, thread: LoopThread) -> dict[s
                 "device-agent": _merge(agent_stats),
                 "device-server": dict(server_stats["clients"].get(local, {})),
             }
+
+        async def close_side() -> None:
+            side.close()
+
+        thread.run(close_side())
     return out
 
 
@@ -343,7 +425,7 @@ def render(result: dict[str, Any]) -> str:
     """The human-readable report."""
     variants = result["variants"]
     rows = []
-    for v in VARIANTS:
+    for v in [v for v in ALL_VARIANTS if v in variants]:
         d = variants[v]
         ops = d["key_operations"]
         rows.append(
@@ -388,17 +470,13 @@ def render(result: dict[str, Any]) -> str:
         f"{floor['sign_ms']:.4f} ms + resumption symmetric work {floor['symmetric_ms']:.4f} ms"
     )
     r = result["ratios"]
+    shown = [v for v in D2TLS_VARIANTS if f"cpu_d2tls_vs_standalone:{v}" in r]
     out.append(
         "\n"
         + table(
-            ["ratio", "bound", "blind", "reuse"],
+            ["ratio", *shown],
             [
-                [
-                    name,
-                    r[f"{key}:bound"],
-                    r[f"{key}:blind"],
-                    r[f"{key}:reuse"],
-                ]
+                [name, *(r[f"{key}:{v}"] for v in shown)]
                 for name, key in (
                     ("device CPU / standalone", "cpu_d2tls_vs_standalone"),
                     ("device CPU / floor", "cpu_d2tls_vs_floor"),
@@ -411,10 +489,12 @@ def render(result: dict[str, Any]) -> str:
         )
     )
     out.append(f"standalone CPU / floor: {r['cpu_standalone_vs_floor']}")
-    out.append("\nTargets (issue 7):")
+    out.append(
+        "\nTargets (issue 23; a new D2TLS session = a delegation over the standing PSK channel):"
+    )
     for name, entry in result["targets"].items():
-        worst = max(x for x in (entry["bound"], entry["blind"]) if x is not None)
-        out.append(target_line(f"{name} (worst of bound/blind)", worst, entry["limit"]))
+        modes = "/".join(k for k in ("bound", "blind", "reuse") if k in entry)
+        out.append(target_line(f"{name} (worst of {modes})", entry["worst"], entry["limit"]))
     if "breakdown" in result:
         rows = []
         for variant, links in result["breakdown"].items():
