@@ -15,7 +15,12 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from d2tls.delegation.channel_security import CHANNELS
+from d2tls.delegation.channel_security import (
+    CHANNEL_IDLE_TIMEOUT,
+    CHANNEL_REKEY_DELEGATIONS,
+    CHANNEL_REKEY_SECONDS,
+    CHANNELS,
+)
 from d2tls.dtls.constants import CIPHER_SUITE_NAMES, CipherSuite
 from d2tls.errors import D2TLSError
 
@@ -485,7 +490,7 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
         load_trust_store,
         parse_psk,
     )
-    from d2tls.roles.device import DelegationFailed, Device, DeviceConfig, run_standalone
+    from d2tls.roles.device import Device, DeviceConfig, run_standalone
     from d2tls.roles.signer import DeviceSigner
     from d2tls.trace import TraceFile, tagged
 
@@ -545,15 +550,40 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             server_pin=args.server_pin,
             channel=args.channel,
             raw_public_key=raw_key,
+            channel_idle_timeout=args.channel_idle_timeout,
+            channel_rekey_delegations=args.channel_rekey_delegations,
+            channel_rekey_seconds=args.channel_rekey_seconds,
         )
     )
+    try:
+        return await _delegated_connections(device, args, result, connections)
+    finally:
+        device.close()
+
+
+async def _delegated_connections(
+    device: Any,
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    connections: list[dict[str, Any]],
+) -> dict[str, Any]:
+    from d2tls.errors import DelegationFailed
+
     for _ in range(args.connections):
+        if args.delegate_each:
+            device.context = None  # a new D2TLS session, over the standing channel
         try:
             delegated = await device.connect()
         except DelegationFailed as exc:
             result["error"] = str(exc) or "delegation failed (no reason given)"
             return result
         entry = delegated.report.to_dict()
+        protocol = device.protocol
+        if protocol is not None:
+            entry["channel_handshakes"] = {
+                "full": protocol.channel_full_handshakes,
+                "abbreviated": protocol.channel_abbreviated_handshakes,
+            }
         entry["session_id"] = delegated.session.session_id.hex()
         entry["server_raw_public_key"] = _raw_key_fingerprint(delegated.session.peer_certificates)
         entry["received"] = await _exchange(delegated, args)
@@ -1067,6 +1097,34 @@ def _add_device(sub: Any) -> None:
     )
     device.add_argument(
         "--connections", type=positive_int, default=1, help="connect N times in a row"
+    )
+    device.add_argument(
+        "--delegate-each",
+        action="store_true",
+        help="delegate for every connection (forget the cached context): each is a new D2TLS "
+        "session, over the standing channel to the agent",
+    )
+    device.add_argument(
+        "--channel-idle-timeout",
+        type=float,
+        default=CHANNEL_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close the standing channel to the agent after this long without a delegation "
+        "(0: close it after every delegation; default %(default)g)",
+    )
+    device.add_argument(
+        "--channel-rekey-delegations",
+        type=int,
+        default=CHANNEL_REKEY_DELEGATIONS,
+        metavar="N",
+        help="a fresh full channel handshake after N delegations (0: never; default %(default)d)",
+    )
+    device.add_argument(
+        "--channel-rekey-seconds",
+        type=float,
+        default=CHANNEL_REKEY_SECONDS,
+        metavar="SECONDS",
+        help="a fresh full channel handshake after this long (0: never; default %(default)g)",
     )
     device.add_argument("--send", metavar="TEXT", help="send TEXT on each connection")
     device.add_argument("--json", action="store_true", help="print one JSON object")

@@ -190,12 +190,12 @@ class DeviceSide:
         if variant == "reuse":
             if self._reuser is None:
                 self._reuser = self.device(DelegationMode.BOUND)
-                first = await self._reuser.connect()
-                await first.close()
+                warm = await self._reuser.connect()
+                await warm.close()
             device = self._reuser
         else:
-            mode, channel, first = _parse(variant)
-            if first:
+            mode, channel, first_delegation = _parse(variant)
+            if first_delegation:
                 device = self.device(mode, channel=channel)
             else:
                 await self.prepare(variant)

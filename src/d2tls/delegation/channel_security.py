@@ -25,6 +25,12 @@ Channel = Literal["psk", "ecdhe-psk"]
 #: The choices, default first (``--channel`` on ``d2tls agent`` and ``d2tls device``).
 CHANNELS: tuple[Channel, ...] = get_args(Channel)
 
+#: Standing channel defaults (spec/delegation.md §3.1): idle timeout below the 2-minute floor
+#: of a NAT's UDP mapping timer (RFC 4787 REQ-5), so no keep-alive is needed; rekey interval.
+CHANNEL_IDLE_TIMEOUT = 60.0
+CHANNEL_REKEY_DELEGATIONS = 100
+CHANNEL_REKEY_SECONDS = 3600.0
+
 PSK = CipherSuite.TLS_PSK_WITH_AES_128_CCM_8
 ECDHE_PSK = CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256
 

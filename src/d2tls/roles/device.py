@@ -25,7 +25,13 @@ from enum import Enum
 from typing import Any, TypeAlias
 
 from d2tls.clock import Clock, wall_time
-from d2tls.delegation.channel_security import Channel, device_channel_suites
+from d2tls.delegation.channel_security import (
+    CHANNEL_IDLE_TIMEOUT,
+    CHANNEL_REKEY_DELEGATIONS,
+    CHANNEL_REKEY_SECONDS,
+    Channel,
+    device_channel_suites,
+)
 from d2tls.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
@@ -124,12 +130,12 @@ class DeviceConfig:
     #: Standing channel (spec/delegation.md §3.1): seconds the channel to the agent stays open
     #: without a delegation (0: close it after every delegation). No keep-alive is sent: the
     #: default stays below the 2-minute floor of a NAT's UDP mapping timer (RFC 4787 REQ-5).
-    channel_idle_timeout: float = 60.0
+    channel_idle_timeout: float = CHANNEL_IDLE_TIMEOUT
     #: Rekey interval: a fresh full channel handshake (new ECDHE for ``ecdhe-psk``) after this
     #: many delegations or seconds since the last full one (0: no limit). An abbreviated
     #: channel handshake keeps the master secret, so forward secrecy is per rekey interval.
-    channel_rekey_delegations: int = 100
-    channel_rekey_seconds: float = 3600.0
+    channel_rekey_delegations: int = CHANNEL_REKEY_DELEGATIONS
+    channel_rekey_seconds: float = CHANNEL_REKEY_SECONDS
 
 
 class Command(Enum):
