@@ -78,5 +78,5 @@ def test_demo_text_output_shows_timeline_and_table() -> None:
     assert completed.returncode == 0, completed.stderr
     out = completed.stdout
     assert "agent -> device  SignRequest" in out
-    assert "D2TLS bound (new)" in out and "standalone (new)" in out
+    assert "D2TLS bound (new, standing channel)" in out and "standalone (new)" in out
     assert out.rstrip().endswith("result: OK")
