@@ -267,3 +267,58 @@ def hellos(events: list[dict[str, Any]]) -> int:
         and e.get("event") == "message_received"
         and e.get("message") == "ServerHello"
     )
+
+
+def test_agent_restart_while_the_channel_stands(pki: LoadedPKI) -> None:
+    """A stopping agent closes its channels (close_notify): the device drops the standing
+    channel and its session, and its next delegation runs a full channel handshake."""
+
+    async def scenario() -> None:
+        async with stack(pki, "psk") as (agent, make_device):
+            device = make_device("psk", [])
+            first = await device.connect()
+            await first.close()
+            address = agent.address
+            assert address is not None
+            agent.close()
+            await asyncio.sleep(0.1)
+            protocol = device.protocol
+            assert protocol is not None and protocol.channel is None
+            restarted = Agent(agent.config)
+            await restarted.start(*address)
+            try:
+                device.context = None
+                again = await device.connect()
+                assert again.report.delegations == 1
+                await again.close()
+            finally:
+                restarted.close()
+            protocol = device.protocol
+            assert protocol is not None
+            assert (protocol.channel_full_handshakes, protocol.channel_abbreviated_handshakes) == (
+                2,
+                0,
+            )
+            assert restarted.completed == 1
+            device.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+
+
+def test_agent_crash_while_the_channel_stands() -> None:
+    """An agent that crashed (no close_notify) and came back drops the standing channel's
+    records: that delegation ends with the device's timeout; the next one resumes or, as
+    here (the new agent forgot the session), runs a full channel handshake."""
+    world = World("psk", timeout=3.0)
+    device = world.delegate()
+    device.close_connection(world.net.now)
+    world.net.advance(1.0)
+    world.restart_agent()  # no close_notify reaches the device
+    device = world.delegate()
+    assert not device.connected
+    failures = [e for e in world.events if isinstance(e, AttemptFailed)]
+    assert failures and "agent channel" in failures[-1].reason
+    device = world.delegate()
+    assert device.connected, device.attempt.error if device.attempt else None
+    assert device.channel_full_handshakes == 2
+    assert world.agent.completed == 1

@@ -745,9 +745,23 @@ class DeviceProtocol:
         """ICMP port unreachable: nothing listens where this engine's handshake goes."""
         attempt = self.attempt
         engine = self._engines.get(key)
+        if engine is not None and engine is self.channel and not self._busy():
+            self._drop_channel()  # the agent of the standing channel is gone (§3.1)
+            self._idle_deadline = None
+            self.channel_session = None
+            return
         if attempt is None or attempt.is_final or engine is None:
             return
-        if engine is self.channel and attempt.state == DeviceState.CONNECTING_AGENT:
+        if engine is self.channel and attempt.state in CHANNEL_STATES - {
+            DeviceState.CONNECTING_AGENT
+        }:
+            self._drop_channel()
+            self.channel_session = None
+            attempt.channel_failed(
+                f"agent channel: port unreachable: {_where(self.config.agent)} "
+                "(the agent is gone; ICMP port unreachable)"
+            )
+        elif engine is self.channel and attempt.state == DeviceState.CONNECTING_AGENT:
             channel, self.channel = engine, None
             self.agent_link.add_engine(channel.stats)
             what = (
