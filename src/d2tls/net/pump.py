@@ -83,6 +83,14 @@ class Pump(Generic[E]):
         on_unreachable: Callable[[], None] | None = None,
     ) -> None:
         self.protocol = protocol
+        #: The optional interfaces, checked once: a runtime-checkable Protocol isinstance
+        #: costs tens of microseconds, and poke() runs for every datagram.
+        self._parent: HasChildEndpoints | None = (
+            protocol if isinstance(protocol, HasChildEndpoints) else None
+        )
+        self._hears: HearsUnreachable | None = (
+            protocol if isinstance(protocol, HearsUnreachable) else None
+        )
         self._loop = loop
         self._on_event = on_event
         self._on_unreachable = on_unreachable
@@ -166,8 +174,8 @@ class Pump(Generic[E]):
         for data, addr in self.protocol.datagrams_to_send(now):
             if transport is not None and not transport.is_closing():
                 transport.sendto(data, None if self._connected else addr)
-        if isinstance(self.protocol, HasChildEndpoints):
-            self._drive_children(self.protocol, now)
+        if self._parent is not None:
+            self._drive_children(self._parent, now)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -222,8 +230,8 @@ class Pump(Generic[E]):
         now = self._loop.time()
         if child is None:
             self.protocol.receive_datagram(data, addr, now)
-        elif isinstance(self.protocol, HasChildEndpoints):
-            self.protocol.child_receive_datagram(child, data, addr, now)
+        elif self._parent is not None:
+            self._parent.child_receive_datagram(child, data, addr, now)
         self.poke()
 
     def _error(self, exc: Exception, child: int | None) -> None:
@@ -232,10 +240,10 @@ class Pump(Generic[E]):
         now = self._loop.time()
         if child is None and self._on_unreachable is not None:
             self._on_unreachable()
-        if child is None and isinstance(self.protocol, HearsUnreachable):
-            self.protocol.port_unreachable(now)
-        elif child is not None and isinstance(self.protocol, HasChildEndpoints):
-            self.protocol.child_unreachable(child, now)
+        if child is None and self._hears is not None:
+            self._hears.port_unreachable(now)
+        elif child is not None and self._parent is not None:
+            self._parent.child_unreachable(child, now)
         self.poke()
 
     def _lost(self) -> None:
