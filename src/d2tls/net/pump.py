@@ -144,6 +144,10 @@ class Pump(Generic[E]):
         """The monotonic time the pump gives the protocol (the event loop's clock)."""
         return self._loop.time()
 
+    def runs_on(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """The pump is open and driven by ``loop``."""
+        return not self._closed and self._loop is loop
+
     def child_address(self, key: int | None) -> Address | None:
         """The local address of child endpoint ``key``'s socket, once bound."""
         child = self._children.get(key) if key is not None else None

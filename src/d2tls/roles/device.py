@@ -1186,6 +1186,10 @@ class Device:
         signs_before = self.config.signer.signatures
         pump = self._pump
         protocol = self._protocol
+        if pump is not None and not pump.runs_on(asyncio.get_running_loop()):
+            pump = self._pump = None  # another event loop: its channel cannot be driven here
+            if protocol is not None:
+                protocol.channel = None  # keeps channel_session: the next one is abbreviated
         if pump is None or protocol is None or protocol.channel is None:
             if pump is not None:
                 pump.close()
