@@ -73,5 +73,12 @@ nitpick_ignore = [
         "DelegationMessage",
         "x509.Certificate",
         "ec.EllipticCurvePrivateKey",
+        "StrEnum",
+        # type variables of d2tls.model.machine (state Enum, payload, message, result)
+        "S",
+        "P",
+        "M",
+        "R",
     )
 ]
+nitpick_ignore_regex.append((r"py:.*", r"d2tls\.model\.machine\.[SPMR]"))

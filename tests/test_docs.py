@@ -405,7 +405,7 @@ def names(cell: str) -> tuple[str, ...]:
 
 def expected_rows(role: RoleSpec) -> set[tuple[Any, ...]]:
     return {
-        (t.source, t.trigger, t.guards, t.unless, t.dest, t.actions, t.emits)
+        (t.source, t.trigger, t.guards, t.unless, t.dest, t.builds, t.actions, t.emits)
         for t in role.transitions
     }
 
@@ -428,7 +428,7 @@ def test_state_machine_page_matches_the_spec(built: Path, role_name: str) -> Non
     (transitions,) = [t for t in tables if t and t[0][:2] == ["source", "trigger"]]
     non_final = [s for s, st in role.states.items() if not st.final]
     documented: list[tuple[Any, ...]] = []
-    for source, trigger, guards, unless, dest, actions, emits in transitions[1:]:
+    for source, trigger, guards, unless, dest, builds, actions, emits in transitions[1:]:
         for from_state in non_final if source == ANY_STATE else [source]:
             documented.append(
                 (
@@ -437,12 +437,30 @@ def test_state_machine_page_matches_the_spec(built: Path, role_name: str) -> Non
                     names(guards),
                     names(unless),
                     dest,
+                    names(builds),
                     names(actions),
                     names(emits),
                 )
             )
     assert len(documented) == len(set(documented)), "a transition is listed twice"
     assert set(documented) == expected_rows(role)
+    # The record layer (spec/dtls.yaml `record_layer`): one row per live state, as loaded.
+    records = [t for t in tables if t and t[0][:2] == ["state", "accepts"]]
+    if any(state.record is not None for state in role.states.values()):
+        (record_table,) = records
+        rows = {row[0]: row[1:] for row in record_table[1:]}
+        assert set(rows) == {name for name, st in role.states.items() if not st.final}
+        for name, row in rows.items():
+            rules = role.states[name].rules
+            assert names(row[0]) == tuple(sorted(rules.accept)), name
+            assert row[3:6] == [
+                rules.next_epoch,
+                rules.early_change_cipher_spec,
+                rules.undecryptable,
+            ], name
+            assert row[6] == ("yes" if role.states[name].stateless else ""), name
+    else:
+        assert records == []
     # The diagram: one node per state (Graphviz names each node's SVG group by its title).
     svg = (built / "_images" / f"{role_name}.svg").read_text(encoding="utf-8")
     for name in role.states:

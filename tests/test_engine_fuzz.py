@@ -427,10 +427,10 @@ def test_an_injected_engine_bug_fails_the_fuzz_checks(
     """The fuzz tests can catch engine bugs: a crashing callback used to become a quiet
     "internal error" termination that ``check_outcome`` accepted as one ConnectionTerminated."""
 
-    def crash(self: ServerConnection) -> None:
+    def crash(self: ServerConnection, message: object) -> None:
         raise RuntimeError("injected bug")
 
-    monkeypatch.setattr(ServerConnection, "process_client_key_exchange", crash)
+    monkeypatch.setattr(ServerConnection, "_process_client_key_exchange", crash)
     run = server_at(pki, "none")
     with pytest.raises(RuntimeError, match="injected bug"):  # strict: the bug propagates
         finish(run, pki)

@@ -116,10 +116,10 @@ def _client_hello_datagram() -> bytes:
 def _inject_bug(monkeypatch: pytest.MonkeyPatch) -> None:
     """A callback of the server's state machine that crashes: an engine bug."""
 
-    def crash(self: object) -> None:
+    def crash(self: object, hello: object) -> None:
         raise KeyError("injected bug")
 
-    monkeypatch.setattr(ServerConnection, "check_client_hello", crash)
+    monkeypatch.setattr(ServerConnection, "_check_client_hello", crash)
 
 
 def test_an_injected_internal_error_fails_the_strict_harness(

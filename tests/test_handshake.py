@@ -617,6 +617,25 @@ def test_a_client_restarting_on_the_same_address_gets_a_new_association(pki: Loa
     exchange_application_data(new)
 
 
+def test_a_psk_client_restarting_on_the_same_address_completes_its_handshake() -> None:
+    """RFC 6347 §4.2.8 with a PSK suite: the replaced association sends nothing to the address,
+    so the new client never takes the old epoch's close_notify for a record of its own next
+    epoch, which RFC 4279 §2 would make a fatal decrypt_error (regression)."""
+    server = DTLSServer(psk_server_config())
+    old = Run(server.config, psk_client_config(), server=server)
+    old.handshake()
+    assert_established(old)
+    first = server.connection(CLIENT_ADDRESS)
+    new = Run(server.config, psk_client_config(), server=server)
+    new.sim.connect(CLIENT_ADDRESS)
+    new.run(lambda: new.client.is_established and len(new.completed(new.server_events)) == 1)
+    new.settle()
+    assert not new.terminated(new.client_events)
+    second = server.connection(CLIENT_ADDRESS)
+    assert second is not None and second is not first and second.is_established
+    exchange_application_data(new)
+
+
 # --------------------------------------------------------------------------- lossy networks
 
 LOSSY = Impairments(loss=0.25, duplicate=0.15, reorder=0.25, latency=0.02, jitter=0.01)

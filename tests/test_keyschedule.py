@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from d2tls.dtls import keyschedule
-from d2tls.dtls.constants import CipherSuite
+from d2tls.dtls.constants import CHACHA20_SUITES, CipherSuite
 from d2tls.dtls.keylog import KeyLogFile, keylog_from_environment, keylog_line
 from d2tls.errors import ConfigurationError, IllegalParameter
 
@@ -125,7 +125,7 @@ def test_psk_master_secret_known_answer() -> None:
     )
 
 
-@pytest.mark.parametrize("suite", list(CipherSuite))
+@pytest.mark.parametrize("suite", [s for s in CipherSuite if s not in CHACHA20_SUITES])
 def test_key_block_known_answer(suite: CipherSuite) -> None:
     """KB=$(K 40 $MS $(hx 'key expansion')$SR$CR)  (RFC 5246 §6.3; AEAD: no MAC keys)."""
     keys = keyschedule.key_block(MASTER, CLIENT_RANDOM, SERVER_RANDOM, suite)
@@ -133,6 +133,20 @@ def test_key_block_known_answer(suite: CipherSuite) -> None:
     assert keys.server_write_key == h("04aeb17da8df922c5a1d76c32a092a89")
     assert keys.client_write_iv == h("5a1bbba2")
     assert keys.server_write_iv == h("948df006")
+
+
+def test_key_block_chacha20_known_answer() -> None:
+    """KB=$(K 88 $MS $(hx 'key expansion')$SR$CR): 32-byte keys, 12-byte IVs (RFC 7905 §2)."""
+    suite = CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256
+    keys = keyschedule.key_block(MASTER, CLIENT_RANDOM, SERVER_RANDOM, suite)
+    assert keys.client_write_key == h(
+        "cbe69cc51ead28bdfa026fa7b1aef50c04aeb17da8df922c5a1d76c32a092a89"
+    )
+    assert keys.server_write_key == h(
+        "5a1bbba2948df0064178b1aeb3005b03b266ce4c84fa0e5a730f244c5ec4e4c0"
+    )
+    assert keys.client_write_iv == h("1abc9b7177a507bd15c460ca")
+    assert keys.server_write_iv == h("695feaa8fe36373e436eef53")
 
 
 def test_key_block_rejects_bad_inputs() -> None:

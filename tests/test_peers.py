@@ -19,6 +19,7 @@ from d2tls.dtls.constants import CipherSuite
 from d2tls.peers import (
     GNUTLS_SUITE_PRIORITY,
     OPENSSL_SUITE_NAMES,
+    WOLFSSL_ONLY_SUITES,
     GnuTLSClient,
     GnuTLSServer,
     NetNamespace,
@@ -39,8 +40,18 @@ from d2tls.pki import (
 
 pytestmark = pytest.mark.interop
 
-SUITES = list(CipherSuite)
+#: The suites the OpenSSL and GnuTLS tools share (not the wolfSSL-only RFC 8442 one, tested in
+#: tests/test_ecdhe_psk_interop.py).
+SUITES = [s for s in CipherSuite if s not in WOLFSSL_ONLY_SUITES]
 PSK_SUITE = CipherSuite.TLS_PSK_WITH_AES_128_CCM_8
+#: Suites keyed by the PSK alone (no certificates): plain PSK and ECDHE-PSK (RFC 5489).
+PSK_KEYED_SUITES = {PSK_SUITE, CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256}
+#: gnutls-cli 3.7.9 dies with SIGSEGV in a DTLS 1.2 ECDHE-PSK handshake (right after the
+#: ServerKeyExchange, against s_server and gnutls-serv alike), so it is left out as a client;
+#: gnutls-serv serves ECDHE-PSK fine (test_openssl_client_to_gnutls_server).
+GNUTLS_CLI_SUITES = [
+    s for s in SUITES if s != CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256
+]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +85,7 @@ class Credentials(TypedDict, total=False):
 
 
 def client_credentials(pki: PKIPaths, suite: CipherSuite, psk: tuple[bytes, bytes]) -> Credentials:
-    if suite == PSK_SUITE:
+    if suite in PSK_KEYED_SUITES:
         return {"psk": psk}
     return {"cert": pki.devices[0].cert, "key": pki.devices[0].key, "ca": pki.ca_cert}
 
@@ -84,7 +95,7 @@ def device_credentials(pki: PKIPaths) -> Credentials:
 
 
 def openssl_server(pki: PKIPaths, suite: CipherSuite, psk: tuple[bytes, bytes]) -> OpenSSLServer:
-    if suite == PSK_SUITE:
+    if suite in PSK_KEYED_SUITES:
         return OpenSSLServer(psk=psk, client_auth="none", cipher=OPENSSL_SUITE_NAMES[suite])
     return OpenSSLServer(
         cert=pki.server_cert,
@@ -147,7 +158,7 @@ def test_openssl_client_to_openssl_server(
     with openssl_server(pki, suite, psk) as server:
         result = OpenSSLClient(
             server.port,
-            verify_hostname=None if suite == PSK_SUITE else "localhost",
+            verify_hostname=None if suite in PSK_KEYED_SUITES else "localhost",
             cipher=OPENSSL_SUITE_NAMES[suite],
             **client_credentials(pki, suite, psk),
         ).run(b"ping-openssl\n", linger=0.5)
@@ -213,7 +224,7 @@ def test_openssl_client_rejects_wrong_server_name(pki: PKIPaths) -> None:
         assert not result.handshake_ok
 
 
-@pytest.mark.parametrize("suite", SUITES, ids=lambda s: s.name)
+@pytest.mark.parametrize("suite", GNUTLS_CLI_SUITES, ids=lambda s: s.name)
 def test_gnutls_cli_to_openssl_server(
     pki: PKIPaths, psk: tuple[bytes, bytes], suite: CipherSuite
 ) -> None:
@@ -231,7 +242,7 @@ def test_gnutls_cli_to_openssl_server(
 # --------------------------------------------------------------------------- GnuTLS server
 
 
-@pytest.mark.parametrize("suite", SUITES, ids=lambda s: s.name)
+@pytest.mark.parametrize("suite", GNUTLS_CLI_SUITES, ids=lambda s: s.name)
 def test_gnutls_cli_to_gnutls_server(
     pki: PKIPaths, psk: tuple[bytes, bytes], suite: CipherSuite
 ) -> None:
@@ -255,7 +266,7 @@ def test_openssl_client_to_gnutls_server(
     with gnutls_server(pki, psk_hint="d2tls-hint") as server:
         result = OpenSSLClient(
             server.port,
-            verify_hostname=None if suite == PSK_SUITE else "localhost",
+            verify_hostname=None if suite in PSK_KEYED_SUITES else "localhost",
             cipher=OPENSSL_SUITE_NAMES[suite],
             namespace=server.namespace,
             **client_credentials(pki, suite, psk),

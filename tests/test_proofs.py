@@ -537,14 +537,17 @@ def _script(path: Path, body: str) -> Path:
 
 
 #: A stand-in for tamarin-prover (the real one is tested below where it is installed): it
-#: answers --version, and for --prove=L prints a summary giving L the verdict VERDICTS[L]
-#: (default: the expected one), with a wellformedness warning if WARN is set; without --prove
-#: (the wellformedness check) it fails like `--quit-on-warning` does if WF_FAIL is set.
+#: answers --version ($VERSION, default 1.8.0), and for --prove=A --prove=B ... prints a summary
+#: giving each lemma L the verdict VERDICTS[L] (default: the expected one), with a wellformedness
+#: warning if WARN is set; a lemma whose verdict is "sleep" keeps the whole process busy for
+#: 30 s. With --output-dot=FILE (Tamarin 1.10) it writes a graph per falsified lemma there, in
+#: 1.10's format. Without --prove (the wellformedness check) it fails like `--quit-on-warning`
+#: does if WF_FAIL is set. LOG gets "start A B" and "end A B" lines per process.
 STAND_IN = textwrap.dedent(
     """
     import json, os, sys, time, tomllib
     if "--version" in sys.argv:
-        print("tamarin-prover 1.8.0 (stand-in)"); sys.exit(0)
+        print(os.environ.get("VERSION", "tamarin-prover 1.8.0 (stand-in)")); sys.exit(0)
     if not any(a.startswith("--prove=") for a in sys.argv):
         if os.environ.get("WF_FAIL"):
             print("WARNING: the following wellformedness checks failed!")
@@ -552,26 +555,36 @@ STAND_IN = textwrap.dedent(
             print("quit-on-warning mode selected - aborting on wellformedness errors.")
             sys.exit(1)
         print("summary of summaries:"); sys.exit(0)
-    lemma = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--prove="))
+    lemmas = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--prove=")]
     theory = next(a for a in sys.argv if a.endswith(".spthy"))
     expected = tomllib.load(open(os.environ["EXPECTED"], "rb"))[os.path.basename(theory)]
-    verdict = json.loads(os.environ.get("VERDICTS", "{}")).get(
-        lemma, expected[lemma]["verdict"])
+    chosen = json.loads(os.environ.get("VERDICTS", "{}"))
+    verdicts = {lemma: chosen.get(lemma, expected[lemma]["verdict"]) for lemma in lemmas}
     if os.environ.get("LOG"):
-        open(os.environ["LOG"], "a").write(f"start {lemma}\\n")
+        open(os.environ["LOG"], "a").write(f"start {' '.join(lemmas)}\\n")
         time.sleep(0.5)
-    if verdict == "sleep":
+    if "sleep" in verdicts.values():
         time.sleep(30)
+    if "crash" in verdicts.values():
+        print("tamarin-prover: heap exhausted"); sys.exit(251)
     if os.environ.get("LOG"):
-        open(os.environ["LOG"], "a").write(f"end {lemma}\\n")
+        open(os.environ["LOG"], "a").write(f"end {' '.join(lemmas)}\\n")
     status = {"verified": "verified", "falsified": "falsified - found trace",
-              "incomplete": "analysis incomplete"}[verdict]
+              "incomplete": "analysis incomplete"}
+    dot = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--output-dot=")), None)
+    if dot:
+        with open(dot, "w") as f:
+            for lemma, verdict in verdicts.items():
+                if verdict == "falsified":
+                    label = f"trace_T_SL2-AS0-CL1-A1-C1-NB_{lemma}Case_A-Case_B"
+                    f.write(f'digraph "{label}" {{\\n  n1 [label="attack on {lemma}"];\\n}}\\n\\n')
     print("summary of summaries:")
     print("")
     print("analyzed: " + theory)
     if os.environ.get("WARN"):
         print("  WARNING: 1 wellformedness check failed!")
-    print(f"  {lemma} (all-traces): {status} (7 steps)")
+    for lemma, verdict in verdicts.items():
+        print(f"  {lemma} (all-traces): {status[verdict]} (7 steps)")
     """
 )
 
@@ -730,7 +743,7 @@ def test_alone_lemmas_run_one_at_a_time_after_the_others(
         runner.Job(MAIN_THEORY, name, replace(expected[name], alone=(i == 1)))
         for i, name in enumerate(names)
     ]
-    run = runner.run_all(prover, [], jobs, timeout=30, workers=2)
+    run = runner.run_all(prover, [], jobs, timeout=30, workers=2, per_lemma=True)
     assert [r.lemma for r in run.lemmas] == names  # job order, not run order
     assert all(r.ok for r in run.lemmas)
     pooled, alone = [run.lemmas[0], run.lemmas[2]], run.lemmas[1]
@@ -739,6 +752,184 @@ def test_alone_lemmas_run_one_at_a_time_after_the_others(
     start_alone = events.index(f"start {names[1]}")
     assert {f"end {names[0]}", f"end {names[2]}"} <= set(events[:start_alone])
     assert events[start_alone + 1] == f"end {names[1]}"  # nothing else ran beside it
+
+
+def _log_events(log: Path) -> list[str]:
+    return [line for line in log.read_text(encoding="utf-8").split("\n") if line]
+
+
+def test_batches_prove_many_lemmas_per_process(
+    stand_in: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers: the lemmas of a theory go to two Tamarin processes (--prove=A --prove=B ..),
+    the slow (alone) lemma dealt first; each lemma still gets its own verdict and steps."""
+    log = tmp_path / "log"
+    monkeypatch.setenv("LOG", str(log))
+    prover = runner.Prover(stand_in[1], stand_in[3])
+    expected = runner.load_expected(PROOFS / runner.EXPECTED_FILE)["d2tls_dtls12.spthy"]
+    names = ["executable_bound", "executable_blind", "one_signature_per_request",
+             "device_signature_origin", "server_authentication_compromised_agent"]  # fmt: skip
+    jobs = [
+        runner.Job(MAIN_THEORY, name, replace(expected[name], alone=(name == names[-1])))
+        for name in names
+    ]
+    run = runner.run_all(prover, [], jobs, timeout=30, workers=2)
+    assert [r.lemma for r in run.lemmas] == names and all(r.ok for r in run.lemmas)
+    assert [r.batch_size for r in run.lemmas] == [2, 3, 2, 3, 3]
+    assert [r.steps for r in run.lemmas] == [7] * 5
+    assert [[j.lemma for j in b.batch.jobs] for b in run.batches] == [
+        [names[4], names[1], names[3]], [names[0], names[2]],
+    ]  # fmt: skip
+    first = run.lemmas[0].command
+    assert [a for a in first if a.startswith("--prove=")] == [f"--prove={names[0]}",
+                                                             f"--prove={names[2]}"]  # fmt: skip
+    assert first[-3:] == ["+RTS", "-N1", "-RTS"]
+    events = _log_events(log)
+    assert len([e for e in events if e.startswith("start")]) == 2  # two processes in all
+    assert all(b.cpu_seconds is not None and b.finished for b in run.batches)
+    per_lemma = runner.run_all(prover, [], jobs, timeout=30, workers=2, per_lemma=True)
+    assert [len(b.batch.jobs) for b in per_lemma.batches] == [1] * 5
+    assert per_lemma.batches[-1].batch.alone  # --per-lemma: the alone lemma last, by itself
+    assert _log_events(log)[-2:] == [f"start {names[4]}", f"end {names[4]}"]
+
+
+def test_batch_out_of_time_proves_its_lemmas_singly(
+    stand_in: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lemma that does not finish costs only its own verdict: its batch is killed at the
+    budget, and every lemma of it is proved again alone under the per-lemma limit."""
+    monkeypatch.setenv("VERDICTS", json.dumps({"executable_blind": "sleep"}))
+    prover = runner.Prover(stand_in[1], stand_in[3])
+    expected = runner.load_expected(PROOFS / runner.EXPECTED_FILE)
+    names = ["executable_bound", "executable_blind", "one_signature_per_request"]
+    jobs = runner.plan([MAIN_THEORY], expected, names)
+    started = time.monotonic()
+    run = runner.run_all(prover, [], jobs, timeout=3, workers=1, batch_timeout=4)
+    assert time.monotonic() - started < 25  # 4 s batch + 3 singles (one killed at 3 s)
+    batch, *singles = run.batches
+    assert not batch.finished and batch.seconds < 10
+    assert sorted(j.lemma for s in singles for j in s.batch.jobs) == sorted(names)
+    assert [s.cpu_seconds is None for s in singles].count(True) == 1  # only the killed one
+    by_name = {r.lemma: r for r in run.lemmas}
+    assert by_name["executable_blind"].verdict == runner.TIMEOUT
+    assert by_name["executable_bound"].ok and by_name["one_signature_per_request"].ok
+    assert all(r.rerun and r.batch_size == 1 for r in run.lemmas)
+    assert "(alone, after its batch ran out of time)" in runner.format_table(run.lemmas)
+
+
+def test_batch_that_dies_without_a_summary_proves_its_lemmas_singly(
+    stand_in: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch process that ends without Tamarin's summary (say, out of memory) loses no
+    other lemma's verdict: they are proved again one per process."""
+    monkeypatch.setenv("VERDICTS", json.dumps({"executable_blind": "crash"}))
+    prover = runner.Prover(stand_in[1], stand_in[3])
+    expected = runner.load_expected(PROOFS / runner.EXPECTED_FILE)
+    jobs = runner.plan([MAIN_THEORY], expected, ["executable_bound", "executable_blind"])
+    run = runner.run_all(prover, [], jobs, timeout=30, workers=1)
+    assert [b.finished for b in run.batches] == [False, True, True]
+    bound, blind = run.lemmas
+    assert bound.ok and bound.rerun
+    assert blind.verdict == runner.ERROR and "heap exhausted" in blind.detail
+
+
+def test_per_lemma_mode_runs_one_process_per_lemma(
+    stand_in: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["prove", *stand_in, "--lemma", "executable_bound", "--lemma", "executable_blind"]
+    assert d2tls_main([*args, "--per-lemma", "--json"]) == EXIT_OK
+    data = json.loads(capsys.readouterr().out)
+    assert data["mode"] == "per-lemma" and len(data["batches"]) == 2
+    assert all(r["batch_size"] == 1 for r in data["results"])
+    assert d2tls_main([*args, "--jobs", "1", "--json"]) == EXIT_OK
+    data = json.loads(capsys.readouterr().out)
+    assert data["mode"] == "batch" and len(data["batches"]) == 1
+    assert data["batches"][0]["lemmas"] == ["executable_bound", "executable_blind"]
+    assert data["supported"] == runner.SUPPORTED_TEXT and data["seconds"] > 0
+
+
+@pytest.mark.parametrize(
+    ("line", "release"),
+    [
+        ("tamarin-prover 1.8.0, (C) David Basin, ...", (1, 8, 0)),
+        ("tamarin-prover 1.10.0", (1, 10, 0)),
+        ("tamarin-prover 1.8.1 (stand-in)", (1, 8, 1)),
+        ("tamarin-prover 1.6.1", None),
+        ("tamarin-prover 1.11.0", None),
+        ("unknown (no such file)", None),
+    ],
+)
+def test_supported_releases(line: str, release: tuple[int, int, int] | None) -> None:
+    if release is None:
+        with pytest.raises(runner.UnsupportedProver) as caught:
+            runner.check_release(line)
+        assert "1.8.x and 1.10.x" in caught.value.message()
+        assert "--any-prover-version" in caught.value.message()
+    else:
+        assert runner.check_release(line) == release
+
+
+def test_prove_refuses_an_unsupported_tamarin(
+    stand_in: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VERSION", "tamarin-prover 1.6.1, (C) David Basin")
+    args = ["prove", *stand_in, "--lemma", "executable_bound"]
+    assert d2tls_main(args) == EXIT_NO_PROVER
+    err = capsys.readouterr().err
+    assert "tamarin-prover 1.6.1 is not supported" in err and "1.8.x and 1.10.x" in err
+    assert d2tls_main([*args, "--any-prover-version"]) == EXIT_OK
+    assert "running it anyway" in capsys.readouterr().err
+    monkeypatch.setenv("VERSION", "tamarin-prover 1.10.0, (C) David Basin")
+    assert d2tls_main(args) == EXIT_OK
+
+
+def test_autoprove_route_per_release() -> None:
+    assert graphs.autoprove_path((1, 8, 0), 1, "l") == "/thy/trace/1/autoprove/idfs/0/proof/l"
+    assert (
+        graphs.autoprove_path((1, 10, 0), 2, "l") == "/thy/trace/2/autoprove/idfs/0/False/proof/l"
+    )
+
+
+def test_trace_labels_of_tamarin_1_10() -> None:
+    names = ["secret", "secret_key", "other"]
+    label = "trace_Small_SL2-AS0-CL1-A1-C1-NB_secret_keySend-Leak"
+    assert graphs.lemma_of_label(label, names) == ("secret_key", "proof/secret_key/Send/Leak")
+    assert graphs.lemma_of_label("trace_Small_SL2-AS0-CL1-A1-C1-NF_other", names) == (
+        "other", "proof/other",
+    )  # fmt: skip
+    assert graphs.lemma_of_label("trace_Small_SL2-AS0-CL1-A1-C1-NB_nope", names) is None
+    text = 'digraph "a" {\n x;\n}\n\ndigraph "b \\"q\\"" {\n y;\n}\n'
+    assert [label for label, _ in graphs.split_trace_dot(text)] == ["a", 'b "q"']
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz dot not installed")
+def test_attack_graphs_from_the_proving_run_on_tamarin_1_10(
+    stand_in: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """1.10: the proving processes write --output-dot; no interactive server is started (the
+    stand-in has no web interface, so any attempt would fail)."""
+    monkeypatch.setenv("VERSION", "tamarin-prover 1.10.0")
+    out = tmp_path / "graphs"
+    lemmas = ["injective_agreement_full_blind", "executable_bound", "same_server_blind"]
+    args = ["prove", *stand_in, "--attack-graphs", str(out), "--json", "--jobs", "1"]
+    for lemma in lemmas:
+        args += ["--lemma", lemma]
+    assert d2tls_main(args) == EXIT_OK
+    data = json.loads(capsys.readouterr().out)
+    assert [(g["lemma"], g["ok"]) for g in data["attack_graphs"]] == [
+        ("injective_agreement_full_blind", True), ("same_server_blind", True),
+    ]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "injective_agreement_full_blind.dot", "injective_agreement_full_blind.svg",
+        "same_server_blind.dot", "same_server_blind.svg",
+    ]  # fmt: skip
+    dot = (out / "same_server_blind.dot").read_text(encoding="utf-8")
+    assert dot.startswith(f"// Attack on lemma same_server_blind of {MAIN_THEORY.name}:")
+    assert "at proof path proof/same_server_blind/Case_A/Case_B" in dot
+    assert "attack on same_server_blind" in dot and "attack on injective" not in dot
+    assert "<svg" in (out / "same_server_blind.svg").read_text(encoding="utf-8")
+    assert all("--output-dot=" in r["command"][-5] for r in data["results"])
 
 
 # --------------------------------------------------------------------------- the real prover
@@ -824,6 +1015,13 @@ def test_real_prove_cli_on_a_small_theory(tmp_path: Path) -> None:
         ("secret", FALSIFIED),
     ]
     assert data["prover"].startswith("tamarin-prover 1.")
+    runner.check_release(data["prover"])  # the installed Tamarin is a supported one
+    assert d2tls_main([*args, "--jobs", "1"]) == EXIT_OK  # both lemmas in one process
+    data = json.loads(report_file.read_text(encoding="utf-8"))
+    assert [r["batch_size"] for r in data["results"]] == [2, 2]
+    (batch,) = data["batches"]
+    assert batch["finished"] and batch["lemmas"] == ["sent_before_leak", "secret"]
+    assert [(r["verdict"], r["steps"]) for r in data["results"]] == [(VERIFIED, 2), (FALSIFIED, 4)]
     expected.write_text(
         expected.read_text(encoding="utf-8").replace('"falsified"', '"verified"'),
         encoding="utf-8",

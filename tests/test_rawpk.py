@@ -359,7 +359,7 @@ def test_hostile_server_key_gets_the_right_alert(
 ) -> None:
     body = _hostile_body(kind, pki)
     monkeypatch.setattr(
-        ServerConnection, "build_Certificate", lambda self: self._queue_handshake(RawBody(body))
+        ServerConnection, "_build_certificate", lambda self: self._queue_handshake(RawBody(body))
     )
     run = Run(rpk_server(), rpk_client())
     run.handshake()
@@ -373,7 +373,7 @@ def test_hostile_client_key_gets_the_right_alert(
 ) -> None:
     body = _hostile_body(kind, pki)
     monkeypatch.setattr(
-        DTLSClient, "build_Certificate", lambda self: self._queue_handshake(RawBody(body))
+        DTLSClient, "_build_certificate", lambda self: self._queue_handshake(RawBody(body))
     )
     run = Run(rpk_server(), rpk_client())
     run.handshake()

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from d2tls.dtls.constants import (
+    CHACHA20_SUITES,
     DTLS_1_0,
     DTLS_1_2,
     MAX_CIPHERTEXT,
@@ -50,6 +51,16 @@ CLIENT_KEY = h("cbe69cc51ead28bdfa026fa7b1aef50c")
 CLIENT_SALT = h("5a1bbba2")
 SERVER_KEY = h("04aeb17da8df922c5a1d76c32a092a89")
 SERVER_SALT = h("948df006")
+
+
+def sized_protection(suite: CipherSuite, key: bytes, salt: bytes) -> AEADProtection:
+    """``AEADProtection`` for any suite: ChaCha20-Poly1305 takes a 32-byte key and a 12-byte
+    IV (RFC 7905 §2), made here by repeating the AES-128 test key and salt."""
+    if suite in CHACHA20_SUITES:
+        return AEADProtection(suite, key * 2, salt * 3)
+    return AEADProtection(suite, key, salt)
+
+
 PLAINTEXT = b"GET /sensor/42 HTTP/1.1"  # 0x17 bytes
 
 # ./aead ccm8 cbe69cc51ead28bdfa026fa7b1aef50c 5a1bbba20001000000000005 \
@@ -244,7 +255,7 @@ def test_short_fragment_is_record_error(cut: int) -> None:
 def test_open_only_ever_raises_record_error(
     content_type: int, version: int, epoch: int, seq: int, fragment: bytes, suite: CipherSuite
 ) -> None:
-    prot = AEADProtection(suite, CLIENT_KEY, CLIENT_SALT)
+    prot = sized_protection(suite, CLIENT_KEY, CLIENT_SALT)
     with pytest.raises(RecordError):
         prot.open(Record(content_type, version, epoch, seq, fragment))
 
@@ -479,8 +490,8 @@ def test_parse_keeps_prefix_before_garbage(records: list[Record], garbage: bytes
 def test_protect_unprotect_round_trip(
     suite: CipherSuite, payloads: list[bytes], content_type: int
 ) -> None:
-    write = EpochState(epoch=3, protection=AEADProtection(suite, SERVER_KEY, SERVER_SALT))
-    read = EpochState(epoch=3, protection=AEADProtection(suite, SERVER_KEY, SERVER_SALT))
+    write = EpochState(epoch=3, protection=sized_protection(suite, SERVER_KEY, SERVER_SALT))
+    read = EpochState(epoch=3, protection=sized_protection(suite, SERVER_KEY, SERVER_SALT))
     datagram = b"".join(protect(write, content_type, p) for p in payloads)
     records, discarded = parse_datagram(datagram)
     assert not discarded

@@ -2,7 +2,8 @@
 
 The spec is the single source of truth for which handshake message is acceptable when; these
 tests check that it loads, that its schema checks reject broken specs with a clear message,
-that the engines implement every callback it names, and that the diagram tool draws it.
+that the engines' handler tables answer exactly the names it uses, that the machine runs
+guards, builds, actions and flights in the documented order, and that the diagram tool draws it.
 """
 
 from __future__ import annotations
@@ -15,13 +16,22 @@ from typing import Any
 import pytest
 import yaml
 
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.server import ServerConnection
-from d2tls.errors import ProtocolError, SpecError, UnexpectedMessage
-from d2tls.model.machine import MachineDriver, build_machine, builder_name, missing_callbacks
+from d2tls.errors import IllegalParameter, ProtocolError, SpecError, UnexpectedMessage
+from d2tls.model.codegen import _engine_tables
+from d2tls.model.machine import (
+    HandlerNames,
+    Handlers,
+    MachineDriver,
+    SpecMachine,
+    builder_name,
+    expecting,
+    missing_callbacks,
+    states_of,
+    table_problems,
+)
 from d2tls.model.spec import WILDCARD, RoleSpec, load_spec, parse_spec
 
-ENGINES: dict[str, type] = {"dtls_client": DTLSClient, "dtls_server": ServerConnection}
+ENGINE_ROLES = ("dtls_client", "dtls_server")
 
 TINY = """
 version: 1
@@ -127,16 +137,17 @@ def test_every_message_one_role_sends_the_other_can_receive() -> None:
     assert "HelloRequest" in received(client)  # refused with no_renegotiation (§7.4.1.1)
 
 
-@pytest.mark.parametrize("role_name", sorted(ENGINES))
-def test_every_guard_action_and_builder_exists_on_the_engine(role_name: str) -> None:
-    """The spec names only callbacks the engine implements (build_machine refuses otherwise)."""
-    role = load_spec().role(role_name)
-    engine = ENGINES[role_name]
-    assert missing_callbacks(role, engine) == []
-    for name in sorted(role.callbacks()):
-        assert callable(getattr(engine, name, None)), name
-    for message in sorted(role.emitted_messages()):
-        assert callable(getattr(engine, builder_name(message), None)), message
+def test_the_engines_handler_tables_answer_exactly_the_spec() -> None:
+    """Every guard, action and builder the spec names is in the engine's table, and the table
+    holds nothing else (the machine refuses either when an engine is made)."""
+    tables = dict(_engine_tables())
+    assert set(tables) == set(ENGINE_ROLES)
+    for name, names in tables.items():
+        role = load_spec().role(name)
+        assert table_problems(role, names) == []
+        assert names.guards == frozenset(role.guards())
+        assert names.actions == frozenset(role.actions())
+        assert names.builders == frozenset(role.built_messages())
 
 
 def test_the_client_machine_refuses_out_of_order_messages() -> None:
@@ -210,7 +221,7 @@ def test_unknown_message_is_rejected() -> None:
         parse(tiny(transitions=transitions))
     transitions = tiny_transitions()
     transitions[0]["emits"] = ["Ping", "Pang"]
-    with pytest.raises(SpecError, match=r"transition #1: emits unknown message 'Pang'"):
+    with pytest.raises(SpecError, match=r"transition #1: emits or builds unknown message 'Pang'"):
         parse(tiny(transitions=transitions))
     transitions = tiny_transitions()
     transitions[0]["trigger"] = "launch"
@@ -232,8 +243,104 @@ def test_malformed_entries_are_rejected() -> None:
 # --------------------------------------------------------------------------- machines
 
 
-def test_an_engine_missing_a_callback_is_refused() -> None:
+class TinyTable:
+    """A typed handler table for TINY recording what ran (payload: the received message)."""
+
+    def __init__(self, pong_ok: bool = True) -> None:
+        self.calls: list[str] = []
+        self._pong_ok = pong_ok
+
+    def handlers(self, **extra_guards: object) -> Handlers[str | None]:
+        def log(name: str) -> Any:
+            return lambda payload: self.calls.append(f"{name}({payload})")
+
+        guards: dict[str, Any] = {"pong_ok": lambda payload: self._pong_ok, **extra_guards}
+        return Handlers(
+            guards=guards,
+            actions={name: log(name) for name in ("prepare", "finish", "reject")},
+            builders={"Ping": lambda: self.calls.append("build Ping")},
+            hold=lambda messages: self.calls.append("hold " + ",".join(messages)),
+            emit=lambda messages: self.calls.append("emit " + ",".join(messages)),
+        )
+
+
+def test_a_table_missing_or_adding_a_handler_is_refused() -> None:
     role = parse(tiny())
+    states = states_of(role)
+    table = TinyTable()
+    assert table_problems(role, table.handlers().names()) == []
+    with pytest.raises(SpecError, match=r"guards handlers the spec does not name: \['extra'\]"):
+        SpecMachine(role, states, table.handlers(extra=lambda payload: True))
+    broken = table.handlers()
+    without = Handlers(
+        guards={},
+        actions=broken.actions,
+        builders=broken.builders,
+        hold=broken.hold,
+        emit=broken.emit,
+    )
+    with pytest.raises(SpecError, match=r"role tiny: no guards handler for \['pong_ok'\]"):
+        SpecMachine(role, states, without)
+    assert table_problems(role, HandlerNames(frozenset(), frozenset(), frozenset())) == [
+        "role tiny: no guards handler for ['pong_ok']",
+        "role tiny: no actions handler for ['finish', 'prepare', 'reject']",
+        "role tiny: no builders handler for ['Ping']",
+    ]
+
+
+def test_the_machine_passes_the_message_and_runs_builds_actions_flights_in_order() -> None:
+    transitions = tiny_transitions()
+    transitions[0]["builds"] = ["Ping"]  # built ahead: must head the flight of a later transition
+    transitions[0]["emits"] = []
+    transitions.insert(
+        1,
+        {
+            "trigger": "recv_Pong",
+            "source": "waiting",
+            "dest": "waiting",
+            "guards": ["again"],
+            "emits": ["Ping"],
+        },
+    )
+    with pytest.raises(SpecError, match=r"builds \['Ping'\] but no transition from 'done'"):
+        parse(tiny(transitions=[dict(transitions[0], dest="done"), *transitions[1:]]))
+    role = parse(tiny(transitions=transitions))
+    table = TinyTable()
+    machine = SpecMachine(role, states_of(role), table.handlers(again=lambda payload: False))
+    machine.fire_local("start", None)
+    assert machine.state == "waiting" and machine.flight_kind() == "await"
+    assert table.calls == ["hold Ping", "prepare(None)"]
+    machine.fire("recv_Pong", "pong-1")
+    assert machine.state == "done"
+    assert table.calls[-1] == "finish(pong-1)"
+    refused = TinyTable(pong_ok=False)
+    machine = SpecMachine(role, states_of(role), refused.handlers(again=lambda payload: False))
+    machine.fire_local("start", None)
+    machine.fire("recv_Pong", "pong-2")
+    assert (machine.state, refused.calls[-1]) == ("failed", "reject(pong-2)")
+
+
+def test_a_typed_handler_refuses_a_message_of_another_class() -> None:
+    """A handler of one message class gets exactly that class; anything else is
+    illegal_parameter, never an AttributeError inside the handler."""
+    seen: list[int] = []
+    handler = expecting(int, seen.append)
+    handler(3)
+    with pytest.raises(IllegalParameter, match="expected int, got str"):
+        handler("3")
+    with pytest.raises(IllegalParameter, match="expected int, got no message"):
+        handler(None)
+    assert seen == [3]
+
+
+def test_the_legacy_driver_calls_public_methods_and_mirrors_the_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MachineDriver (the delegation roles): callbacks are the model's methods, the state is
+    mirrored in model.state; a model lacking a callback is refused."""
+    (tmp_path / "tiny_for_driver.yaml").write_text(TINY, encoding="utf-8")
+    monkeypatch.setenv("D2TLS_SPEC_DIR", str(tmp_path))
+    role = load_spec("tiny_for_driver").role("tiny")
 
     class Incomplete(TinyModel):
         reject = None  # type: ignore[assignment]
@@ -241,7 +348,7 @@ def test_an_engine_missing_a_callback_is_refused() -> None:
     assert missing_callbacks(role, TinyModel()) == []
     assert missing_callbacks(role, Incomplete()) == ["reject"]
     with pytest.raises(SpecError, match="role tiny: Incomplete lacks callbacks named in the spec"):
-        build_machine(role, Incomplete())
+        MachineDriver("tiny", Incomplete(), spec_name="tiny_for_driver")
     assert missing_callbacks(role, object()) == [
         "build_Ping",
         "emit_flight",
@@ -250,22 +357,14 @@ def test_an_engine_missing_a_callback_is_refused() -> None:
         "prepare",
         "reject",
     ]
-
-
-def test_a_built_machine_runs_guards_actions_and_flights_in_order() -> None:
-    role = parse(tiny())
     model = TinyModel()
-    machine = build_machine(role, model)
-    machine.events["start"].trigger(model)
+    driver = MachineDriver("tiny", model, spec_name="tiny_for_driver")
+    assert model.state == "idle"
+    driver.fire_local("start")
     assert model.state == "waiting"
     assert model.calls == ["prepare", "emit Ping", "build_Ping"]
-    machine.events["recv_Pong"].trigger(model)
+    driver.fire("recv_Pong")
     assert (model.state, model.calls[-1]) == ("done", "finish")
-    refused = TinyModel(pong_ok=False)
-    machine = build_machine(role, refused)
-    machine.events["start"].trigger(refused)
-    machine.events["recv_Pong"].trigger(refused)
-    assert (refused.state, refused.calls[-1]) == ("failed", "reject")
 
 
 def test_the_driver_turns_a_message_without_transition_into_unexpected_message(
@@ -294,7 +393,7 @@ def test_the_driver_turns_a_message_without_transition_into_unexpected_message(
 # --------------------------------------------------------------------------- diagrams
 
 
-@pytest.mark.parametrize("role_name", sorted(ENGINES))
+@pytest.mark.parametrize("role_name", ENGINE_ROLES)
 def test_model_diagram_cli_writes_an_svg_with_every_state(tmp_path: Path, role_name: str) -> None:
     """``d2tls model diagram ROLE -o FILE.svg`` renders the machine with Graphviz."""
     output = tmp_path / f"{role_name}.svg"

@@ -587,26 +587,44 @@ def test_spec_cddl_accepts_our_encodings() -> None:
 
 
 def test_twinpeaks_core_imports_no_tooling_and_one_random_source() -> None:
+    """The TwinPeaks package is protocol core: it imports only other core packages (the DTLS
+    engine, the machines, the sans-IO contract, the injected clock and randomness), never
+    tooling (net, lab, cli, adversary), sockets, asyncio, time or another random source."""
     package = ROOT / "src" / "d2tls" / "twinpeaks"
-    # The one random source of the core is d2tls.randomness (system_random, re-exported by
-    # curve.py); twinpeaks imports nothing else outside itself but the errors.
-    allowed = ("d2tls.errors", "d2tls.twinpeaks", "d2tls.randomness")
+    allowed = (
+        "d2tls.errors",
+        "d2tls.twinpeaks",
+        "d2tls.randomness",
+        "d2tls.clock",
+        "d2tls.sansio",
+        "d2tls.dtls",
+        "d2tls.model",
+    )
+    injected = {"SYSTEM", "Randomness", "RandomBytes", "system_random"}
     urandom = []
-    randomness_users = []
     for path in sorted(package.glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("d2tls"):
                 assert node.module.startswith(allowed), f"{path.name} imports {node.module}"
                 if node.module == "d2tls.randomness":
-                    randomness_users.append(path.name)
+                    names = {alias.name for alias in node.names}
+                    assert names <= injected, f"{path.name} imports {names - injected}"
+            if isinstance(node, ast.ImportFrom) and node.module in ("time", "os", "socket"):
+                raise AssertionError(f"{path.name} imports from {node.module}")
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     assert not alias.name.startswith("d2tls") or alias.name.startswith(allowed), (
                         f"{path.name} imports {alias.name}"
                     )
-                    assert alias.name not in ("random", "secrets", "socket", "asyncio")
+                    assert alias.name not in (
+                        "random",
+                        "secrets",
+                        "socket",
+                        "asyncio",
+                        "time",
+                        "os",
+                    ), f"{path.name} imports {alias.name}"
             if isinstance(node, ast.Attribute) and node.attr == "urandom":
                 urandom.append(path.name)
     assert urandom == []
-    assert randomness_users == ["curve.py"]

@@ -270,9 +270,9 @@ def test_stale_pinned_key_without_the_extension_fails_on_the_key(master: MasterK
 
 def test_malformed_extension_from_a_client_is_decode_error(member: FullPrivateKey) -> None:
     class Garbling(DTLSClient):
-        def build_ClientHello(self) -> None:
+        def _build_client_hello(self) -> None:
             self.config = replace(self.config, twinpeaks=None)
-            super().build_ClientHello()
+            super()._build_client_hello()
 
         def _queue_handshake(self, message: Any) -> Any:
             if isinstance(message, ClientHello):

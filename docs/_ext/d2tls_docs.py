@@ -67,7 +67,7 @@ def grouped_transitions(role: RoleSpec) -> list[tuple[str, TransitionSpec]]:
     non_final = {name for name, state in role.states.items() if not state.final}
 
     def key(t: TransitionSpec) -> tuple[Any, ...]:
-        return (t.trigger, t.dest, t.guards, t.unless, t.actions, t.emits)
+        return (t.trigger, t.dest, t.guards, t.unless, t.actions, t.emits, t.builds)
 
     sources: dict[tuple[Any, ...], set[str]] = {}
     for t in role.transitions:
@@ -83,6 +83,34 @@ def grouped_transitions(role: RoleSpec) -> list[tuple[str, TransitionSpec]]:
         else:
             rows.append((t.source, t))
     return rows
+
+
+def record_section(role: RoleSpec) -> list[str]:
+    """The record-layer rules of every live state (the spec's ``record_layer``), if any."""
+    live = [state for state in role.states.values() if not state.final]
+    if all(state.record is None for state in live):
+        return []
+    lines = [
+        "",
+        "## Record layer",
+        "",
+        "What each state does with a record before the machine sees a message (RFC 6347 §4.1;",
+        "the vocabulary is in the header of `spec/dtls.yaml`). *Old epoch*: content types of an",
+        "older epoch that only tell that the peer repeated a flight.",
+        "",
+        "| state | accepts | in epoch 0 | old epoch | next epoch | early ChangeCipherSpec "
+        "| undecryptable | stateless |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for state in live:
+        rules = state.rules
+        lines.append(
+            f"| `{state.name}` | {_cell(sorted(rules.accept))} "
+            f"| {_cell(sorted(rules.epoch0 & rules.accept))} | {_cell(sorted(rules.old_epoch))} "
+            f"| {rules.next_epoch} | {rules.early_change_cipher_spec} | {rules.undecryptable} "
+            f"| {'yes' if state.stateless else ''} |"
+        )
+    return lines
 
 
 def role_page(spec_name: str, role: RoleSpec, title: str) -> str:
@@ -123,15 +151,16 @@ def role_page(spec_name: str, role: RoleSpec, title: str) -> str:
         "guards hold (and whose *unless* conditions do not) fires. A received message with no",
         "row for the current state is a protocol violation.",
         "",
-        "| source | trigger | guards | unless | destination | actions | sends |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| source | trigger | guards | unless | destination | builds ahead | actions | sends |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for source, t in grouped_transitions(role):
         src = ANY_STATE if source == ANY_STATE else f"`{source}`"
         lines.append(
             f"| {src} | `{t.trigger}` | {_cell(t.guards)} | {_cell(t.unless)} | `{t.dest}` "
-            f"| {_cell(t.actions)} | {_cell(t.emits)} |"
+            f"| {_cell(t.builds)} | {_cell(t.actions)} | {_cell(t.emits)} |"
         )
+    lines += record_section(role)
     lines += ["", "## Local events", "", "| event | meaning |", "| --- | --- |"]
     for event, meaning in role.local_events.items():
         lines.append(f"| `{event}` | {meaning.replace('|', chr(92) + '|')} |")

@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from d2tls.delegation.channel_security import CHANNELS
 from d2tls.dtls.constants import CIPHER_SUITE_NAMES, CipherSuite
 from d2tls.errors import D2TLSError
 
@@ -144,7 +145,11 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
         trust_store=load_trust_store(Path(args.ca)) if args.ca else None,
         client_auth=ClientAuth.REQUIRED
         if args.require_client_cert
-        else (ClientAuth.OPTIONAL if args.ca or args.trust_rawpk else ClientAuth.NONE),
+        else (
+            ClientAuth.OPTIONAL
+            if args.ca or args.trust_rawpk or args.twinpeaks_client
+            else ClientAuth.NONE
+        ),
         raw_private_key=load_private_key(Path(args.rawpk_key)) if args.rawpk_key else None,
         trusted_client_keys=frozenset(load_spki_file(Path(args.trust_rawpk)))
         if args.trust_rawpk
@@ -184,9 +189,15 @@ async def run_server(args: argparse.Namespace) -> int:
 
     host, port = args.listen
     trace = TraceFile(Path(args.trace)) if args.trace else None
-    engine = DTLSServer(
-        build_server_config(args), tracer=tagged(trace, party="server", link="server")
-    )
+    config = build_server_config(args)
+    client_keys = None
+    if args.twinpeaks_client:  # the host resolves the devices' keys; the core checks them
+        from d2tls.lab.twinpeaks_keys import TwinPeaksClientKeys
+
+        client_keys = await TwinPeaksClientKeys.start(
+            config, Path(args.twinpeaks_root), args.dns, args.twinpeaks_client
+        )
+    engine = DTLSServer(config, tracer=tagged(trace, party="server", link="server"))
 
     def report(event: Event) -> None:
         if args.quiet:
@@ -214,6 +225,8 @@ async def run_server(args: argparse.Namespace) -> int:
         await _forever()
     finally:
         endpoint.close()
+        if client_keys is not None:
+            client_keys.close()
     return 0
 
 
@@ -430,7 +443,15 @@ async def run_agent(args: argparse.Namespace) -> int:
         tracer=trace,
         max_connections=args.max_connections,
         max_half_open=args.max_half_open,
+        channel=args.channel,
     )
+    server_keys = None
+    if args.twinpeaks_server:  # the host resolves the servers' keys; the core uses them
+        from d2tls.lab.twinpeaks_keys import ServerKeyTable
+
+        table = ServerKeyTable()
+        server_keys = await table.start(Path(args.twinpeaks_root), args.dns, args.twinpeaks_server)
+        config.server_keys = table
     agent = Agent(config, ocsp_issuer=issuer)
     host, port = await agent.start(*args.listen)
     print(f"agent listening on {host}:{port}", flush=True)
@@ -438,6 +459,8 @@ async def run_agent(args: argparse.Namespace) -> int:
         await _forever()
     finally:
         agent.close()
+        if server_keys is not None:
+            server_keys.close()
         print(f"agent: {agent.completed} delegations completed, {agent.failed} failed", flush=True)
     return 0
 
@@ -454,6 +477,7 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
     from d2tls.delegation.messages import DelegationMode
     from d2tls.dtls.config import ClientConfig
     from d2tls.dtls.keylog import keylog_from_environment
+    from d2tls.dtls.rawpk import spki_of
     from d2tls.net.udp import ConnectionFailed
     from d2tls.pki.verify import (
         load_certificate_chain,
@@ -466,8 +490,9 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
     from d2tls.trace import TraceFile, tagged
 
     trace = TraceFile(Path(args.trace)) if args.trace else None
-    chain = tuple(load_certificate_chain(Path(args.cert)))
+    chain = tuple(load_certificate_chain(Path(args.cert))) if args.cert else ()
     key = load_private_key(Path(args.key))
+    raw_key = spki_of(key) if args.rawpk else None  # RFC 7250: e.g. a TwinPeaks member key
     suites = parse_suites(args.cipher, (CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,))
     result: dict[str, Any] = {"ok": False, "mode": "standalone" if args.standalone else args.mode}
     connections: list[dict[str, Any]] = []
@@ -481,6 +506,7 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             server_name=args.server_name,
             certificate_chain=chain,
             private_key=key,
+            client_raw_public_key=raw_key,
             keylog=keylog_from_environment(),
         )
         for _ in range(args.connections):
@@ -517,6 +543,8 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             tracer=trace,
             timeout=args.timeout,
             server_pin=args.server_pin,
+            channel=args.channel,
+            raw_public_key=raw_key,
         )
     )
     for _ in range(args.connections):
@@ -527,10 +555,24 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             return result
         entry = connection.report.to_dict()
         entry["session_id"] = connection.session.session_id.hex()
+        entry["server_raw_public_key"] = _raw_key_fingerprint(connection.session.peer_certificates)
         entry["received"] = await _exchange(connection, args)
         connections.append(entry)
     result["ok"] = True
     return result
+
+
+def _raw_key_fingerprint(peer: tuple[bytes, ...]) -> str | None:
+    """``sha256:...`` of the server's raw public key (RFC 7250), None for a certificate."""
+    from d2tls.dtls.rawpk import fingerprint, load_raw_public_key
+    from d2tls.errors import CertificateError
+
+    if len(peer) != 1:
+        return None
+    try:
+        return fingerprint(load_raw_public_key(peer[0], "server")[1])
+    except CertificateError:
+        return None
 
 
 async def _exchange(connection: Any, args: argparse.Namespace) -> str | None:
@@ -601,11 +643,12 @@ def run_pki_revoke(args: argparse.Namespace) -> int:
 
 
 def _spec_role(name: str) -> RoleSpec:
-    """A role of spec/dtls.yaml or spec/d2tls.yaml (the D2TLS device and agent)."""
+    """A role of spec/dtls.yaml, spec/d2tls.yaml (the D2TLS device and agent) or
+    spec/twinpeaks.yaml (member, key_server, resolver)."""
     from d2tls.errors import SpecError
     from d2tls.model.spec import load_spec
 
-    specs = [load_spec("dtls"), load_spec("d2tls")]
+    specs = [load_spec("dtls"), load_spec("d2tls"), load_spec("twinpeaks")]
     for spec in specs:
         if name in spec.roles:
             return spec.roles[name]
@@ -634,11 +677,39 @@ def run_model_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_model_lint(args: argparse.Namespace) -> int:
+    """Load every spec (schema, references, reachability), then compare it with the code
+    built from it: the generated state Enums and the engines' handler tables."""
+    from d2tls.model.codegen import SPEC_FILES, lint
+
+    problems = lint()
+    for problem in problems:
+        print(f"d2tls model lint: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"spec OK: {', '.join(f'spec/{name}.yaml' for name in SPEC_FILES)}")
+    return 0
+
+
+def run_model_states(args: argparse.Namespace) -> int:
+    """Regenerate d2tls/model/states.py from the spec."""
+    from d2tls.model.codegen import STATES_MODULE, render_states
+
+    output = Path(args.output) if args.output else STATES_MODULE
+    output.write_text(render_states(), encoding="utf-8")
+    print(f"wrote {output}")
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     if args.fleet is not None:
         from d2tls.fleet import run_fleet_demo
 
         return run_fleet_demo(args.fleet, as_json=args.json, keep=args.keep)
+    if args.keys == "twinpeaks":
+        from d2tls.lab.twinpeaks_d2tls import run_demo as twinpeaks_demo
+
+        return twinpeaks_demo(as_json=args.json, keep=args.keep)
     from d2tls.demo import run_demo as demo
 
     return demo(as_json=args.json, server_kind=args.server or "d2tls", keep=args.keep)
@@ -691,7 +762,8 @@ def _add_server(sub: Any) -> None:
     server.add_argument(
         "--require-client-cert",
         action="store_true",
-        help="refuse clients without a certificate (needs --ca)",
+        help="refuse clients without a certificate or raw key (needs --ca, --trust-rawpk or "
+        "--twinpeaks-client)",
     )
     server.add_argument(
         "--psk", action="append", metavar="ID:HEX", help="accept this PSK (repeatable)"
@@ -736,6 +808,20 @@ def _add_server(sub: Any) -> None:
     )
     add_association_limits(server)
     server.add_argument(
+        "--twinpeaks-client",
+        action="append",
+        type=_client_name,
+        metavar="NAME[@ADDR]",
+        help="accept the device NAME's TwinPeaks key as a client raw public key (RFC 7250), "
+        "looked up through --twinpeaks-root and --dns (repeatable)",
+    )
+    server.add_argument(
+        "--twinpeaks-root", metavar="FILE", help="TwinPeaks trust-anchor file for the lookups"
+    )
+    server.add_argument(
+        "--dns", type=parse_address, metavar="HOST:PORT", help="DNS server for TwinPeaks lookups"
+    )
+    server.add_argument(
         "--session-store",
         default="memory://",
         metavar="URL",
@@ -746,7 +832,22 @@ def _add_server(sub: Any) -> None:
         metavar="FILE",
         help="key that encrypts master secrets in sqlite/redis stores (32 bytes, hex)",
     )
-    server.set_defaults(handler=lambda args: _run_async(run_server(args)))
+    server.set_defaults(handler=lambda args: _run_async(run_server(args)), check=_check_server)
+
+
+def _client_name(text: str) -> Any:
+    from d2tls.lab.twinpeaks_keys import parse_client_name
+
+    try:
+        return parse_client_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _check_server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    tp = [args.twinpeaks_client, args.twinpeaks_root, args.dns]
+    if any(v is not None for v in tp) and not all(v is not None for v in tp):
+        parser.error("--twinpeaks-client, --twinpeaks-root and --dns come together")
 
 
 def _add_client(sub: Any) -> None:
@@ -879,8 +980,35 @@ def _add_agent(sub: Any) -> None:
         help="seconds a device may resume a handed-over session (default 21600)",
     )
     agent.add_argument("--trace", metavar="FILE", help="append JSON event traces to FILE")
+    agent.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        default="psk",
+        help="device channel: psk (default) accepts PSK or ECDHE-PSK devices; ecdhe-psk "
+        "requires ECDHE-PSK (RFC 5489: forward secrecy for handed-over contexts)",
+    )
     add_association_limits(agent)
-    agent.set_defaults(handler=lambda args: _run_async(run_agent(args)))
+    agent.add_argument(
+        "--twinpeaks-server",
+        action="append",
+        type=_client_name,
+        metavar="NAME[@ADDR]",
+        help="authenticate the server NAME (a request's server_name) by the raw public key "
+        "TwinPeaks serves for it (RFC 7250) instead of a chain and OCSP (repeatable)",
+    )
+    agent.add_argument(
+        "--twinpeaks-root", metavar="FILE", help="TwinPeaks trust-anchor file for the lookups"
+    )
+    agent.add_argument(
+        "--dns", type=parse_address, metavar="HOST:PORT", help="DNS server for TwinPeaks lookups"
+    )
+    agent.set_defaults(handler=lambda args: _run_async(run_agent(args)), check=_check_agent)
+
+
+def _check_agent(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    tp = [args.twinpeaks_server, args.twinpeaks_root, args.dns]
+    if any(v is not None for v in tp) and not all(v is not None for v in tp):
+        parser.error("--twinpeaks-server, --twinpeaks-root and --dns come together")
 
 
 def _add_device(sub: Any) -> None:
@@ -889,6 +1017,13 @@ def _add_device(sub: Any) -> None:
         "--agent", type=parse_address, metavar="HOST:PORT", help="the security agent's address"
     )
     device.add_argument("--psk", metavar="ID:HEX", help="PSK shared with the agent")
+    device.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        default="psk",
+        help="agent channel: psk (default, TLS_PSK_WITH_AES_128_CCM_8) or ecdhe-psk "
+        "(TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256: forward secrecy for contexts)",
+    )
     device.add_argument(
         "--server",
         type=parse_address,
@@ -899,7 +1034,13 @@ def _add_device(sub: Any) -> None:
     device.add_argument(
         "--server-name", required=True, help="the name the server certificate must carry"
     )
-    device.add_argument("--cert", required=True, help="device certificate chain (PEM)")
+    device.add_argument("--cert", help="device certificate chain (PEM; or --rawpk)")
+    device.add_argument(
+        "--rawpk",
+        action="store_true",
+        help="present the key of --key as an RFC 7250 raw public key instead of a certificate "
+        "(e.g. a TwinPeaks member key, which the server resolves through TwinPeaks)",
+    )
     device.add_argument(
         "--key", required=True, help="device private key (PEM); never leaves the device"
     )
@@ -935,6 +1076,8 @@ def _add_device(sub: Any) -> None:
 
 
 def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.cert is None) == (not args.rawpk):
+        parser.error("give exactly one device credential: --cert FILE or --rawpk")
     if args.server_pin is not None and (args.standalone or args.mode == "blind"):
         parser.error(
             "--server-pin needs bound mode: a blind or standalone device does not check the "
@@ -955,6 +1098,13 @@ def _add_model(sub: Any) -> None:
     table = model.add_parser("table", help="print a role's transition table")
     table.add_argument("role", help="a role of the spec, e.g. dtls_server")
     table.set_defaults(handler=run_model_table)
+    lint = model.add_parser(
+        "lint", help="check the spec and the code generated from it (exit 1 on any problem)"
+    )
+    lint.set_defaults(handler=run_model_lint)
+    states = model.add_parser("states", help="regenerate the state Enums (d2tls.model.states)")
+    states.add_argument("-o", "--output", help="write here instead of the package module")
+    states.set_defaults(handler=run_model_states)
 
 
 def _add_demo(sub: Any) -> None:
@@ -967,6 +1117,13 @@ def _add_demo(sub: Any) -> None:
     )
     demo.add_argument("--keep", metavar="DIR", help="keep PKI, logs and traces in DIR")
     demo.add_argument(
+        "--keys",
+        choices=["x509", "twinpeaks"],
+        default="x509",
+        help="the device's identity: an X.509 certificate (default), or a TwinPeaks member "
+        "key as an RFC 7250 raw public key that the server resolves through TwinPeaks",
+    )
+    demo.add_argument(
         "--fleet",
         type=fleet_size,
         metavar="N",
@@ -977,6 +1134,8 @@ def _add_demo(sub: Any) -> None:
 
 
 def _check_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.keys == "twinpeaks" and (args.fleet is not None or args.server not in (None, "d2tls")):
+        parser.error("--keys twinpeaks runs one d2tls server (no --fleet, no --server)")
     if args.fleet is not None and args.server not in (None, "d2tls"):
         parser.error(
             f"--fleet runs d2tls servers only; it cannot be combined with --server {args.server}"
@@ -991,11 +1150,18 @@ PLUGINS: dict[str, tuple[str, str]] = {
         "d2tls.prove.cli",
         "prove the Tamarin theories and compare with the expected verdicts",
     ),
-    "bench": ("d2tls.bench.cli", "benchmarks (device, latency, server, record, flood)"),
+    "bench": (
+        "d2tls.bench.cli",
+        "benchmarks (device, latency, server, record, flood, auth, channel)",
+    ),
     "overhead": ("d2tls.bench.cli", "24-hour session-overhead model of the paper (Figs. 9-10)"),
     "conformance": (
         "d2tls.conformance.cli",
         "D2TLS readiness, scripted RFC scenarios and state-machine learning of a server",
+    ),
+    "twinpeaks": (
+        "d2tls.lab.twinpeaks_cli",
+        "TwinPeaks key servers, resolver, lookup, connect and demo on loopback",
     ),
     "conformance-peers": (
         "d2tls.conformance.cli",
@@ -1042,7 +1208,7 @@ def _subparser(
 ) -> argparse.ArgumentParser:
     """The (sub)parser that parsed ``args``, for ``parser.error`` in ``check`` hooks."""
     current = parser
-    for dest in ("command", "pki_command", "model_command"):
+    for dest in ("command", "pki_command", "model_command", "twinpeaks_command"):
         for action in current._actions:
             if isinstance(action, argparse._SubParsersAction) and action.dest == dest:
                 name = getattr(args, dest, None)

@@ -101,6 +101,17 @@ class SessionNotResumable(ConfigurationError):
     """The server issued an empty session ID: its sessions cannot be resumed."""
 
 
+# --------------------------------------------------------------------------- hosts
+
+
+class EventTimeout(TimeoutError, D2TLSError):
+    """A host waited for the next event of a role longer than it was told to."""
+
+
+class TransportClosed(D2TLSError):
+    """A host's socket is closed: no more events will come."""
+
+
 # --------------------------------------------------------------------------- delegation
 
 
@@ -188,3 +199,36 @@ class ResponseMismatch(TwinPeaksError):
 class CrossCheckError(TwinPeaksError):
     """Answers for one name from several roots that disagree (spec/twinpeaks.md §8.8;
     section 2.5.1 of the dissertation: cross-verification among root key servers)."""
+
+
+class LookupFailed(TwinPeaksError):
+    """A key lookup of the resolver ended without a key (spec/twinpeaks.md §8.5, §11)."""
+
+
+class AddressMismatch(LookupFailed):
+    """The DNS and the key servers disagree on the name's address: the DNS gave no address,
+    or not the one asked, or the key server has no key for the DNS's address (dissertation
+    2.5.1: the ID contains the IP address)."""
+
+
+class KeyDenied(LookupFailed):
+    """A key server answered with a signed denial (unknown name, address, or not in zone)."""
+
+
+class LookupTimeout(LookupFailed):
+    """No valid key response after the last retransmission."""
+
+
+class RegistrationFailed(TwinPeaksError):
+    """A member's registration or key update with its parent failed: refused by the parent
+    (a tp-status), a partial private key that does not check, or no association."""
+
+
+class TwinPeaksConnectFailed(TwinPeaksError):
+    """The relying client's handshake with a looked-up name failed for a reason that is not a
+    TwinPeaks refusal (no answer, another alert), or data was sent before it connected."""
+
+
+class StateFileError(TwinPeaksError):
+    """A key server's state file is unreadable, corrupt or for another server: the server
+    refuses to start rather than issue keys under a master key it cannot trust."""

@@ -87,14 +87,22 @@ GNUTLS_SUITE_PRIORITY: dict[CipherSuite, str] = {
     CipherSuite.TLS_PSK_WITH_AES_128_CCM_8: (
         "NORMAL:-VERS-ALL:+VERS-DTLS1.2:-CIPHER-ALL:+AES-128-CCM-8:-KX-ALL:+PSK"
     ),
+    CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256: (
+        "NORMAL:-VERS-ALL:+VERS-DTLS1.2:-CIPHER-ALL:+CHACHA20-POLY1305:-KX-ALL:+ECDHE-PSK"
+    ),
 }
 #: GnuTLS priority for RFC 7250 raw public keys (server and client) with ECDHE-ECDSA AES-128-CCM-8.
 GNUTLS_RAWPK_PRIORITY = (
     GNUTLS_SUITE_PRIORITY[CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8]
     + ":+CTYPE-SRV-RAWPK:+CTYPE-CLI-RAWPK"
 )
+#: d2tls suites that OpenSSL 3.0, GnuTLS 3.7 and mbedTLS 2.28 lack (of the peers here, only
+#: wolfSSL 5.5 has RFC 8442's ECDHE-PSK-AES128-GCM-SHA256).
+WOLFSSL_ONLY_SUITES = frozenset({CipherSuite.TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256})
 #: OpenSSL cipher names of the d2tls suites.
-OPENSSL_SUITE_NAMES: dict[CipherSuite, str] = {s: n for n, s in CIPHER_SUITE_NAMES.items()}
+OPENSSL_SUITE_NAMES: dict[CipherSuite, str] = {
+    s: n for n, s in CIPHER_SUITE_NAMES.items() if s not in WOLFSSL_ONLY_SUITES
+}
 
 DEFAULT_TIMEOUT = 10.0
 ClientAuthMode = Literal["none", "optional", "required"]
@@ -768,6 +776,8 @@ class GnuTLSResult(ClientResult):
         kx = parts[1] if len(parts) > 1 else ""
         if kx == "PSK" and cipher == "AES-128-CCM-8":
             return CipherSuite.TLS_PSK_WITH_AES_128_CCM_8
+        if kx.startswith("ECDHE-PSK") and cipher == "CHACHA20-POLY1305":
+            return CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256
         if ("X.509" in parts[0] or "Raw Public Key" in parts[0]) and kx.startswith("ECDHE"):
             if cipher == "AES-128-CCM-8":
                 return CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8

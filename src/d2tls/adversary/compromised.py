@@ -50,6 +50,7 @@ from d2tls.dtls.events import Event, SignatureRequested
 from d2tls.dtls.record import AEADProtection, Record, parse_datagram
 from d2tls.dtls.session import MemorySessionStore, Session
 from d2tls.errors import D2TLSError
+from d2tls.model.states import ClientState, DeviceState
 from d2tls.roles.agent import AgentConfig, AgentSession
 
 
@@ -499,7 +500,7 @@ def run_case(case: Case) -> Outcome:
     world.connect_device(max_time=120)
     if case.plan.prestarted and world.signer.signatures > signed_before:
         return _prestarted_outcome(world, case, loot)
-    if world.device.state == "failed":
+    if world.device.state == DeviceState.FAILED:
         return _failed_delegation(world, case, loot, signed_before)
     # ------------------------------------------------ the device connected
     if case.plan.other_server:
@@ -564,7 +565,7 @@ def _prestarted_outcome(world: D2TLSWorld, case: Case, loot: Loot) -> Outcome:
     client = loot.prestarted
     assert client is not None
     signature = getattr(next(iter(world.agent.history), None), "_prestarted_signature", None)
-    if signature is not None and client.state == "wait_signature":
+    if signature is not None and client.state == ClientState.WAIT_SIGNATURE:
         client.provide_signature(signature, world.net.now)
         world.net.flush()
         world.net.advance(2.0)

@@ -142,15 +142,15 @@ class Observer:
     ) -> bool:
         conn = watched.conn
         read_epoch = conn._read.epoch
-        state = conn.state
+        established = conn.is_established
         before = len(conn._events)
         try:
             return original(record)
         finally:
-            self._after_record(watched, record, read_epoch, state, before)
+            self._after_record(watched, record, read_epoch, established, before)
 
     def _after_record(
-        self, watched: _Watched, record: Record, read_epoch: int, state: str, before: int
+        self, watched: _Watched, record: Record, read_epoch: int, established: bool, before: int
     ) -> None:
         conn = watched.conn
         self.stats["records_checked"] += 1
@@ -175,7 +175,7 @@ class Observer:
             and window is not None
             and window.acceptable(record.sequence_number)
             and record.content_type == ContentType.APPLICATION_DATA
-            and state == "established"
+            and established
         )
         if authentic and window is not None and window.acceptable(record.sequence_number):
             window.mark(record.sequence_number)

@@ -55,6 +55,7 @@ from d2tls.dtls.events import (
 )
 from d2tls.dtls.server import DTLSServer
 from d2tls.dtls.session import Session
+from d2tls.model.states import AgentState, ClientState, DeviceState
 from d2tls.roles.agent import AgentConfig, AgentSession
 from d2tls.roles.device import CHANNEL_MTU, DeviceConfig, DeviceProtocol
 from d2tls.roles.signer import DeviceSigner
@@ -68,7 +69,12 @@ DEVICE_HOST = "198.51.100.7"
 AGENT_HOST = "198.51.100.1"
 
 #: Device states in which it waits for the agent (its channel timer runs).
-_CHANNEL_STATES = ("connecting_agent", "awaiting_sign_request", "awaiting_context", "awaiting_wipe")
+_CHANNEL_STATES = (
+    DeviceState.CONNECTING_AGENT,
+    DeviceState.AWAITING_SIGN_REQUEST,
+    DeviceState.AWAITING_CONTEXT,
+    DeviceState.AWAITING_WIPE,
+)
 
 SessionFactory = Callable[
     [
@@ -163,13 +169,13 @@ class DeviceDriver:
 
     @property
     def connected(self) -> bool:
-        return self.state == "connected"
+        return self.state == DeviceState.CONNECTED
 
     @property
     def finished(self) -> bool:
         """The current attempt ended (connected, or failed with no retry left)."""
         p = self.protocol
-        return p is not None and (p.state == "connected" or p.is_final)
+        return p is not None and (p.state == DeviceState.CONNECTED or p.is_final)
 
     # ------------------------------------------------------------------ protocol plumbing
     def _pump(self) -> None:
@@ -193,7 +199,7 @@ class DeviceDriver:
                     self.connection.close()
         self._next_request_id = p._next_request_id
         self._arm_timer()
-        if p.state == "connected" or p.is_final:
+        if p.state == DeviceState.CONNECTED or p.is_final:
             self.context = p.context
             self.outcomes.append((p.state, p.error))
             if p.is_final and self._retry is not None:
@@ -204,7 +210,7 @@ class DeviceDriver:
             self._deadline.cancel()
             self._deadline = None
         p = self.protocol
-        if p is not None and not p.is_final and p.state in (*_CHANNEL_STATES, "resuming"):
+        if p is not None and not p.is_final and p.state in (*_CHANNEL_STATES, DeviceState.RESUMING):
             self._deadline = self.net.call_at(self.net.now + self.config.timeout, self._timed_out)
 
     def _timed_out(self) -> None:
@@ -213,7 +219,7 @@ class DeviceDriver:
             return
         if p.state in _CHANNEL_STATES:
             p.channel_failed("agent channel: timed out")
-        elif p.state == "resuming":
+        elif p.state == DeviceState.RESUMING:
             self.resumption_failures.append("timed out (no record of the server authenticated)")
             if self.connection is not None:
                 self.connection.close()
@@ -270,7 +276,7 @@ class DeviceDriver:
             p = self.protocol
             if p is None or p.is_final or engine is not self.channel:
                 return
-            if isinstance(event, HandshakeCompleted) and p.state == "connecting_agent":
+            if isinstance(event, HandshakeCompleted) and p.state == DeviceState.CONNECTING_AGENT:
                 p.channel_up()
             elif isinstance(event, ApplicationDataReceived):
                 p.receive_bytes(event.data)
@@ -289,7 +295,7 @@ class DeviceDriver:
             if isinstance(event, ApplicationDataReceived):
                 self.received.append(event.data)
                 return
-            if p is None or engine is not self.connection or p.state != "resuming":
+            if p is None or engine is not self.connection or p.state != DeviceState.RESUMING:
                 return
             if isinstance(event, HandshakeCompleted):
                 p.resumed()
@@ -415,11 +421,12 @@ class AgentDriver:
     def _after(self, session: AgentSession) -> None:
         signature = session.take_signature()
         client = session.client
-        if signature is not None and client is not None and client.state == "wait_signature":
+        waiting = client is not None and client.state == ClientState.WAIT_SIGNATURE
+        if signature is not None and client is not None and waiting:
             client.provide_signature(signature, self.net.now)
         if session.is_final and id(session) not in self._counted:
             self._counted.add(id(session))
-            if session.state == "done":
+            if session.state == AgentState.DONE:
                 self.completed += 1
             else:
                 self.failed += 1

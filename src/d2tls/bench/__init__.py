@@ -4,6 +4,9 @@
 * :mod:`d2tls.bench.latency` – device-perceived setup time through the impairment relay;
 * :mod:`d2tls.bench.server` – server handshakes/s, resumptions/s, session-cache memory;
 * :mod:`d2tls.bench.record` – application-data record cost against the raw AEAD;
+* :mod:`d2tls.bench.auth` – server authentication with PKI, DANE and TwinPeaks (dissertation
+  §2.6), on Knot DNS, our OCSP responder and the TwinPeaks roles (:mod:`d2tls.bench.auth_lab`,
+  :mod:`d2tls.bench.auth_tp`);
 * :mod:`d2tls.bench.overhead` – the 24-hour session-overhead model of the paper's §6.5;
 * :mod:`d2tls.bench.floor` – the ``cryptography`` work each of them is compared with.
 

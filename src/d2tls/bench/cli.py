@@ -1,4 +1,4 @@
-"""``d2tls bench {device,latency,server,record,flood}`` and ``d2tls overhead``.
+"""``d2tls bench {device,latency,server,record,flood,auth}`` and ``d2tls overhead``.
 
 Registered by :mod:`d2tls.cli`.
 """
@@ -169,6 +169,20 @@ def _overhead(args: argparse.Namespace) -> int:
     return _emit(args, result, overhead.render)
 
 
+def _auth(args: argparse.Namespace) -> int:
+    from d2tls.bench import auth
+
+    result = auth.run(
+        runs=args.runs,
+        topology=auth.Topology(args.near_rtt, args.far_rtt),
+        dnssec_algorithm=args.dnssec_algorithm,
+        plot_dir=Path(args.plot_dir) if args.plot_dir else None,
+        progress=not args.no_progress,
+    )
+    _emit(args, result, auth.render)
+    return 0
+
+
 def _flood(args: argparse.Namespace) -> int:
     from d2tls.bench import flood
 
@@ -193,11 +207,17 @@ def _flood(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def _channel(args: argparse.Namespace) -> int:
+    from d2tls.bench import channel
+
+    return _emit(args, channel.measure(args.runs), channel.render)
+
+
 # --------------------------------------------------------------------------- parsers
 def register(subparsers: Any) -> None:
     """Add ``bench`` (device, latency, server, record) and ``overhead`` to ``d2tls``."""
     bench = subparsers.add_parser(
-        "bench", help="benchmarks (device, latency, server, record, flood)"
+        "bench", help="benchmarks (device, latency, server, record, flood, auth, channel)"
     )
     kinds = bench.add_subparsers(dest="bench_command", required=True)
 
@@ -301,6 +321,12 @@ def register(subparsers: Any) -> None:
     )
     record.set_defaults(handler=_record)
 
+    channel = kinds.add_parser(
+        "channel", help="device cost of one delegation-channel handshake: psk vs ecdhe-psk"
+    )
+    _common(channel, runs=200)
+    channel.set_defaults(handler=_channel)
+
     flood = kinds.add_parser(
         "flood",
         help="a d2tls server and agent under pre-handshake floods (issue 19's targets)",
@@ -340,6 +366,40 @@ def register(subparsers: Any) -> None:
         "--samples", type=_positive, default=20, help="idle handshake latency samples"
     )
     flood.set_defaults(handler=_flood)
+
+    auth = kinds.add_parser(
+        "auth",
+        help="server authentication: PKI (CA + OCSP), DANE (DNSSEC + TLSA), TwinPeaks",
+        description="Set up PKI (our CA + 'd2tls pki ocsp'), DANE (Knot DNS, DNSSEC-signed "
+        "zones, TLSA 3 1 1) and TwinPeaks (key servers, resolver) on 127.0.0.1 with the "
+        "dissertation's delays added by the relay; measure authentication delay (cold and "
+        "warm caches), connection set-up and bytes; check the dissertation's claims "
+        "(section 2.6.3) and plot Figs. 2.3-2.5 style PNGs.",
+    )
+    _common(auth, runs=10)
+    auth.add_argument(
+        "--near-rtt",
+        type=float,
+        default=1.366,
+        metavar="MS",
+        help="RTT within East Asia: web, OCSP, root and SLD servers (default 1.366)",
+    )
+    auth.add_argument(
+        "--far-rtt",
+        type=float,
+        default=167.888,
+        metavar="MS",
+        help="RTT across the Pacific: TLD DNS and TLK key server (default 167.888)",
+    )
+    auth.add_argument(
+        "--dnssec-algorithm",
+        choices=["rsasha256", "ecdsap256sha256"],
+        default="rsasha256",
+        help="zone keys: rsasha256 = 4096-bit KSK, 2048-bit ZSK as in the dissertation "
+        "(default), ecdsap256sha256 = P-256",
+    )
+    auth.add_argument("--plot-dir", metavar="DIR", help="write the Fig. 2.3/2.4/2.5 style PNGs")
+    auth.set_defaults(handler=_auth)
 
     from d2tls.bench.overhead import FIGURE9_FREQUENCIES, FIGURE10_LIFETIMES_H, PRESETS
 

@@ -2,28 +2,27 @@
 ``spec/dtls.yaml``.
 
 The spec's ``dtls_server`` role says which message is acceptable in which state, what each
-transition emits and which guards choose between transitions. To compare it with a machine
-learned over abstract inputs (see :mod:`.learning`), three things the spec leaves to the
-engine are made explicit here, as an abstract interpretation:
+transition emits and which guards choose between transitions, and its ``record_layer`` rules
+say which record each state takes. To compare it with a machine learned over abstract inputs
+(see :mod:`.learning`), the spec is interpreted abstractly here:
 
 * **Guard and action outcomes** follow from what the abstract client knows: a ClientHello's
   cookie is valid only when it was issued (HelloVerifyRequest) for that same kind of
   ClientHello; a CertificateVerify or Finished verifies only while both transcripts agree; the
   ClientHello with a session ID resumes the session the learner established beforehand. An
   action that fails sends the fatal alert of its error class (the spec's ``abort``).
-* **The record layer** (RFC 6347 §4.1): a record of the current read epoch is processed; one of
-  the next epoch is buffered until the ChangeCipherSpec (before the handshake completes); a
-  handshake record of an older epoch only counts as a retransmission; anything else — a bad
-  MAC, an unknown epoch, application data outside an established epoch — is dropped silently
-  (RFC 6347 §4.1.2.7). Handshake messages are processed in message_seq order (§4.2.2): once a
-  message was dropped, later ones wait forever for it.
-* **The endpoint**: before the cookie proves the address nothing is kept (§4.2.1); after a
-  final state, only a new ClientHello starts a new association. A ChangeCipherSpec that
-  arrives before the machine can take it is held and applied once it can (DTLS may reorder it
-  ahead of the handshake messages it follows, RFC 6347 §4.1; connection.py).
-
-Each of these rules is a line of :func:`step` below, so a reader can check the derived machine
-against the RFC and the spec.
+* **The record layer** (RFC 6347 §4.1), read from the state's ``record`` rules in the spec:
+  a record of the current read epoch is processed if its content type is in ``accept``
+  (``epoch0`` in epoch 0); one of the next epoch is kept when ``next_epoch`` is ``buffer``;
+  a handshake record of an older epoch only counts as a retransmission (``old_epoch``);
+  anything else — a bad MAC, an unknown epoch, a content type the state does not accept — is
+  dropped silently (RFC 6347 §4.1.2.7). Handshake messages are processed in message_seq order
+  (§4.2.2): once a message was dropped, later ones wait forever for it. A ChangeCipherSpec the
+  machine cannot take yet is held when ``early_change_cipher_spec`` is ``hold`` and applied once
+  it can (DTLS may reorder it ahead of the handshake messages it follows, RFC 6347 §4.1).
+* **The endpoint**: nothing is kept while the machine is in a ``stateless`` state (§4.2.1:
+  before the cookie proves the address); after a final state, only a new ClientHello starts a
+  new association.
 """
 
 from __future__ import annotations
@@ -31,7 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from d2tls.conformance.mealy import Mealy, explore
-from d2tls.model.spec import RoleSpec, TransitionSpec, load_spec
+from d2tls.model.spec import RecordRules, RoleSpec, TransitionSpec, load_spec
+from d2tls.model.states import ServerState
 
 #: The abstract inputs (DTLS-Fuzzer style), in a fixed order.
 INPUTS: tuple[str, ...] = (
@@ -68,6 +68,13 @@ TRIGGER = {
     "Finished": "recv_Finished",
 }
 HELLOS = ("ClientHello", "ClientHelloResume")
+#: The record content type (spec ``accept`` name) of each abstract input.
+CONTENT = {
+    **dict.fromkeys(TRIGGER, "handshake"),
+    "ChangeCipherSpec": "change_cipher_spec",
+    "ApplicationData": "application_data",
+    "Alert": "alert",
+}
 #: Output label of each message the spec's ``emits`` name.
 EMIT_LABEL = {"CloseNotify": "Alert(warning,close_notify)"}
 
@@ -82,7 +89,7 @@ MAX_EPOCH = 2  # client epochs 2 and above are all "an epoch the server never re
 class Config:
     """One abstract configuration of (server association, abstract client)."""
 
-    state: str | None = None  # spec state of the association; None: no association
+    state: ServerState | None = None  # spec state of the association; None: no association
     read_epoch: int = 0  # server read epoch
     held_ccs: bool = False
     in_sync: bool = False  # both transcripts agree
@@ -116,6 +123,21 @@ class SpecModel:
     def __init__(self, role: RoleSpec, options: ServerOptions) -> None:
         self.role = role
         self.options = options
+        #: States in which the server derives its keys from a ClientKeyExchange.
+        self.key_exchange_states = frozenset(
+            ServerState(t.source)
+            for t in role.transitions
+            if "process_client_key_exchange" in t.actions
+        )
+
+    def _rules(self, config: Config) -> RecordRules:
+        assert config.state is not None
+        return self.role.states[config.state].rules
+
+    def _gone(self, state: ServerState | None) -> bool:
+        """True when the endpoint keeps no association in ``state``: none, a stateless state
+        (RFC 6347 §4.2.1) or a final one."""
+        return state is None or self.role.states[state].stateless or self.role.states[state].final
 
     # ------------------------------------------------------------------ guards
     def _guard(self, name: str, config: Config, letter: str) -> bool:
@@ -123,7 +145,7 @@ class SpecModel:
             return not self.options.cookie_exchange or config.cookie == letter
         if name == "session_resumable":
             return letter == "ClientHelloResume"
-        if name == "psk_suite_chosen":
+        if name in ("psk_suite_chosen", "ecdhe_psk_suite_chosen"):
             return False  # the learner offers one ECDHE_ECDSA suite
         if name == "client_certificate_wanted":
             return self.options.client_auth != "none"
@@ -170,11 +192,11 @@ class SpecModel:
         transition = self._choose(config, trigger, letter)
         if transition is None:
             out.append(UNEXPECTED)
-            return replace(config, state="failed")
+            return replace(config, state=ServerState.FAILED)
         return self._fire(config, transition, letter, out)
 
     def _fire(self, config: Config, t: TransitionSpec, letter: str, out: list[str]) -> Config:
-        config = replace(config, state=t.dest)
+        config = replace(config, state=ServerState(t.dest))
         try:
             for action in t.actions:
                 if action == "refuse_renegotiation":
@@ -182,7 +204,7 @@ class SpecModel:
                 config = self._act(action, config, letter)
         except _Abort as failure:
             out.append(failure.label)
-            return replace(config, state="failed")
+            return replace(config, state=ServerState.FAILED)
         out.extend(EMIT_LABEL.get(m, m) for m in t.emits)
         if config.held_ccs and self._choose(config, "recv_ChangeCipherSpec", "") is not None:
             # connection.py: a held ChangeCipherSpec is applied as soon as it is acceptable.
@@ -193,10 +215,10 @@ class SpecModel:
     def _ccs(self, config: Config, out: list[str]) -> Config:
         transition = self._choose(config, "recv_ChangeCipherSpec", "")
         if transition is None:
-            if config.state != "established":
+            if self._rules(config).early_change_cipher_spec == "hold":
                 return replace(config, held_ccs=True)  # RFC 6347 §4.1: may be reordered
             out.append(UNEXPECTED)
-            return replace(config, state="failed")
+            return replace(config, state=ServerState.FAILED)
         # No record of the next epoch can be waiting here: the client switches epochs only
         # after its own ChangeCipherSpec, which is this one (or one held, see _fire).
         return self._fire(config, transition, "ChangeCipherSpec", out)
@@ -206,9 +228,12 @@ class SpecModel:
     ) -> Config:
         """One client record reaching the association (RFC 6347 §4.1 record processing)."""
         handshake = letter in TRIGGER
+        rules = self._rules(config)
         if epoch == config.read_epoch:
             if epoch > 0 and not decryptable:
                 return replace(config, gap=config.gap or handshake)  # bad MAC: dropped
+            if not rules.accepts(CONTENT[letter], epoch):
+                return replace(config, gap=config.gap or handshake)  # not accepted: dropped
             if handshake:
                 if config.gap:
                     return config  # waits forever for the lost message_seq (§4.2.2)
@@ -220,10 +245,10 @@ class SpecModel:
                 assert transition is not None
                 return self._fire(config, transition, letter, out)
             if letter == "ApplicationData":
-                if config.state == "established" and epoch > 0 and self.options.echo:
+                if self.options.echo:
                     out.append("ApplicationData")
                 return config
-        if epoch == config.read_epoch + 1 and config.state != "established":
+        if epoch == config.read_epoch + 1 and rules.next_epoch == "buffer":
             # Buffered until the server's read epoch advances (RFC 6347 §4.1). It never does:
             # that takes a ChangeCipherSpec of the current epoch, and the client has left it.
             return config
@@ -236,7 +261,7 @@ class SpecModel:
         epoch = config.write_epoch
         decryptable = epoch == 0 or config.write_keys_good
         # The endpoint: no association (or a finished one) -> only an epoch-0 ClientHello counts.
-        if config.state in (None, "failed", "closed"):
+        if self._gone(config.state):
             config = replace(
                 config,
                 state=None,
@@ -253,14 +278,14 @@ class SpecModel:
         return config, "+".join(out) if out else "TIMEOUT"
 
     def _new_association(self, config: Config, letter: str, out: list[str]) -> Config:
-        candidate = replace(config, state=self.role.initial, in_sync=config.clean)
+        candidate = replace(config, state=ServerState(self.role.initial), in_sync=config.clean)
         result = self._handshake(candidate, letter, out)
-        if result.state in (self.role.initial, "failed"):
+        if self._gone(result.state):
             return replace(result, state=None)  # stateless answer (RFC 6347 §4.2.1)
         return result
 
     def _client_after(
-        self, config: Config, letter: str, out: list[str], before: str | None
+        self, config: Config, letter: str, out: list[str], before: ServerState | None
     ) -> Config:
         """What the abstract client learns or changes after sending ``letter``."""
         if letter in TRIGGER:
@@ -268,7 +293,7 @@ class SpecModel:
         if letter == "ClientKeyExchange":
             # The server derived its keys from this very message, over the same transcript.
             good = (
-                before in ("wait_client_key_exchange", "wait_client_key_exchange_certified")
+                before in self.key_exchange_states
                 and config.in_sync
                 and not config.gap
                 and config.write_epoch == 0

@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Final, TypeAlias
 
 import cbor2
 
-from d2tls.errors import D2TLSError
+from d2tls.dtls.rawpk import load_raw_public_key
+from d2tls.errors import CertificateError, D2TLSError
 from d2tls.errors import (
     DelegationProtocolError as DelegationProtocolError,  # re-exported: its home is d2tls.errors
 )
@@ -30,6 +31,9 @@ NO_REQUEST_ID: Final = 0
 """The request_id of a DelegationError answering a message whose request_id was unreadable."""
 MAX_LIFETIME: Final = 7 * 24 * 3600
 MAX_CERTIFICATE_SIZE: Final = 4096
+MAX_RAW_PUBLIC_KEY_SIZE: Final = 256
+"""A DER SubjectPublicKeyInfo of a P-256 key is 91 bytes (RFC 5480); 256 leaves room only for
+a refusal that names the key, not for a large allocation."""
 MAX_TRANSCRIPT_SIZE: Final = 65536
 MAX_REASON_LENGTH: Final = 256
 
@@ -80,7 +84,12 @@ class DelegationErrorCode(IntEnum):
 
 @dataclass(frozen=True)
 class DelegationRequest:
-    """Device -> agent: run a full handshake with this server on my behalf."""
+    """Device -> agent: run a full handshake with this server on my behalf.
+
+    The device's credential is either ``certificate_chain`` (X.509) or ``raw_public_key`` (the
+    DER SubjectPublicKeyInfo of its TwinPeaks member key, presented as an RFC 7250 raw public
+    key; ``certificate_chain`` is then empty): spec/delegation.md §5.1.
+    """
 
     TYPE: ClassVar[MessageType] = MessageType.DELEGATION_REQUEST
     request_id: int
@@ -91,6 +100,7 @@ class DelegationRequest:
     certificate_chain: tuple[bytes, ...]
     mode: DelegationMode
     client_random: bytes | None = None
+    raw_public_key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -234,12 +244,28 @@ def _array(element: _Check, low: int, high: int) -> _Check:
     return check
 
 
+def _raw_public_key(value: object) -> object:
+    """A DER SubjectPublicKeyInfo of an ECDSA P-256 key, in its canonical DER (RFC 7250 §3,
+    RFC 5480): the bytes the agent puts in its Certificate and the device finds there."""
+    spki = _bstr(1, MAX_RAW_PUBLIC_KEY_SIZE)(value)
+    assert isinstance(spki, bytes)
+    try:
+        _, canonical = load_raw_public_key(spki, "device")
+    except CertificateError as exc:
+        raise _Invalid(str(exc).removeprefix("device raw public key ")) from None
+    if canonical != spki:
+        raise _Invalid("is not in canonical DER (RFC 5480 SubjectPublicKeyInfo)")
+    return spki
+
+
 @dataclass(frozen=True)
 class _Field:
     key: int
     name: str
     check: _Check
     optional: bool = False
+    #: The dataclass value standing for an absent optional field.
+    absent: object = None
 
 
 _REQUEST_ID = _Field(1, "request_id", _uint(1, MAX_REQUEST_ID))
@@ -255,9 +281,10 @@ _SCHEMA: Final[dict[MessageType, tuple[type[DelegationMessage], tuple[_Field, ..
             _Field(3, "server_port", _uint(1, 65535)),
             _Field(4, "server_name", _HOST),
             _Field(5, "cipher_suites", _array(_uint(0, 0xFFFF), 1, 16)),
-            _Field(6, "certificate_chain", _array(_CERTIFICATE, 1, 4)),
+            _Field(6, "certificate_chain", _array(_CERTIFICATE, 1, 4), optional=True, absent=()),
             _Field(7, "mode", _enum(DelegationMode)),
             _Field(8, "client_random", _bstr(32, 32), optional=True),
+            _Field(21, "raw_public_key", _raw_public_key, optional=True),
         ),
     ),
     MessageType.SIGN_REQUEST: (
@@ -307,6 +334,11 @@ def _check_fields(kind: MessageType, values: Mapping[str, object]) -> None:
             raise _Invalid("client_random is required in bound mode")
         if not bound and values["client_random"] is not None:
             raise _Invalid("client_random is forbidden in blind mode")
+        chain, raw = values["certificate_chain"], values["raw_public_key"]
+        if chain and raw is not None:
+            raise _Invalid("certificate_chain and raw_public_key are mutually exclusive")
+        if not chain and raw is None:
+            raise _Invalid("a certificate_chain or a raw_public_key is required")
 
 
 def _to_wire(value: object) -> object:
@@ -329,8 +361,8 @@ def encode_message(message: DelegationMessage) -> bytes:
     values: dict[str, object] = {}
     for spec in _SCHEMA[kind][1]:
         value = getattr(message, spec.name)
-        if value is None and spec.optional:
-            values[spec.name] = None
+        if spec.optional and value == spec.absent:
+            values[spec.name] = spec.absent
             continue
         try:
             values[spec.name] = spec.check(value)
@@ -496,7 +528,7 @@ def decode_message(data: bytes) -> DelegationMessage:
                 raise DelegationProtocolError(
                     malformed, f"{name}: missing {spec.name} (key {spec.key})", request_id
                 )
-            values[spec.name] = None
+            values[spec.name] = spec.absent
             continue
         try:
             values[spec.name] = spec.check(items[spec.key])

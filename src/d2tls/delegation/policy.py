@@ -7,6 +7,8 @@ PSK file with attributes after the key::
 
 * ``cert-sha256=HEX[,HEX...]``: SHA-256 fingerprints of the DER leaf certificates this identity
   may delegate for (several for a certificate rollover);
+* ``rpk-sha256=HEX[,HEX...]``: SHA-256 fingerprints of the DER SubjectPublicKeyInfos this
+  identity may delegate for as RFC 7250 raw public keys (a TwinPeaks member key);
 * ``cert-subject=RFC4514``: or the leaf's subject as ``Name.rfc4514_string()`` writes it, with
   spaces written ``\\20`` (RFC 4514 §2.4);
 * ``allow=RULE[,RULE...]``: servers this device may make the agent contact, in addition to the
@@ -34,7 +36,7 @@ from d2tls.errors import ConfigurationError
 from d2tls.pki.verify import parse_psk
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-ATTRIBUTES = ("cert-sha256", "cert-subject", "allow")
+ATTRIBUTES = ("cert-sha256", "rpk-sha256", "cert-subject", "allow")
 _LINE = re.compile(r"^(?P<head>.*?:[0-9A-Fa-f]+)(?P<attrs>(?:\s+[a-z][a-z0-9-]*=\S*)+)\s*$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$"
@@ -131,11 +133,23 @@ class DeviceEntry:
     cert_sha256: frozenset[bytes] = frozenset()
     cert_subject: str | None = None
     allow: tuple[ServerRule, ...] = ()
+    rpk_sha256: frozenset[bytes] = frozenset()
 
     @property
     def bound(self) -> bool:
-        """True if the line names the certificate this identity may delegate for."""
-        return bool(self.cert_sha256) or self.cert_subject is not None
+        """True if the line names the certificate or raw key this identity may delegate for."""
+        return bool(self.cert_sha256) or self.cert_subject is not None or bool(self.rpk_sha256)
+
+    def raw_key_refusal(self, spki: bytes) -> str | None:
+        """Why the raw public key ``spki`` is not one bound to this identity, or None."""
+        fingerprint = hashlib.sha256(spki).digest()
+        if fingerprint in self.rpk_sha256:
+            return None
+        name = self.identity.decode("utf-8", "replace")
+        return (
+            f"PSK identity {name!r} is not bound to this raw public key (SHA-256 "
+            f"{fingerprint.hex()[:16]}...; bind it with rpk-sha256=)"
+        )
 
     def certificate_refusal(self, leaf_der: bytes) -> str | None:
         """Why ``leaf_der`` is not the certificate bound to this identity, or None."""
@@ -166,6 +180,7 @@ def parse_psk_line(line: str) -> DeviceEntry:
     head, attributes = (match["head"], match["attrs"].split()) if match else (line, [])
     identity, key = parse_psk(head)
     sha256: set[bytes] = set()
+    rpk_sha256: set[bytes] = set()
     subject: str | None = None
     allow: list[ServerRule] = []
     for attribute in attributes:
@@ -174,22 +189,24 @@ def parse_psk_line(line: str) -> DeviceEntry:
             raise ConfigurationError(f"unknown attribute {name!r} (known: {', '.join(ATTRIBUTES)})")
         if not value:
             raise ConfigurationError(f"attribute {name!r} has no value")
-        if name == "cert-sha256":
+        if name in ("cert-sha256", "rpk-sha256"):
             for item in value.split(","):
                 try:
                     digest = bytes.fromhex(item)
                 except ValueError:
                     digest = b""
                 if len(digest) != 32:
-                    raise ConfigurationError(f"cert-sha256 {item!r} is not 64 hex digits")
-                sha256.add(digest)
+                    raise ConfigurationError(f"{name} {item!r} is not 64 hex digits")
+                (sha256 if name == "cert-sha256" else rpk_sha256).add(digest)
         elif name == "cert-subject":
             if subject is not None:
                 raise ConfigurationError("cert-subject given twice")
             subject = value.replace("\\20", " ")
         else:
             allow.extend(parse_server_rule(item) for item in value.split(","))
-    return DeviceEntry(identity, key, frozenset(sha256), subject, tuple(allow))
+    return DeviceEntry(
+        identity, key, frozenset(sha256), subject, tuple(allow), frozenset(rpk_sha256)
+    )
 
 
 def load_agent_psk_file(path: Path) -> dict[bytes, DeviceEntry]:
@@ -257,9 +274,12 @@ class AgentPolicy:
             return "the channel's PSK identity is not in the agent's PSK file"
         name = identity.decode("utf-8", "replace") if identity is not None else ""
         if entry.bound:
-            if not request.certificate_chain:
+            if request.raw_public_key is not None:
+                refused = entry.raw_key_refusal(request.raw_public_key)
+            elif request.certificate_chain:
+                refused = entry.certificate_refusal(request.certificate_chain[0])
+            else:
                 return "the request carries no certificate"
-            refused = entry.certificate_refusal(request.certificate_chain[0])
             if refused is not None:
                 return refused
         elif not self.allow_unbound:

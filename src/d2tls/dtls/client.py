@@ -4,6 +4,9 @@ Besides a normal client this engine supports what D2TLS needs: an *external sign
 CertificateVerify signature is requested with a ``SignatureRequested`` event and supplied with
 ``provide_signature``), a caller-chosen ClientHello random, and resume-only connections that
 fail instead of falling back to a full handshake.
+
+The spec's guards, actions and builders are private methods listed in ``_handlers``;
+each handler of a received message takes it as its argument.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from d2tls.clock import utc
-from d2tls.dtls import keyschedule
+from d2tls.dtls import ecdhe_psk, keyschedule
 from d2tls.dtls.config import ClientConfig
-from d2tls.dtls.connection import Connection, FlightItem, InvalidStateError, Tracer
+from d2tls.dtls.connection import Connection, InvalidStateError, Payload, Tracer
 from d2tls.dtls.constants import (
     CERT_TYPE_ECDSA_SIGN,
     COMPRESSION_NULL,
     DTLS_1_2,
+    ECDHE_PSK_SUITES,
     ECDSA_SECP256R1_SHA256,
     POINT_FORMAT_UNCOMPRESSED,
     PSK_SUITES,
@@ -70,6 +74,8 @@ from d2tls.errors import (
     IllegalParameter,
     ProtocolError,
 )
+from d2tls.model.machine import Handlers, expecting, ignoring
+from d2tls.model.states import ClientState
 from d2tls.pki.verify import verify_server_chain
 
 #: A server may answer with several HelloVerifyRequests; more than this is an attack or a bug.
@@ -94,7 +100,12 @@ class DTLSClient(Connection):
         config.validate()
         self.config = config
         super().__init__(
-            mtu=config.mtu, timers=config.timers, keylog=config.keylog, peer=None, tracer=tracer
+            mtu=config.mtu,
+            timers=config.timers,
+            keylog=config.keylog,
+            peer=None,
+            tracer=tracer,
+            states=ClientState,
         )
         self._cookie = b""
         self._hello_verify_count = 0
@@ -107,7 +118,6 @@ class DTLSClient(Connection):
         self._ephemeral: ec.EllipticCurvePrivateKey | None = None
         self._pre_master = b""
         self._signature: bytes | None = None
-        self._prebuilt_items: list[FlightItem] = []
         self._resumed = False
         #: Certificate types negotiated by the ServerHello (RFC 7250 §4.2; absent: X.509).
         self._server_cert_type = CertificateType.X509
@@ -119,6 +129,11 @@ class DTLSClient(Connection):
         self.handshake_completed_at: float | None = None
 
     # ------------------------------------------------------------------ public API
+    @property
+    def state(self) -> ClientState:
+        """The current state (``spec/dtls.yaml``, role ``dtls_client``)."""
+        return ClientState(self._machine.state)
+
     def connect(self, now: float) -> None:
         """Start the handshake by sending the ClientHello."""
         self._now = now
@@ -128,53 +143,99 @@ class DTLSClient(Connection):
     def provide_signature(self, signature: bytes, now: float) -> None:
         """Supply the CertificateVerify signature asked for by ``SignatureRequested``."""
         self._now = now
-        if self.state != "wait_signature":
+        if self.state is not ClientState.WAIT_SIGNATURE:
             raise InvalidStateError(f"no signature was requested (state {self.state})")
         self._signature = bytes(signature)
         self._fire_safely("signature_provided")
 
+    # ------------------------------------------------------------------ the spec's handlers
+    def _handlers(self) -> Handlers[Payload]:
+        return self._table_with(
+            guards={
+                "server_resumes_session": expecting(ServerHello, self._server_resumes_session),
+                "resume_only": ignoring(self._resume_only),
+                "server_chose_psk": expecting(ServerHello, self._server_chose_psk),
+                "server_chose_ecdhe_psk": expecting(ServerHello, self._server_chose_ecdhe_psk),
+                "has_client_certificate": ignoring(self._has_client_certificate),
+                "server_sent_raw_public_key": ignoring(self._server_sent_raw_public_key),
+                "twinpeaks_refused": ignoring(self._twinpeaks_refused),
+                "signer_is_external": ignoring(self._signer_is_external),
+            },
+            actions={
+                "prepare_client_hello": ignoring(self._prepare_client_hello),
+                "process_hello_verify_request": expecting(
+                    HelloVerifyRequest, self._process_hello_verify_request
+                ),
+                "process_server_hello": expecting(ServerHello, self._process_server_hello),
+                "resume_session": ignoring(self._resume_session),
+                "abandon_resumption": ignoring(self._abandon_resumption),
+                "process_server_certificate": self._process_server_certificate,
+                "process_server_raw_public_key": self._process_server_raw_public_key,
+                "process_server_key_exchange": self._process_server_key_exchange,
+                "process_certificate_request": expecting(
+                    CertificateRequest, self._process_certificate_request
+                ),
+                "process_psk_identity_hint": self._process_psk_identity_hint,
+                "process_ecdhe_psk_server_key_exchange": (
+                    self._process_ecdhe_psk_server_key_exchange
+                ),
+                "request_signature": ignoring(self._request_signature),
+                "accept_signature": ignoring(self._accept_signature),
+                "complete_handshake": ignoring(self._complete_handshake),
+                "report_twinpeaks_refusal": ignoring(self._report_twinpeaks_refusal),
+                "refuse_renegotiation": ignoring(self._refuse_renegotiation),
+            },
+            builders={
+                "ClientHello": self._build_client_hello,
+                "Certificate": self._build_certificate,
+                "ClientKeyExchange": self._build_client_key_exchange,
+                "CertificateVerify": self._build_certificate_verify,
+            },
+        )
+
     # ------------------------------------------------------------------ guards
-    def server_resumes_session(self) -> bool:
+    def _server_resumes_session(self, hello: ServerHello) -> bool:
         """RFC 5246 §7.4.1.3: the server echoes our session ID to resume it."""
-        hello = self._current
-        session = self.config.session
         return (
-            isinstance(hello, ServerHello)
-            and session is not None
+            self.config.session is not None
             and len(self._offered_session_id) > 0
             and hello.session_id == self._offered_session_id
         )
 
-    def resume_only(self) -> bool:
+    def _resume_only(self) -> bool:
         return self.config.resume_only and self.config.session is not None
 
-    def server_chose_psk(self) -> bool:
-        return isinstance(self._current, ServerHello) and self._current.cipher_suite in PSK_SUITES
+    def _server_chose_psk(self, hello: ServerHello) -> bool:
+        return hello.cipher_suite in PSK_SUITES
 
-    def has_client_certificate(self) -> bool:
+    def _server_chose_ecdhe_psk(self, hello: ServerHello) -> bool:
+        """RFC 5489 §2: an ECDHE_PSK suite; its ServerKeyExchange is mandatory."""
+        return hello.cipher_suite in ECDHE_PSK_SUITES
+
+    def _has_client_certificate(self) -> bool:
         if not self._certificate_requested:
             return False
         if self._client_cert_type == CertificateType.RAW_PUBLIC_KEY:
             return self.config.client_raw_public_key is not None
         return bool(self.config.certificate_chain)
 
-    def server_sent_raw_public_key(self) -> bool:
+    def _server_sent_raw_public_key(self) -> bool:
         """RFC 7250 §4.2: the ServerHello chose RawPublicKey for the server's Certificate."""
         return self._server_cert_type == CertificateType.RAW_PUBLIC_KEY
 
     def _peer_sends_raw_public_key(self) -> bool:
         return self._server_cert_type == CertificateType.RAW_PUBLIC_KEY
 
-    def twinpeaks_refused(self) -> bool:
+    def _twinpeaks_refused(self) -> bool:
         """spec/twinpeaks.md §9.4: we sent the TwinPeaks extension and the server's fatal
         alert answering it is one of the three that name a refused field."""
         return self.config.twinpeaks is not None and self._peer_alert in REFUSAL_OF_ALERT
 
-    def signer_is_external(self) -> bool:
+    def _signer_is_external(self) -> bool:
         return self.config.private_key is None
 
     # ------------------------------------------------------------------ actions
-    def prepare_client_hello(self) -> None:
+    def _prepare_client_hello(self) -> None:
         """Choose the random (RFC 5246 §7.4.1.2) and the session to offer."""
         self.client_random = self.config.client_random or self.config.randomness.random_bytes(32)
         session = self.config.session
@@ -224,7 +285,7 @@ class DTLSClient(Connection):
             )
         return out
 
-    def build_ClientHello(self) -> None:
+    def _build_client_hello(self) -> None:
         extensions = [
             Extension(ExtensionType.SUPPORTED_GROUPS, encode_supported_groups([SECP256R1])),
             Extension(
@@ -255,21 +316,18 @@ class DTLSClient(Connection):
             )
         )
 
-    def process_hello_verify_request(self) -> None:
+    def _process_hello_verify_request(self, request: HelloVerifyRequest) -> None:
         """RFC 6347 §4.2.1: resend the ClientHello with the cookie; neither is hashed."""
-        assert isinstance(self._current, HelloVerifyRequest)
         self._hello_verify_count += 1
         if self._hello_verify_count > MAX_HELLO_VERIFY_REQUESTS:
             raise HandshakeFailure("too many HelloVerifyRequests")
-        self._cookie = self._current.cookie
+        self._cookie = request.cookie
         self._transcript.clear()  # RFC 6347 §4.2.6: exclude ClientHello #1 and the HVR
         # Nothing buffered before ClientHello #2 leaves can answer it: drop spoofed messages.
         self._reassembler.reset(self._reassembler.next_seq)
 
-    def process_server_hello(self) -> None:
+    def _process_server_hello(self, hello: ServerHello) -> None:
         """Check the server's choices against what we offered (RFC 5246 §7.4.1.3)."""
-        hello = self._current
-        assert isinstance(hello, ServerHello)
         if hello.server_version != DTLS_1_2:
             raise ProtocolError(
                 f"server chose version {hello.server_version:#06x}",
@@ -310,7 +368,7 @@ class DTLSClient(Connection):
         self.cipher_suite = CipherSuite(hello.cipher_suite)
         self.extended_master_secret = hello.has_extended_master_secret
         self._session_id = hello.session_id
-        resuming = self.server_resumes_session()
+        resuming = self._server_resumes_session(hello)
         if (
             not resuming
             and self.config.require_extended_master_secret
@@ -329,7 +387,7 @@ class DTLSClient(Connection):
             raise IllegalParameter(f"server chose a {whose} certificate type we did not offer")
         return CertificateType(chosen)
 
-    def resume_session(self) -> None:
+    def _resume_session(self) -> None:
         """Abbreviated handshake: reuse the master secret (RFC 5246 §7.3, RFC 7627 §5.3)."""
         session = self.config.session
         assert session is not None and self.cipher_suite is not None
@@ -342,7 +400,7 @@ class DTLSClient(Connection):
         self._server_certificates = session.peer_certificates
         self._install_keys()
 
-    def abandon_resumption(self) -> None:
+    def _abandon_resumption(self) -> None:
         """Resume-only mode: the server did not resume, so stop (D2TLS paper §4.2)."""
         self._error = HandshakeFailure(
             "resumption refused: the server answered with a new session ID"
@@ -358,11 +416,9 @@ class DTLSClient(Connection):
         )
         self._timer_deadline = None
 
-    def process_server_certificate(self) -> None:
+    def _process_server_certificate(self, certificate: Payload) -> None:
         """Verify the server chain and name (RFC 5246 §7.4.2, RFC 6125 via cryptography)."""
-        certificate = self._current
-        assert isinstance(certificate, Certificate)
-        if not certificate.certificates:
+        if not isinstance(certificate, Certificate) or not certificate.certificates:
             raise CertificateError(
                 "server sent an empty Certificate", AlertDescription.DECODE_ERROR
             )
@@ -387,10 +443,9 @@ class DTLSClient(Connection):
         self._server_public_key = key
         self._server_certificates = tuple(certificate.certificates)
 
-    def process_server_raw_public_key(self) -> None:
+    def _process_server_raw_public_key(self, certificate: Payload) -> None:
         """RFC 7250 §3: a SubjectPublicKeyInfo instead of a chain, trusted only if it is a
         pinned key or the key the lookup gives for our server name (TwinPeaks)."""
-        certificate = self._current
         if not isinstance(certificate, RawPublicKeyCertificate):
             raise CertificateError(
                 "server sent an empty Certificate", AlertDescription.DECODE_ERROR
@@ -406,9 +461,8 @@ class DTLSClient(Connection):
         self._server_public_key = key
         self.peer_raw_public_key = spki
 
-    def process_server_key_exchange(self) -> None:
+    def _process_server_key_exchange(self, exchange: Payload) -> None:
         """Verify the signed ECDHE parameters (RFC 8422 §5.4)."""
-        exchange = self._current
         if not isinstance(exchange, ServerKeyExchangeECDHE):
             raise IllegalParameter("expected ECDHE ServerKeyExchange")
         if exchange.named_curve != SECP256R1:
@@ -424,38 +478,25 @@ class DTLSClient(Connection):
             raise DecryptError("ServerKeyExchange signature does not verify") from None
         self._server_point = exchange.public_point
 
-    def process_certificate_request(self) -> None:
+    def _process_certificate_request(self, request: CertificateRequest) -> None:
         """RFC 5246 §7.4.4: answer with our certificate only if it fits the request."""
-        request = self._current
-        assert isinstance(request, CertificateRequest)
         self._certificate_requested = (
             CERT_TYPE_ECDSA_SIGN in request.certificate_types
             and ECDSA_SECP256R1_SHA256 in request.signature_algorithms
         )
 
-    def process_psk_identity_hint(self) -> None:
+    def _process_psk_identity_hint(self, exchange: Payload) -> None:
         """RFC 4279 §2: the hint is informational; we use our configured identity."""
-        if not isinstance(self._current, ServerKeyExchangePSK):
+        if not isinstance(exchange, ServerKeyExchangePSK):
             raise IllegalParameter("expected a PSK ServerKeyExchange")
 
-    def process_server_hello_done(self) -> None:
-        """Compute the premaster secret (RFC 8422 §5.10, RFC 4279 §2)."""
-        if self._uses_psk():
-            assert self.config.psk is not None
-            self._pre_master = keyschedule.psk_pre_master_secret(self.config.psk)
-            return
-        self._ephemeral = self.config.randomness.ec_private_key()
-        self._pre_master = keyschedule.ecdhe_pre_master_secret(self._ephemeral, self._server_point)
-        self.stats["keygen"] += 1
-        self.stats["ecdh"] += 1
+    def _process_ecdhe_psk_server_key_exchange(self, exchange: Payload) -> None:
+        """Keep the server's ephemeral point; the hint is informational (RFC 5489 §2)."""
+        self._server_point = ecdhe_psk.server_point(exchange)
 
-    def request_signature(self) -> None:
-        """External signer: fix Certificate and ClientKeyExchange, then ask for a signature."""
-        self._building_flight = []
-        self.build_Certificate()
-        self.build_ClientKeyExchange()
-        self._prebuilt_items = self._building_flight
-        self._building_flight = None
+    def _request_signature(self) -> None:
+        """External signer: ask for the signature over the transcript, which holds the
+        Certificate and ClientKeyExchange built ahead (the spec's ``builds``)."""
         transcript = bytes(self._transcript)
         self._events.append(
             SignatureRequested(
@@ -465,7 +506,7 @@ class DTLSClient(Connection):
             )
         )
 
-    def accept_signature(self) -> None:
+    def _accept_signature(self) -> None:
         """Check the external signature against our certificate before sending it."""
         assert self._signature is not None
         leaf_key = self._client_public_key()
@@ -484,35 +525,41 @@ class DTLSClient(Connection):
             raise ProtocolError("our certificate does not hold an EC key")
         return key
 
-    def _take_prebuilt(self, msg_type: int) -> bool:
-        for item in self._prebuilt_items:
-            if item.msg_type == msg_type:
-                self._prebuilt_items.remove(item)
-                self._queue(item)
-                return True
-        return False
-
-    def build_Certificate(self) -> None:
-        if self._take_prebuilt(Certificate.msg_type):
-            return
-        if self.has_client_certificate() and self._client_cert_type == (
+    def _build_certificate(self) -> None:
+        if self._has_client_certificate() and self._client_cert_type == (
             CertificateType.RAW_PUBLIC_KEY
         ):
             assert self.config.client_raw_public_key is not None
             self._queue_handshake(RawPublicKeyCertificate(self.config.client_raw_public_key))
             return
-        chain = tuple(self.config.certificate_chain) if self.has_client_certificate() else ()
+        chain = tuple(self.config.certificate_chain) if self._has_client_certificate() else ()
         self._queue_handshake(Certificate(chain))
 
-    def build_ClientKeyExchange(self) -> None:
-        """Send our key share, then derive the master secret (RFC 7627 §4: session hash)."""
-        if self._take_prebuilt(ClientKeyExchangeECDHE.msg_type):
-            return
-        if self._uses_psk():
-            assert self.config.psk_identity is not None
+    def _build_client_key_exchange(self) -> None:
+        """Compute the premaster secret (RFC 8422 §5.10, RFC 4279 §2, RFC 5489 §2), send our
+        key share, then derive the master secret (RFC 7627 §4: session hash)."""
+        if self._uses_ecdhe_psk():
+            assert self.config.psk is not None and self.config.psk_identity is not None
+            exchange, self._pre_master = ecdhe_psk.client_key_exchange(
+                self.config.randomness,
+                self.config.psk_identity,
+                self.config.psk,
+                self._server_point,
+            )
+            self.stats["keygen"] += 1
+            self.stats["ecdh"] += 1
+            self._queue_handshake(exchange)
+        elif self._uses_psk():
+            assert self.config.psk is not None and self.config.psk_identity is not None
+            self._pre_master = keyschedule.psk_pre_master_secret(self.config.psk)
             self._queue_handshake(ClientKeyExchangePSK(self.config.psk_identity))
         else:
-            assert self._ephemeral is not None
+            self._ephemeral = self.config.randomness.ec_private_key()
+            self._pre_master = keyschedule.ecdhe_pre_master_secret(
+                self._ephemeral, self._server_point
+            )
+            self.stats["keygen"] += 1
+            self.stats["ecdh"] += 1
             point = self._ephemeral.public_key().public_bytes(
                 Encoding.X962, PublicFormat.UncompressedPoint
             )
@@ -530,7 +577,7 @@ class DTLSClient(Connection):
         self._pre_master = b""
         self._install_keys()
 
-    def build_CertificateVerify(self) -> None:
+    def _build_certificate_verify(self) -> None:
         """Sign the transcript so far (RFC 5246 §7.4.8) — locally or with the external signature."""
         if self._signature is not None:
             signature = self._signature
@@ -542,7 +589,7 @@ class DTLSClient(Connection):
             )
         self._queue_handshake(CertificateVerify(ECDSA_SECP256R1_SHA256, signature))
 
-    def complete_handshake(self) -> None:
+    def _complete_handshake(self) -> None:
         assert self.cipher_suite is not None
         if self._resumed and self.config.session is not None:
             self.session = self.config.session
@@ -554,7 +601,9 @@ class DTLSClient(Connection):
                 extended_master_secret=self.extended_master_secret,
                 server_name=self.config.server_name,
                 peer_certificates=self._server_certificates,
-                psk_identity=self.config.psk_identity if self._uses_psk() else None,
+                psk_identity=(
+                    self.config.psk_identity if self._uses_psk() or self._uses_ecdhe_psk() else None
+                ),
                 created_at=self.config.wall_clock(),
             )
         self.handshake_completed_at = self._now
@@ -567,7 +616,7 @@ class DTLSClient(Connection):
             )
         )
 
-    def report_twinpeaks_refusal(self) -> None:
+    def _report_twinpeaks_refusal(self) -> None:
         """The server refused our TwinPeaks extension (spec/twinpeaks.md §9.4)."""
         alert = self._peer_alert
         assert alert is not None
@@ -583,7 +632,7 @@ class DTLSClient(Connection):
         )
         self._wipe()
 
-    def refuse_renegotiation(self) -> None:
+    def _refuse_renegotiation(self) -> None:
         """Answer HelloRequest with a no_renegotiation warning (RFC 5246 §7.4.1.1)."""
         self._queue_alert(AlertLevel.WARNING, AlertDescription.NO_RENEGOTIATION)
 

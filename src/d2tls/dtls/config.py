@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import Store
 
 from d2tls.clock import Clock, wall_time
-from d2tls.dtls.constants import ECDHE_SUITES, PSK_SUITES, CipherSuite
-from d2tls.dtls.messages import TwinPeaksHello
+from d2tls.dtls.constants import ECDHE_SUITES, PSK_KEYED_SUITES, CipherSuite
+from d2tls.dtls.messages import MAX_PSK_HINT, TwinPeaksHello
 from d2tls.dtls.rawpk import canonical_spkis, spki_of
 from d2tls.dtls.session import MemorySessionStore, Session, SessionStore
 from d2tls.errors import ConfigurationError
@@ -118,7 +118,7 @@ class ClientConfig:
                 self.client_raw_public_key
             ):
                 raise ConfigurationError("client_raw_public_key is not the key of private_key")
-        if any(s in PSK_SUITES for s in self.cipher_suites) and (
+        if any(s in PSK_KEYED_SUITES for s in self.cipher_suites) and (
             self.psk is None or self.psk_identity is None
         ):
             raise ConfigurationError("PSK suite configured without a PSK identity and key")
@@ -140,6 +140,8 @@ class ServerConfig:
     trust_store: Store | None = None
     client_auth: ClientAuth = ClientAuth.NONE
     psk_keys: dict[bytes, bytes] = field(default_factory=dict)
+    #: psk_identity_hint of the ECDHE_PSK ServerKeyExchange (RFC 5489 §2), at most 128 bytes.
+    psk_identity_hint: bytes = b""
     session_store: SessionStore = field(default_factory=MemorySessionStore)
     session_lifetime: float = 3600.0
     #: Send HelloVerifyRequest before committing state (RFC 6347 §4.2.1).
@@ -196,10 +198,12 @@ class ServerConfig:
             )
         if self.raw_private_key is not None and self.raw_private_key.curve.name != "secp256r1":
             raise ConfigurationError("the raw key must be ECDSA P-256")
-        if any(s in PSK_SUITES for s in self.cipher_suites) and not self.psk_keys:
+        if any(s in PSK_KEYED_SUITES for s in self.cipher_suites) and not self.psk_keys:
             raise ConfigurationError("PSK suite configured without PSK keys")
         for identity, key in self.psk_keys.items():
             check_psk(identity, key)
+        if len(self.psk_identity_hint) > MAX_PSK_HINT:
+            raise ConfigurationError(f"PSK identity hint exceeds {MAX_PSK_HINT} bytes")
         if self.trusted_client_keys:
             self.trusted_client_keys = canonical_spkis(self.trusted_client_keys, "client")
         if (

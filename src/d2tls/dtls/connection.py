@@ -2,8 +2,13 @@
 
 A ``Connection`` consumes datagrams and the current time and produces datagrams, events and a
 timer deadline (RFC 6347 §4.2.4). It owns the record layer (epochs, sequence numbers, replay
-window), handshake reassembly, flights and retransmission. *Which* message is acceptable when is
-decided only by the state machine built from ``spec/dtls.yaml``: this module feeds it triggers.
+window), handshake reassembly, flights and retransmission. *Which* message is acceptable when,
+and which record the current state takes (content types, the next epoch, an early
+ChangeCipherSpec), is decided only by ``spec/dtls.yaml``: this module feeds the state machine
+triggers and looks up the current state's record rules.
+
+The spec calls the engine through a typed handler table (``Connection._handlers``); the
+handlers are private methods that take the message that fired the transition as an argument.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from d2tls.dtls import keyschedule
@@ -21,6 +27,7 @@ from d2tls.dtls.config import KeyLogCallback, TimerConfig
 from d2tls.dtls.constants import (
     DTLS_1_0,
     DTLS_1_2,
+    ECDHE_PSK_SUITES,
     HANDSHAKE_HEADER_LEN,
     MAX_PLAINTEXT,
     PSK_SUITES,
@@ -62,7 +69,8 @@ from d2tls.errors import DecodeError, DecryptError, ProtocolError, RecordError, 
 from d2tls.errors import (
     InvalidStateError as InvalidStateError,  # re-exported: its home is d2tls.errors
 )
-from d2tls.model.machine import MachineDriver
+from d2tls.model.machine import Handlers, SpecMachine, expecting, ignoring
+from d2tls.model.spec import load_spec
 
 Address = tuple[str, int]
 Tracer = Callable[[dict[str, Any]], None]
@@ -75,6 +83,16 @@ AEAD_OVERHEAD = RECORD_HEADER_LEN + 8 + 16
 #: the bytes they may hold in all (a Finished and a little early data are what peers send).
 MAX_FUTURE_RECORDS = 16
 MAX_FUTURE_BYTES = 32 * 1024
+#: The spec's name of each record content type (``accept`` lists in spec/dtls.yaml).
+CONTENT_NAMES: dict[int, str] = {
+    ContentType.CHANGE_CIPHER_SPEC: "change_cipher_spec",
+    ContentType.ALERT: "alert",
+    ContentType.HANDSHAKE: "handshake",
+    ContentType.APPLICATION_DATA: "application_data",
+}
+#: What the spec's guards and actions receive: the handshake message that fired the
+#: transition, or None (a ChangeCipherSpec or a local event).
+Payload = HandshakeMessage | None
 
 
 @dataclass
@@ -89,7 +107,8 @@ class FlightItem:
 
 
 class Connection:
-    """Record layer, reassembly, flights and timers, driven by a spec state machine."""
+    """Record layer, reassembly, flights and timers, driven by a spec state machine whose
+    states are the members of ``states`` (the role's Enum in :mod:`d2tls.model.states`)."""
 
     ROLE: ClassVar[str]
     IS_CLIENT: ClassVar[bool]
@@ -106,8 +125,8 @@ class Connection:
         keylog: KeyLogCallback | None,
         peer: Address | None,
         tracer: Tracer | None,
+        states: type[StrEnum],
     ) -> None:
-        self.state: str = ""
         self.peer = peer
         self._mtu = mtu
         self._timers = timers
@@ -128,6 +147,8 @@ class Connection:
         self._transcript = bytearray()
         self._transcript_mark = 0
         self._flight: list[FlightItem] = []
+        #: Messages built ahead (``builds``), by name, waiting for their flight.
+        self._held: dict[str, list[FlightItem]] = {}
         self._flight_answers_below = 0
         self._building_flight: list[FlightItem] | None = None
         self._timer_deadline: float | None = None
@@ -136,7 +157,6 @@ class Connection:
         self._last_duplicate_response = -1e9
         self._ccs_held = False
         self._now = 0.0
-        self._current: HandshakeMessage | None = None
         self._error: ProtocolError | None = None
         self._internal: str | None = None
         #: Time of the last datagram received (the server evicts idle associations by it).
@@ -162,7 +182,10 @@ class Connection:
             "keygen": 0,
             "internal_errors": 0,
         }
-        self._driver = MachineDriver(self.ROLE, self)
+        self._table = self._handlers()
+        self._machine: SpecMachine[StrEnum, Payload] = SpecMachine(
+            load_spec().role(self.ROLE), states, self._table
+        )
 
     # ------------------------------------------------------------------ public sans-IO API
     def receive_datagram(self, data: bytes, now: float) -> None:
@@ -171,14 +194,14 @@ class Connection:
         self.last_activity = now
         self.stats["datagrams_received"] += 1
         self.stats["bytes_received"] += len(data)
-        if self._driver.is_final():
+        if self._machine.is_final():
             return
         records, discarded = parse_datagram(data)
         if discarded:
             self.stats["records_discarded"] += 1
         saw_duplicate = False
         for record in records:
-            if self._driver.is_final():
+            if self._machine.is_final():
                 break
             try:
                 saw_duplicate |= self._handle_record(record)
@@ -186,7 +209,7 @@ class Connection:
                 self._fail(exc)
             except Exception as exc:  # a bug must not escape to the transport
                 self._internal_error(exc)
-        if saw_duplicate and not self._driver.is_final():
+        if saw_duplicate and not self._machine.is_final():
             self._retransmit_on_duplicate()
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
@@ -222,9 +245,14 @@ class Connection:
         """Pop the next event, or None."""
         return self._events.popleft() if self._events else None
 
+    @property
+    def state(self) -> StrEnum:
+        """The current state of the spec machine (the role's Enum member)."""
+        return self._machine.state
+
     def send_application_data(self, data: bytes) -> None:
         """Queue application data; only allowed once the handshake completed."""
-        if self.state != "established":
+        if not self.is_established:
             raise InvalidStateError(f"cannot send application data in state {self.state}")
         write = self._writes[self._write_epoch]
         room = max(1, self._mtu - AEAD_OVERHEAD)
@@ -234,7 +262,7 @@ class Connection:
 
     def close(self) -> None:
         """Send close_notify and close (RFC 5246 §7.2.1). Idempotent."""
-        if not self._driver.is_final():
+        if not self._machine.is_final():
             self._fire_safely("close")
 
     @property
@@ -250,14 +278,14 @@ class Connection:
 
     @property
     def is_established(self) -> bool:
-        """True while application data may flow."""
-        return self.state == "established"
+        """True while application data may flow (the spec's state accepts it)."""
+        return "application_data" in self._machine.rules.accept
 
     @property
     def is_closed(self) -> bool:
         """True once the connection ended (cleanly or not)."""
-        driver: MachineDriver | None = self.__dict__.get("_driver")
-        return driver is not None and driver.is_final()
+        machine: SpecMachine[StrEnum, Payload] | None = self.__dict__.get("_machine")
+        return machine is not None and machine.is_final()
 
     # ------------------------------------------------------------------ record layer
     def _handle_record(self, record: Record) -> bool:
@@ -265,11 +293,14 @@ class Connection:
         if record.version not in (DTLS_1_2, DTLS_1_0):
             return self._discard(record, "unsupported record version")
         self._record_seq = record.sequence_number
+        rules = self._machine.rules
         if record.epoch == self._read.epoch:
             try:
                 payload = self._open(self._read, record)
             except RecordError as exc:
-                if self.state == "wait_finished" and self._uses_psk():
+                if rules.undecryptable == "fatal_with_psk" and (
+                    self._uses_psk() or self._uses_ecdhe_psk()
+                ):
                     # RFC 4279 §2: a wrong key is answered with decrypt_error; the peer's
                     # Finished is the first record under the new keys (RFC 6347 §4.1.2.7
                     # allows a fatal alert instead of the silent discard).
@@ -279,8 +310,7 @@ class Connection:
                     ) from None
                 return self._discard(record, str(exc))
             return self._dispatch(record, payload, old_epoch=False)
-        if record.epoch == self._read.epoch + 1 and self.state != "established":
-            # Once established no further epoch can start (renegotiation is refused).
+        if record.epoch == self._read.epoch + 1 and rules.next_epoch == "buffer":
             held = sum(len(r.fragment) for r in self._future_records)
             if (
                 len(self._future_records) < MAX_FUTURE_RECORDS
@@ -291,10 +321,7 @@ class Connection:
                 self._discard(record, "too many records of the next epoch")
             return False
         old = self._old_reads.get(record.epoch)
-        if old is not None and record.content_type in (
-            ContentType.HANDSHAKE,
-            ContentType.CHANGE_CIPHER_SPEC,
-        ):
+        if old is not None and CONTENT_NAMES.get(record.content_type) in rules.old_epoch:
             try:
                 payload = self._open(old, record)
                 # Only a retransmission check: a malformed old-epoch record (unauthenticated
@@ -327,6 +354,12 @@ class Connection:
 
     def _dispatch(self, record: Record, payload: bytes, *, old_epoch: bool) -> bool:
         content = record.content_type
+        name = CONTENT_NAMES.get(content)
+        if name is None:
+            return self._discard(record, f"unknown content type {content}")
+        if not old_epoch and not self._machine.rules.accepts(name, record.epoch):
+            # RFC 6347 §4.1.2.7: e.g. unprotected or early application data: discarded.
+            return self._discard(record, f"{name} in epoch {record.epoch} not accepted now")
         if content == ContentType.HANDSHAKE:
             return self._handle_handshake_payload(payload, old_epoch=old_epoch)
         if content == ContentType.CHANGE_CIPHER_SPEC:
@@ -338,14 +371,7 @@ class Connection:
         if content == ContentType.ALERT:
             self._handle_alert(payload)
             return False
-        if content == ContentType.APPLICATION_DATA:
-            if record.epoch == 0 or self.state != "established":
-                # Unprotected or early data is never delivered (RFC 6347 §4.1.2.7: discard).
-                self._discard(record, "application data outside an established epoch")
-                return False
-            self._events.append(ApplicationDataReceived(payload, peer=self.peer))
-            return False
-        self._discard(record, f"unknown content type {content}")
+        self._events.append(ApplicationDataReceived(payload, peer=self.peer))
         return False
 
     def _handle_handshake_payload(self, payload: bytes, *, old_epoch: bool) -> bool:
@@ -359,7 +385,7 @@ class Connection:
             self._prepare_reassembly(fragment)
             if self._reassembler.add(fragment) == "old":
                 duplicate |= repeat
-        while not self._driver.is_final():
+        while not self._machine.is_final():
             message = self._reassembler.pop()
             if message is None:
                 break
@@ -372,26 +398,30 @@ class Connection:
     def _process_handshake(self, msg_type: int, message_seq: int, body: bytes) -> None:
         name = message_name(msg_type)
         trigger = f"recv_{name}"
-        if not self._driver.accepts(trigger):
+        if not self._machine.accepts(trigger):
             raise UnexpectedMessage(f"{name} is not allowed in state {self.state}")
-        self._current = decode_handshake_body(
-            msg_type, body, psk=self._uses_psk(), raw_public_key=self._peer_sends_raw_public_key()
+        message = decode_handshake_body(
+            msg_type,
+            body,
+            psk=self._uses_psk(),
+            raw_public_key=self._peer_sends_raw_public_key(),
+            ecdhe_psk=self._uses_ecdhe_psk(),
         )
         self._trace("message_received", message=name, message_seq=message_seq, length=len(body))
         self._transcript_mark = len(self._transcript)
         if msg_type != HandshakeType.HELLO_REQUEST:  # RFC 5246 §7.4.1.1: not hashed
             self._transcript += encode_handshake(msg_type, message_seq, body)
-        self._fire(trigger)
+        self._fire(trigger, message)
         self._after_transition()
 
     def _handle_change_cipher_spec(self) -> None:
         trigger = "recv_ChangeCipherSpec"
-        if self._driver.accepts(trigger):
+        if self._machine.accepts(trigger):
             self._trace("message_received", message="ChangeCipherSpec")
-            self._fire(trigger)
+            self._fire(trigger, None)
             self._after_transition()
             return
-        if self.state != "established":
+        if self._machine.rules.early_change_cipher_spec == "hold":
             # DTLS may reorder a ChangeCipherSpec ahead of the handshake messages before it
             # (it has no message_seq), and a retransmitted flight repeats it (RFC 6347 §4.2.4):
             # hold one; keys are only switched when the machine accepts it.
@@ -418,16 +448,16 @@ class Connection:
 
     def _after_transition(self) -> None:
         """Apply a held ChangeCipherSpec once the machine can take it; manage the timer."""
-        if self._ccs_held and self._driver.accepts("recv_ChangeCipherSpec"):
+        if self._ccs_held and self._machine.accepts("recv_ChangeCipherSpec"):
             self._ccs_held = False
-            self._fire("recv_ChangeCipherSpec")
-        if self._driver.flight_kind() != "await":
+            self._fire("recv_ChangeCipherSpec", None)
+        if self._machine.flight_kind() != "await":
             self._timer_deadline = None
 
     # ------------------------------------------------------------------ machine plumbing
-    def _fire(self, trigger: str) -> None:
+    def _fire(self, trigger: str, message: Payload) -> None:
         before = self.state
-        self._driver.fire(trigger)
+        self._machine.fire(trigger, message)
         if before != self.state:
             self._trace("state", source=before, dest=self.state, trigger=trigger)
 
@@ -435,7 +465,7 @@ class Connection:
         """Fire a local event; a failure inside it still ends the connection cleanly."""
         try:
             before = self.state
-            self._driver.fire_local(trigger)
+            self._machine.fire_local(trigger, None)
             self._trace("state", source=before, dest=self.state, trigger=trigger)
         except ProtocolError as exc:
             self._fail(exc)
@@ -462,31 +492,81 @@ class Connection:
 
     def _fail(self, error: ProtocolError) -> None:
         """End the connection with a fatal alert for ``error`` (RFC 5246 §7.2.2)."""
-        if self._driver.is_final():
+        if self._machine.is_final():
             return
         # A failure in the middle of building a flight drops that flight: the alert goes alone.
         self._building_flight = None
         self._error = error
         self._trace("error", reason=error.reason, alert=error.alert.name.lower())
-        try:
-            self._driver.fire_local("abort")
-        except Exception:  # pragma: no cover - abort exists from every non-final state
-            self.state = "failed"
+        # abort exists from every non-final state (the spec loader expands "*"); the machine
+        # is in "failed" before the action that sends the alert runs.
+        self._machine.fire_local("abort", None)
         self._timer_deadline = None
 
     def _uses_psk(self) -> bool:
         return self.cipher_suite in PSK_SUITES
 
+    def _uses_ecdhe_psk(self) -> bool:
+        """An ECDHE_PSK suite was negotiated (RFC 5489 §2)."""
+        return self.cipher_suite in ECDHE_PSK_SUITES
+
     def _peer_sends_raw_public_key(self) -> bool:
         """True when the peer's Certificate carries a raw public key (RFC 7250 §4.2)."""
         return False
 
-    # ------------------------------------------------------------------ spec callbacks (shared)
-    def emit_flight(self, messages: tuple[str, ...]) -> None:
-        """Build ``messages`` in order and send them as one flight (RFC 6347 §4.2.4)."""
+    # ------------------------------------------------------------------ the handler table
+    def _handlers(self) -> Handlers[Payload]:
+        """The engine's handlers by spec name (checked against the spec by the machine)."""
+        raise NotImplementedError
+
+    def _table_with(
+        self,
+        guards: dict[str, Callable[[Payload], bool]],
+        actions: dict[str, Callable[[Payload], None]],
+        builders: dict[str, Callable[[], None]],
+    ) -> Handlers[Payload]:
+        """``guards``, ``actions`` and ``builders`` of a role plus the ones both roles share."""
+        shared_actions: dict[str, Callable[[Payload], None]] = {
+            "activate_read_epoch": ignoring(self._activate_read_epoch),
+            "verify_peer_finished": expecting(Finished, self._verify_peer_finished),
+            "send_fatal_alert": ignoring(self._send_fatal_alert),
+            "report_closed": ignoring(self._report_closed),
+            "report_peer_closed": ignoring(self._report_peer_closed),
+            "report_peer_alert": ignoring(self._report_peer_alert),
+            "report_timeout": ignoring(self._report_timeout),
+        }
+        shared_builders: dict[str, Callable[[], None]] = {
+            "ChangeCipherSpec": self._build_change_cipher_spec,
+            "Finished": self._build_finished,
+            "CloseNotify": self._build_close_notify,
+        }
+        return Handlers(
+            guards=guards,
+            actions={**shared_actions, **actions},
+            builders={**shared_builders, **builders},
+            hold=self._hold,
+            emit=self._emit,
+        )
+
+    # ------------------------------------------------------------------ flights
+    def _hold(self, messages: tuple[str, ...]) -> None:
+        """Build ``messages`` now and keep them for the next flight (spec ``builds``)."""
+        for name in messages:
+            self._building_flight = []
+            self._table.builders[name]()
+            self._held[name], self._building_flight = self._building_flight, None
+
+    def _emit(self, messages: tuple[str, ...]) -> None:
+        """Build ``messages`` in order (taking those built ahead) and send them as one flight
+        (RFC 6347 §4.2.4)."""
         self._building_flight = []
         for name in messages:
-            getattr(self, f"build_{name}")()
+            held = self._held.pop(name, None)
+            if held is not None:
+                self._building_flight.extend(held)
+            else:
+                self._table.builders[name]()
+        self._held.clear()
         items, self._building_flight = self._building_flight, None
         handshake_items = [i for i in items if i.content_type != ContentType.ALERT]
         if handshake_items:
@@ -495,7 +575,7 @@ class Connection:
             self._retransmissions = 0
             self._timeout = self._timers.initial
         self._transmit_flight(items)
-        if handshake_items and self._driver.flight_kind() == "await":
+        if handshake_items and self._machine.flight_kind() == "await":
             self.stats["round_trips"] += 1
             self._timer_deadline = self._now + self._timeout
         else:
@@ -526,7 +606,7 @@ class Connection:
         self._queue(item)
         return item
 
-    def build_ChangeCipherSpec(self) -> None:
+    def _build_change_cipher_spec(self) -> None:
         """Queue ChangeCipherSpec and switch the write epoch (RFC 5246 §7.1)."""
         if self._pending_write is None:
             raise ProtocolError("ChangeCipherSpec without negotiated keys")
@@ -538,7 +618,7 @@ class Connection:
         self._write_epoch = self._pending_write.epoch
         self._pending_write = None
 
-    def build_Finished(self) -> None:
+    def _build_finished(self) -> None:
         """Queue our Finished over the transcript so far (RFC 5246 §7.4.9)."""
         label = b"client finished" if self.IS_CLIENT else b"server finished"
         data = keyschedule.verify_data(
@@ -546,7 +626,7 @@ class Connection:
         )
         self._queue_handshake(Finished(data))
 
-    def build_CloseNotify(self) -> None:
+    def _build_close_notify(self) -> None:
         """Queue a close_notify warning alert (RFC 5246 §7.2.1)."""
         self._queue_alert(AlertLevel.WARNING, AlertDescription.CLOSE_NOTIFY)
 
@@ -554,7 +634,7 @@ class Connection:
         payload = encode_alert(int(level), int(description))
         self._queue(FlightItem(ContentType.ALERT, self._write_epoch, payload))
 
-    def activate_read_epoch(self) -> None:
+    def _activate_read_epoch(self) -> None:
         """Switch the read side to the next epoch and replay records that waited for it."""
         if self._pending_read is None:
             raise UnexpectedMessage("ChangeCipherSpec before keys were negotiated")
@@ -563,23 +643,22 @@ class Connection:
         self._pending_read = None
         waiting, self._future_records = self._future_records, []
         for record in waiting:
-            if self._driver.is_final():
+            if self._machine.is_final():
                 break
             self._handle_record(record)
 
-    def verify_peer_finished(self) -> None:
+    def _verify_peer_finished(self, finished: Finished) -> None:
         """Check the peer's verify_data over the transcript before it (RFC 5246 §7.4.9)."""
-        assert isinstance(self._current, Finished)
         label = b"server finished" if self.IS_CLIENT else b"client finished"
         expected = keyschedule.verify_data(
             bytes(self._master),
             label,
             keyschedule.transcript_hash(bytes(self._transcript[: self._transcript_mark])),
         )
-        if not hmac.compare_digest(expected, self._current.verify_data):
+        if not hmac.compare_digest(expected, finished.verify_data):
             raise ProtocolError("Finished verify_data mismatch", AlertDescription.DECRYPT_ERROR)
 
-    def send_fatal_alert(self) -> None:
+    def _send_fatal_alert(self) -> None:
         """Action of ``abort``: send the fatal alert for the recorded error."""
         error = self._error or ProtocolError("aborted")
         # With no record sequence number left for the alert (RFC 6347 §4.1) it ends silently.
@@ -604,7 +683,7 @@ class Connection:
             )
         self._wipe()
 
-    def report_closed(self) -> None:
+    def _report_closed(self) -> None:
         self._events.append(
             ConnectionTerminated(
                 "closed", AlertDescription.CLOSE_NOTIFY, by_peer=False, error=False, peer=self.peer
@@ -612,7 +691,7 @@ class Connection:
         )
         self._wipe()
 
-    def report_peer_closed(self) -> None:
+    def _report_peer_closed(self) -> None:
         self._events.append(
             ConnectionTerminated(
                 "closed by peer",
@@ -624,7 +703,7 @@ class Connection:
         )
         self._wipe()
 
-    def report_peer_alert(self) -> None:
+    def _report_peer_alert(self) -> None:
         alert = self._peer_alert or AlertDescription.INTERNAL_ERROR
         self._events.append(
             ConnectionTerminated(
@@ -637,7 +716,7 @@ class Connection:
         )
         self._wipe()
 
-    def report_timeout(self) -> None:
+    def _report_timeout(self) -> None:
         self._events.append(
             ConnectionTerminated(
                 "handshake timed out (retransmissions exhausted)",
@@ -697,7 +776,7 @@ class Connection:
 
     def _retransmit_on_duplicate(self) -> None:
         """The peer repeated a flight we already answered: resend ours (RFC 6347 §4.2.4)."""
-        if not self._flight or self._driver.flight_kind() == "none":
+        if not self._flight or self._machine.flight_kind() == "none":
             return
         if self._now - self._last_duplicate_response < self._timers.initial / 4:
             return

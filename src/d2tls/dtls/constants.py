@@ -84,11 +84,15 @@ class AlertDescription(IntEnum):
 
 
 class CipherSuite(IntEnum):
-    """The cipher suites d2tls implements (RFC 7251, RFC 5289, RFC 6655)."""
+    """The cipher suites d2tls implements (RFC 7251, RFC 5289, RFC 6655, RFC 7905, RFC 8442)."""
 
     TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 = 0xC0AE
     TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 = 0xC02B
     TLS_PSK_WITH_AES_128_CCM_8 = 0xC0A8
+    #: ECDHE-PSK (RFC 5489 §2) with ChaCha20-Poly1305 records (RFC 7905 §2).
+    TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256 = 0xCCAC
+    #: ECDHE-PSK (RFC 5489 §2) with AES-128-GCM records (RFC 8442 §2, nonce of RFC 5288 §3).
+    TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256 = 0xD001
 
 
 #: Short names accepted on the command line, mapped to suites.
@@ -96,9 +100,24 @@ CIPHER_SUITE_NAMES: dict[str, CipherSuite] = {
     "ECDHE-ECDSA-AES128-CCM8": CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,
     "ECDHE-ECDSA-AES128-GCM-SHA256": CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
     "PSK-AES128-CCM8": CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,
+    "ECDHE-PSK-CHACHA20-POLY1305": CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256,
+    "ECDHE-PSK-AES128-GCM-SHA256": CipherSuite.TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256,
 }
 
+#: Plain PSK suites (RFC 4279 §2): no certificate, no ECDHE.
 PSK_SUITES = frozenset({CipherSuite.TLS_PSK_WITH_AES_128_CCM_8})
+#: ECDHE-PSK suites (RFC 5489 §2): an unsigned ephemeral ECDH exchange mixed with the PSK.
+ECDHE_PSK_SUITES = frozenset(
+    {
+        CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256,
+        CipherSuite.TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256,
+    }
+)
+#: Every suite keyed by a pre-shared key (plain PSK or ECDHE-PSK).
+PSK_KEYED_SUITES = PSK_SUITES | ECDHE_PSK_SUITES
+#: Suites protected with ChaCha20-Poly1305 (RFC 7905 §2).
+CHACHA20_SUITES = frozenset({CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256})
+#: Certificate (ECDHE_ECDSA) suites.
 ECDHE_SUITES = frozenset(
     {
         CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,

@@ -1,7 +1,10 @@
-"""TLS 1.2 key schedule with the SHA-256 PRF (RFC 5246 §5, §6.3, §8.1; RFC 7627; RFC 4279 §2).
+"""TLS 1.2 key schedule with the SHA-256 PRF (RFC 5246 §5, §6.3, §8.1; RFC 7627; RFC 4279 §2;
+RFC 5489 §2).
 
-All three d2tls suites (CCM_8, GCM_SHA256, PSK_CCM_8) use the SHA-256 PRF: RFC 5246 §5 makes it
-the default, RFC 5289 §3.2 and RFC 6655 §3 / RFC 7251 §2 keep it for these AEAD suites.
+Every d2tls suite (CCM_8, GCM_SHA256, PSK_CCM_8, ECDHE_PSK_CHACHA20_POLY1305_SHA256,
+ECDHE_PSK_AES_128_GCM_SHA256) uses the SHA-256 PRF: RFC 5246 §5 makes it the default,
+RFC 5289 §3.2, RFC 6655 §3 / RFC 7251 §2, RFC 7905 §2 and RFC 8442 §2 keep it for these AEAD
+suites.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from d2tls.dtls.constants import CipherSuite
+from d2tls.dtls.constants import CHACHA20_SUITES, CipherSuite
 from d2tls.errors import IllegalParameter
 
 #: Length of the master secret (RFC 5246 §8.1).
@@ -24,6 +27,9 @@ VERIFY_DATA_LEN = 12
 KEY_LEN = 16
 #: fixed_iv_length, the implicit nonce salt of the AEAD suites (RFC 5288 §3, RFC 6655 §3).
 SALT_LEN = 4
+#: enc_key_length and fixed_iv_length of ChaCha20-Poly1305 (RFC 7905 §2).
+CHACHA20_KEY_LEN = 32
+CHACHA20_IV_LEN = 12
 
 CLIENT_FINISHED = b"client finished"
 SERVER_FINISHED = b"server finished"
@@ -87,6 +93,17 @@ def psk_pre_master_secret(psk: bytes) -> bytes:
     return length + bytes(n) + length + bytes(psk)
 
 
+def ecdhe_psk_pre_master_secret(shared: bytes, psk: bytes) -> bytes:
+    """ECDHE-PSK premaster: ``uint16 len, ECDH shared secret, uint16 len, psk``
+    (RFC 5489 §2: RFC 4279 §2's structure with other_secret = the ECDH result)."""
+    n = len(psk)
+    if n == 0 or n > 0xFFFF:
+        raise ValueError("PSK must be 1..65535 bytes")
+    if not shared:
+        raise ValueError("ECDH shared secret is empty")
+    return len(shared).to_bytes(2, "big") + bytes(shared) + n.to_bytes(2, "big") + bytes(psk)
+
+
 def ecdhe_pre_master_secret(private_key: ec.EllipticCurvePrivateKey, peer_point: bytes) -> bytes:
     """ECDH on secp256r1; the premaster is the 32-byte padded x-coordinate (RFC 8422 §5.10).
 
@@ -129,15 +146,19 @@ def key_block(
     """``PRF(master, "key expansion", server_random + client_random)`` split per RFC 5246 §6.3.
 
     For our AES-128 AEAD suites mac_key_length is 0 (RFC 5288 §3, RFC 6655 §3), so the block is
-    client_write_key(16) server_write_key(16) client_write_IV(4) server_write_IV(4).
+    client_write_key(16) server_write_key(16) client_write_IV(4) server_write_IV(4); for
+    ChaCha20-Poly1305 the keys are 32 bytes and the IVs 12 (RFC 7905 §2).
     """
-    CipherSuite(suite)  # reject anything we do not implement
+    suite = CipherSuite(suite)  # reject anything we do not implement
     _check_master(master)
     _check_random("client_random", client_random)
     _check_random("server_random", server_random)
     seed = bytes(server_random) + bytes(client_random)
-    block = prf(master, b"key expansion", seed, 2 * KEY_LEN + 2 * SALT_LEN)
-    k, s = KEY_LEN, SALT_LEN
+    if suite in CHACHA20_SUITES:
+        k, s = CHACHA20_KEY_LEN, CHACHA20_IV_LEN
+    else:
+        k, s = KEY_LEN, SALT_LEN
+    block = prf(master, b"key expansion", seed, 2 * k + 2 * s)
     return TrafficKeys(
         client_write_key=block[0:k],
         server_write_key=block[k : 2 * k],

@@ -38,6 +38,7 @@ __all__ = [
     "CertificateVerify",
     "ClientHello",
     "ClientKeyExchangeECDHE",
+    "ClientKeyExchangeECDHEPSK",
     "ClientKeyExchangePSK",
     "Extension",
     "Finished",
@@ -48,6 +49,7 @@ __all__ = [
     "ServerHello",
     "ServerHelloDone",
     "ServerKeyExchangeECDHE",
+    "ServerKeyExchangeECDHEPSK",
     "ServerKeyExchangePSK",
     "TwinPeaksHello",
     "decode_alert",
@@ -809,6 +811,49 @@ class ServerKeyExchangePSK:
         return cls(hint)
 
 
+#: Longest PSK identity hint we accept: RFC 4279 §5.3 asks for support of hints and identities
+#: up to 128 octets; a longer hint is refused (illegal_parameter) rather than buffered.
+MAX_PSK_HINT = 128
+
+
+@dataclass(frozen=True)
+class ServerKeyExchangeECDHEPSK:
+    """ServerKeyExchange for ECDHE_PSK: ``opaque psk_identity_hint<0..2^16-1>`` followed by
+    ServerECDHParams, unsigned (RFC 5489 §2)."""
+
+    msg_type: ClassVar[HandshakeType] = HandshakeType.SERVER_KEY_EXCHANGE
+
+    identity_hint: bytes
+    named_curve: int
+    public_point: bytes
+
+    def encode(self) -> bytes:
+        w = Writer()
+        _put_vector(w, self.identity_hint, 2, 0, _U16_MAX, "psk_identity_hint")
+        _check_uint(self.named_curve, 2, "named_curve")
+        w.u8(CURVE_TYPE_NAMED).u16(self.named_curve)
+        _put_vector(w, self.public_point, 1, 1, _U8_MAX, "ECPoint")
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, body: bytes) -> Self:
+        """Decode; a hint over :data:`MAX_PSK_HINT` bytes or a curve_type other than
+        named_curve is IllegalParameter (RFC 4279 §5.3, RFC 8422 §5.4)."""
+        r = Reader(body)
+        hint = r.vector(2)
+        if len(hint) > MAX_PSK_HINT:
+            raise IllegalParameter(
+                f"PSK identity hint of {len(hint)} bytes exceeds {MAX_PSK_HINT} (RFC 4279 §5.3)"
+            )
+        curve_type = r.u8()
+        if curve_type != CURVE_TYPE_NAMED:
+            raise IllegalParameter(f"unsupported ECCurveType {curve_type}")
+        named_curve = r.u16()
+        point = r.vector(1, 1)
+        r.expect_end("ServerKeyExchange")
+        return cls(hint, named_curve, point)
+
+
 @dataclass(frozen=True)
 class CertificateRequest:
     """CertificateRequest (RFC 5246 §7.4.4): certificate_types<1..2^8-1>,
@@ -908,6 +953,31 @@ class ClientKeyExchangePSK:
 
 
 @dataclass(frozen=True)
+class ClientKeyExchangeECDHEPSK:
+    """ClientKeyExchange for ECDHE_PSK: ``opaque psk_identity<0..2^16-1>`` followed by
+    ClientECDiffieHellmanPublic, ``opaque point<1..2^8-1>`` (RFC 5489 §2)."""
+
+    msg_type: ClassVar[HandshakeType] = HandshakeType.CLIENT_KEY_EXCHANGE
+
+    identity: bytes
+    public_point: bytes
+
+    def encode(self) -> bytes:
+        w = Writer()
+        _put_vector(w, self.identity, 2, 0, _U16_MAX, "psk_identity")
+        _put_vector(w, self.public_point, 1, 1, _U8_MAX, "ECPoint")
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, body: bytes) -> Self:
+        r = Reader(body)
+        identity = r.vector(2)
+        point = r.vector(1, 1)
+        r.expect_end("ClientKeyExchange")
+        return cls(identity, point)
+
+
+@dataclass(frozen=True)
 class CertificateVerify:
     """CertificateVerify: a digitally-signed handshake transcript (RFC 5246 §7.4.8, §4.7)."""
 
@@ -959,10 +1029,12 @@ HandshakeMessage: TypeAlias = (
     | RawPublicKeyCertificate
     | ServerKeyExchangeECDHE
     | ServerKeyExchangePSK
+    | ServerKeyExchangeECDHEPSK
     | CertificateRequest
     | ServerHelloDone
     | ClientKeyExchangeECDHE
     | ClientKeyExchangePSK
+    | ClientKeyExchangeECDHEPSK
     | CertificateVerify
     | Finished
 )
@@ -1000,17 +1072,27 @@ def message_name(msg_type: int) -> str:
 
 
 def decode_handshake_body(
-    msg_type: int, body: bytes, *, psk: bool, raw_public_key: bool = False
+    msg_type: int,
+    body: bytes,
+    *,
+    psk: bool,
+    raw_public_key: bool = False,
+    ecdhe_psk: bool = False,
 ) -> HandshakeMessage:
     """Decode a reassembled handshake body of type ``msg_type``.
 
     ``psk`` selects the RFC 4279 ServerKeyExchange/ClientKeyExchange variants instead of the
-    RFC 8422 ECDHE ones; ``raw_public_key`` the RFC 7250 Certificate (an empty one, three zero
-    bytes, is an empty :class:`Certificate`: a client without a key, RFC 5246 §7.4.6).
+    RFC 8422 ECDHE ones, ``ecdhe_psk`` the RFC 5489 ones; ``raw_public_key`` the RFC 7250
+    Certificate (an empty one, three zero bytes, is an empty :class:`Certificate`: a client
+    without a key, RFC 5246 §7.4.6).
     Unknown or unsupported types raise UnexpectedMessage (RFC 5246 §7.4).
     """
     if msg_type == HandshakeType.CERTIFICATE and raw_public_key and body != bytes(3):
         return RawPublicKeyCertificate.decode(body)
+    if ecdhe_psk and msg_type == HandshakeType.SERVER_KEY_EXCHANGE:
+        return ServerKeyExchangeECDHEPSK.decode(body)
+    if ecdhe_psk and msg_type == HandshakeType.CLIENT_KEY_EXCHANGE:
+        return ClientKeyExchangeECDHEPSK.decode(body)
     if msg_type == HandshakeType.SERVER_KEY_EXCHANGE:
         return ServerKeyExchangePSK.decode(body) if psk else ServerKeyExchangeECDHE.decode(body)
     if msg_type == HandshakeType.CLIENT_KEY_EXCHANGE:

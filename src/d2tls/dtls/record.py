@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
 from d2tls.dtls.buffer import Writer
 from d2tls.dtls.constants import (
     CCM8_SUITES,
+    CHACHA20_SUITES,
     DTLS_1_2,
     MAX_CIPHERTEXT,
     MAX_PLAINTEXT,
@@ -151,23 +152,36 @@ def _aad(epoch: int, seq: int, content_type: int, version: int, length: int) -> 
 
 
 class AEADProtection:
-    """AES-128-CCM_8 or AES-128-GCM record protection for one direction (RFC 5246 §6.2.3.3).
+    """AEAD record protection for one direction (RFC 5246 §6.2.3.3).
 
-    Nonce = salt(4) || explicit(8) (RFC 5288 §3, RFC 6655 §3); the explicit part is the
-    64-bit DTLS sequence number epoch || seq, which never repeats under one key
-    (RFC 6655 §3, RFC 6347 §4.1.2.1).
+    AES-128-CCM_8 / AES-128-GCM: nonce = salt(4) || explicit(8) (RFC 5288 §3, RFC 6655 §3);
+    the explicit part is the 64-bit DTLS sequence number epoch || seq, which never repeats
+    under one key (RFC 6655 §3, RFC 6347 §4.1.2.1).
+    ChaCha20-Poly1305: a 32-byte key, a 12-byte fixed IV XORed with the left-padded 64-bit
+    epoch || seq, and no explicit nonce on the wire (RFC 7905 §2).
     """
 
-    __slots__ = ("_aead", "_salt", "suite", "tag_length")
+    __slots__ = ("_aead", "_salt", "explicit_nonce_length", "suite", "tag_length")
 
     def __init__(self, suite: CipherSuite, key: bytes, salt: bytes) -> None:
         suite = CipherSuite(suite)
+        self.suite = suite
+        self._aead: AESCCM | AESGCM | ChaCha20Poly1305
+        if suite in CHACHA20_SUITES:
+            if len(key) != 32:
+                raise ValueError("ChaCha20-Poly1305 key must be 32 bytes")
+            if len(salt) != 12:
+                raise ValueError("ChaCha20-Poly1305 fixed IV must be 12 bytes")
+            self.tag_length = 16  # RFC 7905 §2 (RFC 8439 §2.8: 16-octet tag)
+            self.explicit_nonce_length = 0
+            self._aead = ChaCha20Poly1305(bytes(key))
+            self._salt = bytes(salt)
+            return
         if len(key) != 16:
             raise ValueError("AES-128 key must be 16 bytes")
         if len(salt) != 4:
             raise ValueError("implicit nonce salt must be 4 bytes")
-        self.suite = suite
-        self._aead: AESCCM | AESGCM
+        self.explicit_nonce_length = EXPLICIT_NONCE_LEN
         if suite in CCM8_SUITES:
             self.tag_length = 8  # RFC 6655 §4: CCM_8 has an 8-octet ICV
             self._aead = AESCCM(bytes(key), tag_length=8)
@@ -176,13 +190,20 @@ class AEADProtection:
             self._aead = AESGCM(bytes(key))
         self._salt = bytes(salt)
 
+    def _nonce(self, explicit: bytes) -> bytes:
+        """The per-record nonce from the 8-byte epoch || seq (RFC 5288 §3, RFC 7905 §2)."""
+        if self.explicit_nonce_length:
+            return self._salt + explicit
+        padded = bytes(4) + explicit
+        return bytes(a ^ b for a, b in zip(self._salt, padded, strict=True))
+
     def __repr__(self) -> str:
         return f"AEADProtection({self.suite.name}, <key redacted>)"
 
     @property
     def overhead(self) -> int:
-        """Bytes added to each plaintext: explicit nonce + tag."""
-        return EXPLICIT_NONCE_LEN + self.tag_length
+        """Bytes added to each plaintext: explicit nonce (if any) + tag."""
+        return self.explicit_nonce_length + self.tag_length
 
     def seal(
         self, content_type: int, version: int, epoch: int, seq: int, plaintext: bytes
@@ -192,7 +213,8 @@ class AEADProtection:
             raise ValueError("plaintext exceeds 2^14 bytes (RFC 5246 §6.2.1)")
         explicit = Writer().u16(epoch).u48(seq).getvalue()
         aad = _aad(epoch, seq, content_type, version, len(plaintext))
-        return explicit + self._aead.encrypt(self._salt + explicit, bytes(plaintext), aad)
+        sealed = self._aead.encrypt(self._nonce(explicit), bytes(plaintext), aad)
+        return explicit[: self.explicit_nonce_length] + sealed
 
     def open(self, record: Record) -> bytes:
         """Decrypt and authenticate a record's fragment; any failure is a :class:`RecordError`."""
@@ -206,8 +228,11 @@ class AEADProtection:
             and 0 <= record.version <= _MAX_U16
         ):
             raise RecordError("record header field out of range")
-        explicit = bytes(fragment[:EXPLICIT_NONCE_LEN])
-        ciphertext = bytes(fragment[EXPLICIT_NONCE_LEN:])
+        if self.explicit_nonce_length:
+            explicit = bytes(fragment[: self.explicit_nonce_length])
+        else:  # RFC 7905 §2: the nonce comes from the record header
+            explicit = Writer().u16(record.epoch).u48(record.sequence_number).getvalue()
+        ciphertext = bytes(fragment[self.explicit_nonce_length :])
         aad = _aad(
             record.epoch,
             record.sequence_number,
@@ -216,7 +241,7 @@ class AEADProtection:
             len(ciphertext) - self.tag_length,
         )
         try:
-            return self._aead.decrypt(self._salt + explicit, ciphertext, aad)
+            return self._aead.decrypt(self._nonce(explicit), ciphertext, aad)
         except (InvalidTag, ValueError, OverflowError) as exc:
             raise RecordError("bad record MAC") from exc
 

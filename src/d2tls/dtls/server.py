@@ -22,19 +22,29 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from d2tls.clock import utc
-from d2tls.dtls import keyschedule
+from d2tls.dtls import ecdhe_psk, keyschedule
 from d2tls.dtls.config import ClientAuth, ServerConfig
-from d2tls.dtls.connection import Address, Connection, InvalidStateError, Tracer, log
+from d2tls.dtls.connection import (
+    CONTENT_NAMES,
+    Address,
+    Connection,
+    InvalidStateError,
+    Payload,
+    Tracer,
+    log,
+)
 from d2tls.dtls.constants import (
     CERT_TYPE_ECDSA_SIGN,
     COMPRESSION_NULL,
     DTLS_1_0,
     DTLS_1_2,
+    ECDHE_PSK_SUITES,
     ECDSA_SECP256R1_SHA256,
     EMPTY_RENEGOTIATION_INFO_SCSV,
     MAX_PLAINTEXT,
     MAX_SEQUENCE,
     POINT_FORMAT_UNCOMPRESSED,
+    PSK_KEYED_SUITES,
     PSK_SUITES,
     SECP256R1,
     AlertDescription,
@@ -63,6 +73,7 @@ from d2tls.dtls.messages import (
     encode_certificate_type,
     encode_ec_point_formats,
     encode_renegotiation_info,
+    message_name,
 )
 from d2tls.dtls.pending_hellos import PendingHellos
 from d2tls.dtls.rawpk import choose_type, fingerprint, load_raw_public_key, spki_of
@@ -76,7 +87,11 @@ from d2tls.errors import (
     HandshakeFailure,
     IllegalParameter,
     ProtocolError,
+    SpecError,
 )
+from d2tls.model.machine import Handlers, expecting, ignoring
+from d2tls.model.spec import RoleSpec, load_spec
+from d2tls.model.states import ServerState
 from d2tls.pki.verdict_cache import VerdictCache
 from d2tls.pki.verify import certificate_identity, verify_client_path
 from d2tls.randomness import RandomBytes, system_random
@@ -180,8 +195,14 @@ class ServerConnection(Connection):
         #: True once a ClientHello was refused for want of room in the association table.
         self.refused = False
         super().__init__(
-            mtu=config.mtu, timers=config.timers, keylog=config.keylog, peer=peer, tracer=tracer
+            mtu=config.mtu,
+            timers=config.timers,
+            keylog=config.keylog,
+            peer=peer,
+            tracer=tracer,
+            states=ServerState,
         )
+        #: The ClientHello being answered (set by the actions that take it).
         self._hello: ClientHello | None = None
         self._choice: CipherSuite | None = None
         self._session_id = b""
@@ -208,7 +229,7 @@ class ServerConnection(Connection):
         sequence numbers start at the ClientHello's, so that the HelloVerifyRequest and the
         ServerHello never share one.
         """
-        if self.state == "listen" and fragment.msg_type == HandshakeType.CLIENT_HELLO:
+        if self.stateless and fragment.msg_type == HandshakeType.CLIENT_HELLO:
             if fragment.message_seq > MAX_CLIENT_HELLO_SEQ:
                 raise IllegalParameter(
                     f"ClientHello message_seq {fragment.message_seq} exceeds "
@@ -224,30 +245,86 @@ class ServerConnection(Connection):
             self._send_seq = fragment.message_seq
             self._writes[0].write_seq = self._record_seq
 
-    # ------------------------------------------------------------------ guards
-    def _client_hello(self) -> ClientHello:
-        hello = self._current
-        assert isinstance(hello, ClientHello)
-        return hello
+    @property
+    def state(self) -> ServerState:
+        """The current state (``spec/dtls.yaml``, role ``dtls_server``)."""
+        return ServerState(self._machine.state)
 
-    def cookie_valid(self) -> bool:
+    @property
+    def stateless(self) -> bool:
+        """Whether the spec's state keeps nothing for the peer (RFC 6347 §4.2.1), so that the
+        listener answers from it and drops the machine."""
+        return self._machine.spec_state.stateless
+
+    # ------------------------------------------------------------------ the spec's handlers
+    def _handlers(self) -> Handlers[Payload]:
+        return self._table_with(
+            guards={
+                "cookie_valid": expecting(ClientHello, self._cookie_valid),
+                "resume_without_cookie": expecting(ClientHello, self._resume_without_cookie),
+                "association_available": ignoring(self._association_available),
+                "session_resumable": expecting(ClientHello, self._session_resumable),
+                "psk_suite_chosen": expecting(ClientHello, self._psk_suite_chosen),
+                "ecdhe_psk_suite_chosen": expecting(ClientHello, self._ecdhe_psk_suite_chosen),
+                "client_certificate_wanted": ignoring(self._client_certificate_wanted),
+                "client_certificate_present": self._client_certificate_present,
+                "client_sent_raw_public_key": ignoring(self._client_sent_raw_public_key),
+                "twinpeaks_hello_mismatch": expecting(ClientHello, self._twinpeaks_hello_mismatch),
+            },
+            actions={
+                "check_client_hello": expecting(ClientHello, self._check_client_hello),
+                "refuse_association": ignoring(self._refuse_association),
+                "refuse_twinpeaks_hello": ignoring(self._refuse_twinpeaks_hello),
+                "negotiate": expecting(ClientHello, self._negotiate),
+                "new_session": ignoring(self._new_session),
+                "resume_session": ignoring(self._resume_session),
+                "note_unproven_address": ignoring(self._note_unproven_address),
+                "process_client_certificate": expecting(
+                    Certificate, self._process_client_certificate
+                ),
+                "process_client_raw_public_key": expecting(
+                    RawPublicKeyCertificate, self._process_client_raw_public_key
+                ),
+                "process_empty_client_certificate": ignoring(
+                    self._process_empty_client_certificate
+                ),
+                "process_client_key_exchange": self._process_client_key_exchange,
+                "verify_certificate_verify": expecting(
+                    CertificateVerify, self._verify_certificate_verify
+                ),
+                "complete_handshake": ignoring(self._complete_handshake),
+                "refuse_renegotiation": ignoring(self._refuse_renegotiation),
+            },
+            builders={
+                "HelloVerifyRequest": self._build_hello_verify_request,
+                "ServerHello": self._build_server_hello,
+                "Certificate": self._build_certificate,
+                "ServerKeyExchange": self._build_server_key_exchange,
+                "CertificateRequest": self._build_certificate_request,
+                "ServerHelloDone": self._build_server_hello_done,
+            },
+        )
+
+    def _client_hello(self) -> ClientHello:
+        """The ClientHello being answered (builders run after the action that took it)."""
+        assert self._hello is not None
+        return self._hello
+
+    # ------------------------------------------------------------------ guards
+    def _cookie_valid(self, hello: ClientHello) -> bool:
         if not self.config.cookie_exchange:
             return True
         assert self.peer is not None
-        return self._cookies.check(self.peer, self._client_hello(), self._now)
+        return self._cookies.check(self.peer, hello, self._now)
 
-    def resume_without_cookie(self) -> bool:
+    def _resume_without_cookie(self, hello: ClientHello) -> bool:
         """RFC 6347 §4.2.1: a server MAY skip the cookie exchange when resuming. Only when the
         operator allows it (``config.resume_without_cookie``), for a ClientHello that carries
         no cookie (one that does is on the cookie path), and when the address holds no live
         association, which a spoofed ClientHello must not be able to replace."""
-        return (
-            self._cookieless
-            and self.config.resume_without_cookie
-            and not self._client_hello().cookie
-        )
+        return self._cookieless and self.config.resume_without_cookie and not hello.cookie
 
-    def association_available(self) -> bool:
+    def _association_available(self) -> bool:
         """Room for this association: the server may evict a half-open one or an idle
         established one, but never a live established one (docs/security.md)."""
         if self._admission is None:
@@ -255,7 +332,7 @@ class ServerConnection(Connection):
         assert self.peer is not None
         return self._admission(self.peer, self._now)
 
-    def refuse_association(self) -> None:
+    def _refuse_association(self) -> None:
         """No room: a fatal internal_error alert (RFC 5246 §7.2.2: a resource failure
         unrelated to the peer), and no state is kept."""
         self.refused = True
@@ -274,9 +351,8 @@ class ServerConnection(Connection):
         )
         self._wipe()
 
-    def session_resumable(self) -> bool:
+    def _session_resumable(self, hello: ClientHello) -> bool:
         """RFC 5246 §7.4.1.2 and RFC 7627 §5.3: resume only an identical, unexpired session."""
-        hello = self._client_hello()
         if not hello.session_id:
             return False
         session = self.config.session_store.get(hello.session_id)
@@ -348,37 +424,40 @@ class ServerConnection(Connection):
                 AlertDescription.CERTIFICATE_REVOKED,
             )
 
-    def psk_suite_chosen(self) -> bool:
-        return self._negotiate_suite() in PSK_SUITES
+    def _psk_suite_chosen(self, hello: ClientHello) -> bool:
+        return self._negotiate_suite(hello) in PSK_SUITES
 
-    def client_certificate_wanted(self) -> bool:
+    def _ecdhe_psk_suite_chosen(self, hello: ClientHello) -> bool:
+        """RFC 5489 §2: ServerKeyExchange with hint and ECDH parameters, no certificate."""
+        return self._negotiate_suite(hello) in ECDHE_PSK_SUITES
+
+    def _client_certificate_wanted(self) -> bool:
         return self.config.client_auth is not ClientAuth.NONE
 
-    def client_certificate_present(self) -> bool:
-        current = self._current
-        return isinstance(current, RawPublicKeyCertificate) or (
-            isinstance(current, Certificate) and bool(current.certificates)
+    def _client_certificate_present(self, certificate: Payload) -> bool:
+        return isinstance(certificate, RawPublicKeyCertificate) or (
+            isinstance(certificate, Certificate) and bool(certificate.certificates)
         )
 
-    def client_sent_raw_public_key(self) -> bool:
+    def _client_sent_raw_public_key(self) -> bool:
         """RFC 7250 §4.2: our ServerHello asked for a raw public key from the client."""
         return self._client_cert_type == CertificateType.RAW_PUBLIC_KEY
 
     def _peer_sends_raw_public_key(self) -> bool:
         return self._client_cert_type == CertificateType.RAW_PUBLIC_KEY
 
-    def twinpeaks_hello_mismatch(self) -> bool:
+    def _twinpeaks_hello_mismatch(self, hello: ClientHello) -> bool:
         """spec/twinpeaks.md §9.3: the ClientHello's TwinPeaks extension names another
         server, address or key than ours. False without the extension or without our
         TwinPeaks identity (an unknown extension is ignored, RFC 5246 §7.4.1.4)."""
         ours = self.config.twinpeaks
-        theirs = self._client_hello().twinpeaks if ours is not None else None
+        theirs = hello.twinpeaks if ours is not None else None
         if ours is None or theirs is None:
             return False
         self._twinpeaks_refusal = check_hello(ours, theirs)
         return self._twinpeaks_refusal is not None
 
-    def refuse_twinpeaks_hello(self) -> None:
+    def _refuse_twinpeaks_hello(self) -> None:
         """Refuse with the alert naming the wrong field (spec/twinpeaks.md §9.3); no state
         is kept (the listener drops a failed candidate)."""
         refusal = self._twinpeaks_refusal
@@ -394,11 +473,10 @@ class ServerConnection(Connection):
         self._wipe()
 
     # ------------------------------------------------------------------ negotiation
-    def _negotiate_suite(self) -> CipherSuite:
+    def _negotiate_suite(self, hello: ClientHello) -> CipherSuite:
         """Pick our most preferred suite that the client offers and can use (RFC 5246 §7.4.1.3)."""
         if self._choice is not None:
             return self._choice
-        hello = self._client_hello()
         groups = hello.supported_groups
         algorithms = hello.signature_algorithms
         formats = hello.ec_point_formats
@@ -410,17 +488,20 @@ class ServerConnection(Connection):
                 return suite
             if groups is not None and SECP256R1 not in groups:
                 continue
-            if algorithms is not None and ECDSA_SECP256R1_SHA256 not in algorithms:
-                continue
             if formats is not None and POINT_FORMAT_UNCOMPRESSED not in formats:
+                continue
+            if suite in ECDHE_PSK_SUITES:  # RFC 5489 §2: nothing is signed
+                self._choice = suite
+                return suite
+            if algorithms is not None and ECDSA_SECP256R1_SHA256 not in algorithms:
                 continue
             self._choice = suite
             return suite
         raise HandshakeFailure("no cipher suite in common")
 
-    def check_client_hello(self) -> None:
+    def _check_client_hello(self, hello: ClientHello) -> None:
         """Reject what no cookie can fix (RFC 5246 §7.4.1.2, RFC 6347 §4.2.1)."""
-        hello = self._client_hello()
+        self._hello = hello
         if hello.client_version > DTLS_1_2:  # DTLS versions count down: 0xFEFF is 1.0
             raise ProtocolError(
                 f"client offers only {hello.client_version:#06x}", AlertDescription.PROTOCOL_VERSION
@@ -431,11 +512,9 @@ class ServerConnection(Connection):
         if info is not None and info != b"":
             raise HandshakeFailure("non-empty renegotiation_info in an initial handshake")
 
-    def negotiate(self) -> None:
-        self.check_client_hello()
-        hello = self._client_hello()
-        suite = self._negotiate_suite()
-        self._hello = hello
+    def _negotiate(self, hello: ClientHello) -> None:
+        self._check_client_hello(hello)
+        suite = self._negotiate_suite(hello)
         self.cipher_suite = suite
         self.client_random = hello.random
         self.server_random = self.config.randomness.random_bytes(32)
@@ -444,9 +523,9 @@ class ServerConnection(Connection):
         if self.config.require_extended_master_secret and not self.extended_master_secret:
             raise HandshakeFailure("client did not offer the extended master secret (RFC 7627)")
 
-    def new_session(self) -> None:
+    def _new_session(self) -> None:
         self._session_id = self.config.randomness.random_bytes(32)
-        if not self._uses_psk():
+        if self.cipher_suite not in PSK_KEYED_SUITES:
             self._negotiate_certificate_types()
 
     def _negotiate_certificate_types(self) -> None:
@@ -466,7 +545,7 @@ class ServerConnection(Connection):
                 AlertDescription.UNSUPPORTED_CERTIFICATE,
             )
         self._server_cert_type = CertificateType(chosen)
-        if not self.client_certificate_wanted():
+        if not self._client_certificate_wanted():
             return
         accepted: list[CertificateType] = []
         if self.config.trusted_client_keys:
@@ -485,7 +564,7 @@ class ServerConnection(Connection):
             CertificateType(chosen) if chosen is not None else (CertificateType.X509)
         )
 
-    def note_unproven_address(self) -> None:
+    def _note_unproven_address(self) -> None:
         """No cookie proved the client's address: retransmit our flight on the timer at most
         :data:`UNPROVEN_RETRANSMISSIONS` times, bounding what a spoofed ClientHello draws to
         another host (RFC 6347 §4.2.1); a client that repeats its ClientHello is still answered
@@ -496,7 +575,7 @@ class ServerConnection(Connection):
             max_retransmissions=min(self._timers.max_retransmissions, UNPROVEN_RETRANSMISSIONS),
         )
 
-    def resume_session(self) -> None:
+    def _resume_session(self) -> None:
         session = self._resumable
         assert session is not None
         self._resumed = True
@@ -511,12 +590,12 @@ class ServerConnection(Connection):
         self._install_keys()
 
     # ------------------------------------------------------------------ builders
-    def build_HelloVerifyRequest(self) -> None:
+    def _build_hello_verify_request(self) -> None:
         assert self.peer is not None
         cookie = self._cookies.make(self.peer, self._client_hello(), self._now)
         self._queue_handshake(HelloVerifyRequest(DTLS_1_2, cookie))
 
-    def build_ServerHello(self) -> None:
+    def _build_server_hello(self) -> None:
         hello = self._client_hello()
         extensions: list[Extension] = []
         if (
@@ -535,7 +614,7 @@ class ServerConnection(Connection):
                     encode_ec_point_formats([POINT_FORMAT_UNCOMPRESSED]),
                 )
             )
-        if not self._resumed and self.cipher_suite not in PSK_SUITES:
+        if not self._resumed and self.cipher_suite not in PSK_KEYED_SUITES:
             # RFC 7250 §4.2: answer each list the client sent with the one type chosen; the
             # client's type only when we send a CertificateRequest and a type was chosen.
             if hello.server_certificate_types is not None:
@@ -547,7 +626,7 @@ class ServerConnection(Connection):
                 )
             if (
                 hello.client_certificate_types is not None
-                and self.client_certificate_wanted()
+                and self._client_certificate_wanted()
                 and self._client_cert_type in hello.client_certificate_types
             ):
                 extensions.append(
@@ -568,7 +647,7 @@ class ServerConnection(Connection):
             )
         )
 
-    def build_Certificate(self) -> None:
+    def _build_certificate(self) -> None:
         if self._server_cert_type == CertificateType.RAW_PUBLIC_KEY:
             assert self.config.raw_private_key is not None
             self._queue_handshake(RawPublicKeyCertificate(spki_of(self.config.raw_private_key)))
@@ -585,8 +664,14 @@ class ServerConnection(Connection):
         assert key is not None
         return key
 
-    def build_ServerKeyExchange(self) -> None:
-        """Signed ECDHE parameters (RFC 8422 §5.4)."""
+    def _build_server_key_exchange(self) -> None:
+        """Signed ECDHE parameters (RFC 8422 §5.4), or hint and ECDH parameters (RFC 5489 §2)."""
+        if self._uses_ecdhe_psk():
+            self._ephemeral, exchange = ecdhe_psk.server_key_exchange(
+                self.config.randomness, self.config.psk_identity_hint
+            )
+            self._queue_handshake(exchange)
+            return
         self._ephemeral = self.config.randomness.ec_private_key()
         point = self._ephemeral.public_key().public_bytes(
             Encoding.X962, PublicFormat.UncompressedPoint
@@ -598,7 +683,7 @@ class ServerConnection(Connection):
             ServerKeyExchangeECDHE(SECP256R1, point, ECDSA_SECP256R1_SHA256, signature)
         )
 
-    def build_CertificateRequest(self) -> None:
+    def _build_certificate_request(self) -> None:
         """RFC 5246 §7.4.4; an empty CA list lets the client pick its certificate."""
         self._queue_handshake(
             CertificateRequest(
@@ -608,14 +693,12 @@ class ServerConnection(Connection):
             )
         )
 
-    def build_ServerHelloDone(self) -> None:
+    def _build_server_hello_done(self) -> None:
         self._queue_handshake(ServerHelloDone())
 
     # ------------------------------------------------------------------ client flight
-    def process_client_certificate(self) -> None:
+    def _process_client_certificate(self, certificate: Certificate) -> None:
         """Verify the client chain against the trust store (RFC 5246 §7.4.6)."""
-        certificate = self._current
-        assert isinstance(certificate, Certificate)
         if self.config.trust_store is None:  # only raw keys are accepted (RFC 7250 §4.2)
             raise CertificateError(
                 "client sent an X.509 certificate but only raw public keys are trusted",
@@ -633,11 +716,9 @@ class ServerConnection(Connection):
         self._client_key = key
         self._client_certificates = tuple(certificate.certificates)
 
-    def process_client_raw_public_key(self) -> None:
+    def _process_client_raw_public_key(self, certificate: RawPublicKeyCertificate) -> None:
         """RFC 7250 §3: accept the client's SubjectPublicKeyInfo only if it is trusted
         (certificate_unknown otherwise); it must be ECDSA P-256 (unsupported_certificate)."""
-        certificate = self._current
-        assert isinstance(certificate, RawPublicKeyCertificate)
         key, spki = load_raw_public_key(certificate.subject_public_key_info, "client")
         if spki not in self.config.trusted_client_keys:
             raise CertificateError(
@@ -647,14 +728,18 @@ class ServerConnection(Connection):
         self._client_key = key
         self._client_raw_key = spki
 
-    def process_empty_client_certificate(self) -> None:
+    def _process_empty_client_certificate(self) -> None:
         if self.config.client_auth is ClientAuth.REQUIRED:
             raise HandshakeFailure("a client certificate is required")
 
-    def process_client_key_exchange(self) -> None:
+    def _process_client_key_exchange(self, exchange: Payload) -> None:
         """Premaster, then (extended) master secret and the next epoch's keys."""
-        exchange = self._current
-        if self._uses_psk():
+        if self._uses_ecdhe_psk():
+            assert self._ephemeral is not None
+            self._psk_identity, pre_master = ecdhe_psk.server_pre_master(
+                self._ephemeral, exchange, self.config.psk_keys
+            )
+        elif self._uses_psk():
             if not isinstance(exchange, ClientKeyExchangePSK):
                 raise IllegalParameter("expected a PSK ClientKeyExchange")
             psk = self.config.psk_keys.get(exchange.identity)
@@ -676,10 +761,9 @@ class ServerConnection(Connection):
             )
         self._install_keys()
 
-    def verify_certificate_verify(self) -> None:
+    def _verify_certificate_verify(self, verify: CertificateVerify) -> None:
         """The client proves possession of its key (RFC 5246 §7.4.8)."""
-        verify = self._current
-        assert isinstance(verify, CertificateVerify) and self._client_key is not None
+        assert self._client_key is not None
         if verify.signature_algorithm != ECDSA_SECP256R1_SHA256:
             raise IllegalParameter("CertificateVerify uses an algorithm we did not request")
         signed = bytes(self._transcript[: self._transcript_mark])
@@ -688,7 +772,7 @@ class ServerConnection(Connection):
         except InvalidSignature:
             raise DecryptError("CertificateVerify signature does not verify") from None
 
-    def complete_handshake(self) -> None:
+    def _complete_handshake(self) -> None:
         assert self.cipher_suite is not None
         if self._resumed and self._resumable is not None:
             self.session = self._resumable
@@ -726,7 +810,7 @@ class ServerConnection(Connection):
             )
         )
 
-    def refuse_renegotiation(self) -> None:
+    def _refuse_renegotiation(self) -> None:
         """RFC 5746 / our policy: refuse with a no_renegotiation warning, stay established."""
         self._queue_alert(AlertLevel.WARNING, AlertDescription.NO_RENEGOTIATION)
 
@@ -812,18 +896,43 @@ def _is_new_client_hello(data: bytes, connection: ServerConnection) -> bool:
     return len(random) != 32 or random != connection.client_random
 
 
+_LISTEN: dict[int, tuple[RoleSpec, frozenset[str], frozenset[int]]] = {}
+
+
+def _listen_filter() -> tuple[frozenset[str], frozenset[int]]:
+    """What the stateless initial state of ``dtls_server`` takes (spec/dtls.yaml): the record
+    content types of epoch 0 and the handshake types it has a transition for (computed once
+    per loaded spec)."""
+    role = load_spec().role("dtls_server")
+    hit = _LISTEN.get(id(role))
+    if hit is not None and hit[0] is role:
+        return hit[1], hit[2]
+    listen = role.states[role.initial]
+    if not listen.stateless:
+        raise SpecError(f"dtls_server: the initial state {role.initial} must be stateless")
+    triggers = role.triggers_from(role.initial)
+    types = frozenset(t for t in HandshakeType if f"recv_{message_name(t)}" in triggers)
+    if types != {HandshakeType.CLIENT_HELLO}:
+        raise SpecError(f"dtls_server: {role.initial} must take exactly ClientHello")
+    content_types = listen.rules.epoch0 & listen.rules.accept
+    _LISTEN[id(role)] = (role, content_types, types)
+    return content_types, types
+
+
 def _client_hello_fragments(data: bytes) -> list[tuple[Record, HandshakeFragment]] | None:
     """The ClientHello fragments of a datagram from an address without an association.
 
-    Before a cookie only epoch-0 handshake records carrying ClientHello fragments of at most
-    :data:`MAX_CLIENT_HELLO_LENGTH` bytes are accepted (RFC 6347 §4.2.1); anything else in
-    the datagram makes it worthless (None).
+    Before a cookie only what the stateless ``listen`` state of the spec takes is accepted
+    (RFC 6347 §4.2.1): epoch-0 handshake records carrying ClientHello fragments, of at most
+    :data:`MAX_CLIENT_HELLO_LENGTH` bytes; anything else in the datagram makes it worthless
+    (None).
     """
+    content_types, message_types = _listen_filter()
     records, _ = parse_datagram(data)
     out: list[tuple[Record, HandshakeFragment]] = []
     for record in records:
         if (
-            record.content_type != ContentType.HANDSHAKE
+            CONTENT_NAMES.get(record.content_type) not in content_types
             or record.epoch != 0
             or record.version not in (DTLS_1_2, DTLS_1_0)
             or len(record.fragment) > MAX_PLAINTEXT
@@ -834,10 +943,7 @@ def _client_hello_fragments(data: bytes) -> list[tuple[Record, HandshakeFragment
         except D2TLSError:
             return None
         for fragment in fragments:
-            if (
-                fragment.msg_type != HandshakeType.CLIENT_HELLO
-                or fragment.length > MAX_CLIENT_HELLO_LENGTH
-            ):
+            if fragment.msg_type not in message_types or fragment.length > MAX_CLIENT_HELLO_LENGTH:
                 return None
             out.append((record, fragment))
     return out or None
@@ -968,7 +1074,7 @@ class DTLSServer:
             cookieless=cookieless,
         )
         candidate.receive_datagram(hello, now)
-        if candidate.state == "listen" or candidate.is_closed:
+        if candidate.stateless or candidate.is_closed:
             # RFC 6347 §4.2.1: no state is kept before the cookie proves the address.
             self.stats["stateless_replies"] += 1
             self.stats["refused_handshakes"] += candidate.refused
@@ -980,7 +1086,11 @@ class DTLSServer:
                 self.stats["internal_errors"] += candidate.stats["internal_errors"]
             return
         if connection is not None:
-            self._drop(peer, now)  # the same address starts over (its cookie proved it)
+            # The same address starts over (its cookie proved it). The old association is
+            # forgotten without a close_notify: the only reader at that address is the new
+            # client, which would take an alert under the old keys for a record of its own next
+            # epoch (RFC 6347 §4.2.8 keeps the old state from reaching the new handshake).
+            self._drop(peer, now, notify=False)
         # A resumption without cookie is half-open like any other until its Finished arrives.
         self.stats["cookieless_resumptions"] += candidate.without_cookie
         self._make_room(now)
@@ -1069,8 +1179,9 @@ class DTLSServer:
             self._established.pop(peer, None)
             self._established[peer] = connection.last_activity or now  # most recent last
 
-    def _drop(self, peer: Address, now: float) -> None:
-        """Close ``peer``'s association (close_notify) and forget it at once."""
+    def _drop(self, peer: Address, now: float, *, notify: bool = True) -> None:
+        """Close ``peer``'s association (close_notify unless ``notify`` is false) and forget
+        it at once."""
         connection = self._connections.pop(peer, None)
         self._half_open.pop(peer, None)
         self._established.pop(peer, None)
@@ -1079,7 +1190,9 @@ class DTLSServer:
             return
         connection.close()
         self._collect(connection)
-        self._stateless_out.extend((d, peer) for d in connection.datagrams_to_send(now))
+        goodbye = connection.datagrams_to_send(now)
+        if notify:
+            self._stateless_out.extend((d, peer) for d in goodbye)
 
     # ------------------------------------------------------------------ plumbing
     def _collect(self, connection: ServerConnection) -> None:

@@ -73,6 +73,8 @@ class Zone:
     serial: int = 1
     ns_address: IPAddress = _LOOPBACK_V4
     ttl: int = DEFAULT_TTL
+    #: Further records in master-file format (RFC 1035 §5.1), e.g. DS or TLSA lines.
+    records: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -100,7 +102,12 @@ class Zone:
         for host, addresses in sorted(self.hosts.items()):
             owner = self._owner(host)
             lines += [f"{owner} {_rdtype(a)} {a}" for a in addresses]
+        lines += list(self.records)
         return "\n".join(lines) + "\n"
+
+    def with_records(self, *records: str) -> Zone:
+        """The zone with ``records`` added (master-file lines) and the next SOA serial."""
+        return replace(self, records=(*self.records, *records), serial=self.serial + 1)
 
     def with_hosts(self, hosts: Mapping[str, Sequence[str | IPAddress]]) -> Zone:
         """The zone with other host records (addresses as text or objects) and the next SOA
@@ -148,6 +155,38 @@ def knotd_path() -> str:
     return found
 
 
+def keymgr_path() -> str:
+    found = shutil.which("keymgr") or shutil.which("keymgr", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise DnsLabError("keymgr not found: install Knot DNS (package 'knot')")
+    return found
+
+
+@dataclass(frozen=True)
+class Dnssec:
+    """How Knot signs the zones (RFC 4033-4035): a KSK and a ZSK per zone, generated with
+    ``keymgr`` before the server starts and used as they are (Knot's ``manual: on`` policy),
+    so that the caller can put each zone's DS record into its parent (RFC 4034 §5) and give
+    clients a trust anchor. ``algorithm`` is a Knot name: ``rsasha256`` (RFC 5702; sizes
+    apply) or ``ecdsap256sha256`` (RFC 6605)."""
+
+    algorithm: str = "ecdsap256sha256"
+    ksk_size: int | None = None
+    zsk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in {"rsasha256", "rsasha512", "ecdsap256sha256", "ed25519"}:
+            raise DnsLabError(f"unsupported DNSSEC algorithm {self.algorithm!r}")
+
+    def generate_arguments(self, ksk: bool) -> list[str]:
+        size = self.ksk_size if ksk else self.zsk_size
+        out = [f"algorithm={self.algorithm}", f"ksk={'yes' if ksk else 'no'}"]
+        out.append(f"zsk={'no' if ksk else 'yes'}")
+        if size is not None and self.algorithm.startswith("rsa"):
+            out.append(f"size={size}")
+        return out
+
+
 def knotc_path() -> str:
     found = shutil.which("knotc") or shutil.which("knotc", path="/usr/sbin:/usr/local/sbin")
     if found is None:
@@ -163,13 +202,19 @@ class KnotServer:
     writes is under ``directory``."""
 
     def __init__(
-        self, zones: Sequence[Zone], directory: Path | str, port: int | None = None
+        self,
+        zones: Sequence[Zone],
+        directory: Path | str,
+        port: int | None = None,
+        *,
+        dnssec: Dnssec | None = None,
     ) -> None:
         if not zones:
             raise DnsLabError("a server needs at least one zone")
         self.zones: dict[str, Zone] = {zone.name: zone for zone in zones}
         self.directory = Path(directory).resolve()
         self.port = port if port is not None else free_port()
+        self.dnssec = dnssec
         self.process: subprocess.Popen[bytes] | None = None
         self.config = self.directory / "knot.conf"
         self.log = self.directory / "knotd.log"
@@ -178,26 +223,77 @@ class KnotServer:
     def _write_config(self) -> None:
         d = self.directory
         zones = "".join(f"  - domain: {name}\n" for name in self.zones)
+        policy = signing = ""
+        if self.dnssec is not None:
+            policy = (
+                f"policy:\n  - id: lab\n    manual: on\n    algorithm: {self.dnssec.algorithm}\n"
+            )
+            signing = "    dnssec-signing: on\n    dnssec-policy: lab\n    zonefile-sync: -1\n"
+        # Signed answers with RSA keys exceed the 1232-byte default; loopback has no
+        # fragmentation trouble and a UDP-only relay in front cannot fall back to TCP.
+        payload = "    udp-max-payload: 4096\n" if self.dnssec is not None else ""
         self.config.write_text(
             "server:\n"
             f'    rundir: "{d}"\n'
             f'    pidfile: "{d / "knotd.pid"}"\n'
             f"    listen: [ {LISTEN_ADDRESS}@{self.port} ]\n"
             "    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n"
+            f"{payload}"
             "log:\n  - target: stderr\n    any: info\n"
             "database:\n"
             f'    storage: "{d / "db"}"\n'
+            f"{policy}"
             "template:\n  - id: default\n"
             f'    storage: "{d}"\n'
             '    file: "%s.zone"\n'
             "    zonefile-load: whole\n"
             "    journal-content: none\n"
+            f"{signing}"
             f"zone:\n{zones}",
             encoding="utf-8",
         )
 
     def _write_zone(self, zone: Zone) -> None:
         (self.directory / f"{zone.name[:-1]}.zone").write_text(zone.render(), encoding="utf-8")
+
+    # ------------------------------------------------------------------ DNSSEC keys
+    def _keymgr(self, zone: str, *arguments: str) -> str:
+        done = subprocess.run(
+            [keymgr_path(), "-c", str(self.config), zone, *arguments],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise DnsLabError(
+                f"keymgr {zone} {' '.join(arguments)} failed: "
+                f"{done.stderr.decode(errors='replace').strip()}"
+            )
+        return done.stdout.decode()
+
+    def generate_keys(self) -> None:
+        """Write the configuration and give every zone a KSK and a ZSK (once; a no-op for an
+        unsigned server). Called by :meth:`start`; call it earlier to read :meth:`ds`."""
+        if self.dnssec is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "db").mkdir(exist_ok=True)
+        self._write_config()
+        for name in self.zones:
+            if "KSK" in self._keymgr(name, "list"):
+                continue
+            self._keymgr(name, "generate", *self.dnssec.generate_arguments(ksk=True))
+            self._keymgr(name, "generate", *self.dnssec.generate_arguments(ksk=False))
+
+    def ds(self, zone: str) -> list[str]:
+        """The DS records (SHA-256 digest, RFC 4509) of ``zone``'s KSK, as master-file lines
+        for the parent zone."""
+        name = _absolute(zone)
+        if self.dnssec is None or name not in self.zones:
+            raise DnsLabError(f"{name} is not a signed zone of this server")
+        self.generate_keys()
+        lines = [line.split() for line in self._keymgr(name, "ds").splitlines()]
+        return [" ".join(f) for f in lines if len(f) == 6 and f[1] == "DS" and f[4] == "2"]
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> KnotServer:
@@ -206,6 +302,7 @@ class KnotServer:
             raise DnsLabError("the server is already running")
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "db").mkdir(exist_ok=True)
+        self.generate_keys()
         self._write_config()
         for zone in self.zones.values():
             self._write_zone(zone)
@@ -231,7 +328,10 @@ class KnotServer:
             if self.process is None or self.process.poll() is not None:
                 raise DnsLabError(f"knotd exited; its log:\n{self._log_tail()}")
             try:
-                if resolver.soa_serial(zone.name) == zone.serial:
+                served = resolver.soa_serial(zone.name)
+                # A signing server increments the serial of what it signed (Knot's default
+                # serial-policy), so the served serial may be above the file's.
+                if served == zone.serial or (self.dnssec is not None and served > zone.serial):
                     return
             except DnsLabError:
                 pass
@@ -362,6 +462,7 @@ def running(zones: Sequence[Zone], directory: Path | str) -> Iterator[KnotServer
 
 __all__ = [
     "DnsLabError",
+    "Dnssec",
     "KnotServer",
     "NameNotFound",
     "Resolver",

@@ -1,6 +1,9 @@
-"""The protocol spec (``spec/*.yaml``) turned into explicit state machines and diagrams."""
+"""The protocol spec (``spec/*.yaml``) turned into explicit state machines and diagrams.
 
-from d2tls.model.machine import MachineDriver, build_machine
+:mod:`d2tls.model.machine` runs a role's machine through a typed handler table,
+:mod:`d2tls.model.states` holds the state Enums generated from the spec.
+"""
+
 from d2tls.model.spec import RoleSpec, Spec, TransitionSpec, load_spec
 
-__all__ = ["MachineDriver", "RoleSpec", "Spec", "TransitionSpec", "build_machine", "load_spec"]
+__all__ = ["RoleSpec", "Spec", "TransitionSpec", "load_spec"]

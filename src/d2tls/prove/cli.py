@@ -13,6 +13,7 @@ import dataclasses
 import json
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,14 +22,21 @@ from types import FrameType
 from typing import Any
 
 from d2tls.prove import runner
-from d2tls.prove.graphs import AttackGraph, export_attack_graphs
+from d2tls.prove.graphs import (
+    AttackGraph,
+    export_attack_graphs,
+    graph_from_trace_dot,
+    graphs_from_run,
+)
 from d2tls.prove.runner import (
     EXIT_MISMATCH,
     EXIT_NO_PROVER,
     EXIT_OK,
     EXIT_USAGE,
+    FALSIFIED,
     LemmaResult,
     ProverMissing,
+    UnsupportedProver,
     WellformednessResult,
 )
 from d2tls.resources import ResourceError
@@ -37,18 +45,36 @@ DESCRIPTION = """\
 Run Tamarin on the theories; compare each lemma's verdict with expected.toml.
 
 Each theory first gets one run of Tamarin's wellformedness and derivation
-checks (--quit-on-warning); the per-lemma proofs then run with the derivation
-checks off. The theories and expected.toml are the ones installed with d2tls
-(set D2TLS_PROOFS_DIR to use another directory). --static (or --check-only)
-checks without Tamarin: Tree-sitter syntax and consistency with the spec
-(it needs the prove extra: pip install 'd2tls[prove]').
+checks (--quit-on-warning); the proofs then run with the derivation checks off.
+
+Lemmas are proved in batches, so that Tamarin's precomputation (most of the
+time) is done once per process, not once per lemma: per theory, one process
+per core proves its share of the lemmas (--prove=A --prove=B ...), the slow
+ones (alone in expected.toml) dealt first so that each batch gets its share;
+with --per-lemma they run one at a time after the others. A batch may take
+--timeout seconds per lemma in it (--batch-timeout sets its budget instead);
+a batch out of time is killed and each of its lemmas is proved again in its
+own process under --timeout, so one lemma that does not finish costs only its
+own verdict. Tamarin reports time per process, not per lemma: a lemma's time
+is that of its process ("batch of N"); --per-lemma runs one process per lemma
+(per-lemma times, one precomputation each).
+
+Supported: Tamarin 1.8.x and 1.10.x (from tamarin-prover --version); another
+release is refused unless --any-prover-version is given.
+
+The theories and expected.toml are the ones installed with d2tls (set
+D2TLS_PROOFS_DIR to use another directory). --static (or --check-only) checks
+without Tamarin: Tree-sitter syntax and consistency with the spec, message
+contents and guards included (it needs the prove extra:
+pip install 'd2tls[prove]').
 
 Exit status:
   0    every theory well formed and every lemma got its expected verdict
   1    a mismatch, a lemma without an expected verdict, a timeout, an
        incomplete analysis or a wellformedness warning
   2    a usage error (unknown theory or lemma, bad expected file)
-  3    tamarin-prover or maude is missing
+  3    tamarin-prover or maude is missing, or tamarin-prover is a release
+       this command does not support
   130  stopped by SIGINT (Ctrl-C); 143 stopped by SIGTERM (provers killed)"""
 
 
@@ -82,6 +108,23 @@ def register(subparsers: Any) -> None:
         help="seconds per lemma before it counts as a timeout (default 600)",
     )
     parser.add_argument(
+        "--batch-timeout",
+        type=float,
+        metavar="S",
+        help="seconds a batch of lemmas may take before its lemmas are proved one by one "
+        "(default: --timeout times the lemmas in it)",
+    )
+    parser.add_argument(
+        "--per-lemma",
+        action="store_true",
+        help="one Tamarin process per lemma (per-lemma times; precomputation repeated)",
+    )
+    parser.add_argument(
+        "--any-prover-version",
+        action="store_true",
+        help="run a tamarin-prover release other than 1.8.x or 1.10.x anyway",
+    )
+    parser.add_argument(
         "--json",
         nargs="?",
         const="-",
@@ -95,10 +138,14 @@ def register(subparsers: Any) -> None:
         "--attack-graphs",
         metavar="DIR",
         help="for every falsified lemma, write Tamarin's attack graph to DIR/LEMMA.svg and "
-        "DIR/LEMMA.dot (Tamarin's interactive mode on 127.0.0.1); e.g. docs/proofs",
+        "DIR/LEMMA.dot (1.8: Tamarin's interactive mode on 127.0.0.1; 1.10: the proving "
+        "run's --output-dot, drawn with Graphviz dot); e.g. docs/proofs",
     )
     parser.add_argument(
-        "--jobs", type=int, metavar="N", help="lemmas proved at once (default: the core count)"
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="Tamarin processes at once, and batches per theory (default: the core count)",
     )
     parser.add_argument(
         "--expected",
@@ -163,9 +210,12 @@ def _static(theories: list[Path]) -> int:
     if all(t.name in OTHER_SYSTEM_THEORIES for t in theories):
         print(f"{names}: syntax ok; every rule tagged (models no D2TLS role)")
         return EXIT_OK
+    annotated = ", ".join(report.annotated) or "none"
     print(
         f"{names}: syntax ok; {len(report.modelled)} spec transitions modelled, "
-        "every security-relevant one covered"
+        "every security-relevant one covered; message contents and signing guards agree "
+        f"with spec/delegation.md §5.2 and §6 (theories with content annotations: {annotated}; "
+        "roles: codec fields, signer run against every §6 bound-mode rule)"
     )
     return EXIT_OK
 
@@ -250,12 +300,22 @@ def _main(args: argparse.Namespace) -> int:
 
     to_stdout = args.json == "-"
     out = sys.stderr if to_stdout else sys.stdout
-    prover = dataclasses.replace(prover, extra_args=tuple(args.prover_arg))
     version = prover.version()
+    release: tuple[int, int, int] | None
+    try:
+        release = runner.check_release(version)
+    except UnsupportedProver as exc:
+        if not args.any_prover_version:
+            print(exc.message(), file=sys.stderr)
+            return EXIT_NO_PROVER
+        release = runner.parse_release(version)
+        print(f"d2tls prove: {version} is not supported; running it anyway", file=sys.stderr)
+    prover = dataclasses.replace(prover, extra_args=tuple(args.prover_arg), release=release)
     alone = sum(1 for job in jobs if job.expected is not None and job.expected.alone)
-    after = f" ({alone} of them alone, after the others)" if alone else ""
+    after = f" ({alone} of them alone, after the others)" if alone and args.per_lemma else ""
+    mode = "per-lemma" if args.per_lemma else "batch"
     print(
-        f"{version}; {len(jobs)} lemma(s){after}, timeout {args.timeout:g} s each",
+        f"{version}; {len(jobs)} lemma(s){after}, {mode} mode, timeout {args.timeout:g} s each",
         file=out,
         flush=True,
     )
@@ -273,11 +333,28 @@ def _main(args: argparse.Namespace) -> int:
         print(f"  {result.theory}: {state} ({result.seconds:.1f}s)", file=sys.stderr, flush=True)
 
     proved = sorted({job.theory for job in jobs}, key=theories.index)
-    run = runner.run_all(
-        prover, proved, jobs, args.timeout, args.jobs, on_result=progress, on_check=checked
-    )
+    with tempfile.TemporaryDirectory(prefix="d2tls-prove-") as scratch:
+        dots = Path(scratch) if args.attack_graphs and graphs_from_run(prover) else None
+        run = runner.run_all(
+            prover, proved, jobs, args.timeout, args.jobs, on_result=progress, on_check=checked,
+            batch_timeout=args.batch_timeout, per_lemma=args.per_lemma, trace_dot_dir=dots,
+        )  # fmt: skip
+        return _finish(args, prover, version, proved, run, mode, to_stdout, out)
+
+
+def _finish(
+    args: argparse.Namespace,
+    prover: runner.Prover,
+    version: str,
+    proved: list[Path],
+    run: runner.Run,
+    mode: str,
+    to_stdout: bool,
+    out: Any,
+) -> int:
+    """Report the run (table, JSON, Markdown, attack graphs); the exit status."""
     results, checks = run.lemmas, run.checks
-    data = runner.report(results, version, args.timeout, checks)
+    data = runner.report(results, version, args.timeout, checks, run, mode)
     if not to_stdout:
         print(runner.format_table(results, checks))
     if args.markdown:
@@ -310,7 +387,8 @@ def _main(args: argparse.Namespace) -> int:
     well_formed = sum(1 for c in checks if c.ok)
     print(
         f"{len(results) - len(bad)} of {len(results)} lemmas as expected; "
-        f"{well_formed} of {len(checks)} theories well formed",
+        f"{well_formed} of {len(checks)} theories well formed; {run.seconds:.1f} s "
+        f"in {len(run.batches)} batch process(es)",
         file=out,
     )
     return EXIT_OK if run.ok and graphs_ok else EXIT_MISMATCH
@@ -323,12 +401,16 @@ def _attack_graphs(
     out_dir: Path,
     timeout: float,
 ) -> list[AttackGraph]:
-    """Tamarin's attack graph of every lemma that got the verdict falsified."""
+    """Tamarin's attack graph of every lemma that got the verdict falsified: from the proving
+    run's ``--output-dot`` files (1.10), else from Tamarin's interactive mode (1.8)."""
     graphs: list[AttackGraph] = []
     for theory in theories:
-        falsified = [
-            r.lemma for r in results if r.theory == theory.name and r.verdict == runner.FALSIFIED
-        ]
-        if falsified:
-            graphs += export_attack_graphs(prover, theory, falsified, out_dir, timeout)
+        falsified = [r for r in results if r.theory == theory.name and r.verdict == FALSIFIED]
+        if not falsified:
+            continue
+        if graphs_from_run(prover):
+            graphs += [graph_from_trace_dot(r, theory, out_dir) for r in falsified]
+        else:
+            names = [r.lemma for r in falsified]
+            graphs += export_attack_graphs(prover, theory, names, out_dir, timeout)
     return graphs

@@ -23,7 +23,13 @@ The check (:func:`check_theories`) fails when
   (:data:`GUARD_CONTENT`): today the bound-mode signing policy's server binding
   (spec/delegation.md §6 rule 6, ``d2tls.roles.signer.check_server_certificate``): the
   ``Device_Sign_Bound`` rule must sign only a transcript whose server Certificate names the
-  server of the request it answers.
+  server of the request it answers;
+- the message contents or the signing guards differ between spec/delegation.md, the theories
+  and the roles (:mod:`d2tls.prove.contents`: the theories' ``// msg:``, ``// omit:``,
+  ``// policy:`` and ``// abstraction:`` annotations, documented in proofs/ANNOTATIONS.md, and
+  every §6 bound-mode rule checked on the bound signing rule's text;
+  :mod:`d2tls.prove.roles_check`: the delegation message codec against the §5.2 field table,
+  and ``roles/signer.py`` run against one violation of each §6 bound-mode rule).
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from d2tls.model.spec import RoleSpec, TransitionSpec, load_spec
+from d2tls.prove.contents import check_contents
+from d2tls.prove.roles_check import check_message_schema, check_signer_policy
 from d2tls.prove.runner import strip_comments
+from d2tls.prove.spec_text import bound_signing_rules, delegation_md, message_fields
 
 #: The roles the theories model, and the spec file (``spec/<name>.yaml``) of each.
 ROLE_SPECS: dict[str, str] = {
@@ -101,6 +110,16 @@ EXCLUDED: dict[str, str] = {
     " recv_ServerHelloDone": "PSK suite (device<->agent channel, abstracted)",
     "dtls_server.listen->wait_client_key_exchange recv_ClientHello"
     " if cookie_valid,psk_suite_chosen": "PSK suite (device<->agent channel, abstracted)",
+    "dtls_client.wait_server_hello->wait_ecdhe_psk_server_key_exchange recv_ServerHello"
+    " if server_chose_ecdhe_psk": (
+        "ECDHE-PSK suite (RFC 5489): the device<->agent channel option, abstracted like PSK"
+    ),
+    "dtls_client.wait_ecdhe_psk_server_key_exchange->wait_psk_server_hello_done"
+    " recv_ServerKeyExchange": "ECDHE-PSK suite (device<->agent channel, abstracted)",
+    "dtls_server.listen->wait_client_key_exchange recv_ClientHello"
+    " if cookie_valid,ecdhe_psk_suite_chosen": (
+        "ECDHE-PSK suite (device<->agent channel, abstracted)"
+    ),
     "dtls_client.wait_certificate_request->wait_change_cipher_spec recv_ServerHelloDone": (
         "server that asks for no client certificate: a D2TLS server always requires one "
         "(DESIGN.md 1)"
@@ -227,11 +246,16 @@ class ConsistencyReport:
     excluded_but_modelled: list[TransitionRef] = field(default_factory=list)
     stale_exclusions: list[str] = field(default_factory=list)
     guard_content: list[str] = field(default_factory=list)
+    contents: list[str] = field(default_factory=list)  # spec <-> theory: contents and guards
+    roles: list[str] = field(default_factory=list)  # spec <-> roles: fields and guards
+    annotated: list[str] = field(default_factory=list)  # theories checked with annotations
 
     @property
     def ok(self) -> bool:
         return not (
-            self.untagged
+            self.contents
+            or self.roles
+            or self.untagged
             or self.bad_tags
             or self.missing
             or self.excluded_but_modelled
@@ -254,6 +278,8 @@ class ConsistencyReport:
         ]
         lines += [f"EXCLUDED entry names no spec transition: {s}" for s in self.stale_exclusions]
         lines += self.guard_content
+        lines += self.contents
+        lines += self.roles
         return lines
 
 
@@ -398,6 +424,12 @@ def check_theories(theories: Sequence[Path]) -> ConsistencyReport:
             excluded.add(refs[0])
     for theory in theories:
         _check_guard_content(theory, report)
+    contents = check_contents(list(theories))
+    report.contents = contents.problems
+    report.annotated = contents.strict
+    text = delegation_md()
+    report.roles = check_message_schema(message_fields(text))
+    report.roles += check_signer_policy(bound_signing_rules(text))
     report.excluded_but_modelled = sorted(excluded & set(report.modelled))
     if all(theory.name in OTHER_SYSTEM_THEORIES for theory in theories):
         return report  # no D2TLS theory among them: nothing has to cover the D2TLS roles

@@ -1,24 +1,47 @@
-"""Run Tamarin on the theories, one process per lemma, and compare with the expected verdicts.
+"""Run Tamarin on the theories, many lemmas per process, and compare with the expected verdicts.
 
-``tamarin-prover --prove=LEMMA THEORY`` prints the proof and then a "summary of summaries" with
-one line per lemma, e.g.::
+``tamarin-prover --prove=A --prove=B THEORY`` proves lemmas A and B in one process and then prints
+a "summary of summaries" with one line per lemma of the theory, e.g.::
 
     executable_bound (exists-trace): verified (17 steps)
     injective_agreement_full_blind (all-traces): falsified - found trace (12 steps)
     master_secret_secrecy (all-traces): analysis incomplete (1 steps)
 
 and a ``WARNING: N wellformedness check failed!`` line above them when the theory is not well
-formed. :func:`parse_output` reads exactly that; :func:`run_lemmas` runs the lemmas in parallel.
+formed. :func:`parse_output` reads exactly that, for any lemma of the summary.
+
+Batches (why and how). Most of a lemma's time on our theory is Tamarin's source precomputation
+(about 140 s per process on Tamarin 1.8, the 2026-12-07 full run in proofs/LEMMAS.md: 3934 s
+for 22 lemmas, of which about 850 s proof search), which does not depend on the lemma. So
+``d2tls prove`` proves the lemmas of a theory in *batches*: one Tamarin process per batch, the
+theory's lemmas dealt round-robin into as many batches as there are workers (cores), the slow
+ones (``alone`` in expected.toml) first so that each batch gets its share; every core pays the
+precomputation once and the batches run side by side (:func:`plan_batches`).
+Tamarin (1.8 and 1.10 alike) prints nothing before every selected lemma is proved, and it
+times only the whole theory (``processing time``), so:
+
+- a batch gets a budget of (per-lemma limit) x (its lemmas) seconds (``--batch-timeout``
+  overrides it). If it ends in time, each lemma gets its verdict and steps from the summary,
+  and ``seconds`` is the wall time of its batch (``batch_size`` says how many lemmas shared it);
+- if the batch runs out of its budget, its verdicts are lost with the killed process, and
+  every lemma of it is proved again *singly*, each under the per-lemma limit, so one lemma
+  that does not finish costs only its own verdict (``rerun`` marks those results);
+- ``--per-lemma`` (:data:`PER_LEMMA`) proves every lemma in its own process, as before: per-lemma
+  seconds, one precomputation each.
 
 Tamarin's derivation check (part of its wellformedness checks: can every variable of a rule be
 derived?) saturates the sources of the whole theory a second time, and it does not depend on
 the lemma. So it runs once per theory, in :func:`check_wellformedness`
-(``--quit-on-warning``, any warning or a timeout of the check is a failure), and the per-lemma
+(``--quit-on-warning``, any warning or a timeout of the check is a failure), and the proving
 runs switch it off (``--derivcheck-timeout=0``); :func:`run_all` schedules both.
+
+Supported Tamarin releases: :data:`SUPPORTED_RELEASES` (1.8.x and 1.10.x);
+:func:`check_release` refuses any other unless the caller overrides it.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -50,7 +73,12 @@ EXPECTABLE = (VERIFIED, FALSIFIED)
 EXIT_OK = 0
 EXIT_MISMATCH = 1
 EXIT_USAGE = 2
-EXIT_NO_PROVER = 3
+EXIT_NO_PROVER = 3  # also: a tamarin-prover release outside SUPPORTED_RELEASES
+
+#: Tamarin releases ``d2tls prove`` supports, as (major, minor): any patch level of these.
+SUPPORTED_RELEASES: tuple[tuple[int, int], ...] = ((1, 8), (1, 10))
+SUPPORTED_TEXT = "Tamarin 1.8.x and 1.10.x"
+_RELEASE = re.compile(r"tamarin-prover\s+(\d+)\.(\d+)(?:\.(\d+))?")
 
 #: Seconds Tamarin may spend on its message-derivation wellformedness check (its default of
 #: 5 s is too short for our theory on 2 cores; a timeout is reported as a warning, which
@@ -89,6 +117,37 @@ class ProverMissing(D2TLSError):
         return f"d2tls prove: {' and '.join(self.missing)} not found on PATH.\n{INSTALL_HELP}"
 
 
+class UnsupportedProver(D2TLSError):
+    """tamarin-prover is a release ``d2tls prove`` does not support (exit EXIT_NO_PROVER)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        super().__init__(f"unsupported {version!r}")
+
+    def message(self) -> str:
+        return (
+            f"d2tls prove: {self.version} is not supported; supported: {SUPPORTED_TEXT} "
+            "(from `tamarin-prover --version`). Other releases print other summaries and serve "
+            "other web routes; pass --any-prover-version to run it anyway."
+        )
+
+
+def parse_release(version: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of a ``tamarin-prover --version`` first line, or None."""
+    match = _RELEASE.search(version)
+    if match is None:
+        return None
+    return int(match[1]), int(match[2]), int(match[3] or 0)
+
+
+def check_release(version: str) -> tuple[int, int, int]:
+    """The release of ``version``; UnsupportedProver unless it is in SUPPORTED_RELEASES."""
+    release = parse_release(version)
+    if release is None or release[:2] not in SUPPORTED_RELEASES:
+        raise UnsupportedProver(version)
+    return release
+
+
 @dataclass(frozen=True)
 class Prover:
     """The two executables Tamarin needs."""
@@ -96,6 +155,7 @@ class Prover:
     tamarin: str
     maude: str
     extra_args: tuple[str, ...] = ()  # passed to every tamarin-prover run
+    release: tuple[int, int, int] | None = None  # from --version; None: not asked (yet)
 
     def version(self) -> str:
         """First line of ``tamarin-prover --version`` (or the error)."""
@@ -133,8 +193,9 @@ def find_prover(tamarin: str | None = None, maude: str | None = None) -> Prover:
 class Expectation:
     """The expected verdict of one lemma, and why.
 
-    ``alone``: the lemma is proved by itself (one Tamarin thread), after the others, because
-    two at a time it runs past the time limit (see "Running" in proofs/LEMMAS.md).
+    ``alone``: a slow lemma. With ``--per-lemma`` it is proved by itself, after the others,
+    because two at a time it ran past the time limit; in batch mode the slow lemmas are dealt
+    into the batches first (see "Running" in proofs/LEMMAS.md).
     """
 
     verdict: str
@@ -168,6 +229,9 @@ class LemmaResult:
     detail: str = ""
     command: list[str] = field(default_factory=list)
     why: str = ""
+    batch_size: int = 1  # lemmas proved by the process of ``command``; seconds is its wall time
+    rerun: bool = False  # proved singly after its batch ran out of time
+    trace_dot: str = field(default="", repr=False)  # Tamarin 1.10 --output-dot file, if asked
 
     @property
     def ok(self) -> bool:
@@ -179,6 +243,7 @@ class LemmaResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["trace_dot"]  # a scratch file of this run
         data["ok"] = self.ok
         return data
 
@@ -307,17 +372,28 @@ class Job:
 
 
 def build_command(
-    prover: Prover, theory: Path, lemma: str, threads: int | None = None
+    prover: Prover,
+    theory: Path,
+    lemma: str | Sequence[str],
+    threads: int | None = None,
+    trace_dot: Path | None = None,
 ) -> list[str]:
+    """One Tamarin process proving ``lemma`` (a name, or several: one ``--prove`` each).
+
+    ``trace_dot``: Tamarin 1.10's ``--output-dot=FILE`` (the graphs of every solved constraint
+    system, i.e. every attack found, in one file); 1.8 has no such option.
+    """
+    lemmas = [lemma] if isinstance(lemma, str) else list(lemma)
     command = [
         prover.tamarin,
-        f"--prove={lemma}",
+        *(f"--prove={name}" for name in lemmas),
         "--derivcheck-timeout=0",  # checked once per theory by check_wellformedness
         f"--with-maude={prover.maude}",
         *prover.extra_args,
-        str(theory),
     ]
-    return command + _rts(threads)
+    if trace_dot is not None:
+        command.append(f"--output-dot={trace_dot}")
+    return [*command, str(theory), *_rts(threads)]
 
 
 def wellformedness_command(prover: Prover, theory: Path, threads: int | None = None) -> list[str]:
@@ -346,6 +422,7 @@ class _Finished:
     seconds: float
     failure: str = ""  # TIMEOUT or ERROR when output is None
     detail: str = ""
+    cpu_seconds: float | None = None  # user + system time of tamarin-prover itself
 
 
 class _LiveProcesses:
@@ -401,7 +478,11 @@ def stop_all() -> None:
 
 
 def _run(command: list[str], timeout: float) -> _Finished:
-    """Run one prover process; on timeout or any exception its whole process group is killed."""
+    """Run one prover process; on timeout or any exception its whole process group is killed.
+
+    The process is reaped with ``os.wait4`` so that its CPU time is known (on a shared machine
+    the wall time alone says little).
+    """
     start = time.monotonic()
     try:
         process = _LIVE.spawn(command)
@@ -409,50 +490,178 @@ def _run(command: list[str], timeout: float) -> _Finished:
         return _Finished(None, None, 0.0, ERROR, str(exc))
     if process is None:
         return _Finished(None, None, 0.0, ERROR, "stopped before it started")
+    chunks: list[str] = []
+    assert process.stdout is not None
+    stdout = process.stdout
+    reader = threading.Thread(target=lambda: chunks.append(stdout.read()), daemon=True)
+    reader.start()
     try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(process)
-        process.communicate()
-        seconds = time.monotonic() - start
-        return _Finished(None, None, seconds, TIMEOUT, f"no verdict within {timeout:g} s")
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                process.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() >= deadline:
+                kill_group(process)
+                process.wait()
+                reader.join()
+                seconds = time.monotonic() - start
+                return _Finished(None, None, seconds, TIMEOUT, f"no verdict within {timeout:g} s")
+            time.sleep(0.05)
+        reader.join()
     except BaseException:  # e.g. a signal in the main thread: leave no prover behind
         kill_group(process)
         process.wait()
         raise
     finally:
         _LIVE.forget(process)
-    return _Finished(output, process.returncode, time.monotonic() - start)
+    cpu = usage.ru_utime + usage.ru_stime
+    return _Finished("".join(chunks), process.returncode, time.monotonic() - start, cpu_seconds=cpu)
 
 
 def run_lemma(prover: Prover, job: Job, timeout: float, threads: int | None = None) -> LemmaResult:
-    """Prove one lemma (derivation checks off: :func:`check_wellformedness` does them)."""
-    command = build_command(prover, job.theory, job.lemma, threads)
-    expected = job.expected.verdict if job.expected else None
-    why = job.expected.why if job.expected else ""
-    done = _run(command, timeout)
-    if done.output is None:
-        return LemmaResult(
-            job.theory.name, job.lemma, expected, done.failure, None, done.seconds,
-            detail=done.detail, command=command, why=why,
-        )  # fmt: skip
-    parsed = parse_output(done.output, job.lemma)
-    detail = ""
-    if parsed.verdict == ERROR:
-        detail = f"exit status {done.returncode}; output ends: " + _tail(done.output)
-    return LemmaResult(
-        theory=job.theory.name,
-        lemma=job.lemma,
-        expected=expected,
-        verdict=parsed.verdict,
-        steps=parsed.steps,
-        seconds=done.seconds,
-        wellformedness_failures=parsed.wellformedness_failures,
-        warnings=list(parsed.warnings),
-        detail=detail,
-        command=command,
-        why=why,
+    """Prove one lemma in its own process (derivation checks off: see check_wellformedness)."""
+    return run_batch(prover, Batch(job.theory, (job,)), timeout, threads=threads).results[0]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Lemmas of one theory proved by one Tamarin process (``alone``: nothing runs beside it)."""
+
+    theory: Path
+    jobs: tuple[Job, ...]
+    alone: bool = False
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch process gave: a result per job, or ``finished=False`` when it ran out of
+    its budget (its results are then TIMEOUT placeholders, to be replaced by single runs)."""
+
+    batch: Batch
+    finished: bool
+    seconds: float
+    command: list[str]
+    results: list[LemmaResult]
+    detail: str = ""
+    cpu_seconds: float | None = None
+
+    @property
+    def timed_out(self) -> bool:
+        return any(r.verdict == TIMEOUT for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "theory": self.batch.theory.name,
+            "lemmas": [job.lemma for job in self.batch.jobs],
+            "alone": self.batch.alone,
+            "finished": self.finished,  # its verdicts are final (else: proved again singly)
+            "timed_out": self.timed_out,
+            "seconds": round(self.seconds, 2),
+            "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 2),
+            "command": self.command,
+            "detail": self.detail,
+        }
+
+
+def run_batch(
+    prover: Prover,
+    batch: Batch,
+    timeout: float,
+    batch_timeout: float | None = None,
+    threads: int | None = None,
+    trace_dot: Path | None = None,
+) -> BatchOutcome:
+    """Prove the lemmas of ``batch`` in one process.
+
+    Budget: ``batch_timeout``, else ``timeout`` per lemma (one lemma: exactly ``timeout``).
+    On time, every lemma's verdict and steps come from the summary; ``seconds`` of each is
+    the process's wall time. Out of time, or ended without Tamarin's summary, a batch of
+    several lemmas is not ``finished``: :func:`run_all` proves its lemmas again singly.
+    """
+    jobs = batch.jobs
+    command = build_command(prover, batch.theory, [j.lemma for j in jobs], threads, trace_dot)
+    budget = batch_timeout if batch_timeout is not None and len(jobs) > 1 else None
+    if budget is None:
+        budget = timeout * len(jobs)
+    done = _run(command, budget)
+    results: list[LemmaResult] = []
+    for job in jobs:
+        expected = job.expected.verdict if job.expected else None
+        why = job.expected.why if job.expected else ""
+        common: dict[str, Any] = {
+            "command": command, "why": why, "batch_size": len(jobs),
+            "trace_dot": "" if trace_dot is None else str(trace_dot),
+        }  # fmt: skip
+        if done.output is None:
+            results.append(
+                LemmaResult(
+                    job.theory.name,
+                    job.lemma,
+                    expected,
+                    done.failure,
+                    None,
+                    done.seconds,
+                    detail=done.detail,
+                    **common,
+                )
+            )
+            continue
+        parsed = parse_output(done.output, job.lemma)
+        detail = ""
+        if parsed.verdict == ERROR:
+            detail = f"exit status {done.returncode}; output ends: " + _tail(done.output)
+        results.append(
+            LemmaResult(
+                theory=job.theory.name,
+                lemma=job.lemma,
+                expected=expected,
+                verdict=parsed.verdict,
+                steps=parsed.steps,
+                seconds=done.seconds,
+                wellformedness_failures=parsed.wellformedness_failures,
+                warnings=list(parsed.warnings),
+                detail=detail,
+                **common,
+            )
+        )
+    # Out of time, or ended without a summary (e.g. killed for its memory): a batch of
+    # several lemmas is then proved again one lemma per process.
+    finished = (done.output is None and done.failure != TIMEOUT) or (
+        done.output is not None and _SUMMARY_HEADER in done.output
     )
+    finished = finished or len(jobs) == 1
+    return BatchOutcome(
+        batch, finished, done.seconds, command, results, done.detail, done.cpu_seconds
+    )
+
+
+def plan_batches(jobs: Sequence[Job], workers: int, per_lemma: bool = False) -> list[Batch]:
+    """The batches of ``jobs``, per theory: its lemmas dealt round-robin into ``workers``
+    batches, the ``alone`` ones (the slow ones) first so that each batch gets its share.
+
+    ``per_lemma``: one batch per lemma, the ``alone`` ones last and run one at a time (two
+    single-lemma processes side by side slowed each other past the limit). In batch mode that
+    rule would cost one more precomputation (about 140 s) on the critical path, more than the
+    slowdown it avoids, and a batch's budget is the sum of its lemmas' limits anyway.
+    """
+    batches: list[Batch] = []
+    alone_batches: list[Batch] = []
+    theories = list(dict.fromkeys(job.theory for job in jobs))
+    for theory in theories:
+        mine = [job for job in jobs if job.theory == theory]
+        alone = [job for job in mine if job.expected is not None and job.expected.alone]
+        shared = [job for job in mine if job not in alone]
+        if per_lemma:
+            batches += [Batch(theory, (job,)) for job in shared]
+            alone_batches += [Batch(theory, (job,), alone=True) for job in alone]
+            continue
+        ordered = alone + shared
+        count = max(1, min(workers, len(ordered)))
+        groups = [tuple(ordered[i::count]) for i in range(count)]
+        batches += [Batch(theory, group) for group in groups if group]
+    return batches + alone_batches
 
 
 @dataclass
@@ -533,9 +742,10 @@ def run_lemmas(
     timeout: float,
     workers: int | None = None,
     on_result: Callable[[LemmaResult], None] | None = None,
+    per_lemma: bool = False,
 ) -> list[LemmaResult]:
-    """Run the jobs in parallel (``workers``, default the core count); results in job order."""
-    return run_all(prover, [], jobs, timeout, workers, on_result).lemmas
+    """Prove the jobs (batched, see the module docstring); results in job order."""
+    return run_all(prover, [], jobs, timeout, workers, on_result, per_lemma=per_lemma).lemmas
 
 
 @dataclass
@@ -544,6 +754,15 @@ class Run:
 
     checks: list[WellformednessResult]
     lemmas: list[LemmaResult]
+    batches: list[BatchOutcome] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of the whole run
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time of all proving processes (wellformedness checks not included)."""
+        times = [b.cpu_seconds for b in self.batches]
+        if not times or any(t is None for t in times):
+            return None
+        return round(sum(t for t in times if t is not None), 2)
 
     @property
     def ok(self) -> bool:
@@ -560,17 +779,39 @@ def run_all(
     workers: int | None = None,
     on_result: Callable[[LemmaResult], None] | None = None,
     on_check: Callable[[WellformednessResult], None] | None = None,
+    *,
+    batch_timeout: float | None = None,
+    per_lemma: bool = False,
+    trace_dot_dir: Path | None = None,
 ) -> Run:
-    """One wellformedness check per theory and one proof per job.
+    """One wellformedness check per theory, then the lemmas in batches (:func:`plan_batches`).
 
-    The checks and the ordinary jobs share one process pool (checks queued first); then the
-    jobs whose expectation says ``alone`` run one at a time, each with one Tamarin thread
-    (more threads make Tamarin 1.8 slower, not faster: parallel GC). Results come
+    The checks and the ordinary batches share one process pool (checks queued first); the
+    lemmas of a batch that ran out of its budget are then proved singly in the same pool.
+    Then the ``alone`` batches (``--per-lemma`` only) run one at a time (and, out of time,
+    their lemmas singly, one at a time). Every process gets one Tamarin thread (more make
+    Tamarin 1.8 slower, not faster: parallel GC). ``trace_dot_dir``: each process writes its
+    attacks there with 1.10's ``--output-dot`` (:attr:`LemmaResult.trace_dot`). Results come
     back in the order of ``theories`` and ``jobs``.
     """
-    alone = [job for job in jobs if job.expected is not None and job.expected.alone]
-    shared = [job for job in jobs if job not in alone]
-    count, threads = _workers(workers, len(theories) + len(shared))
+    started = time.monotonic()
+    count, threads = _workers(workers, len(theories) + len(jobs))
+    batches = plan_batches(jobs, count, per_lemma)
+    shared = [b for b in batches if not b.alone]
+    alone = [b for b in batches if b.alone]
+    numbers = itertools.count()
+    lock = threading.Lock()
+
+    def dot_file() -> Path | None:
+        if trace_dot_dir is None:
+            return None
+        with lock:
+            return trace_dot_dir / f"process-{next(numbers)}.dot"
+
+    def report_results(results: Iterable[LemmaResult]) -> None:
+        if on_result is not None:
+            for result in results:
+                on_result(result)
 
     def check(theory: Path) -> WellformednessResult:
         result = check_wellformedness(prover, theory, timeout, threads)
@@ -578,32 +819,64 @@ def run_all(
             on_check(result)
         return result
 
-    def prove(job: Job, job_threads: int | None) -> LemmaResult:
-        result = run_lemma(prover, job, timeout, job_threads)
-        if on_result is not None:
-            on_result(result)
+    def prove(batch: Batch) -> BatchOutcome:
+        outcome = run_batch(prover, batch, timeout, batch_timeout, threads, dot_file())
+        if outcome.finished:
+            report_results(outcome.results)
+        return outcome
+
+    def single(job: Job, alone: bool) -> LemmaResult:
+        outcome = run_batch(prover, Batch(job.theory, (job,), alone), timeout, None, threads,
+                            dot_file())  # fmt: skip
+        result = outcome.results[0]
+        result.rerun = True
+        with lock:
+            reruns.append(outcome)
+        report_results([result])
         return result
 
+    def settle(outcome: BatchOutcome) -> bool:
+        """Keep a finished batch's results; False when its lemmas must be proved singly."""
+        if outcome.finished:
+            by_job.update(zip(outcome.batch.jobs, outcome.results, strict=True))
+            return True
+        return False
+
+    by_job: dict[Job, LemmaResult] = {}
+    outcomes: list[BatchOutcome] = []
+    reruns: list[BatchOutcome] = []  # single runs of the lemmas of batches out of time
     _LIVE.reopen()
     try:
         with ThreadPoolExecutor(max_workers=count) as pool:
             try:
                 checks = [pool.submit(check, theory) for theory in theories]
-                pooled = [pool.submit(prove, job, threads) for job in shared]
+                pooled = [pool.submit(prove, batch) for batch in shared]
                 check_results = [c.result() for c in checks]
-                by_job = dict(zip(shared, [p.result() for p in pooled], strict=True))
+                outcomes += [p.result() for p in pooled]
+                again = [job for o in outcomes if not settle(o) for job in o.batch.jobs]
+                singles = [pool.submit(single, job, False) for job in again]
+                by_job.update(zip(again, [f.result() for f in singles], strict=True))
             except BaseException:
                 # Interrupted (a signal in the main thread) or failed: kill the running
                 # provers so the pool's threads return, and drop the queued jobs.
                 stop_all()
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-        for job in alone:
-            by_job[job] = prove(job, 1)
+        for batch in alone:
+            outcome = prove(batch)
+            outcomes.append(outcome)
+            if not settle(outcome):
+                for job in batch.jobs:
+                    by_job[job] = single(job, True)
     except BaseException:
         stop_all()
         raise
-    return Run(check_results, [by_job[job] for job in jobs])
+    return Run(
+        check_results,
+        [by_job[job] for job in jobs],
+        outcomes + reruns,
+        time.monotonic() - started,
+    )
 
 
 def plan(
@@ -625,6 +898,16 @@ def plan(
 
 
 WELLFORMEDNESS_ROW = "(wellformedness)"
+
+
+def time_cell(result: LemmaResult) -> str:
+    """Its seconds, and how many lemmas shared them (one process proved them together)."""
+    text = f"{result.seconds:.1f}s"
+    if result.batch_size > 1:
+        text += f" (batch of {result.batch_size})"
+    if result.rerun:
+        text += " (alone, after its batch ran out of time)"
+    return text
 
 
 def format_table(
@@ -655,7 +938,7 @@ def format_table(
                 r.expected or "-",
                 r.verdict,
                 "-" if r.steps is None else str(r.steps),
-                f"{r.seconds:.1f}s",
+                time_cell(r),
                 status,
             )
         )
@@ -683,8 +966,8 @@ def format_markdown(
         steps = "-" if r.steps is None else str(r.steps)
         mark = "ok" if r.ok else "**MISMATCH**"
         lines.append(
-            f"| `{r.lemma}` | {r.expected or '-'} | {r.verdict} | {steps} | {r.seconds:.1f} s "
-            f"| {mark} |"
+            f"| `{r.lemma}` | {r.expected or '-'} | {r.verdict} | {steps} | "
+            f"{time_cell(r).replace('s', ' s', 1)} | {mark} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -694,14 +977,21 @@ def report(
     prover_version: str,
     timeout: float | None = None,
     checks: Sequence[WellformednessResult] = (),
+    run: Run | None = None,
+    mode: str = "batch",
 ) -> dict[str, Any]:
     """The JSON report: overall ``ok``, the prover, the wellformedness checks, one entry per
-    lemma."""
+    lemma, and (given ``run``) its Tamarin processes and wall time."""
     return {
         "ok": Run(list(checks), list(results)).ok,
         "prover": prover_version,
+        "supported": SUPPORTED_TEXT,
+        "mode": mode,
         "cpu_count": os.cpu_count(),
         "timeout": timeout,
+        "seconds": None if run is None else round(run.seconds, 2),
+        "cpu_seconds": None if run is None else run.cpu_seconds(),
+        "batches": [] if run is None else [b.to_dict() for b in run.batches],
         "mismatches": sum(1 for r in results if not r.ok) + sum(1 for c in checks if not c.ok),
         "wellformedness": [c.to_dict() for c in checks],
         "results": [r.to_dict() for r in results],

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.x509.verification import Store
 
 from d2tls.clock import Clock, utc, wall_time
+from d2tls.delegation.channel_security import Channel, agent_channel_suites
 from d2tls.delegation.messages import (
     NO_REQUEST_ID,
     DelegationError,
@@ -39,6 +40,7 @@ from d2tls.delegation.messages import (
     encode_message,
 )
 from d2tls.delegation.policy import AgentPolicy
+from d2tls.delegation.twinpeaks_identity import ServerKeys, twinpeaks_client_settings
 from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientConfig, KeyLogCallback, ServerConfig, TimerConfig
 from d2tls.dtls.connection import Tracer
@@ -54,6 +56,7 @@ from d2tls.dtls.server import DTLSServer
 from d2tls.dtls.session import Session
 from d2tls.errors import ProtocolError
 from d2tls.model.machine import MachineDriver
+from d2tls.model.states import AgentState, ClientState
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed, ServerEndpoint
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.roles.device import CHANNEL_MTU
@@ -115,6 +118,12 @@ class AgentConfig:
     #: engines: docs/architecture.md, "Time and randomness".
     wall_clock: Clock = wall_time
     randomness: Randomness = SYSTEM
+    #: Delegation channel protection: ``psk`` accepts plain PSK or ECDHE-PSK, ``ecdhe-psk``
+    #: requires ECDHE-PSK (d2tls.delegation.channel_security).
+    channel: Channel = "psk"
+    #: TwinPeaks keys of servers, looked up by the host (spec/twinpeaks.md §9.5): a server
+    #: with one is authenticated by that raw public key instead of a chain and OCSP.
+    server_keys: ServerKeys | None = None
 
 
 def describe_server_failure(event: ConnectionTerminated) -> tuple[DelegationErrorCode, str]:
@@ -221,7 +230,7 @@ class AgentSession:
             self._fire("server_failed")
         elif isinstance(event, HandshakeCompleted):
             self._fire("server_handshake_done")
-            if self.state == "handing_over":
+            if self.state == AgentState.HANDING_OVER:
                 self._fire("context_sent")
 
     def handshake_timed_out(self) -> None:
@@ -300,7 +309,9 @@ class AgentSession:
         self.error = "the server gave no session ID: its sessions cannot be resumed"
 
     def ocsp_configured(self) -> bool:
-        return self.config.ocsp_url is not None
+        """OCSP is for a certificate: not for a TwinPeaks raw key (spec/twinpeaks.md §9.5)."""
+        raw = self.client is not None and self.client.peer_raw_public_key is not None
+        return self.config.ocsp_url is not None and not raw
 
     def _usable_suites(self, request: DelegationRequest) -> tuple[CipherSuite, ...]:
         return tuple(
@@ -314,12 +325,15 @@ class AgentSession:
         request = self._current
         assert isinstance(request, DelegationRequest)
         self.request = request
+        keys = self.config.server_keys
+        resolved = keys(request.server_name) if keys is not None else None
         client = DTLSClient(
             ClientConfig(
                 cipher_suites=self._usable_suites(request),
                 trust_store=self.config.trust_store,
                 server_name=request.server_name,
                 certificate_chain=request.certificate_chain,
+                client_raw_public_key=request.raw_public_key,  # RFC 7250, e.g. TwinPeaks
                 private_key=None,  # structural: the agent can only ask the device to sign
                 client_random=request.client_random,
                 mtu=self.config.mtu,
@@ -327,6 +341,7 @@ class AgentSession:
                 keylog=self.config.keylog,
                 wall_clock=self.config.wall_clock,
                 randomness=self.config.randomness,
+                **twinpeaks_client_settings(request.server_name, resolved),
             ),
             tracer=tagged(self.config.tracer, party="agent", link="agent-server"),
         )
@@ -362,6 +377,7 @@ class AgentSession:
     def build_SessionContext(self) -> None:
         request, session = self.request, self.session
         assert request is not None and session is not None
+        raw = self.client.peer_raw_public_key if self.client is not None else None
         self._send(
             SessionContext(
                 request_id=request.request_id,
@@ -369,9 +385,10 @@ class AgentSession:
                 master_secret=bytes(session.master_secret),
                 cipher_suite=int(session.cipher_suite),
                 extended_master_secret=session.extended_master_secret,
-                server_certificates=tuple(session.peer_certificates),
+                # A raw public key (RFC 7250) is the one entry (spec/delegation.md §5.2).
+                server_certificates=(raw,) if raw is not None else tuple(session.peer_certificates),
                 lifetime=self.config.context_lifetime,
-                ocsp_status=1 if self.config.ocsp_url else 0,
+                ocsp_status=1 if self.ocsp_configured() else 0,
             )
         )
 
@@ -451,7 +468,7 @@ class Agent:
         self.endpoint: ServerEndpoint | None = None
         self.engine = DTLSServer(
             ServerConfig(
-                cipher_suites=(CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,),
+                cipher_suites=agent_channel_suites(config.channel),
                 psk_keys=dict(config.psk_keys),
                 mtu=CHANNEL_MTU,
                 timers=config.timers or TimerConfig(),
@@ -569,12 +586,13 @@ class Agent:
         """Push channel output; hand a signature to the server connection when it arrived."""
         signature = session.take_signature()
         client = session.client
-        if signature is not None and client is not None and client.state == "wait_signature":
+        waiting = client is not None and client.state == ClientState.WAIT_SIGNATURE
+        if signature is not None and client is not None and waiting:
             client.provide_signature(signature, asyncio.get_running_loop().time())
             self._kick(session)
         if session.is_final and not session.counted:
             session.counted = True
-            if session.state == "done":
+            if session.state == AgentState.DONE:
                 self.completed += 1
             else:
                 self.failed += 1

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from d2tls.clock import Clock, wall_time
+from d2tls.delegation.channel_security import Channel, device_channel_suites
 from d2tls.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
@@ -37,6 +38,7 @@ from d2tls.errors import (
 )
 from d2tls.errors import ProtocolError
 from d2tls.model.machine import MachineDriver
+from d2tls.model.states import DeviceState
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.roles.signer import DeviceSigner, SigningRefused, check_bound_transcript
@@ -84,6 +86,12 @@ class DeviceConfig:
     #: the engines' randoms): docs/architecture.md, "Time and randomness".
     wall_clock: Clock = wall_time
     randomness: Randomness = SYSTEM
+    #: Delegation channel protection, ``psk`` or ``ecdhe-psk`` (forward secrecy of handed-over
+    #: contexts): d2tls.delegation.channel_security.
+    channel: Channel = "psk"
+    #: The DER SubjectPublicKeyInfo of the signer's key, presented as an RFC 7250 raw public
+    #: key instead of ``certificate_chain`` (which is then empty): a TwinPeaks member key.
+    raw_public_key: bytes | None = None
 
 
 class DeviceProtocol:
@@ -199,6 +207,7 @@ class DeviceProtocol:
                 request.certificate_chain,
                 request.server_name,
                 self.config.server_pin,
+                raw_public_key=request.raw_public_key,
             )
         except SigningRefused as exc:
             self._refusal = str(exc)
@@ -240,6 +249,7 @@ class DeviceProtocol:
             client_random=(
                 self.config.randomness.random_bytes(32) if mode is DelegationMode.BOUND else None
             ),
+            raw_public_key=self.config.raw_public_key,
         )
         self._next_request_id += 1
 
@@ -430,7 +440,7 @@ class Device:
                     elif command == "start_resumption":
                         connection = await self._resume(protocol, report)
                 self._flush(protocol, channel, report)
-                if protocol.state == "connected" or protocol.is_final:
+                if protocol.state == DeviceState.CONNECTED or protocol.is_final:
                     break
                 if channel is None:
                     raise DelegationFailed(f"no channel to the agent in state {protocol.state}")
@@ -454,7 +464,7 @@ class Device:
         report.key_operations["sign"] = self.config.signer.signatures - signs_before
         report.cpu_ms = (time.process_time() - cpu_start) * 1000
         report.wall_ms = (time.perf_counter() - wall_start) * 1000
-        if protocol.state != "connected" or connection is None or self.context is None:
+        if protocol.state != DeviceState.CONNECTED or connection is None or self.context is None:
             raise DelegationFailed(protocol.error or f"delegation ended in state {protocol.state}")
         return DeviceConnection(connection, report, self.context)
 
@@ -475,7 +485,7 @@ class Device:
     ) -> ClientEndpoint | None:
         engine = DTLSClient(
             ClientConfig(
-                cipher_suites=(CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,),
+                cipher_suites=device_channel_suites(self.config.channel),
                 psk_identity=self.config.psk_identity,
                 psk=self.config.psk,
                 mtu=CHANNEL_MTU,

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from d2tls.dtls.constants import HandshakeType
+from d2tls.dtls.constants import CertificateType, HandshakeType
 from d2tls.dtls.fragments import parse_handshake_fragments
-from d2tls.dtls.messages import Certificate, ClientHello
+from d2tls.dtls.messages import Certificate, ClientHello, RawPublicKeyCertificate, ServerHello
 from d2tls.errors import CertificateError, D2TLSError
 from d2tls.pki.names import names_server, spki_sha256
 
@@ -62,11 +62,14 @@ def check_bound_transcript(
     certificate_chain: Sequence[bytes],
     server_name: str,
     server_pin: bytes | None = None,
+    raw_public_key: bytes | None = None,
 ) -> None:
     """Raise SigningRefused unless ``transcript`` is the handshake the device asked for.
 
     ``server_name`` is the DelegationRequest's server_name; ``server_pin``, when given, the
     SHA-256 of the server's SubjectPublicKeyInfo (RFC 7469 §2.4) the device was configured with.
+    With ``raw_public_key`` (the request's, RFC 7250) the client Certificate must carry exactly
+    that SubjectPublicKeyInfo instead of ``certificate_chain``.
     """
     if not hmac.compare_digest(hashlib.sha256(transcript).digest(), digest):
         raise SigningRefused("the transcript does not hash to the digest to sign")
@@ -94,16 +97,67 @@ def check_bound_transcript(
     certificates = [m for m in messages if m.msg_type == HandshakeType.CERTIFICATE]
     if len(certificates) != 2:
         raise SigningRefused("the transcript must hold the server's and the device's Certificate")
+    _check_client_certificate(certificates[-1].body, certificate_chain, raw_public_key)
+    types = [m.msg_type for m in messages]
+    if types.count(HandshakeType.CLIENT_HELLO) != 1 or types.count(HandshakeType.SERVER_HELLO) != 1:
+        raise SigningRefused("the transcript must hold exactly one ClientHello and ServerHello")
+    [server_hello] = [m for m in messages if m.msg_type == HandshakeType.SERVER_HELLO]
     try:
-        ours = Certificate.decode(certificates[-1].body)
+        server_type = ServerHello.decode(server_hello.body).server_certificate_type
+    except D2TLSError as exc:
+        raise SigningRefused(f"undecodable ServerHello: {exc}") from exc
+    if server_type == CertificateType.RAW_PUBLIC_KEY:
+        check_server_raw_key(certificates[0].body, hello, server_name, server_pin)
+    else:
+        check_server_certificate(certificates[0].body, server_name, server_pin)
+
+
+def _check_client_certificate(
+    body: bytes, certificate_chain: Sequence[bytes], raw_public_key: bytes | None
+) -> None:
+    """The client Certificate carries this device's chain, or its raw key (RFC 7250 §3)."""
+    if raw_public_key is not None:
+        try:
+            raw = RawPublicKeyCertificate.decode(body)
+        except D2TLSError as exc:
+            raise SigningRefused(f"undecodable client raw public key Certificate: {exc}") from exc
+        if not hmac.compare_digest(raw.subject_public_key_info, raw_public_key):
+            raise SigningRefused(
+                "the client Certificate in the transcript is not this device's raw public key"
+            )
+        return
+    try:
+        ours = Certificate.decode(body)
     except D2TLSError as exc:
         raise SigningRefused(f"undecodable client Certificate: {exc}") from exc
     if tuple(ours.certificates) != tuple(certificate_chain):
         raise SigningRefused("the client Certificate in the transcript is not this device's chain")
-    check_server_certificate(certificates[0].body, server_name, server_pin)
-    types = [m.msg_type for m in messages]
-    if types.count(HandshakeType.CLIENT_HELLO) != 1 or types.count(HandshakeType.SERVER_HELLO) != 1:
-        raise SigningRefused("the transcript must hold exactly one ClientHello and ServerHello")
+
+
+def check_server_raw_key(
+    body: bytes, hello: ClientHello, server_name: str, server_pin: bytes | None
+) -> None:
+    """A TwinPeaks server's raw key (spec/twinpeaks.md §9.5): the ClientHello carries the
+    TwinPeaks extension naming ``server_name`` (an honest server refuses another name, §9.3),
+    and, with a pin, the server Certificate carries the pinned key."""
+    try:
+        raw = RawPublicKeyCertificate.decode(body)
+        extension = hello.twinpeaks
+    except D2TLSError as exc:
+        raise SigningRefused(f"undecodable server raw key or TwinPeaks extension: {exc}") from exc
+    if extension is None:
+        raise SigningRefused(
+            "the server authenticated with a raw public key, but the ClientHello carries no "
+            "TwinPeaks extension naming the server"
+        )
+    if extension.host_name != server_name.lower().rstrip("."):
+        raise SigningRefused(
+            f"the ClientHello's TwinPeaks extension names {extension.host_name!r}, not "
+            f"{server_name!r}, the server this device asked for"
+        )
+    pinned = hashlib.sha256(raw.subject_public_key_info).digest()
+    if server_pin is not None and not hmac.compare_digest(pinned, server_pin):
+        raise SigningRefused("the server raw public key in the transcript is not the pinned key")
 
 
 def check_server_certificate(body: bytes, server_name: str, server_pin: bytes | None) -> None:

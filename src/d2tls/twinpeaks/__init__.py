@@ -12,6 +12,11 @@ Modules:
 * :mod:`d2tls.twinpeaks.identity`: the identity ``ID = domain-name || IP-address || h(params)``
   (section 2.4.2) and its byte encoding;
 * :mod:`d2tls.twinpeaks.curve` and :mod:`d2tls.twinpeaks.hashing`: the primitives;
+* :mod:`d2tls.twinpeaks.messages`: the hierarchy messages (CBOR codecs, signing, checks);
+* :mod:`d2tls.twinpeaks.member`, :mod:`d2tls.twinpeaks.keyserver`,
+  :mod:`d2tls.twinpeaks.resolver`: the sans-IO roles of ``spec/twinpeaks.yaml`` (a member's
+  registration over DTLS-PSK, the root/TLK/SLK key server, the key resolver with its cache
+  and its DNS interface);
 * :mod:`d2tls.twinpeaks.errors`: the typed errors.
 
 This package is protocol core: sans-IO, randomness injected, no tooling imports.

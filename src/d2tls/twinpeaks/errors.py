@@ -4,12 +4,17 @@ re-exported here. Every one is a :class:`~d2tls.errors.D2TLSError`."""
 from __future__ import annotations
 
 from d2tls.errors import (
+    AddressMismatch,
     CrossCheckError,
     EncodingError,
     InvalidIdentity,
     InvalidPoint,
     InvalidScalar,
+    KeyDenied,
     KeyValidationError,
+    LookupFailed,
+    LookupTimeout,
+    RegistrationFailed,
     ResponseMismatch,
     SignatureError,
     StaleRecord,
@@ -17,12 +22,17 @@ from d2tls.errors import (
 )
 
 __all__ = [
+    "AddressMismatch",
     "CrossCheckError",
     "EncodingError",
     "InvalidIdentity",
     "InvalidPoint",
     "InvalidScalar",
+    "KeyDenied",
     "KeyValidationError",
+    "LookupFailed",
+    "LookupTimeout",
+    "RegistrationFailed",
     "ResponseMismatch",
     "SignatureError",
     "StaleRecord",

@@ -554,6 +554,15 @@ class Subject:
         )
 
 
+def subject_from_map(value: Any, what: str) -> Subject:
+    """A :class:`Subject` from its decoded CBOR map (a key server's saved state); any defect
+    is an EncodingError."""
+    if type(value) is not dict:
+        raise EncodingError(f"{what}: not a map")
+    _check_keys(value, what, {1, 2, 3, 4, 5, 6}, {7, 8})
+    return Subject.from_fields(_Fields(value, what))
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
     """What a key server signs (§8.4): ``{0: 9, 1: type, 2: name, 3: address, 4: signer ID,
@@ -951,4 +960,5 @@ __all__ = [
     "cross_check",
     "decode_message",
     "new_request_id",
+    "subject_from_map",
 ]

@@ -1,0 +1,117 @@
+"""Generate ``d2tls.model.states`` (one Enum of states per role) from the spec, and lint the
+spec against the code built from it.
+
+The Enums are generated into a checked-in module so that type checkers see every member;
+``d2tls model lint`` (and the test suite) regenerates them and fails when the file differs,
+so a state renamed in ``spec/*.yaml`` can never silently disagree with the code.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from d2tls.model.machine import HandlerNames, table_problems
+from d2tls.model.spec import RoleSpec, load_spec
+
+#: Spec files that define roles, in the order their Enums are written.
+SPEC_FILES = ("dtls", "d2tls", "twinpeaks")
+#: The generated module, located through the package (an installed copy included).
+STATES_MODULE = Path(str(resources.files("d2tls.model").joinpath("states.py")))
+
+
+def enum_name(role: str, spec: str = "d2tls") -> str:
+    """``dtls_client`` -> ``ClientState``, ``device`` -> ``DeviceState``; the TwinPeaks roles
+    carry their system's name (``client`` in spec/twinpeaks.yaml -> ``TwinPeaksClientState``)."""
+    prefix = "TwinPeaks" if spec == "twinpeaks" else ""
+    return prefix + "".join(p.title() for p in role.removeprefix("dtls_").split("_")) + "State"
+
+
+def member_name(state: str) -> str:
+    return state.upper()
+
+
+def _roles() -> list[tuple[str, RoleSpec]]:
+    return [(name, role) for name in SPEC_FILES for role in load_spec(name).roles.values()]
+
+
+def render_states() -> str:
+    """The source of ``d2tls/model/states.py`` for the current spec."""
+    lines = [
+        '"""States of every role, generated from ``spec/*.yaml`` by ``d2tls model states``.',
+        "",
+        "Do not edit: ``d2tls model lint`` and tests/test_spec_states.py fail when this file and",
+        "the spec disagree. Members are strings (``StrEnum``), so a state prints as its spec name.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from enum import StrEnum",
+        "",
+    ]
+    names: list[str] = []
+    for spec_name, role in _roles():
+        cls = enum_name(role.name, spec_name)
+        names.append(cls)
+        lines += ["", f"class {cls}(StrEnum):"]
+        lines.append(f'    """States of ``{role.name}`` (spec/{spec_name}.yaml)."""')
+        lines.append("")
+        for state in role.states:
+            lines.append(f'    {member_name(state)} = "{state}"')
+        lines.append("")
+    lines += [
+        "",
+        "#: The Enum of each role, by role name.",
+        "ROLE_STATES: dict[str, type[StrEnum]] = {",
+    ]
+    for spec_name, role in _roles():
+        lines.append(f'    "{role.name}": {enum_name(role.name, spec_name)},')
+    lines.append("}")
+    lines += [
+        "",
+        "__all__ = [",
+        *(f'    "{n}",' for n in ["ROLE_STATES", *sorted(names)]),
+        "]",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def lint() -> list[str]:
+    """Every disagreement between the spec and the code built from it (empty: all agree).
+
+    Loading a spec already checks its schema, references and reachability (SpecError); this
+    adds what needs the code: the generated Enums and the engines' handler tables.
+    """
+    problems: list[str] = []
+    try:
+        current = STATES_MODULE.read_text(encoding="utf-8")
+    except OSError:
+        current = ""
+    if current != render_states():
+        problems.append(
+            f"{STATES_MODULE.name} is out of date with spec/*.yaml: run `d2tls model states`"
+        )
+    for role_name, names in _engine_tables():
+        problems += table_problems(load_spec("dtls").role(role_name), names)
+    return problems
+
+
+def _engine_tables() -> list[tuple[str, HandlerNames]]:
+    """The handler tables of the DTLS engines, from minimal PSK engines (making one already
+    checks its table; a SpecError is reported as a problem by the caller's caller)."""
+    from d2tls.dtls.client import DTLSClient
+    from d2tls.dtls.config import ClientConfig, ServerConfig
+    from d2tls.dtls.constants import CipherSuite
+    from d2tls.dtls.server import CookieJar, ServerConnection
+
+    suites = (CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,)
+    client = DTLSClient(ClientConfig(cipher_suites=suites, psk=b"k" * 16, psk_identity=b"lint"))
+    server = ServerConnection(
+        ServerConfig(cipher_suites=suites, psk_keys={b"lint": b"k" * 16}),
+        ("127.0.0.1", 0),
+        CookieJar(rotation=60.0),
+    )
+    return [
+        (client.ROLE, client._table.names()),
+        (server.ROLE, server._table.names()),
+    ]
