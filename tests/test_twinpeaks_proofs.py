@@ -141,7 +141,7 @@ MAUDE = shutil.which("maude")
     + (
         "tamarin-prover or maude not on PATH"
         if TAMARIN is None or MAUDE is None
-        else "set D2TLS_PROVE_ALL=1 to prove the TwinPeaks lemmas (about 10 minutes)"
+        else "set D2TLS_PROVE_ALL=1 to prove the TwinPeaks lemmas (a few minutes)"
     ),
 )
 def test_real_prove_of_the_twinpeaks_theory(tmp_path: Path) -> None:
