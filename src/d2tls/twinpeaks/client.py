@@ -193,8 +193,9 @@ class TwinPeaksClient:
         self._lookup_only = False
         self._started = 0.0
         self._now = 0.0
+        self._table = self._handlers()
         self._driver: SpecMachine[TwinPeaksClientState, Payload] = SpecMachine(
-            load_spec("twinpeaks").role(self.ROLE), TwinPeaksClientState, self._handlers()
+            load_spec("twinpeaks").role(self.ROLE), TwinPeaksClientState, self._table
         )
 
     @property
