@@ -271,7 +271,7 @@ class Lookup:
         self.started = now
         self.now = now
         self.timeline: list[str] = []
-        self.anchors = resolver.anchors_for(name)
+        self.anchors = resolver._anchors_for(name)
         self.chain = 0
         self.server: ServerInfo | None = None
         self.hops = 0
@@ -349,7 +349,7 @@ class Lookup:
                 self.note(f"DNS {self.name} -> {self.address.compressed} (cached)")
         if self.address is None:
             return False
-        entry = self.resolver.answers.get((self.name, self.address), self.resolver.wall())
+        entry = self.resolver.answers.get((self.name, self.address), self.resolver._wall())
         if isinstance(entry, tuple):
             self.cached = entry
             return True
@@ -381,7 +381,7 @@ class Lookup:
                     request,
                     server.signer_params,
                     server.key,
-                    self.resolver.wall(),
+                    self.resolver._wall(),
                     issuer_params=server.params,
                 )
                 if record.record_type == RecordType.REFERRAL:
@@ -436,16 +436,16 @@ class Lookup:
     def _answer_from_cache(self) -> None:
         assert self.cached is not None
         self.note(f"key of {self.name} from the cache (no query)")
-        self.resolver.complete(self, *self.cached, from_cache=True)
+        self.resolver._complete(self, *self.cached, from_cache=True)
 
     def _query_dns(self) -> None:
-        self.dns_query_id = self.resolver.ask_dns(self)
+        self.dns_query_id = self.resolver._ask_dns(self)
         self.note(f"DNS query A/AAAA {self.name}")
 
     def _start_chain(self) -> None:
         assert self.address is not None
         anchor = self.anchors[self.chain]
-        self.server = self.resolver.deepest_server(self.chain, anchor, self.name, self.now)
+        self.server = self.resolver._deepest_server(self.chain, anchor, self.name, self.now)
         if self.server.zone != anchor.params.zone:
             self.note(f"referral to {self.server.zone} from the cache")
         self.hops = 0
@@ -456,7 +456,7 @@ class Lookup:
         previous, self.request = self.request, KeyRequest(rid, self.name, self.address)
         self.sends = 0
         self.queries += 1
-        self.resolver.track(self, previous)
+        self.resolver._track(self, previous)
         self.note(
             f"key request {self.name} at {self.address.compressed} -> {self.server.zone} "
             f"key server {self.server.addr[0]}:{self.server.addr[1]}"
@@ -510,12 +510,12 @@ class Lookup:
         )
         expires = min(float(record.expires), float(subject.not_after))
         self.resolver.answers.put((self.name, record.address), (record, signature), expires)
-        self.resolver.complete(self, record, signature, from_cache=False)
+        self.resolver._complete(self, record, signature, from_cache=False)
 
     def _report_cross_check(self) -> None:
         error = self.error or CrossCheckError("the roots disagree")
         self.note(f"cross-check failed: {error}")
-        self.resolver.fail(self, error)
+        self.resolver._fail(self, error)
 
     def _report_denial(self, received: ReceivedResponse) -> None:
         record = self._record(received)
@@ -530,17 +530,17 @@ class Lookup:
         else:
             error = KeyDenied(f"{record.signer.name} denies {self.name}: {reason}")
         self.note(f"signed denial: {reason}")
-        self.resolver.fail(self, error, denial=received.response)
+        self.resolver._fail(self, error, denial=received.response)
 
     def _report_address_mismatch(self) -> None:
         error = self.error or AddressMismatch(f"no address for {self.name}")
         self.note(str(error))
-        self.resolver.fail(self, error)
+        self.resolver._fail(self, error)
 
     def _report_dns_failure(self) -> None:
         error = self.error or AddressMismatch(f"the DNS gave no address for {self.name}")
         self.note(str(error))
-        self.resolver.fail(self, error)
+        self.resolver._fail(self, error)
 
     def _discard_response(self, received: ReceivedResponse) -> None:
         checked = self._check(received)
@@ -550,12 +550,12 @@ class Lookup:
             else "unexpected record"
         )
         self.note(f"discarded a response: {reason}")
-        self.resolver.discard(received.peer, reason)
+        self.resolver._discard(received.peer, reason)
 
     def _report_timeout(self) -> None:
         error = LookupTimeout(f"no valid key response for {self.name} after {self.sends} sends")
         self.note(str(error))
-        self.resolver.fail(self, error)
+        self.resolver._fail(self, error)
 
 
 # --------------------------------------------------------------------------- the resolver
@@ -576,7 +576,7 @@ class Resolver:
         self._ids = itertools.count(1)
         self.counters = {"queries": 0, "discarded": 0, "cache_hits": 0, "lookups": 0}
 
-    def wall(self) -> int:
+    def _wall(self) -> int:
         return int(self.config.wall_clock())
 
     # ------------------------------------------------------------------ API
@@ -598,7 +598,7 @@ class Resolver:
         self._lookups[lookup.lookup_id] = lookup
         self.counters["lookups"] += 1
         if not lookup.anchors:
-            self.fail(lookup, KeyDenied(f"no trust anchor covers {name}"))
+            self._fail(lookup, KeyDenied(f"no trust anchor covers {name}"))
             return lookup.lookup_id
         lookup.driver.fire_local("lookup", None)
         return lookup.lookup_id
@@ -650,18 +650,18 @@ class Resolver:
         try:
             message = decode_message(bytes(data))
         except TwinPeaksError as exc:
-            self.discard(addr, f"malformed: {exc}")
+            self._discard(addr, f"malformed: {exc}")
             return
         if isinstance(message, KeyResponse):
             lookup = self._by_request.get(message.request_id)
             if lookup is None:
-                self.discard(addr, "no request outstanding with this ID")
+                self._discard(addr, "no request outstanding with this ID")
                 return
             lookup.now = now
             try:
                 lookup.driver.fire("recv_KeyResponse", ReceivedResponse(message, addr))
             except UnexpectedMessage:
-                self.discard(addr, "response after the lookup ended")
+                self._discard(addr, "response after the lookup ended")
         elif isinstance(message, KeyRequest):
             try:
                 self._start(message.name, now, message.address, (addr, message.request_id))
@@ -672,7 +672,7 @@ class Resolver:
             self.invalidate(message.name, message.address)
             self.out.append((Status(message.request_id, StatusCode.OK).encode(), addr))
         else:
-            self.discard(addr, f"unexpected {type(message).__name__}")
+            self._discard(addr, f"unexpected {type(message).__name__}")
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         out, self.out = self.out, []
@@ -697,7 +697,7 @@ class Resolver:
         return self.events.popleft() if self.events else None
 
     # ------------------------------------------------------------------ for lookups
-    def anchors_for(self, name: str) -> list[TrustAnchor]:
+    def _anchors_for(self, name: str) -> list[TrustAnchor]:
         """Anchors whose zone is the longest suffix of ``name``: all of them when
         cross-checking, else the first (§8.8)."""
         covering = [
@@ -709,23 +709,23 @@ class Resolver:
         best = [a for a in covering if _depth(a.params.zone) == depth]
         return best if self.config.cross_check else best[:1]
 
-    def deepest_server(self, chain: int, anchor: TrustAnchor, name: str, now: float) -> ServerInfo:
+    def _deepest_server(self, chain: int, anchor: TrustAnchor, name: str, now: float) -> ServerInfo:
         """The deepest cached key server of this root's chain whose zone holds ``name``."""
         labels = name.split(".")
         for start in range(1, len(labels)):
             zone = ".".join(labels[start:])
-            server = self.referrals.get((chain, zone), self.wall())
+            server = self.referrals.get((chain, zone), self._wall())
             if isinstance(server, ServerInfo):
                 return server
         return ServerInfo.of_anchor(anchor)
 
-    def ask_dns(self, lookup: Lookup) -> int:
+    def _ask_dns(self, lookup: Lookup) -> int:
         query = DnsQuery(next(self._ids), lookup.name)
         self.events.append(query)
         self._dns_pending[query.query_id] = lookup
         return query.query_id
 
-    def track(self, lookup: Lookup, previous: KeyRequest | None) -> None:
+    def _track(self, lookup: Lookup, previous: KeyRequest | None) -> None:
         """Index the lookup by its new request ID (and forget the previous one)."""
         if previous is not None:
             self._by_request.pop(previous.request_id, None)
@@ -733,7 +733,7 @@ class Resolver:
         self._by_request[lookup.request.request_id] = lookup
         self.counters["queries"] += 1
 
-    def complete(
+    def _complete(
         self, lookup: Lookup, record: KeyRecord, signature: bytes, *, from_cache: bool
     ) -> None:
         assert lookup.address is not None
@@ -748,7 +748,7 @@ class Resolver:
             peer, rid = lookup.client
             self.out.append((KeyResponse(rid, record, signature).encode(), peer))
 
-    def fail(
+    def _fail(
         self, lookup: Lookup, error: TwinPeaksError, denial: KeyResponse | None = None
     ) -> None:
         self._finish(lookup)
@@ -768,7 +768,7 @@ class Resolver:
         if lookup.request is not None:
             self._by_request.pop(lookup.request.request_id, None)
 
-    def discard(self, addr: Address, reason: str) -> None:
+    def _discard(self, addr: Address, reason: str) -> None:
         self.counters["discarded"] += 1
         self.events.append(Discarded(addr, reason))
 
