@@ -81,28 +81,87 @@ def _bound_request(chain: tuple[bytes, ...], random: bytes) -> DelegationRequest
     )
 
 
-def _device_checks(good: Handshake, compact: bytes, digest: bytes | None = None) -> bytes:
-    """What the device of ``good`` does with a compact SignRequest: rebuild, then every §6
-    rule. ``digest`` None: the SHA-256 of the rebuilt transcript (rule 1 holds)."""
+def _device_checks(
+    good: Handshake,
+    compact: bytes,
+    digest: bytes | None = None,
+    held: bytes | None = None,
+    pin: bytes | None = None,
+) -> bytes:
+    """What the device of ``good`` does with a compact SignRequest: rebuild (with the server
+    Certificate body ``held`` if it sent its hash), then every §6 rule. ``digest`` None: the
+    SHA-256 of the rebuilt transcript (rule 1 holds)."""
     req = _bound_request(good.chain, good.client_random)
+    if held is not None:
+        req = dataclasses.replace(req, server_certificate_hash=hashlib.sha256(held).digest())
     message = SignRequest(5, b"\x00" * 32, compact_transcript=compact)
-    transcript = bound_transcript(message, good.chain, req)
+    transcript = bound_transcript(message, good.chain, req, held)
     check_bound_transcript(
         transcript,
         hashlib.sha256(transcript).digest() if digest is None else digest,
         good.client_random,
         good.chain,
         RULES_SERVER,
+        pin,
     )
     return transcript
 
 
-def _as_an_agent_would_compact(good: Handshake, transcript: bytes) -> bytes:
+def _as_an_agent_would_compact(
+    good: Handshake, transcript: bytes, held: bytes | None = None
+) -> bytes:
     """The compact form of ``transcript``; where the agent's own function gives none (no
     device Certificate right before a final ClientKeyExchange), a hostile agent sends the
     transcript as it is in the compact field."""
     body = client_certificate_body(good.chain, None)
-    return compact_transcript(transcript, body) or transcript
+    wanted = hashlib.sha256(held).digest() if held is not None else None
+    return compact_transcript(transcript, body, wanted) or transcript
+
+
+def _server_body(good: Handshake) -> bytes:
+    return Certificate((good.server_cert,)).encode()
+
+
+def test_a_held_server_certificate_is_left_out_and_put_back() -> None:
+    good = good_handshake()
+    held = _server_body(good)
+    full = good.transcript()
+    plain = compact_transcript(full, client_certificate_body(good.chain, None))
+    shorter = compact_transcript(
+        full, client_certificate_body(good.chain, None), hashlib.sha256(held).digest()
+    )
+    assert plain is not None and shorter is not None
+    assert len(plain) - len(shorter) == 12 + len(held)
+    assert _device_checks(good, shorter, held=held) == full
+    assert _device_checks(good, plain, held=held) == full  # sent anyway: nothing put back
+    # Another certificate held: the agent's hash does not match, so it sends its own.
+    other = Certificate((good.other_cert,)).encode()
+    assert (
+        compact_transcript(
+            full, client_certificate_body(good.chain, None), hashlib.sha256(other).digest()
+        )
+        == plain
+    )
+
+
+def test_a_put_back_server_certificate_is_checked_like_a_sent_one() -> None:
+    good = good_handshake()
+    held = _server_body(good)
+    shorter = compact_transcript(
+        good.transcript(), client_certificate_body(good.chain, None), hashlib.sha256(held).digest()
+    )
+    assert shorter is not None
+    # The agent's real handshake had another certificate: the digest it got is not over the
+    # transcript the device rebuilds (rule 1).
+    forged = Certificate((good.other_cert,)).encode()
+    with pytest.raises(SigningRefused, match="does not hash"):
+        _device_checks(good, shorter, hashlib.sha256(b"other handshake").digest(), held)
+    # A device that holds a certificate for another name gets it refused by rule 6.
+    with pytest.raises(SigningRefused, match="not for"):
+        _device_checks(good, shorter, held=forged)
+    # A pin configured since: rule 6 applies it to the certificate put back.
+    with pytest.raises(SigningRefused, match="pinned"):
+        _device_checks(good, shorter, held=held, pin=b"\x00" * 32)
 
 
 def test_the_good_transcript_compacts_and_rebuilds_exactly() -> None:
@@ -122,25 +181,28 @@ VIOLATION_CASES = [
 ]
 
 
+@pytest.mark.parametrize("holds_server_certificate", [False, True])
 @pytest.mark.parametrize(("number", "what", "make"), VIOLATION_CASES)
 def test_every_rule_still_refuses_its_violations_in_compact_form(
-    number: int, what: str, make: Any
+    number: int, what: str, make: Any, holds_server_certificate: bool
 ) -> None:
     """The agent hashes what it claims (digest None: the device's rebuilt bytes, so only the
-    rule under test can fail)."""
+    rule under test can fail); with or without the device holding the good server
+    Certificate (the agent then leaves out a server Certificate with that hash)."""
     good = good_handshake()
+    held = _server_body(good) if holds_server_certificate else None
     transcript, digest = make(good)
-    compact = _as_an_agent_would_compact(good, transcript)
+    compact = _as_an_agent_would_compact(good, transcript, held)
     if what == "no client Certificate":
         # Cannot be said in compact form: the device puts its own Certificate back, so what
         # it signs holds exactly its chain (rule 4 holds by construction).
-        signed = _messages_of(_device_checks(good, compact))
+        signed = _messages_of(_device_checks(good, compact, held=held))
         certificates = [body for kind, _, body in signed if kind == HandshakeType.CERTIFICATE]
         assert Certificate.decode(certificates[1]).certificates == good.chain
         assert signed[-2][0] == HandshakeType.CERTIFICATE
         return
     with pytest.raises(SigningRefused):
-        _device_checks(good, compact, digest)
+        _device_checks(good, compact, digest, held)
 
 
 def _messages_of(transcript: bytes) -> list[tuple[int, int, bytes]]:
@@ -339,6 +401,33 @@ def test_agent_answers_unknown_chain_and_judges_a_cached_chain_by_policy(pki: Lo
 
 
 # --------------------------------------------------------------------------- real UDP
+def test_a_bound_device_names_the_server_certificate_it_holds(pki: LoadedPKI) -> None:
+    memo = DeviceChainMemo()
+    protocol, req = _attempt_with(pki, memo)
+    assert req.server_certificate_hash is None
+    asked = agent_transcript(pki, req.client_random)
+    protocol.receive(SignRequest(req.request_id, asked.digest, asked.transcript))
+    assert isinstance(protocol.outbox[-1], SignResponse)
+    assert memo.server_certificate is not None
+    name, body = memo.server_certificate
+    assert name == SERVER_NAME and Certificate.decode(body).certificates
+    again, req2 = _attempt_with(pki, memo)
+    assert req2.server_certificate_hash == hashlib.sha256(body).digest()
+    _, req3 = _attempt_with(pki, memo, DelegationMode.BLIND)
+    assert req3.server_certificate_hash is None  # bound mode only
+    # A real agent handshake, compacted with the held certificate left out: signed.
+    asked = agent_transcript(pki, req2.client_random)
+    mine = Certificate(pki.device.chain).encode()
+    compact = compact_transcript(asked.transcript, mine, req2.server_certificate_hash)
+    assert compact is not None and len(compact) < len(asked.transcript) - len(mine) - len(body)
+    again.receive(SignRequest(req2.request_id, asked.digest, compact_transcript=compact))
+    [response] = again.outbox
+    assert isinstance(response, SignResponse)
+    pki.device.key.public_key().verify(
+        response.signature, asked.transcript, ec.ECDSA(hashes.SHA256())
+    )
+
+
 def test_chain_sent_once_then_by_hash_and_after_an_agent_restart(
     pki: LoadedPKI, two_devices: Any
 ) -> None:

@@ -210,6 +210,11 @@ def delegation_requests(draw: st.DrawFn) -> DelegationRequest:
             mode=mode,
             client_random=b"r" * 32 if mode is DelegationMode.BOUND else None,
             certificate_chain_hash=draw(st.binary(min_size=32, max_size=32)),
+            server_certificate_hash=(
+                draw(st.none() | st.binary(min_size=32, max_size=32))
+                if mode is DelegationMode.BOUND
+                else None
+            ),
         )
     return DelegationRequest(
         request_id=draw(request_ids),
@@ -284,6 +289,8 @@ def test_spec_cddl_accepts_our_encodings() -> None:
         blind,
         hashed,
         dataclasses.replace(hashed, mode=DelegationMode.BLIND, client_random=None),
+        dataclasses.replace(hashed, server_certificate_hash=b"s" * 32),
+        dataclasses.replace(REQUEST, server_certificate_hash=b"s" * 32),
         SignRequest(1, b"d" * 32),
         SignRequest(1, b"d" * 32, compact_transcript=b"t" * 300),
         dataclasses.replace(CONTEXT, server_certificates=()),
@@ -396,6 +403,11 @@ FIELD_CASES: dict[str, bytes] = {
     "compact transcript 65537 bytes": with_(SREQ, k10=None, k23=b"t" * 65537),
     "compact transcript is text": with_(SREQ, k10=None, k23="t"),
     "compact transcript in a DelegationRequest": with_(REQ, k23=b"t"),
+    # server_certificate_hash (24)
+    "server certificate hash 31 bytes": with_(REQ, k24=b"s" * 31),
+    "server certificate hash is text": with_(REQ, k24="s" * 32),
+    "server certificate hash in blind mode": with_(BLIND, k24=b"s" * 32),
+    "server certificate hash in a SignRequest": with_(SREQ, k24=b"s" * 32),
     "reason 257 chars": with_(ERR, k20="r" * 257),
 }
 

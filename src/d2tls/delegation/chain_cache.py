@@ -67,12 +67,24 @@ class AgentChainCache:
 
 @dataclass
 class DeviceChainMemo:
-    """The device's belief that its agent holds its chain: set when the agent accepted a
-    request carrying the full chain (a SignRequest came back), cleared by UNKNOWN_CHAIN."""
+    """What the device remembers to send fewer bytes (spec/delegation.md §5.2, §6).
+
+    ``held``: its agent holds its chain (set when the agent accepted a request carrying the
+    full chain, i.e. a SignRequest came back; cleared by UNKNOWN_CHAIN). ``server_certificate``:
+    (server_name, body of the server Certificate message) of the last bound transcript the
+    device checked and signed; its hash lets the agent leave that message out next time.
+    """
 
     held: bool = False
-    #: Off: always send the full chain (the behaviour before the cache).
+    #: Off: always send the full chain and never a server_certificate_hash.
     enabled: bool = True
+    server_certificate: tuple[str, bytes] | None = None
+
+    def server_certificate_for(self, server_name: str) -> bytes | None:
+        held = self.server_certificate
+        if not self.enabled or held is None or held[0] != server_name:
+            return None
+        return held[1]
 
     def use_hash(self) -> bool:
         return self.enabled and self.held

@@ -106,6 +106,10 @@ class DelegationRequest:
     #: SHA-256 of the DER certificates of ``certificate_chain`` (:func:`chain_hash`), sent
     #: instead of the chain when the agent already holds it (spec/delegation.md §5.2).
     certificate_chain_hash: bytes | None = None
+    #: Bound mode: SHA-256 of the server Certificate message body the device holds for
+    #: server_name (from a transcript it checked); the agent may then leave that message out
+    #: of the compact transcript (spec/delegation.md §6).
+    server_certificate_hash: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -306,6 +310,7 @@ _SCHEMA: Final[dict[MessageType, tuple[type[DelegationMessage], tuple[_Field, ..
             _Field(8, "client_random", _bstr(32, 32), optional=True),
             _Field(21, "raw_public_key", _raw_public_key, optional=True),
             _Field(22, "certificate_chain_hash", _bstr(32, 32), optional=True),
+            _Field(24, "server_certificate_hash", _bstr(32, 32), optional=True),
         ),
     ),
     MessageType.SIGN_REQUEST: (
@@ -356,6 +361,8 @@ def _check_fields(kind: MessageType, values: Mapping[str, object]) -> None:
             raise _Invalid("client_random is required in bound mode")
         if not bound and values["client_random"] is not None:
             raise _Invalid("client_random is forbidden in blind mode")
+        if not bound and values["server_certificate_hash"] is not None:
+            raise _Invalid("server_certificate_hash is forbidden in blind mode")
         chain, raw = values["certificate_chain"], values["raw_public_key"]
         hashed = values["certificate_chain_hash"]
         given = sum((bool(chain), raw is not None, hashed is not None))

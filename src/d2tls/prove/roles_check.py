@@ -27,9 +27,9 @@ from d2tls.dtls.fragments import HandshakeFragment, encode_fragment
 from d2tls.dtls.messages import Certificate, ClientHello
 from d2tls.prove.spec_text import SpecField
 
-#: Fields §5.2 makes optional: client_random (bound mode only), transcript and
-#: compact_transcript, and the device's credential, which is exactly one of certificate_chain,
-#: certificate_chain_hash and raw_public_key.
+#: Fields §5.2 makes optional: client_random and server_certificate_hash (bound mode only),
+#: transcript and compact_transcript, and the device's credential, which is exactly one of
+#: certificate_chain, certificate_chain_hash and raw_public_key.
 OPTIONAL_FIELDS = frozenset(
     {
         "client_random",
@@ -38,6 +38,7 @@ OPTIONAL_FIELDS = frozenset(
         "certificate_chain",
         "certificate_chain_hash",
         "raw_public_key",
+        "server_certificate_hash",
     }
 )
 

@@ -408,7 +408,7 @@ class AgentSession:
             return
         # The compact form leaves out the device's own Certificate (spec/delegation.md §6).
         mine = client_certificate_body(request.certificate_chain, request.raw_public_key)
-        compact = compact_transcript(asked.transcript, mine)
+        compact = compact_transcript(asked.transcript, mine, request.server_certificate_hash)
         if compact is None:
             self._send(SignRequest(request.request_id, asked.digest, asked.transcript))
         else:

@@ -15,6 +15,7 @@ object.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import socket
 import time
@@ -26,6 +27,7 @@ from typing import Any, TypeAlias
 from d2tls.clock import Clock, wall_time
 from d2tls.delegation.chain_cache import DeviceChainMemo
 from d2tls.delegation.channel_security import Channel, device_channel_suites
+from d2tls.delegation.compact import server_certificate_body
 from d2tls.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
@@ -290,7 +292,9 @@ class DelegationAttempt:
             return len(message.digest) == 32
         assert request.client_random is not None
         try:
-            transcript = bound_transcript(message, self.config.certificate_chain, request)
+            memo = self.config.chain_memo
+            held = memo.server_certificate_for(request.server_name)
+            transcript = bound_transcript(message, self.config.certificate_chain, request, held)
             self._server_certificates = check_bound_transcript(
                 transcript,
                 message.digest,
@@ -304,6 +308,9 @@ class DelegationAttempt:
             self._refusal = str(exc)
             return False
         self._transcript = transcript
+        body = server_certificate_body(transcript)
+        if memo.enabled and body is not None:  # checked by rule 6 just now
+            memo.server_certificate = (request.server_name, body)
         return True
 
     def context_acceptable(self) -> bool:
@@ -332,6 +339,8 @@ class DelegationAttempt:
         mode = self.config.mode
         chain = self.config.certificate_chain
         hashed = chain_hash(chain) if chain and self.config.chain_memo.use_hash() else None
+        held = self.config.chain_memo.server_certificate_for(self.config.server_name)
+        bound = mode is DelegationMode.BOUND
         self._request = DelegationRequest(
             request_id=self._next_request_id,
             server_host=self.config.server[0],
@@ -340,11 +349,12 @@ class DelegationAttempt:
             cipher_suites=tuple(int(s) for s in self.config.cipher_suites),
             certificate_chain=() if hashed is not None else chain,
             mode=mode,
-            client_random=(
-                self.config.randomness.random_bytes(32) if mode is DelegationMode.BOUND else None
-            ),
+            client_random=self.config.randomness.random_bytes(32) if bound else None,
             raw_public_key=self.config.raw_public_key,
             certificate_chain_hash=hashed,
+            server_certificate_hash=(
+                hashlib.sha256(held).digest() if bound and held is not None else None
+            ),
         )
         self._next_request_id += 1
 

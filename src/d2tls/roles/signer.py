@@ -126,18 +126,27 @@ def check_bound_transcript(
 
 
 def bound_transcript(
-    message: SignRequest, certificate_chain: Sequence[bytes], request: DelegationRequest
+    message: SignRequest,
+    certificate_chain: Sequence[bytes],
+    request: DelegationRequest,
+    server_certificate: bytes | None = None,
 ) -> bytes:
     """The transcript of a bound-mode SignRequest: as sent, or rebuilt from the compact
-    form with the device's own Certificate message (spec/delegation.md §6). The §6 checks
-    are then applied to the result by :func:`check_bound_transcript`."""
+    form with the device's own Certificate message, and ``server_certificate`` (the body
+    whose hash the request carried) if the agent left it out (spec/delegation.md §6). The §6
+    checks are then applied to the result by :func:`check_bound_transcript`."""
     if message.transcript is not None:
         return message.transcript
     if message.compact_transcript is None:
         raise SigningRefused("bound mode needs the transcript")
     chain = () if request.raw_public_key is not None else certificate_chain
     try:
-        return rebuild_transcript(message.compact_transcript, chain, request.raw_public_key)
+        return rebuild_transcript(
+            message.compact_transcript,
+            chain,
+            request.raw_public_key,
+            server_certificate if request.server_certificate_hash is not None else None,
+        )
     except D2TLSError as exc:
         raise SigningRefused(f"the compact transcript cannot be rebuilt: {exc}") from exc
 
