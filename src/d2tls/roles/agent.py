@@ -473,7 +473,14 @@ class AgentSession:
         request_id = self._offending_id
         if request_id is None:
             request_id = self.request.request_id if self.request is not None else NO_REQUEST_ID
-        log.warning(
+        # UNKNOWN_CHAIN is routine (the device resends its chain): not worth a warning.
+        level = (
+            logging.INFO
+            if self.error_code is DelegationErrorCode.UNKNOWN_CHAIN
+            else logging.WARNING
+        )
+        log.log(
+            level,
             "delegation %d refused or failed for %s: %s: %s",
             request_id,
             self._identity_text(),
