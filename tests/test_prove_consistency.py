@@ -82,6 +82,12 @@ THEORY_ANNOTATIONS = [
     "// omit: DelegationRequest.cipher_suites (one cipher suite in the model)",
     "// omit: DelegationRequest.certificate_chain (the device's certificate is its !Pk entry)",
     "// omit: DelegationRequest.raw_public_key (a raw key is the same !Pk entry without a chain)",
+    "// omit: DelegationRequest.certificate_chain_hash (a reference to the chain: the same !Pk "
+    "entry)",
+    "// omit: DelegationRequest.server_certificate_hash (only shortens the transcript the "
+    "device rebuilds)",
+    "// omit: SignRequest.compact_transcript (an encoding of transcript: the device rebuilds the "
+    "same bytes before the checks)",
     "// omit: SessionContext.cipher_suite (one cipher suite in the model)",
     "// omit: SessionContext.extended_master_secret (always on: the model derives the EMS)",
     "// omit: SessionContext.lifetime (time is not modelled)",

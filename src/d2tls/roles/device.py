@@ -15,6 +15,7 @@ object.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import socket
 import time
@@ -24,7 +25,9 @@ from enum import Enum
 from typing import Any, TypeAlias
 
 from d2tls.clock import Clock, wall_time
+from d2tls.delegation.chain_cache import DeviceChainMemo
 from d2tls.delegation.channel_security import Channel, device_channel_suites
+from d2tls.delegation.compact import server_certificate_body
 from d2tls.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
@@ -36,6 +39,7 @@ from d2tls.delegation.messages import (
     SignRequest,
     SignResponse,
     Wiped,
+    chain_hash,
     decode_message,
     encode_message,
 )
@@ -58,7 +62,12 @@ from d2tls.model.states import DeviceState
 from d2tls.net.pump import Pump
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed
 from d2tls.randomness import SYSTEM, Randomness
-from d2tls.roles.signer import DeviceSigner, SigningRefused, check_bound_transcript
+from d2tls.roles.signer import (
+    DeviceSigner,
+    SigningRefused,
+    bound_transcript,
+    check_bound_transcript,
+)
 from d2tls.sansio import Address, Datagram
 from d2tls.trace import tagged
 
@@ -120,6 +129,9 @@ class DeviceConfig:
     #: The DER SubjectPublicKeyInfo of the signer's key, presented as an RFC 7250 raw public
     #: key instead of ``certificate_chain`` (which is then empty): a TwinPeaks member key.
     raw_public_key: bytes | None = None
+    #: Whether the agent holds ``certificate_chain`` (then requests carry only its hash,
+    #: spec/delegation.md §5.2): shared by every delegation of this device.
+    chain_memo: DeviceChainMemo = field(default_factory=DeviceChainMemo)
 
 
 class Command(Enum):
@@ -157,6 +169,10 @@ class DelegationAttempt:
         self._request: DelegationRequest | None = None
         self._current: DelegationMessage | None = None
         self._refusal = ""
+        #: The bound-mode transcript to sign, rebuilt from a compact one if need be (§6).
+        self._transcript: bytes | None = None
+        #: The server's Certificate entries seen in the signed transcript (bound mode).
+        self._server_certificates: tuple[bytes, ...] = ()
         #: The request_id of the message being answered, when it was readable (§6).
         self._offending_id: int | None = None
         self._driver = MachineDriver(self.ROLE, self, spec_name="d2tls")
@@ -206,14 +222,42 @@ class DelegationAttempt:
         if foreign and not (isinstance(message, DelegationError) and request is not None):
             self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, "message for an unknown request")
             return None
+        if self._resend_full_chain(message):
+            return message
         self._current = message
         if isinstance(message, SignRequest):
             self.sign_requests_seen += 1
+            if request is not None and request.certificate_chain:
+                self.config.chain_memo.held = True  # the agent accepted the full chain
         try:
             self._driver.fire(f"recv_{MESSAGE_NAMES[type(message)]}")
         except ProtocolError as exc:
             self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, exc.reason)
         return message
+
+    def _resend_full_chain(self, message: DelegationMessage) -> bool:
+        """UNKNOWN_CHAIN for a request that named the chain by hash, before any SignRequest:
+        send the same request once more with the full chain and a fresh request_id (§6)."""
+        request = self._request
+        if not (
+            isinstance(message, DelegationError)
+            and message.code is DelegationErrorCode.UNKNOWN_CHAIN
+            and request is not None
+            and request.certificate_chain_hash is not None
+            and message.request_id == request.request_id
+            and self.sign_requests_seen == 0
+        ):
+            return False
+        self.config.chain_memo.held = False
+        self._request = replace(
+            request,
+            request_id=self._next_request_id,
+            certificate_chain=self.config.certificate_chain,
+            certificate_chain_hash=None,
+        )
+        self._next_request_id += 1
+        self.outbox.append(self._request)
+        return True
 
     def receive_bytes(self, data: bytes) -> DelegationMessage | None:
         """Decode then ``receive``; malformed input aborts the delegation with MALFORMED."""
@@ -246,16 +290,16 @@ class DelegationAttempt:
         assert isinstance(message, SignRequest) and request is not None
         if request.mode is DelegationMode.BLIND:
             return len(message.digest) == 32
-        if message.transcript is None:
-            self._refusal = "bound mode needs the transcript"
-            return False
         assert request.client_random is not None
         try:
-            check_bound_transcript(
-                message.transcript,
+            memo = self.config.chain_memo
+            held = memo.server_certificate_for(request.server_name)
+            transcript = bound_transcript(message, self.config.certificate_chain, request, held)
+            self._server_certificates = check_bound_transcript(
+                transcript,
                 message.digest,
                 request.client_random,
-                request.certificate_chain,
+                self.config.certificate_chain if request.raw_public_key is None else (),
                 request.server_name,
                 self.config.server_pin,
                 raw_public_key=request.raw_public_key,
@@ -263,6 +307,10 @@ class DelegationAttempt:
         except SigningRefused as exc:
             self._refusal = str(exc)
             return False
+        self._transcript = transcript
+        body = server_certificate_body(transcript)
+        if memo.enabled and body is not None:  # checked by rule 6 just now
+            memo.server_certificate = (request.server_name, body)
         return True
 
     def context_acceptable(self) -> bool:
@@ -289,18 +337,24 @@ class DelegationAttempt:
 
     def prepare_request(self) -> None:
         mode = self.config.mode
+        chain = self.config.certificate_chain
+        hashed = chain_hash(chain) if chain and self.config.chain_memo.use_hash() else None
+        held = self.config.chain_memo.server_certificate_for(self.config.server_name)
+        bound = mode is DelegationMode.BOUND
         self._request = DelegationRequest(
             request_id=self._next_request_id,
             server_host=self.config.server[0],
             server_port=self.config.server[1],
             server_name=self.config.server_name,
             cipher_suites=tuple(int(s) for s in self.config.cipher_suites),
-            certificate_chain=self.config.certificate_chain,
+            certificate_chain=() if hashed is not None else chain,
             mode=mode,
-            client_random=(
-                self.config.randomness.random_bytes(32) if mode is DelegationMode.BOUND else None
-            ),
+            client_random=self.config.randomness.random_bytes(32) if bound else None,
             raw_public_key=self.config.raw_public_key,
+            certificate_chain_hash=hashed,
+            server_certificate_hash=(
+                hashlib.sha256(held).digest() if bound and held is not None else None
+            ),
         )
         self._next_request_id += 1
 
@@ -313,8 +367,8 @@ class DelegationAttempt:
         request = self._request
         assert isinstance(message, SignRequest) and request is not None
         if request.mode is DelegationMode.BOUND:
-            assert message.transcript is not None
-            self._signature = self.config.signer.sign_transcript(message.transcript)
+            assert self._transcript is not None
+            self._signature = self.config.signer.sign_transcript(self._transcript)
         else:
             self._signature = self.config.signer.sign_digest(message.digest)
 
@@ -341,7 +395,9 @@ class DelegationAttempt:
             cipher_suite=CipherSuite(message.cipher_suite),
             extended_master_secret=message.extended_master_secret,
             server_name=self.config.server_name,
-            peer_certificates=message.server_certificates,
+            # The agent leaves out what the device already saw in the signed transcript
+            # (spec/delegation.md §5.2, server_certificates).
+            peer_certificates=message.server_certificates or self._server_certificates,
             created_at=self.config.wall_clock(),
             lifetime=float(message.lifetime),
         )

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
+from d2tls.delegation.compact import rebuild_transcript
+from d2tls.delegation.messages import DelegationRequest, SignRequest
 from d2tls.dtls.constants import CertificateType, HandshakeType
 from d2tls.dtls.fragments import parse_handshake_fragments
 from d2tls.dtls.messages import Certificate, ClientHello, RawPublicKeyCertificate, ServerHello
@@ -73,8 +75,10 @@ def check_bound_transcript(
     server_name: str,
     server_pin: bytes | None = None,
     raw_public_key: bytes | None = None,
-) -> None:
+) -> tuple[bytes, ...]:
     """Raise SigningRefused unless ``transcript`` is the handshake the device asked for.
+
+    Returns the entries of the server's Certificate (its chain, or its one raw public key).
 
     ``server_name`` is the DelegationRequest's server_name; ``server_pin``, when given, the
     SHA-256 of the server's SubjectPublicKeyInfo (RFC 7469 §2.4) the device was configured with.
@@ -117,9 +121,34 @@ def check_bound_transcript(
     except D2TLSError as exc:
         raise SigningRefused(f"undecodable ServerHello: {exc}") from exc
     if server_type == CertificateType.RAW_PUBLIC_KEY:
-        check_server_raw_key(certificates[0].body, hello, server_name, server_pin)
-    else:
-        check_server_certificate(certificates[0].body, server_name, server_pin)
+        return (check_server_raw_key(certificates[0].body, hello, server_name, server_pin),)
+    return check_server_certificate(certificates[0].body, server_name, server_pin)
+
+
+def bound_transcript(
+    message: SignRequest,
+    certificate_chain: Sequence[bytes],
+    request: DelegationRequest,
+    server_certificate: bytes | None = None,
+) -> bytes:
+    """The transcript of a bound-mode SignRequest: as sent, or rebuilt from the compact
+    form with the device's own Certificate message, and ``server_certificate`` (the body
+    whose hash the request carried) if the agent left it out (spec/delegation.md §6). The §6
+    checks are then applied to the result by :func:`check_bound_transcript`."""
+    if message.transcript is not None:
+        return message.transcript
+    if message.compact_transcript is None:
+        raise SigningRefused("bound mode needs the transcript")
+    chain = () if request.raw_public_key is not None else certificate_chain
+    try:
+        return rebuild_transcript(
+            message.compact_transcript,
+            chain,
+            request.raw_public_key,
+            server_certificate if request.server_certificate_hash is not None else None,
+        )
+    except D2TLSError as exc:
+        raise SigningRefused(f"the compact transcript cannot be rebuilt: {exc}") from exc
 
 
 def _check_client_certificate(
@@ -146,7 +175,7 @@ def _check_client_certificate(
 
 def check_server_raw_key(
     body: bytes, hello: ClientHello, server_name: str, server_pin: bytes | None
-) -> None:
+) -> bytes:
     """A TwinPeaks server's raw key (spec/twinpeaks.md §9.5): the ClientHello carries the
     TwinPeaks extension naming ``server_name`` (an honest server refuses another name, §9.3),
     and, with a pin, the server Certificate carries the pinned key."""
@@ -168,9 +197,12 @@ def check_server_raw_key(
     pinned = hashlib.sha256(raw.subject_public_key_info).digest()
     if server_pin is not None and not hmac.compare_digest(pinned, server_pin):
         raise SigningRefused("the server raw public key in the transcript is not the pinned key")
+    return raw.subject_public_key_info
 
 
-def check_server_certificate(body: bytes, server_name: str, server_pin: bytes | None) -> None:
+def check_server_certificate(
+    body: bytes, server_name: str, server_pin: bytes | None
+) -> tuple[bytes, ...]:
     """The server Certificate message ``body`` is for the server the device asked for.
 
     Its leaf must name ``server_name`` (:func:`d2tls.pki.names.names_server`) and, with a pin,
@@ -195,3 +227,4 @@ def check_server_certificate(body: bytes, server_name: str, server_pin: bytes | 
             )
     except CertificateError as exc:
         raise SigningRefused(f"unusable server certificate in the transcript: {exc}") from exc
+    return tuple(theirs.certificates)
