@@ -143,7 +143,7 @@ def compressed_spki() -> bytes:
     ("overrides", "cause"),
     [
         ({"k6": [b"\x30\x00"]}, "mutually exclusive"),
-        ({"k21": None}, "certificate_chain or a raw_public_key is required"),
+        ({"k21": None}, "certificate_chain, certificate_chain_hash or raw_public_key is required"),
         ({"k21": b"\x30\x03\x02\x01\x01"}, "not a DER SubjectPublicKeyInfo"),
         ({"k21": b"\x00" * 91}, "not a DER SubjectPublicKeyInfo"),
         ({"k21": "a key"}, "must be a byte string"),
