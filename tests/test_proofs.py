@@ -235,7 +235,9 @@ def test_expected_has_the_lemmas_the_issue_asks_for() -> None:
     assert verdicts["injective_agreement_full_blind"] == FALSIFIED
     assert verdicts["server_authentication_resumed"] == VERIFIED
     assert verdicts["resumed_key_secrecy_compromise_after_handover"] == FALSIFIED
-    assert verdicts["resumed_key_secrecy_wipe_before_compromise"] == VERIFIED
+    assert verdicts["resumed_key_secrecy_wipe_before_compromise"] == FALSIFIED
+    assert verdicts["resumed_key_secrecy_received_and_wiped_ecdhe_psk"] == VERIFIED
+    assert verdicts["server_authentication_full_strict"] == VERIFIED
     for name, entry in expected.items():
         assert "\n" not in entry.why and len(entry.why) < 200, name
 

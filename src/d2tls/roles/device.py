@@ -12,7 +12,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from d2tls.clock import Clock, wall_time
+from cryptography.x509.verification import Store
+
+from d2tls.clock import Clock, utc_now, wall_time
 from d2tls.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
@@ -39,7 +41,12 @@ from d2tls.errors import ProtocolError
 from d2tls.model.machine import MachineDriver
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed
 from d2tls.randomness import SYSTEM, Randomness
-from d2tls.roles.signer import DeviceSigner, SigningRefused, check_bound_transcript
+from d2tls.roles.signer import (
+    DeviceSigner,
+    SigningRefused,
+    check_bound_transcript,
+    check_server_key_exchange,
+)
 from d2tls.trace import tagged
 
 Address = tuple[str, int]
@@ -80,6 +87,10 @@ class DeviceConfig:
     #: Bound mode: SHA-256 of the server's SubjectPublicKeyInfo (RFC 7469 §2.4); when set, the
     #: device signs only a transcript whose server certificate carries this key.
     server_pin: bytes | None = None
+    #: Strict mode (bound mode only): also verify the ServerKeyExchange signature under the
+    #: pinned key, else under a chain verified against ``server_trust_store``.
+    strict: bool = False
+    server_trust_store: Store | None = None
     #: Wall clock (context expiry) and randomness (bound-mode ClientHello random, request_ids,
     #: the engines' randoms): docs/architecture.md, "Time and randomness".
     wall_clock: Clock = wall_time
@@ -186,7 +197,8 @@ class DeviceProtocol:
         request = self._request
         assert isinstance(message, SignRequest) and request is not None
         if request.mode is DelegationMode.BLIND:
-            return len(message.digest) == 32
+            self._refusal = "strict mode needs bound mode" if self.config.strict else ""
+            return len(message.digest) == 32 and not self.config.strict
         if message.transcript is None:
             self._refusal = "bound mode needs the transcript"
             return False
@@ -200,6 +212,14 @@ class DeviceProtocol:
                 request.server_name,
                 self.config.server_pin,
             )
+            if self.config.strict:
+                check_server_key_exchange(
+                    message.transcript,
+                    request.server_name,
+                    server_pin=self.config.server_pin,
+                    trust_store=self.config.server_trust_store,
+                    now=utc_now(self.config.wall_clock),
+                )
         except SigningRefused as exc:
             self._refusal = str(exc)
             return False
