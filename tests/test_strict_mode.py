@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from datetime import datetime
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,7 +32,10 @@ from openssl_pki import OpenSSLPKI
 from test_device_policy import last_error, make_protocol, sign_request
 from test_server_binding import pin_of, transcript_with
 
-NOW = utc_now(wall_time)
+
+def now() -> datetime:
+    """The wall clock at the call: certificates made by a fixture are valid from their making."""
+    return utc_now(wall_time)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def test_genuine_transcript_verifies_with_a_pin_in_one_ecdsa_verify(pki: LoadedP
 def test_genuine_transcript_verifies_against_the_chain(pki: LoadedPKI) -> None:
     asked = transcript_with(pki, None, pki.server.chain, pki.server.key)
     verifies = check_server_key_exchange(
-        asked.transcript, SERVER_NAME, trust_store=pki.store, now=NOW
+        asked.transcript, SERVER_NAME, trust_store=pki.store, now=now()
     )
     assert verifies == len(pki.server.chain) + 1
 
@@ -82,9 +86,9 @@ def test_openssl_made_server_certificate_verifies_against_its_ca(
     chain = tuple(load_certificate_chain(opki.server.cert))
     trust = load_trust_store(opki.ca.cert)
     asked = transcript_with(pki, None, chain, load_private_key(opki.server.key), trust=trust)
-    check_server_key_exchange(asked.transcript, SERVER_NAME, trust_store=trust, now=NOW)
+    check_server_key_exchange(asked.transcript, SERVER_NAME, trust_store=trust, now=now())
     with pytest.raises(SigningRefused, match="chain does not verify"):
-        check_server_key_exchange(asked.transcript, SERVER_NAME, trust_store=pki.store, now=NOW)
+        check_server_key_exchange(asked.transcript, SERVER_NAME, trust_store=pki.store, now=now())
 
 
 def test_substituted_share_passes_the_bound_checks_but_not_strict(pki: LoadedPKI) -> None:
@@ -99,7 +103,7 @@ def test_substituted_share_passes_the_bound_checks_but_not_strict(pki: LoadedPKI
     check_bound_transcript(
         asked.transcript, asked.digest, request.client_random, pki.device.chain, SERVER_NAME, pin
     )
-    for kwargs in ({"server_pin": pin}, {"trust_store": pki.store, "now": NOW}):
+    for kwargs in ({"server_pin": pin}, {"trust_store": pki.store, "now": now()}):
         with pytest.raises(SigningRefused, match="ServerKeyExchange signature does not verify"):
             check_server_key_exchange(asked.transcript, SERVER_NAME, **kwargs)
 
@@ -110,7 +114,7 @@ def test_forged_certificate_for_the_name_is_refused_without_a_pin(pki: LoadedPKI
     forged = pki.issue("forged-strict", client=False, names=(SERVER_NAME,), other_ca=True)
     asked = transcript_with(pki, None, forged.chain, forged.key, trust=pki.other_store)
     with pytest.raises(SigningRefused, match="chain does not verify"):
-        check_server_key_exchange(asked.transcript, SERVER_NAME, trust_store=pki.store, now=NOW)
+        check_server_key_exchange(asked.transcript, SERVER_NAME, trust_store=pki.store, now=now())
     with pytest.raises(SigningRefused, match="pinned key"):
         check_server_key_exchange(
             asked.transcript, SERVER_NAME, server_pin=pin_of(pki.server.chain[0])
@@ -134,7 +138,7 @@ def test_strict_device_signs_genuine_and_refuses_substituted(pki: LoadedPKI) -> 
         protocol, request = make_protocol(pki, DelegationMode.BOUND)
         protocol.config.strict = True
         protocol.config.server_trust_store = pki.store
-        protocol.config.wall_clock = FixedClock(NOW.timestamp())
+        protocol.config.wall_clock = FixedClock(now().timestamp())
         asked = transcript_with(pki, request.client_random, pki.server.chain, pki.server.key)
         if substitute:
             asked = with_agents_share(asked)
