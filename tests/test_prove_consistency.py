@@ -200,7 +200,8 @@ def test_an_undeclared_fixed_transcript_is_caught(annotated: Path) -> None:
 
 
 BOUND_LOG = (
-    "  let log = <<'ClientHello', cr>, <'ServerHello', sr, sid>, <'Certificate', S>, ske,\n"
+    "  let log = <<'ClientHello', cr>, <'ServerHello', sr, sid>, <'Certificate', S>,\n"
+    "             <'ServerKeyExchange', Y, ssig>,\n"
     "             'CertificateRequest', 'ServerHelloDone', <'Certificate', D>,\n"
     "             <'ClientKeyExchange', X>>\n"
 )
@@ -210,13 +211,13 @@ BOUND_LOG = (
     ("rule", "old", "new"),
     [
         (1, "<'SignRequest', rid, h(log), log>)", "<'SignRequest', rid, dgst, log>)"),
-        (2, "<'ServerHello', sr, sid>, <'Certificate', S>, ske,",
+        (2, "<'ServerHello', sr, sid>, <'Certificate', S>,",
          "<'ServerHello', sr, sid>, <'ServerHello', sr, sid>, <'Certificate', S>,"),
         (3, "let log = <<'ClientHello', cr>,", "let log = <<'ClientHello', cr0>,"),
         (4, "'ServerHelloDone', <'Certificate', D>,", "'ServerHelloDone', <'Certificate', A>,"),
         (5, "<'ClientKeyExchange', X>>", "<'ClientKeyExchange', X>, 'Finished'>"),
-        (6, "<'ServerHello', sr, sid>, <'Certificate', S>, ske,",
-         "<'ServerHello', sr, sid>, <'Certificate', S2>, ske,"),
+        (6, "<'ServerHello', sr, sid>, <'Certificate', S>,",
+         "<'ServerHello', sr, sid>, <'Certificate', S2>,"),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("annotations", [True, False], ids=["annotated", "as-committed"])

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, TypeAlias
 
-from d2tls.clock import Clock, wall_time
+from cryptography.x509.verification import Store
+
+from d2tls.clock import Clock, utc_now, wall_time
 from d2tls.delegation.chain_cache import DeviceChainMemo
 from d2tls.delegation.channel_security import Channel, device_channel_suites
 from d2tls.delegation.compact import server_certificate_body
@@ -67,6 +69,7 @@ from d2tls.roles.signer import (
     SigningRefused,
     bound_transcript,
     check_bound_transcript,
+    check_server_key_exchange,
 )
 from d2tls.sansio import Address, Datagram
 from d2tls.trace import tagged
@@ -119,6 +122,10 @@ class DeviceConfig:
     #: Bound mode: SHA-256 of the server's SubjectPublicKeyInfo (RFC 7469 §2.4); when set, the
     #: device signs only a transcript whose server certificate carries this key.
     server_pin: bytes | None = None
+    #: Strict mode (bound mode only): also verify the ServerKeyExchange signature under the
+    #: pinned key, else under a chain verified against ``server_trust_store``.
+    strict: bool = False
+    server_trust_store: Store | None = None
     #: Wall clock (context expiry) and randomness (bound-mode ClientHello random, request_ids,
     #: the engines' randoms): docs/architecture.md, "Time and randomness".
     wall_clock: Clock = wall_time
@@ -289,7 +296,8 @@ class DelegationAttempt:
         request = self._request
         assert isinstance(message, SignRequest) and request is not None
         if request.mode is DelegationMode.BLIND:
-            return len(message.digest) == 32
+            self._refusal = "strict mode needs bound mode" if self.config.strict else ""
+            return len(message.digest) == 32 and not self.config.strict
         assert request.client_random is not None
         try:
             memo = self.config.chain_memo
@@ -304,6 +312,14 @@ class DelegationAttempt:
                 self.config.server_pin,
                 raw_public_key=request.raw_public_key,
             )
+            if self.config.strict:
+                check_server_key_exchange(
+                    transcript,
+                    request.server_name,
+                    server_pin=self.config.server_pin,
+                    trust_store=self.config.server_trust_store,
+                    now=utc_now(self.config.wall_clock),
+                )
         except SigningRefused as exc:
             self._refusal = str(exc)
             return False
