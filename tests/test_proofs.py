@@ -8,8 +8,8 @@ tests of the output parser use a stand-in prover, beside the real-prover tests.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import stat
