@@ -8,6 +8,8 @@ from typing import Any
 
 import cbor2
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +38,11 @@ from d2tls.errors import D2TLSError
 MALFORMED = DelegationErrorCode.MALFORMED
 UNSUPPORTED = DelegationErrorCode.UNSUPPORTED
 RID = 0x01020304  # a request_id that needs a 4-byte argument
+RAW_KEY = (
+    ec.generate_private_key(ec.SECP256R1())
+    .public_key()
+    .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+)
 
 
 def cbor(value: object) -> bytes:
@@ -192,6 +199,23 @@ hosts = st.text(min_size=1, max_size=253)
 @st.composite
 def delegation_requests(draw: st.DrawFn) -> DelegationRequest:
     mode = draw(st.sampled_from(DelegationMode))
+    if draw(st.booleans()):  # the chain by its hash (spec/delegation.md §5.2, key 22)
+        return DelegationRequest(
+            request_id=draw(request_ids),
+            server_host=draw(hosts),
+            server_port=draw(st.integers(1, 65535)),
+            server_name=draw(hosts),
+            cipher_suites=(0xC0AE,),
+            certificate_chain=(),
+            mode=mode,
+            client_random=b"r" * 32 if mode is DelegationMode.BOUND else None,
+            certificate_chain_hash=draw(st.binary(min_size=32, max_size=32)),
+            server_certificate_hash=(
+                draw(st.none() | st.binary(min_size=32, max_size=32))
+                if mode is DelegationMode.BOUND
+                else None
+            ),
+        )
     return DelegationRequest(
         request_id=draw(request_ids),
         server_host=draw(hosts),
@@ -213,6 +237,12 @@ messages: st.SearchStrategy[DelegationMessage] = st.one_of(
         request_id=request_ids,
         digest=st.binary(min_size=32, max_size=32),
         transcript=st.none() | st.binary(min_size=1, max_size=4000),
+    ),
+    st.builds(
+        SignRequest,
+        request_id=request_ids,
+        digest=st.binary(min_size=32, max_size=32),
+        compact_transcript=st.binary(min_size=1, max_size=4000),
     ),
     st.builds(SignResponse, request_id=request_ids, signature=st.binary(min_size=8, max_size=80)),
     st.builds(
@@ -254,7 +284,19 @@ def test_spec_cddl_accepts_our_encodings() -> None:
     for _, expected in KNOWN:
         schema.validate_cbor(unhex(expected))
     blind = dataclasses.replace(REQUEST, mode=DelegationMode.BLIND, client_random=None)
-    more: list[DelegationMessage] = [blind, SignRequest(1, b"d" * 32), Wiped(MAX_REQUEST_ID)]
+    hashed = dataclasses.replace(REQUEST, certificate_chain=(), certificate_chain_hash=b"h" * 32)
+    more: list[DelegationMessage] = [
+        blind,
+        hashed,
+        dataclasses.replace(hashed, mode=DelegationMode.BLIND, client_random=None),
+        dataclasses.replace(hashed, server_certificate_hash=b"s" * 32),
+        dataclasses.replace(REQUEST, server_certificate_hash=b"s" * 32),
+        SignRequest(1, b"d" * 32),
+        SignRequest(1, b"d" * 32, compact_transcript=b"t" * 300),
+        dataclasses.replace(CONTEXT, server_certificates=()),
+        DelegationError(7, DelegationErrorCode.UNKNOWN_CHAIN, "send the chain"),
+        Wiped(MAX_REQUEST_ID),
+    ]
     for message in more:
         schema.validate_cbor(encode_message(message))
 
@@ -347,7 +389,25 @@ FIELD_CASES: dict[str, bytes] = {
     "lifetime over 7 days": with_(CTX, k17=7 * 24 * 3600 + 1),
     "ocsp_status 2 (revoked has no context)": with_(CTX, k18=2),
     "error code 0": with_(ERR, k19=0),
-    "error code 12": with_(ERR, k19=12),
+    "error code 13": with_(ERR, k19=13),
+    # certificate_chain_hash (22) and compact_transcript (23)
+    "chain hash 31 bytes": with_(REQ, k6=None, k22=b"h" * 31),
+    "chain hash 33 bytes": with_(REQ, k6=None, k22=b"h" * 33),
+    "chain hash is text": with_(REQ, k6=None, k22="h" * 32),
+    "chain hash is an array": with_(REQ, k6=None, k22=[b"h" * 32]),
+    "chain hash and chain": with_(REQ, k22=b"h" * 32),
+    "chain hash and raw key": with_(REQ, k6=None, k22=b"h" * 32, k21=RAW_KEY),
+    "chain hash in a SignRequest": with_(SREQ, k22=b"h" * 32),
+    "compact transcript and transcript": with_(SREQ, k23=b"t"),
+    "empty compact transcript": with_(SREQ, k10=None, k23=b""),
+    "compact transcript 65537 bytes": with_(SREQ, k10=None, k23=b"t" * 65537),
+    "compact transcript is text": with_(SREQ, k10=None, k23="t"),
+    "compact transcript in a DelegationRequest": with_(REQ, k23=b"t"),
+    # server_certificate_hash (24)
+    "server certificate hash 31 bytes": with_(REQ, k24=b"s" * 31),
+    "server certificate hash is text": with_(REQ, k24="s" * 32),
+    "server certificate hash in blind mode": with_(BLIND, k24=b"s" * 32),
+    "server certificate hash in a SignRequest": with_(SREQ, k24=b"s" * 32),
     "reason 257 chars": with_(ERR, k20="r" * 257),
 }
 

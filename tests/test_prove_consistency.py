@@ -82,6 +82,12 @@ THEORY_ANNOTATIONS = [
     "// omit: DelegationRequest.cipher_suites (one cipher suite in the model)",
     "// omit: DelegationRequest.certificate_chain (the device's certificate is its !Pk entry)",
     "// omit: DelegationRequest.raw_public_key (a raw key is the same !Pk entry without a chain)",
+    "// omit: DelegationRequest.certificate_chain_hash (a reference to the chain: the same !Pk "
+    "entry)",
+    "// omit: DelegationRequest.server_certificate_hash (only shortens the transcript the "
+    "device rebuilds)",
+    "// omit: SignRequest.compact_transcript (an encoding of transcript: the device rebuilds the "
+    "same bytes before the checks)",
     "// omit: SessionContext.cipher_suite (one cipher suite in the model)",
     "// omit: SessionContext.extended_master_secret (always on: the model derives the EMS)",
     "// omit: SessionContext.lifetime (time is not modelled)",
@@ -194,7 +200,8 @@ def test_an_undeclared_fixed_transcript_is_caught(annotated: Path) -> None:
 
 
 BOUND_LOG = (
-    "  let log = <<'ClientHello', cr>, <'ServerHello', sr, sid>, <'Certificate', S>, ske,\n"
+    "  let log = <<'ClientHello', cr>, <'ServerHello', sr, sid>, <'Certificate', S>,\n"
+    "             <'ServerKeyExchange', Y, ssig>,\n"
     "             'CertificateRequest', 'ServerHelloDone', <'Certificate', D>,\n"
     "             <'ClientKeyExchange', X>>\n"
 )
@@ -204,13 +211,13 @@ BOUND_LOG = (
     ("rule", "old", "new"),
     [
         (1, "<'SignRequest', rid, h(log), log>)", "<'SignRequest', rid, dgst, log>)"),
-        (2, "<'ServerHello', sr, sid>, <'Certificate', S>, ske,",
+        (2, "<'ServerHello', sr, sid>, <'Certificate', S>,",
          "<'ServerHello', sr, sid>, <'ServerHello', sr, sid>, <'Certificate', S>,"),
         (3, "let log = <<'ClientHello', cr>,", "let log = <<'ClientHello', cr0>,"),
         (4, "'ServerHelloDone', <'Certificate', D>,", "'ServerHelloDone', <'Certificate', A>,"),
         (5, "<'ClientKeyExchange', X>>", "<'ClientKeyExchange', X>, 'Finished'>"),
-        (6, "<'ServerHello', sr, sid>, <'Certificate', S>, ske,",
-         "<'ServerHello', sr, sid>, <'Certificate', S2>, ske,"),
+        (6, "<'ServerHello', sr, sid>, <'Certificate', S>,",
+         "<'ServerHello', sr, sid>, <'Certificate', S2>,"),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("annotations", [True, False], ids=["annotated", "as-committed"])

@@ -192,10 +192,11 @@ def test_the_listener_filters_what_the_stateless_listen_state_takes() -> None:
             cipher_suites=(CipherSuite.TLS_PSK_WITH_AES_128_CCM_8,),
             psk=b"k" * 16,
             psk_identity=b"id",
-        )
+        ),
+        remote=("192.0.2.1", 4433),
     )
     client.connect(0.0)
-    (hello,) = client.datagrams_to_send(0.0)
+    ((hello, _),) = client.datagrams_to_send(0.0)
     assert _client_hello_fragments(hello) is not None
     alert = encode_record(Record(21, 0xFEFD, 0, 7, b"\x01\x00"))
     assert _client_hello_fragments(hello + alert) is None

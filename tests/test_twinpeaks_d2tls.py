@@ -52,7 +52,7 @@ from d2tls.lab.twinpeaks_d2tls import DEVICE, DEVICE_NAME, demo_zones
 from d2tls.lab.twinpeaks_live import LiveHierarchy
 from d2tls.peers import free_udp_port
 from d2tls.pki.generate import init_pki
-from d2tls.roles.device import DeviceConfig, DeviceProtocol
+from d2tls.roles.device import DelegationAttempt, DeviceConfig
 from d2tls.roles.signer import DeviceSigner
 from d2tls.twinpeaks.resolver import dump_anchors
 
@@ -143,7 +143,7 @@ def compressed_spki() -> bytes:
     ("overrides", "cause"),
     [
         ({"k6": [b"\x30\x00"]}, "mutually exclusive"),
-        ({"k21": None}, "certificate_chain or a raw_public_key is required"),
+        ({"k21": None}, "certificate_chain, certificate_chain_hash or raw_public_key is required"),
         ({"k21": b"\x30\x03\x02\x01\x01"}, "not a DER SubjectPublicKeyInfo"),
         ({"k21": b"\x00" * 91}, "not a DER SubjectPublicKeyInfo"),
         ({"k21": "a key"}, "must be a byte string"),
@@ -212,7 +212,7 @@ def test_a_bad_raw_key_fingerprint_is_a_configuration_error() -> None:
 
 
 # --------------------------------------------------------------------------- device signer
-def device_protocol(key: ec.EllipticCurvePrivateKey, mode: DelegationMode) -> DeviceProtocol:
+def device_protocol(key: ec.EllipticCurvePrivateKey, mode: DelegationMode) -> DelegationAttempt:
     config = DeviceConfig(
         agent=("127.0.0.1", 1),
         psk_identity=b"device-1",
@@ -224,7 +224,7 @@ def device_protocol(key: ec.EllipticCurvePrivateKey, mode: DelegationMode) -> De
         mode=mode,
         raw_public_key=spki_of(key),
     )
-    protocol = DeviceProtocol(config, context=None, first_request_id=7)
+    protocol = DelegationAttempt(config, None, 7)
     protocol.start()
     protocol.channel_up()
     return protocol

@@ -43,6 +43,7 @@ from d2tls.bench.common import (
 )
 from d2tls.bench.floor import device_floor, public_key_op_times
 from d2tls.bench.infra import LoopThread, Peers, PeersSpec, RelayProcess, RelaySpec
+from d2tls.delegation.chain_cache import DeviceChainMemo
 from d2tls.delegation.channel_security import Channel
 from d2tls.delegation.messages import DelegationMode
 from d2tls.dtls.config import ClientConfig
@@ -128,6 +129,8 @@ class DeviceSide:
         self._reuser: Device | None = None
         #: Devices whose channel to the agent stands, by (mode, channel).
         self._standing: dict[tuple[DelegationMode, Channel], Device] = {}
+        #: One device: the agent holds its chain after the first session (chain_cache).
+        self.chain_memo = DeviceChainMemo()
 
     def close(self) -> None:
         """Close the standing channels (in the device thread)."""
@@ -165,6 +168,7 @@ class DeviceSide:
                 mode=mode,
                 timeout=30.0,
                 channel=channel,
+                chain_memo=self.chain_memo,
             )
         )
 
@@ -299,7 +303,7 @@ def run(
         if profile_runs:
             result["profile"] = thread.run(_profile(side, profile_runs))
         if breakdown:
-            result["breakdown"] = _breakdown(materials, peers, thread)
+            result["breakdown"] = _breakdown(materials, peers, thread, side.chain_memo)
         if profile is not None:
             memory = _peak_memory(side, thread, memory_runs)
 
@@ -384,14 +388,18 @@ def _ratios(variants: dict[str, Any], floor_ms: float) -> dict[str, float | None
     return out
 
 
-def _breakdown(materials: Materials, peers: Peers, thread: LoopThread) -> dict[str, Any]:
-    """Device link bytes by DTLS content type, one session per variant, via zero-delay relays."""
+def _breakdown(
+    materials: Materials, peers: Peers, thread: LoopThread, chain_memo: DeviceChainMemo
+) -> dict[str, Any]:
+    """Device link bytes by DTLS content type, one session per variant, via zero-delay relays
+    (the same device as the measured runs: its agent already holds its chain)."""
     assert peers.agent is not None
     specs = [RelaySpec(peers.agent), RelaySpec(peers.server)]
     out: dict[str, Any] = {}
     with RelayProcess(specs) as relays:
         agent_relay, server_relay = relays.addresses
         side = DeviceSide(materials, agent_relay, server_relay)
+        side.chain_memo = chain_memo
         for variant in ("bound", "blind", "standalone"):
             thread.run(side.prepare(variant), timeout=120)
             time.sleep(0.05)

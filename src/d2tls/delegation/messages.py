@@ -11,7 +11,8 @@ which ``cbor2`` accepts silently.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar, Final, TypeAlias
@@ -80,6 +81,7 @@ class DelegationErrorCode(IntEnum):
     INTERNAL = 9
     TIMEOUT = 10
     UNSUPPORTED = 11
+    UNKNOWN_CHAIN = 12
 
 
 @dataclass(frozen=True)
@@ -101,16 +103,28 @@ class DelegationRequest:
     mode: DelegationMode
     client_random: bytes | None = None
     raw_public_key: bytes | None = None
+    #: SHA-256 of the DER certificates of ``certificate_chain`` (:func:`chain_hash`), sent
+    #: instead of the chain when the agent already holds it (spec/delegation.md §5.2).
+    certificate_chain_hash: bytes | None = None
+    #: Bound mode: SHA-256 of the server Certificate message body the device holds for
+    #: server_name (from a transcript it checked); the agent may then leave that message out
+    #: of the compact transcript (spec/delegation.md §6).
+    server_certificate_hash: bytes | None = None
 
 
 @dataclass(frozen=True)
 class SignRequest:
-    """Agent -> device: sign the CertificateVerify (the transcript only in bound mode)."""
+    """Agent -> device: sign the CertificateVerify (the transcript only in bound mode).
+
+    ``compact_transcript`` is the transcript without the device's own Certificate message,
+    which the device rebuilds (spec/delegation.md §6); at most one of the two is sent.
+    """
 
     TYPE: ClassVar[MessageType] = MessageType.SIGN_REQUEST
     request_id: int
     digest: bytes
     transcript: bytes | None = None
+    compact_transcript: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +172,16 @@ class Wiped:
 DelegationMessage: TypeAlias = (
     DelegationRequest | SignRequest | SignResponse | SessionContext | DelegationError | Wiped
 )
+
+
+def chain_hash(certificate_chain: Sequence[bytes]) -> bytes:
+    """The certificate_chain_hash of a chain: SHA-256 over each DER certificate prefixed by
+    its 3-byte length, leaf first (the RFC 5246 §7.4.2 certificate_list body)."""
+    digest = hashlib.sha256()
+    for der in certificate_chain:
+        digest.update(len(der).to_bytes(3, "big"))
+        digest.update(der)
+    return digest.digest()
 
 
 def error_for(exc: DelegationProtocolError) -> DelegationError:
@@ -285,6 +309,8 @@ _SCHEMA: Final[dict[MessageType, tuple[type[DelegationMessage], tuple[_Field, ..
             _Field(7, "mode", _enum(DelegationMode)),
             _Field(8, "client_random", _bstr(32, 32), optional=True),
             _Field(21, "raw_public_key", _raw_public_key, optional=True),
+            _Field(22, "certificate_chain_hash", _bstr(32, 32), optional=True),
+            _Field(24, "server_certificate_hash", _bstr(32, 32), optional=True),
         ),
     ),
     MessageType.SIGN_REQUEST: (
@@ -293,6 +319,7 @@ _SCHEMA: Final[dict[MessageType, tuple[type[DelegationMessage], tuple[_Field, ..
             _REQUEST_ID,
             _Field(9, "digest", _bstr(32, 32)),
             _Field(10, "transcript", _bstr(1, MAX_TRANSCRIPT_SIZE), optional=True),
+            _Field(23, "compact_transcript", _bstr(1, MAX_TRANSCRIPT_SIZE), optional=True),
         ),
     ),
     MessageType.SIGN_RESPONSE: (
@@ -334,11 +361,26 @@ def _check_fields(kind: MessageType, values: Mapping[str, object]) -> None:
             raise _Invalid("client_random is required in bound mode")
         if not bound and values["client_random"] is not None:
             raise _Invalid("client_random is forbidden in blind mode")
+        if not bound and values["server_certificate_hash"] is not None:
+            raise _Invalid("server_certificate_hash is forbidden in blind mode")
         chain, raw = values["certificate_chain"], values["raw_public_key"]
-        if chain and raw is not None:
-            raise _Invalid("certificate_chain and raw_public_key are mutually exclusive")
-        if not chain and raw is None:
-            raise _Invalid("a certificate_chain or a raw_public_key is required")
+        hashed = values["certificate_chain_hash"]
+        given = sum((bool(chain), raw is not None, hashed is not None))
+        if given > 1:
+            raise _Invalid(
+                "certificate_chain, certificate_chain_hash and raw_public_key are mutually "
+                "exclusive"
+            )
+        if given == 0:
+            raise _Invalid(
+                "a certificate_chain, certificate_chain_hash or raw_public_key is required"
+            )
+    elif (
+        kind is MessageType.SIGN_REQUEST
+        and values["transcript"] is not None
+        and values["compact_transcript"] is not None
+    ):
+        raise _Invalid("transcript and compact_transcript are mutually exclusive")
 
 
 def _to_wire(value: object) -> object:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from d2tls.errors import SpecError
 from d2tls.model.machine import HandlerNames, table_problems
 from d2tls.model.spec import RoleSpec, load_spec
 
@@ -80,7 +81,8 @@ def lint() -> list[str]:
     """Every disagreement between the spec and the code built from it (empty: all agree).
 
     Loading a spec already checks its schema, references and reachability (SpecError); this
-    adds what needs the code: the generated Enums and the engines' handler tables.
+    adds what needs the code: the generated Enums and the handler tables of the DTLS engines
+    and of the TwinPeaks roles.
     """
     problems: list[str] = []
     try:
@@ -91,8 +93,14 @@ def lint() -> list[str]:
         problems.append(
             f"{STATES_MODULE.name} is out of date with spec/*.yaml: run `d2tls model states`"
         )
-    for role_name, names in _engine_tables():
-        problems += table_problems(load_spec("dtls").role(role_name), names)
+    for spec_name, tables in (("dtls", _engine_tables), ("twinpeaks", _twinpeaks_tables)):
+        try:
+            found = tables()
+        except SpecError as exc:  # a machine refuses a table that disagrees when it is made
+            problems.append(str(exc))
+            continue
+        for role_name, names in found:
+            problems += table_problems(load_spec(spec_name).role(role_name), names)
     return problems
 
 
@@ -114,4 +122,30 @@ def _engine_tables() -> list[tuple[str, HandlerNames]]:
     return [
         (client.ROLE, client._table.names()),
         (server.ROLE, server._table.names()),
+    ]
+
+
+def _twinpeaks_tables() -> list[tuple[str, HandlerNames]]:
+    """The handler tables of the four TwinPeaks roles (spec/twinpeaks.yaml), from minimal
+    objects: a root key server, a member of it, a lookup from it and a client of a resolver
+    service (making each already checks its table)."""
+    from d2tls.twinpeaks.client import TwinPeaksClient, TwinPeaksClientConfig
+    from d2tls.twinpeaks.clpkc import setup
+    from d2tls.twinpeaks.keyserver import KeyServer, KeyServerConfig
+    from d2tls.twinpeaks.member import Member, MemberConfig, ParentLink
+    from d2tls.twinpeaks.resolver import Lookup, Resolver, ResolverConfig
+
+    master = setup("lint.")
+    root = KeyServer(KeyServerConfig("lint.", "lint.", "127.0.0.1", 1, master))
+    root.start(0.0)
+    link = ParentLink(("127.0.0.1", 1), master.params, b"lint", b"k" * 16)
+    member = Member(MemberConfig("host.lint.", "127.0.0.1", link))
+    resolver = Resolver(ResolverConfig([root.trust_anchor()]))
+    lookup = Lookup(resolver, 0, "host.lint.", None, 0.0, None)
+    client = TwinPeaksClient(TwinPeaksClientConfig(resolver_service=("127.0.0.1", 1)))
+    return [
+        (root.ROLE, root._table.names()),
+        (member.ROLE, member._table.names()),
+        (lookup.ROLE, lookup._table.names()),
+        (client.ROLE, client._table.names()),
     ]

@@ -1,9 +1,9 @@
 """The roles as built, against spec/delegation.md: message fields and the bound signing guards.
 
 - :func:`check_message_schema`: the fields (CBOR key and name) of each delegation message in
-  ``d2tls.delegation.messages`` are exactly the rows of the §5.2 table, and only client_random
-  and transcript are optional (§5.2: "Every listed field of a message is REQUIRED except
-  client_random ... and transcript").
+  ``d2tls.delegation.messages`` are exactly the rows of the §5.2 table, and only
+  :data:`OPTIONAL_FIELDS` are optional (§5.2: "Every listed field of a message is REQUIRED
+  except client_random ...").
 - :func:`check_signer_policy`: ``d2tls.roles.signer.check_bound_transcript`` is *run*: it must
   accept one well-formed bound transcript and refuse, for each numbered rule of §6 "Bound
   mode", a transcript that breaks only that rule (:data:`VIOLATIONS`). A rule of the spec
@@ -27,9 +27,20 @@ from d2tls.dtls.fragments import HandshakeFragment, encode_fragment
 from d2tls.dtls.messages import Certificate, ClientHello
 from d2tls.prove.spec_text import SpecField
 
-#: Fields §5.2 makes optional: client_random (bound mode only), transcript, and the device's
-#: credential, which is exactly one of certificate_chain and raw_public_key.
-OPTIONAL_FIELDS = frozenset({"client_random", "transcript", "certificate_chain", "raw_public_key"})
+#: Fields §5.2 makes optional: client_random and server_certificate_hash (bound mode only),
+#: transcript and compact_transcript, and the device's credential, which is exactly one of
+#: certificate_chain, certificate_chain_hash and raw_public_key.
+OPTIONAL_FIELDS = frozenset(
+    {
+        "client_random",
+        "transcript",
+        "compact_transcript",
+        "certificate_chain",
+        "certificate_chain_hash",
+        "raw_public_key",
+        "server_certificate_hash",
+    }
+)
 
 SERVER_NAME = "server.example"
 OTHER_NAME = "other.example"

@@ -196,11 +196,16 @@ class Expectation:
     ``alone``: a slow lemma. With ``--per-lemma`` it is proved by itself, after the others,
     because two at a time it ran past the time limit; in batch mode the slow lemmas are dealt
     into the batches first (see "Running" in proofs/LEMMAS.md).
+
+    ``pending``: the verdict is the one the model's argument gives, but Tamarin has not yet
+    confirmed it on the theory as it stands (proofs/LEMMAS.md, "Awaiting Tamarin"). ``d2tls
+    prove`` checks it like any other; an expected attack that is pending has no graph yet.
     """
 
     verdict: str
     why: str
     alone: bool = False
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -344,10 +349,13 @@ def load_expected(path: Path) -> dict[str, dict[str, Expectation]]:
             alone = entry.get("alone", False)
             if not isinstance(alone, bool):
                 raise ValueError(f"{path}: {theory}.{lemma}: 'alone' must be true or false")
-            unknown = sorted(set(entry) - {"verdict", "why", "alone"})
+            pending = entry.get("pending", False)
+            if not isinstance(pending, bool):
+                raise ValueError(f"{path}: {theory}.{lemma}: 'pending' must be true or false")
+            unknown = sorted(set(entry) - {"verdict", "why", "alone", "pending"})
             if unknown:
                 raise ValueError(f"{path}: {theory}.{lemma}: unknown keys {unknown}")
-            table[theory][lemma] = Expectation(verdict, why.strip(), alone)
+            table[theory][lemma] = Expectation(verdict, why.strip(), alone, pending)
     return table
 
 

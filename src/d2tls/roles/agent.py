@@ -20,14 +20,16 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
 from cryptography import x509
 from cryptography.x509.verification import Store
 
 from d2tls.clock import Clock, utc, wall_time
+from d2tls.delegation.chain_cache import AgentChainCache
 from d2tls.delegation.channel_security import Channel, agent_channel_suites
+from d2tls.delegation.compact import client_certificate_body, compact_transcript
 from d2tls.delegation.messages import (
     NO_REQUEST_ID,
     DelegationError,
@@ -123,6 +125,9 @@ class AgentConfig:
     #: TwinPeaks keys of servers, looked up by the host (spec/twinpeaks.md §9.5): a server
     #: with one is authenticated by that raw public key instead of a chain and OCSP.
     server_keys: ServerKeys | None = None
+    #: Device chains by PSK identity, so that a device sends its chain once and then its
+    #: certificate_chain_hash (spec/delegation.md §5.2); bounded (d2tls.delegation.chain_cache).
+    chain_cache: AgentChainCache = field(default_factory=AgentChainCache)
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,19 @@ class AgentSession:
             )
             return False
         self._used_request_ids.add(request_id)
+        if request.certificate_chain_hash is not None:
+            chain = (
+                self.config.chain_cache.get(self.identity, request.certificate_chain_hash)
+                if self.identity is not None
+                else None
+            )
+            if chain is None:
+                self.error_code = DelegationErrorCode.UNKNOWN_CHAIN
+                self.error = "no certificate chain with this certificate_chain_hash: send it"
+                return False
+            # From here on exactly as if the chain had been sent: the policy checks it.
+            request = replace(request, certificate_chain=chain, certificate_chain_hash=None)
+            self._current = request
         policy = self.config.policy
         refusal = policy.refusal(self.identity, request) if policy is not None else None
         if refusal is not None:
@@ -319,6 +337,8 @@ class AgentSession:
         if request.mode is DelegationMode.BOUND and request.client_random is None:
             self.error_code, self.error = DelegationErrorCode.MALFORMED, "bound mode needs a random"
             return False
+        if request.certificate_chain and self.identity is not None:
+            self.config.chain_cache.put(self.identity, request.certificate_chain)
         return True
 
     def session_resumable(self) -> bool:
@@ -383,8 +403,16 @@ class AgentSession:
     def build_SignRequest(self) -> None:
         request, asked = self.request, self._signature_request
         assert request is not None and asked is not None
-        transcript = asked.transcript if request.mode is DelegationMode.BOUND else None
-        self._send(SignRequest(request.request_id, asked.digest, transcript))
+        if request.mode is not DelegationMode.BOUND:
+            self._send(SignRequest(request.request_id, asked.digest))
+            return
+        # The compact form leaves out the device's own Certificate (spec/delegation.md §6).
+        mine = client_certificate_body(request.certificate_chain, request.raw_public_key)
+        compact = compact_transcript(asked.transcript, mine, request.server_certificate_hash)
+        if compact is None:
+            self._send(SignRequest(request.request_id, asked.digest, asked.transcript))
+        else:
+            self._send(SignRequest(request.request_id, asked.digest, compact_transcript=compact))
 
     def provide_signature(self) -> None:
         response = self._current
@@ -407,12 +435,21 @@ class AgentSession:
                 master_secret=bytes(session.master_secret),
                 cipher_suite=int(session.cipher_suite),
                 extended_master_secret=session.extended_master_secret,
-                # A raw public key (RFC 7250) is the one entry (spec/delegation.md §5.2).
-                server_certificates=(raw,) if raw is not None else tuple(session.peer_certificates),
+                server_certificates=self._server_certificates_for_device(raw),
                 lifetime=self.config.context_lifetime,
                 ocsp_status=1 if self.ocsp_configured() else 0,
             )
         )
+
+    def _server_certificates_for_device(self, raw: bytes | None) -> tuple[bytes, ...]:
+        """spec/delegation.md §5.2: none in bound mode (the device saw them in the transcript
+        it signed); in blind mode only a TwinPeaks server's raw key (RFC 7250, 91 bytes, which
+        the device reports), never a chain the device would not verify."""
+        request = self.request
+        assert request is not None
+        if request.mode is DelegationMode.BOUND or raw is None:
+            return ()
+        return (raw,)
 
     def wipe_context(self) -> None:
         """Overwrite the agent's copy of the session (best effort, see module docstring)."""
@@ -436,7 +473,14 @@ class AgentSession:
         request_id = self._offending_id
         if request_id is None:
             request_id = self.request.request_id if self.request is not None else NO_REQUEST_ID
-        log.warning(
+        # UNKNOWN_CHAIN is routine (the device resends its chain): not worth a warning.
+        level = (
+            logging.INFO
+            if self.error_code is DelegationErrorCode.UNKNOWN_CHAIN
+            else logging.WARNING
+        )
+        log.log(
+            level,
             "delegation %d refused or failed for %s: %s: %s",
             request_id,
             self._identity_text(),

@@ -15,6 +15,7 @@ object.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import socket
 import time
@@ -24,7 +25,10 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, TypeAlias
 
-from d2tls.clock import Clock, wall_time
+from cryptography.x509.verification import Store
+
+from d2tls.clock import Clock, utc_now, wall_time
+from d2tls.delegation.chain_cache import DeviceChainMemo
 from d2tls.delegation.channel_security import (
     CHANNEL_IDLE_TIMEOUT,
     CHANNEL_REKEY_DELEGATIONS,
@@ -32,6 +36,7 @@ from d2tls.delegation.channel_security import (
     Channel,
     device_channel_suites,
 )
+from d2tls.delegation.compact import server_certificate_body
 from d2tls.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
@@ -43,6 +48,7 @@ from d2tls.delegation.messages import (
     SignRequest,
     SignResponse,
     Wiped,
+    chain_hash,
     decode_message,
     encode_message,
 )
@@ -65,7 +71,13 @@ from d2tls.model.states import DeviceState
 from d2tls.net.pump import Pump
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed
 from d2tls.randomness import SYSTEM, Randomness
-from d2tls.roles.signer import DeviceSigner, SigningRefused, check_bound_transcript
+from d2tls.roles.signer import (
+    DeviceSigner,
+    SigningRefused,
+    bound_transcript,
+    check_bound_transcript,
+    check_server_key_exchange,
+)
 from d2tls.sansio import Address, Datagram
 from d2tls.trace import tagged
 
@@ -117,6 +129,10 @@ class DeviceConfig:
     #: Bound mode: SHA-256 of the server's SubjectPublicKeyInfo (RFC 7469 §2.4); when set, the
     #: device signs only a transcript whose server certificate carries this key.
     server_pin: bytes | None = None
+    #: Strict mode (bound mode only): also verify the ServerKeyExchange signature under the
+    #: pinned key, else under a chain verified against ``server_trust_store``.
+    strict: bool = False
+    server_trust_store: Store | None = None
     #: Wall clock (context expiry) and randomness (bound-mode ClientHello random, request_ids,
     #: the engines' randoms): docs/architecture.md, "Time and randomness".
     wall_clock: Clock = wall_time
@@ -136,6 +152,9 @@ class DeviceConfig:
     #: channel handshake keeps the master secret, so forward secrecy is per rekey interval.
     channel_rekey_delegations: int = CHANNEL_REKEY_DELEGATIONS
     channel_rekey_seconds: float = CHANNEL_REKEY_SECONDS
+    #: Whether the agent holds ``certificate_chain`` (then requests carry only its hash,
+    #: spec/delegation.md §5.2): shared by every delegation of this device.
+    chain_memo: DeviceChainMemo = field(default_factory=DeviceChainMemo)
 
 
 class Command(Enum):
@@ -180,6 +199,10 @@ class DelegationAttempt:
         self._request: DelegationRequest | None = None
         self._current: DelegationMessage | None = None
         self._refusal = ""
+        #: The bound-mode transcript to sign, rebuilt from a compact one if need be (§6).
+        self._transcript: bytes | None = None
+        #: The server's Certificate entries seen in the signed transcript (bound mode).
+        self._server_certificates: tuple[bytes, ...] = ()
         #: The request_id of the message being answered, when it was readable (§6).
         self._offending_id: int | None = None
         self._driver = MachineDriver(self.ROLE, self, spec_name="d2tls")
@@ -229,14 +252,42 @@ class DelegationAttempt:
         if foreign and not (isinstance(message, DelegationError) and request is not None):
             self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, "message for an unknown request")
             return None
+        if self._resend_full_chain(message):
+            return message
         self._current = message
         if isinstance(message, SignRequest):
             self.sign_requests_seen += 1
+            if request is not None and request.certificate_chain:
+                self.config.chain_memo.held = True  # the agent accepted the full chain
         try:
             self._driver.fire(f"recv_{MESSAGE_NAMES[type(message)]}")
         except ProtocolError as exc:
             self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, exc.reason)
         return message
+
+    def _resend_full_chain(self, message: DelegationMessage) -> bool:
+        """UNKNOWN_CHAIN for a request that named the chain by hash, before any SignRequest:
+        send the same request once more with the full chain and a fresh request_id (§6)."""
+        request = self._request
+        if not (
+            isinstance(message, DelegationError)
+            and message.code is DelegationErrorCode.UNKNOWN_CHAIN
+            and request is not None
+            and request.certificate_chain_hash is not None
+            and message.request_id == request.request_id
+            and self.sign_requests_seen == 0
+        ):
+            return False
+        self.config.chain_memo.held = False
+        self._request = replace(
+            request,
+            request_id=self._next_request_id,
+            certificate_chain=self.config.certificate_chain,
+            certificate_chain_hash=None,
+        )
+        self._next_request_id += 1
+        self.outbox.append(self._request)
+        return True
 
     def receive_bytes(self, data: bytes) -> DelegationMessage | None:
         """Decode then ``receive``; malformed input aborts the delegation with MALFORMED."""
@@ -268,24 +319,37 @@ class DelegationAttempt:
         request = self._request
         assert isinstance(message, SignRequest) and request is not None
         if request.mode is DelegationMode.BLIND:
-            return len(message.digest) == 32
-        if message.transcript is None:
-            self._refusal = "bound mode needs the transcript"
-            return False
+            self._refusal = "strict mode needs bound mode" if self.config.strict else ""
+            return len(message.digest) == 32 and not self.config.strict
         assert request.client_random is not None
         try:
-            check_bound_transcript(
-                message.transcript,
+            memo = self.config.chain_memo
+            held = memo.server_certificate_for(request.server_name)
+            transcript = bound_transcript(message, self.config.certificate_chain, request, held)
+            self._server_certificates = check_bound_transcript(
+                transcript,
                 message.digest,
                 request.client_random,
-                request.certificate_chain,
+                self.config.certificate_chain if request.raw_public_key is None else (),
                 request.server_name,
                 self.config.server_pin,
                 raw_public_key=request.raw_public_key,
             )
+            if self.config.strict:
+                check_server_key_exchange(
+                    transcript,
+                    request.server_name,
+                    server_pin=self.config.server_pin,
+                    trust_store=self.config.server_trust_store,
+                    now=utc_now(self.config.wall_clock),
+                )
         except SigningRefused as exc:
             self._refusal = str(exc)
             return False
+        self._transcript = transcript
+        body = server_certificate_body(transcript)
+        if memo.enabled and body is not None:  # checked by rule 6 just now
+            memo.server_certificate = (request.server_name, body)
         return True
 
     def context_acceptable(self) -> bool:
@@ -322,18 +386,24 @@ class DelegationAttempt:
 
     def prepare_request(self) -> None:
         mode = self.config.mode
+        chain = self.config.certificate_chain
+        hashed = chain_hash(chain) if chain and self.config.chain_memo.use_hash() else None
+        held = self.config.chain_memo.server_certificate_for(self.config.server_name)
+        bound = mode is DelegationMode.BOUND
         self._request = DelegationRequest(
             request_id=self._next_request_id,
             server_host=self.config.server[0],
             server_port=self.config.server[1],
             server_name=self.config.server_name,
             cipher_suites=tuple(int(s) for s in self.config.cipher_suites),
-            certificate_chain=self.config.certificate_chain,
+            certificate_chain=() if hashed is not None else chain,
             mode=mode,
-            client_random=(
-                self.config.randomness.random_bytes(32) if mode is DelegationMode.BOUND else None
-            ),
+            client_random=self.config.randomness.random_bytes(32) if bound else None,
             raw_public_key=self.config.raw_public_key,
+            certificate_chain_hash=hashed,
+            server_certificate_hash=(
+                hashlib.sha256(held).digest() if bound and held is not None else None
+            ),
         )
         self._next_request_id += 1
 
@@ -346,8 +416,8 @@ class DelegationAttempt:
         request = self._request
         assert isinstance(message, SignRequest) and request is not None
         if request.mode is DelegationMode.BOUND:
-            assert message.transcript is not None
-            self._signature = self.config.signer.sign_transcript(message.transcript)
+            assert self._transcript is not None
+            self._signature = self.config.signer.sign_transcript(self._transcript)
         else:
             self._signature = self.config.signer.sign_digest(message.digest)
 
@@ -374,7 +444,9 @@ class DelegationAttempt:
             cipher_suite=CipherSuite(message.cipher_suite),
             extended_master_secret=message.extended_master_secret,
             server_name=self.config.server_name,
-            peer_certificates=message.server_certificates,
+            # The agent leaves out what the device already saw in the signed transcript
+            # (spec/delegation.md §5.2, server_certificates).
+            peer_certificates=message.server_certificates or self._server_certificates,
             created_at=self.config.wall_clock(),
             lifetime=float(message.lifetime),
         )

@@ -32,7 +32,8 @@ from d2tls.dtls.config import ClientConfig
 from d2tls.dtls.events import ApplicationDataReceived, ConnectionTerminated, HandshakeCompleted
 from d2tls.dtls.twinpeaks import OutdatedPublicKey, ResolvedKey, TwinPeaksRefusal, refusal_error
 from d2tls.errors import D2TLSError, TwinPeaksConnectFailed, UnexpectedMessage
-from d2tls.model.machine import MachineDriver
+from d2tls.model.machine import Handlers, SpecMachine, expecting, ignoring
+from d2tls.model.spec import load_spec
 from d2tls.model.states import TwinPeaksClientState
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.sansio import Address, Datagram
@@ -155,6 +156,11 @@ ClientEvent: TypeAlias = (
 )
 
 
+#: What the client machine's handlers receive: the resolver service's answer, the end of the
+#: DTLS association (handshake_failed, connection_ended), or None (local event).
+Payload: TypeAlias = KeyResponse | Status | ConnectionTerminated | None
+
+
 class TwinPeaksClient:
     """The ``client`` role (see the module docstring). ``connect(name, port, now)``, then the
     five :mod:`d2tls.sansio` calls; :meth:`send_application_data` once :class:`Connected`."""
@@ -162,7 +168,6 @@ class TwinPeaksClient:
     ROLE = "client"
 
     def __init__(self, config: TwinPeaksClientConfig) -> None:
-        self.state = ""
         self.config = config
         resolver = config.resolver
         self.resolver = Resolver(resolver) if isinstance(resolver, ResolverConfig) else resolver
@@ -183,14 +188,20 @@ class TwinPeaksClient:
         self._request: KeyRequest | Invalidate | None = None
         self._sends = 0
         self._deadline: float | None = None
-        self._response: KeyResponse | Status | None = None
         self._error: D2TLSError | None = None
-        self._ended: ConnectionTerminated | None = None
         self._retries = config.retries
         self._lookup_only = False
         self._started = 0.0
         self._now = 0.0
-        self._driver = MachineDriver(self.ROLE, self, spec_name="twinpeaks")
+        self._table = self._handlers()
+        self._driver: SpecMachine[TwinPeaksClientState, Payload] = SpecMachine(
+            load_spec("twinpeaks").role(self.ROLE), TwinPeaksClientState, self._table
+        )
+
+    @property
+    def state(self) -> TwinPeaksClientState:
+        """The current state (``spec/twinpeaks.yaml``, role ``client``)."""
+        return self._driver.state
 
     # ------------------------------------------------------------------ application
     def connect(self, name: str, port: int, now: float, address: str | None = None) -> None:
@@ -202,7 +213,7 @@ class TwinPeaksClient:
         self.wanted = parse_address(address) if address is not None else None
         self.port = port
         self._now = self._started = now
-        self._driver.fire_local("connect")
+        self._driver.fire_local("connect", None)
 
     def lookup(self, name: str, now: float, address: str | None = None) -> None:
         """Only look ``name``'s key up (a :class:`KeyResolved` event, or
@@ -211,7 +222,7 @@ class TwinPeaksClient:
         self.wanted = parse_address(address) if address is not None else None
         self._lookup_only = True
         self._now = self._started = now
-        self._driver.fire_local("lookup")
+        self._driver.fire_local("lookup", None)
 
     def send_application_data(self, data: bytes) -> None:
         if self.state != TwinPeaksClientState.CONNECTED or self.dtls is None:
@@ -221,7 +232,7 @@ class TwinPeaksClient:
     def close(self, now: float) -> None:
         self._now = now
         if not self._driver.is_final():
-            self._driver.fire_local("close")
+            self._driver.fire_local("close", None)
 
     @property
     def peer(self) -> Address | None:
@@ -326,9 +337,9 @@ class TwinPeaksClient:
     def note(self, text: str) -> None:
         self.timeline.append(f"{1000 * (self._now - self._started):8.1f} ms  {text}")
 
-    def _fire(self, trigger: str) -> None:
+    def _fire(self, trigger: str, payload: Payload = None) -> None:
         if self._driver.accepts(trigger):
-            self._driver.fire_local(trigger)
+            self._driver.fire_local(trigger, payload)
 
     def _pump_resolver(self) -> None:
         assert self.resolver is not None
@@ -368,11 +379,10 @@ class TwinPeaksClient:
             elif isinstance(event, ApplicationDataReceived):
                 self._events.append(DataReceived(event.data))
             elif isinstance(event, ConnectionTerminated):
-                self._ended = event
                 if self.state == TwinPeaksClientState.HANDSHAKING:
-                    self._fire("handshake_failed")
+                    self._fire("handshake_failed", event)
                 elif self.state == TwinPeaksClientState.CONNECTED:
-                    self._fire("connection_ended")
+                    self._fire("connection_ended", event)
 
     def _service_message(self, data: bytes) -> None:
         try:
@@ -386,10 +396,9 @@ class TwinPeaksClient:
         if self._request is None or message.request_id != self._request.request_id:
             self.note("dropped an answer to no outstanding request")
             return
-        self._response = message
         kind = "KeyResponse" if isinstance(message, KeyResponse) else "Status"
         try:
-            self._driver.fire(f"recv_{kind}")
+            self._driver.fire(f"recv_{kind}", message)
         except UnexpectedMessage:
             self.note(f"dropped a {kind} in state {self.state}")
 
@@ -401,14 +410,49 @@ class TwinPeaksClient:
         self._sends += 1
         self._deadline = self._now + self.config.retransmit_interval * 2 ** (self._sends - 1)
 
+    # ------------------------------------------------------------------ the spec's handlers
+    def _handlers(self) -> Handlers[Payload]:
+        ended = ConnectionTerminated
+        return Handlers(
+            guards={
+                "service_answer_valid": expecting(KeyResponse, self._service_answer_valid),
+                "service_denial": expecting(KeyResponse, self._service_denial),
+                "lookup_only": ignoring(self._lookup_only_guard),
+                "outdated_key": expecting(ended, self._outdated_key),
+                "retry_left": ignoring(self._retry_left),
+                "status_ok": expecting(Status, self._status_ok),
+            },
+            actions={
+                "start_lookup": ignoring(self._start_lookup),
+                "open_handshake": self._open_handshake,
+                "report_resolved": self._report_resolved,
+                "report_connected": ignoring(self._report_connected),
+                "invalidate_key": expecting(ended, self._invalidate_key),
+                "resend_request": ignoring(self._resend_request),
+                "discard_response": ignoring(self._discard_response),
+                "report_lookup_failure": self._report_lookup_failure,
+                "report_handshake_failure": expecting(ended, self._report_handshake_failure),
+                "report_timeout": ignoring(self._report_timeout),
+                "report_closed": expecting(ended, self._report_closed),
+                "close_connection": ignoring(self._close_connection),
+            },
+            builders={},
+            hold=self._no_flight,
+            emit=self._no_flight,
+        )
+
+    def _no_flight(self, messages: tuple[str, ...]) -> None:
+        """The client's messages go out from its actions (no ``emits`` in its machine)."""
+        raise TwinPeaksError(f"client: the spec names a flight {messages} the client lacks")
+
     # ------------------------------------------------------------------ guards
-    def service_answer_valid(self) -> bool:
+    def _service_answer_valid(self, response: KeyResponse) -> bool:
         """The resolver service's answer, which the client cannot verify (it trusts the
         service as a stub trusts its recursive resolver, §11.3) but checks: the name and
         address asked, an answer, Q bound to (params, ID, X), the record and key in their
         time windows (§8.5 steps 2, 5, 6)."""
-        response, request = self._response, self._request
-        if not isinstance(response, KeyResponse) or not isinstance(request, KeyRequest):
+        request = self._request
+        if not isinstance(request, KeyRequest):
             return False
         record = response.record
         if (record.name, record.address) != (request.name, request.address):
@@ -429,9 +473,9 @@ class TwinPeaksClient:
             return False
         return True
 
-    def service_denial(self) -> bool:
-        response, request = self._response, self._request
-        if not isinstance(response, KeyResponse) or not isinstance(request, KeyRequest):
+    def _service_denial(self, response: KeyResponse) -> bool:
+        request = self._request
+        if not isinstance(request, KeyRequest):
             return False
         record = response.record
         if record.record_type != RecordType.DENIAL or record.denial is None:
@@ -447,24 +491,21 @@ class TwinPeaksClient:
             self._error = KeyDenied(f"{record.signer.name} denies {self.name}: {reason}")
         return True
 
-    def lookup_only(self) -> bool:
+    def _lookup_only_guard(self) -> bool:
         return self._lookup_only
 
-    def outdated_key(self) -> bool:
-        return self._ended is not None and isinstance(refusal_error(self._ended), OutdatedPublicKey)
+    def _outdated_key(self, ended: ConnectionTerminated) -> bool:
+        return isinstance(refusal_error(ended), OutdatedPublicKey)
 
-    def retry_left(self) -> bool:
+    def _retry_left(self) -> bool:
         return self._retries > 0
 
-    def status_ok(self) -> bool:
-        return isinstance(self._response, Status) and self._response.code == StatusCode.OK
+    def _status_ok(self, status: Status) -> bool:
+        return status.code == StatusCode.OK
 
     # ------------------------------------------------------------------ actions
-    def emit_flight(self, messages: tuple[str, ...]) -> None:
-        """The client's messages go out from its actions (no ``emits`` in its machine)."""
-
-    def start_lookup(self) -> None:
-        self._response, self._error, self._ended = None, None, None
+    def _start_lookup(self) -> None:
+        self._error = None
         self._deadline = None  # the tp-invalidate (if any) is answered
         if self.resolver is not None:
             self.note(f"lookup {self.name} (own resolver)")
@@ -477,8 +518,7 @@ class TwinPeaksClient:
         self.note(f"DNS query A/AAAA {self.name}")
         self._events.append(DnsQuery(self._dns_ids, self.name))
 
-    def open_handshake(self) -> None:
-        response = self._response
+    def _open_handshake(self, response: Payload) -> None:
         if isinstance(response, KeyResponse):  # from the resolver service
             self._deadline = None
             self._resolved(response.record, from_cache=False)
@@ -504,15 +544,14 @@ class TwinPeaksClient:
         self.dtls = DTLSClient(config, remote=self.peer)
         self.dtls.connect(self._now)
 
-    def report_resolved(self) -> None:
+    def _report_resolved(self, response: Payload) -> None:
         """Lookup only: the key is the result (its event, :class:`KeyResolved`, is out)."""
-        response = self._response
         if isinstance(response, KeyResponse):  # from the resolver service
             self._deadline = None
             self._resolved(response.record, from_cache=False)
         self.note(f"key of {self.name} resolved")
 
-    def report_connected(self) -> None:
+    def _report_connected(self) -> None:
         assert self.key is not None and self.peer is not None and self.record is not None
         subject = self.record.subject
         assert subject is not None
@@ -523,9 +562,9 @@ class TwinPeaksClient:
             )
         )
 
-    def invalidate_key(self) -> None:
-        assert self._ended is not None and self.address is not None
-        error = refusal_error(self._ended)
+    def _invalidate_key(self, ended: ConnectionTerminated) -> None:
+        assert self.address is not None
+        error = refusal_error(ended)
         assert isinstance(error, OutdatedPublicKey)
         self._retries -= 1
         self.note(f"server refused: {error}; invalidating the cached key")
@@ -539,29 +578,26 @@ class TwinPeaksClient:
         self._request = Invalidate(
             new_request_id(self.config.randomness.random_bytes), self.name, self.address
         )
-        self._response = None
         self._send_request(first=True)
 
-    def resend_request(self) -> None:
+    def _resend_request(self) -> None:
         self.note("retransmit to the resolver service")
         self._send_request(first=False)
 
-    def discard_response(self) -> None:
+    def _discard_response(self) -> None:
         self.note(f"discarded the resolver service's answer: {self._error or 'not an answer'}")
         self._error = None
 
-    def report_lookup_failure(self) -> None:
+    def _report_lookup_failure(self, message: Payload) -> None:
         self._deadline = None
         error = self._error
-        if error is None and isinstance(self._response, Status):
-            code = StatusCode(self._response.code).name.lower().replace("_", " ")
-            detail = f": {self._response.detail}" if self._response.detail else ""
+        if error is None and isinstance(message, Status):
+            code = StatusCode(message.code).name.lower().replace("_", " ")
+            detail = f": {message.detail}" if message.detail else ""
             error = LookupFailed(f"the resolver service says {code}{detail}")
         self._failed(error or LookupFailed(f"no key for {self.name}"))
 
-    def report_handshake_failure(self) -> None:
-        ended = self._ended
-        assert ended is not None
+    def _report_handshake_failure(self, ended: ConnectionTerminated) -> None:
         error: D2TLSError | None = refusal_error(ended)
         if isinstance(error, TwinPeaksRefusal):
             self.note(f"server refused: {error}")
@@ -569,14 +605,13 @@ class TwinPeaksClient:
             error = TwinPeaksConnectFailed(f"handshake with {self.name} failed: {ended.reason}")
         self._failed(error)
 
-    def report_timeout(self) -> None:
+    def _report_timeout(self) -> None:
         self._failed(LookupTimeout(f"no answer from the resolver service after {self._sends}"))
 
-    def report_closed(self) -> None:
-        reason = self._ended.reason if self._ended is not None else "closed"
-        self._events.append(Closed(self.name, reason))
+    def _report_closed(self, ended: ConnectionTerminated) -> None:
+        self._events.append(Closed(self.name, ended.reason))
 
-    def close_connection(self) -> None:
+    def _close_connection(self) -> None:
         self._deadline = None
         if self.dtls is not None:
             self.dtls.close()

@@ -17,7 +17,7 @@ identity, which the configuration binds to one child name.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
@@ -26,7 +26,8 @@ from d2tls.dtls.config import ServerConfig, TimerConfig
 from d2tls.dtls.events import ApplicationDataReceived, ConnectionTerminated, HandshakeCompleted
 from d2tls.dtls.server import DTLSServer
 from d2tls.errors import StateFileError, TwinPeaksError
-from d2tls.model.machine import MachineDriver
+from d2tls.model.machine import Handlers, SpecMachine, expecting, ignoring
+from d2tls.model.spec import load_spec
 from d2tls.model.states import TwinPeaksKeyServerState
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.sansio import Address, Datagram
@@ -47,7 +48,6 @@ from d2tls.twinpeaks.messages import (
     KeyRequest,
     KeyResponse,
     KeyUpdate,
-    Message,
     RecordType,
     RegistrationRequest,
     RegistrationResponse,
@@ -203,7 +203,6 @@ class KeyServer:
         keys issued before a restart stay valid and published. ``port_of``: this server is
         another key-service port of that one, for another root (§11.6): same master key,
         the same registrations, its own key from its own parent."""
-        self.state = ""
         self.config = config
         self.key: FullPrivateKey | None = None
         self.registrations: dict[tuple[str, IPAddress], Registration] = {}
@@ -233,11 +232,23 @@ class KeyServer:
         #: Last answer per child association, by request ID: a retransmitted request gets it
         #: again instead of a second partial key (idempotent registration).
         self._last_answer: dict[Address, tuple[bytes, bytes]] = {}
+        #: The peer whose request the machine is handling (the transport context of the
+        #: message passed to the handlers; answers go back to it).
         self._peer: Address = ("", 0)
-        self._current: Message | None = None
         self._refusal = (StatusCode.MALFORMED, "")
+        #: The answer an action prepared for the flight the spec emits next.
+        self._reply: _Reply | None = None
+        self._refused = b"\x00" * 8
         self._now = 0.0
-        self._driver = MachineDriver(self.ROLE, self, spec_name="twinpeaks")
+        self._table = self._handlers()
+        self._driver: SpecMachine[TwinPeaksKeyServerState, Payload] = SpecMachine(
+            load_spec("twinpeaks").role(self.ROLE), TwinPeaksKeyServerState, self._table
+        )
+
+    @property
+    def state(self) -> TwinPeaksKeyServerState:
+        """The current state (``spec/twinpeaks.yaml``, role ``key_server``)."""
+        return self._driver.state
 
     def _restore(self, saved: KeyServerState) -> None:
         config = self.config
@@ -270,12 +281,12 @@ class KeyServer:
     # ------------------------------------------------------------------ inputs
     def start(self, now: float) -> None:
         self._now = now
-        self._driver.fire_local("start")
+        self._driver.fire_local("start", None)
 
     def stop(self, now: float) -> None:
         self._now = now
         if not self._driver.is_final():
-            self._driver.fire_local("stop")
+            self._driver.fire_local("stop", None)
 
     @property
     def member(self) -> Member | None:
@@ -361,11 +372,11 @@ class KeyServer:
             if isinstance(event, Registered):
                 self.key = event.key
                 if self.state == TwinPeaksKeyServerState.AWAITING_OWN_KEY:
-                    self._driver.fire_local("own_key_ready")
+                    self._driver.fire_local("own_key_ready", None)
                     self._events.append(Serving(event.key))
             elif isinstance(event, RegistrationError) and event.final:
                 if self.state == TwinPeaksKeyServerState.AWAITING_OWN_KEY:
-                    self._driver.fire_local("own_key_failed")
+                    self._driver.fire_local("own_key_failed", None)
                 self._events.append(OwnKeyFailed(event.error))
 
     def _pump_dtls(self) -> None:
@@ -402,14 +413,13 @@ class KeyServer:
         kind = "RegistrationRequest" if isinstance(message, RegistrationRequest) else "KeyUpdate"
         self._deliver(message, peer, kind)
 
-    def _deliver(self, message: Message, peer: Address, kind: str) -> None:
-        self._current, self._peer = message, peer
+    def _deliver(self, message: Request, peer: Address, kind: str) -> None:
+        self._peer = peer
         trigger = f"recv_{kind}"
         if not self._driver.accepts(trigger):
-            request_id = getattr(message, "request_id", b"")
-            self._status(peer, request_id, StatusCode.SERVER_FAILURE, f"state {self.state}")
+            self._status(peer, message.request_id, StatusCode.SERVER_FAILURE, f"state {self.state}")
             return
-        self._driver.fire(trigger)
+        self._driver.fire(trigger, message)
 
     def _status(self, peer: Address, request_id: bytes, code: StatusCode, detail: str) -> None:
         status = Status(request_id, code, detail[:200]).encode()
@@ -425,15 +435,51 @@ class KeyServer:
         if connection is not None and connection.is_established:
             self._dtls.send_application_data(peer, data)
 
-    # ------------------------------------------------------------------ machine callbacks
-    def emit_flight(self, messages: tuple[str, ...]) -> None:
-        for name in messages:
-            getattr(self, f"build_{name}")()
+    # ------------------------------------------------------------------ the spec's handlers
+    def _handlers(self) -> Handlers[Payload]:
+        return Handlers(
+            guards={
+                "is_root": ignoring(self._is_root),
+                "registration_acceptable": expecting(
+                    RegistrationRequest, self._registration_acceptable
+                ),
+                "update_acceptable": expecting(KeyUpdate, self._update_acceptable),
+            },
+            actions={
+                "self_issue_key": ignoring(self._self_issue_key),
+                "register_with_parent": ignoring(self._register_with_parent),
+                "close_associations": ignoring(self._close_associations),
+                "answer_key_request": expecting(KeyRequest, self._answer_key_request),
+                "refuse_not_ready": expecting(KeyRequest, self._refuse_not_ready),
+                "extract_partial_key": expecting(RegistrationRequest, self._extract_partial_key),
+                "replace_key": expecting(KeyUpdate, self._replace_key),
+                "refuse_registration": _registration(self._refuse_registration),
+            },
+            builders={
+                "KeyResponse": self._build_key_response,
+                "RegistrationResponse": self._build_registration_response,
+                "Status": self._build_status,
+            },
+            hold=self._hold,
+            emit=self._emit_flight,
+        )
 
-    def is_root(self) -> bool:
+    def _hold(self, messages: tuple[str, ...]) -> None:
+        raise TwinPeaksError(f"key_server: nothing is built ahead of a flight ({messages})")
+
+    def _emit_flight(self, messages: tuple[str, ...]) -> None:
+        for name in messages:
+            self._table.builders[name]()
+
+    def _take_reply(self) -> _Reply:
+        reply, self._reply = self._reply, None
+        assert reply is not None, "the spec emits an answer no action prepared"
+        return reply
+
+    def _is_root(self) -> bool:
         return self.config.parent is None
 
-    def self_issue_key(self) -> None:
+    def _self_issue_key(self) -> None:
         """A root's key under its own params (§8.8: a self-issued anchor); the saved one after
         a restart, so that the anchor clients hold stays valid."""
         if self._saved_key is not None:
@@ -447,7 +493,7 @@ class KeyServer:
         self.key = clpkc.set_private_key(params, secret, partial)
         self._events.append(Serving(self.key))
 
-    def register_with_parent(self) -> None:
+    def _register_with_parent(self) -> None:
         parent = self.config.parent
         assert parent is not None
         self._member = Member(
@@ -464,23 +510,28 @@ class KeyServer:
         )
         self._member.start(self._now)
 
-    def close_associations(self) -> None:
+    def _close_associations(self) -> None:
         if self._member is not None:
             self._member.stop(self._now)
         if self._dtls is not None:
             self._dtls.close_all()
 
     # ---- key requests (§8.4)
-    def answer_key_request(self) -> None:
-        """Build the record for the request; ``build_KeyResponse`` signs and queues it."""
-
-    def build_KeyResponse(self) -> None:
-        request = self._current
-        assert isinstance(request, KeyRequest) and self.key is not None
+    def _answer_key_request(self, request: KeyRequest) -> None:
+        """Build and sign the record for the request; the KeyResponse flight queues it."""
+        assert self.key is not None
         record = self._record_for(request.name, request.address)
         response = KeyResponse.signed(request.request_id, record, self.key)
-        self._out.append((response.encode(), self._peer))
-        self._events.append(Answered(self._peer, request.name, record.record_type))
+        self._reply = _Reply(
+            request.request_id,
+            response.encode(),
+            Answered(self._peer, request.name, record.record_type),
+        )
+
+    def _build_key_response(self) -> None:
+        reply = self._take_reply()
+        self._out.append((reply.data, self._peer))
+        self._events.append(reply.event)
 
     def _record_for(self, name: str, address: IPAddress) -> KeyRecord:
         zone = self.config.zone
@@ -516,26 +567,21 @@ class KeyServer:
                 best = registration
         return best
 
-    def refuse_not_ready(self) -> None:
+    def _refuse_not_ready(self, request: KeyRequest) -> None:
         """Key requests before the server has its key get ``server failure``."""
+        self._refused = request.request_id
 
-    def build_Status(self) -> None:
-        message = self._current
-        request_id = getattr(message, "request_id", b"\x00" * 8)
+    def _build_status(self) -> None:
         if self.state == TwinPeaksKeyServerState.AWAITING_OWN_KEY:
             self._refusal = (StatusCode.SERVER_FAILURE, "the key server has no key yet")
         code, detail = self._refusal
-        self._status(self._peer, request_id, code, detail)
+        self._status(self._peer, self._refused, code, detail)
 
     # ---- registrations and key updates (§8.2, §8.6)
-    def registration_acceptable(self) -> bool:
-        message = self._current
-        assert isinstance(message, RegistrationRequest)
+    def _registration_acceptable(self, message: RegistrationRequest) -> bool:
         return self._acceptable(message.identity.name, message.identity.params_hash, None)
 
-    def update_acceptable(self) -> bool:
-        message = self._current
-        assert isinstance(message, KeyUpdate)
+    def _update_acceptable(self, message: KeyUpdate) -> bool:
         return self._acceptable(
             message.identity.name, message.identity.params_hash, message.replaces
         )
@@ -567,23 +613,22 @@ class KeyServer:
             for r in self.registrations.values()
         )
 
-    def extract_partial_key(self) -> None:
-        """Partial-Private-Key-Extract and publication (``build_RegistrationResponse``)."""
+    def _extract_partial_key(self, message: RegistrationRequest) -> None:
+        """Partial-Private-Key-Extract and publication; the RegistrationResponse flight
+        sends the answer."""
+        self._issue(message)
 
-    def replace_key(self) -> None:
-        """Stop publishing the replaced key (§8.6); the new one is published by the response."""
-        message = self._current
-        assert isinstance(message, KeyUpdate)
+    def _replace_key(self, message: KeyUpdate) -> None:
+        """Stop publishing the replaced key (§8.6) and issue the new one."""
         for key, registration in list(self.registrations.items()):
             if (
                 registration.name == message.identity.name
                 and registration.subject.serial == message.replaces
             ):
                 del self.registrations[key]
+        self._issue(message)
 
-    def build_RegistrationResponse(self) -> None:
-        message = self._current
-        assert isinstance(message, RegistrationRequest | KeyUpdate)
+    def _issue(self, message: RegistrationRequest | KeyUpdate) -> None:
         identity = message.identity
         partial = clpkc.extract_partial_private_key(
             self.config.master,
@@ -609,19 +654,53 @@ class KeyServer:
         response = RegistrationResponse.for_partial(
             message.request_id, partial, serial, not_before, not_after
         ).encode()
-        self._last_answer[self._peer] = (message.request_id, response)
-        self._send_association(self._peer, response)
-        self._events.append(
+        self._reply = _Reply(
+            message.request_id,
+            response,
             ChildRegistered(
                 identity.name,
                 identity.address.compressed,
                 serial,
                 isinstance(message, KeyUpdate),
-            )
+            ),
         )
 
-    def refuse_registration(self) -> None:
-        """The refusal computed by the failed guard goes out in ``build_Status``."""
+    def _build_registration_response(self) -> None:
+        reply = self._take_reply()
+        self._last_answer[self._peer] = (reply.request_id, reply.data)
+        self._send_association(self._peer, reply.data)
+        self._events.append(reply.event)
+
+    def _refuse_registration(self, message: RegistrationRequest | KeyUpdate) -> None:
+        """The refusal computed by the failed guard goes out in the Status flight."""
+        self._refused = message.request_id
+
+
+#: What the key-server machine's handlers receive: a request, or None (local event).
+Request: TypeAlias = KeyRequest | RegistrationRequest | KeyUpdate
+Payload: TypeAlias = Request | None
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """An answer an action prepared for the next flight, and the event it reports."""
+
+    request_id: bytes
+    data: bytes
+    event: KeyServerEvent
+
+
+def _registration(
+    handler: Callable[[RegistrationRequest | KeyUpdate], None],
+) -> Callable[[Payload], None]:
+    """Adapt a handler of either registration message (cf. :func:`expecting`)."""
+
+    def call(message: Payload) -> None:
+        if not isinstance(message, RegistrationRequest | KeyUpdate):
+            raise TwinPeaksError(f"expected a registration, got {type(message).__name__}")
+        handler(message)
+
+    return call
 
 
 def _strictly_below(name: str, zone: str) -> bool:

@@ -25,7 +25,8 @@ from d2tls.dtls.config import ClientConfig, TimerConfig
 from d2tls.dtls.constants import CipherSuite
 from d2tls.dtls.events import ApplicationDataReceived, ConnectionTerminated, HandshakeCompleted
 from d2tls.errors import TwinPeaksError, UnexpectedMessage
-from d2tls.model.machine import MachineDriver
+from d2tls.model.machine import Handlers, SpecMachine, expecting, ignoring
+from d2tls.model.spec import load_spec
 from d2tls.model.states import TwinPeaksMemberState
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.sansio import Address, Datagram
@@ -43,6 +44,9 @@ from d2tls.twinpeaks.messages import (
     decode_message,
     new_request_id,
 )
+
+#: What the member machine's handlers receive: the parent's answer, or None (local event).
+Payload: TypeAlias = RegistrationResponse | Status | None
 
 PSK_SUITE: Final = CipherSuite.TLS_PSK_WITH_AES_128_CCM_8
 #: Seconds between two sends of a registration or update request, and how many sends.
@@ -116,7 +120,6 @@ class Member:
     ROLE = "member"
 
     def __init__(self, config: MemberConfig) -> None:
-        self.state = ""
         self.config = config
         self.key: FullPrivateKey | None = None
         self.serial: int | None = None
@@ -129,16 +132,23 @@ class Member:
         self._sends = 0
         self._deadline: float | None = None
         self._reason = UpdateReason.ROLLOVER
-        self._current: RegistrationResponse | Status | None = None
         self._failure = ""
         self._now = 0.0
-        self._driver = MachineDriver(self.ROLE, self, spec_name="twinpeaks")
+        self._table = self._handlers()
+        self._driver: SpecMachine[TwinPeaksMemberState, Payload] = SpecMachine(
+            load_spec("twinpeaks").role(self.ROLE), TwinPeaksMemberState, self._table
+        )
+
+    @property
+    def state(self) -> TwinPeaksMemberState:
+        """The current state (``spec/twinpeaks.yaml``, role ``member``)."""
+        return self._driver.state
 
     # ------------------------------------------------------------------ inputs
     def start(self, now: float) -> None:
         """Open the association with the parent and register."""
         self._now = now
-        self._driver.fire_local("start")
+        self._driver.fire_local("start", None)
 
     def update_key(
         self, now: float, reason: UpdateReason = UpdateReason.ROLLOVER, address: str | None = None
@@ -151,12 +161,12 @@ class Member:
         self._reason = UpdateReason(reason)
         if address is not None:
             self._address = str(parse_address(address))
-        self._driver.fire_local("update_key")
+        self._driver.fire_local("update_key", None)
 
     def stop(self, now: float) -> None:
         self._now = now
         if not self._driver.is_final():
-            self._driver.fire_local("stop")
+            self._driver.fire_local("stop", None)
 
     @property
     def address(self) -> str:
@@ -218,16 +228,15 @@ class Member:
             return
         if self._request is None or message.request_id != self._request.request_id:
             return  # §8.1: not the outstanding request
-        self._current = message
         kind = "RegistrationResponse" if isinstance(message, RegistrationResponse) else "Status"
         try:
-            self._driver.fire(f"recv_{kind}")
+            self._driver.fire(f"recv_{kind}", message)
         except UnexpectedMessage:
             return
 
     def _fire(self, trigger: str) -> None:
         if self._driver.accepts(trigger):
-            self._driver.fire_local(trigger)
+            self._driver.fire_local(trigger, None)
 
     def _send(self) -> None:
         assert self._dtls is not None
@@ -238,8 +247,36 @@ class Member:
     def _identity_params(self) -> Params:
         return self.config.parent.params
 
+    # ------------------------------------------------------------------ the spec's handlers
+    def _handlers(self) -> Handlers[Payload]:
+        return Handlers(
+            guards={
+                "partial_key_valid": self._partial_key_valid,
+            },
+            actions={
+                "open_channel": ignoring(self._open_channel),
+                "draw_secret_value": ignoring(self._draw_secret_value),
+                "set_private_key": expecting(RegistrationResponse, self._set_private_key),
+                "report_bad_partial_key": ignoring(self._report_bad_partial_key),
+                "report_refusal": expecting(Status, self._report_refusal),
+                "resend_request": ignoring(self._resend_request),
+                "report_timeout": ignoring(self._report_timeout),
+                "report_channel_failure": ignoring(self._report_channel_failure),
+                "close_channel": ignoring(self._close_channel),
+            },
+            builders={
+                "RegistrationRequest": self._build_registration_request,
+                "KeyUpdate": self._build_key_update,
+            },
+            hold=self._hold,
+            emit=self._emit_flight,
+        )
+
+    def _hold(self, messages: tuple[str, ...]) -> None:
+        raise TwinPeaksError(f"member: nothing is built ahead of a flight ({messages})")
+
     # ------------------------------------------------------------------ actions and guards
-    def open_channel(self) -> None:
+    def _open_channel(self) -> None:
         link = self.config.parent
         randomness = self.config.randomness
         self._dtls = DTLSClient(
@@ -255,16 +292,16 @@ class Member:
         )
         self._dtls.connect(self._now)
 
-    def draw_secret_value(self) -> None:
+    def _draw_secret_value(self) -> None:
         params = self._identity_params()
         identity = params.identity(self.config.name, self._address)
         self._secret = clpkc.set_secret_value(params, identity, self.config.randomness.random_bytes)
 
-    def emit_flight(self, messages: tuple[str, ...]) -> None:
+    def _emit_flight(self, messages: tuple[str, ...]) -> None:
         for name in messages:
-            getattr(self, f"build_{name}")()
+            self._table.builders[name]()
 
-    def build_RegistrationRequest(self) -> None:
+    def _build_registration_request(self) -> None:
         assert self._secret is not None
         rid = new_request_id(self.config.randomness.random_bytes)
         self._request = RegistrationRequest.for_secret(
@@ -274,7 +311,7 @@ class Member:
         self._sends = 0
         self._send()
 
-    def build_KeyUpdate(self) -> None:
+    def _build_key_update(self) -> None:
         assert self._secret is not None and self.serial is not None
         rid = new_request_id(self.config.randomness.random_bytes)
         self._request = KeyUpdate(
@@ -290,12 +327,11 @@ class Member:
         self._sends = 0
         self._send()
 
-    def resend_request(self) -> None:
+    def _resend_request(self) -> None:
         self._send()
 
-    def partial_key_valid(self) -> bool:
+    def _partial_key_valid(self, message: Payload) -> bool:
         """Set-Private-Key's check (spec §4.3): the partial key fits our ID, U and params."""
-        message = self._current
         if not isinstance(message, RegistrationResponse) or self._secret is None:
             return False
         try:
@@ -307,9 +343,8 @@ class Member:
             return False
         return True
 
-    def set_private_key(self) -> None:
-        message = self._current
-        assert isinstance(message, RegistrationResponse) and self._secret is not None
+    def _set_private_key(self, message: RegistrationResponse) -> None:
+        assert self._secret is not None
         update = self.key is not None
         self.key = clpkc.set_private_key(
             self._identity_params(), self._secret, message.partial_private_key()
@@ -321,13 +356,11 @@ class Member:
             Registered(self.key, message.serial, message.not_before, message.not_after, update)
         )
 
-    def report_bad_partial_key(self) -> None:
+    def _report_bad_partial_key(self) -> None:
         self._deadline = None
         self._report(self._failure or "the parent's answer is not a partial key", final=True)
 
-    def report_refusal(self) -> None:
-        message = self._current
-        assert isinstance(message, Status)
+    def _report_refusal(self, message: Status) -> None:
         self._deadline = None
         if self.key is not None:  # a refused update: back to the old key and address
             self._address = self.key.identity.address.compressed
@@ -337,16 +370,16 @@ class Member:
             final=self.key is None,
         )
 
-    def report_timeout(self) -> None:
+    def _report_timeout(self) -> None:
         if self.key is not None:
             self._address = self.key.identity.address.compressed
         self._report(f"no answer from the parent after {MAX_SENDS} sends", final=self.key is None)
 
-    def report_channel_failure(self) -> None:
+    def _report_channel_failure(self) -> None:
         self._deadline = None
         self._report(self._failure or "no association with the parent", final=True)
 
-    def close_channel(self) -> None:
+    def _close_channel(self) -> None:
         self._deadline = None
         if self._dtls is not None:
             self._dtls.close()

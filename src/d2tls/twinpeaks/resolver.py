@@ -30,15 +30,17 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeVar
 
 import cbor2
 
 from d2tls.clock import Clock, wall_time
 from d2tls.errors import UnexpectedMessage
-from d2tls.model.machine import MachineDriver
+from d2tls.model.machine import Handlers, SpecMachine, expecting, ignoring
+from d2tls.model.spec import load_spec
+from d2tls.model.states import TwinPeaksResolverState
 from d2tls.randomness import SYSTEM, Randomness
 from d2tls.sansio import Address, Datagram
 from d2tls.twinpeaks.clpkc import Params, PublicKey
@@ -230,6 +232,22 @@ class _Cache:
 
 
 # --------------------------------------------------------------------------- one lookup
+@dataclass
+class ReceivedResponse:
+    """A tp-key-response for an outstanding request, as the resolver machine's handlers
+    receive it: the message, who sent it, and the outcome of the §8.5 checks (made once)."""
+
+    response: KeyResponse
+    peer: Address
+    checked: KeyRecord | TwinPeaksError | None = None
+
+
+R = TypeVar("R")
+
+#: What the resolver machine's handlers receive: a response, or None (local event).
+Payload: TypeAlias = ReceivedResponse | None
+
+
 class Lookup:
     """One lookup: the model of the ``resolver`` machine of spec/twinpeaks.yaml."""
 
@@ -244,7 +262,6 @@ class Lookup:
         now: float,
         client: tuple[Address, bytes] | None,
     ) -> None:
-        self.state = ""
         self.resolver = resolver
         self.lookup_id = lookup_id
         self.name = name
@@ -254,7 +271,7 @@ class Lookup:
         self.started = now
         self.now = now
         self.timeline: list[str] = []
-        self.anchors = resolver.anchors_for(name)
+        self.anchors = resolver._anchors_for(name)
         self.chain = 0
         self.server: ServerInfo | None = None
         self.hops = 0
@@ -265,18 +282,66 @@ class Lookup:
         self.queries = 0
         self.dns_query_id = -1
         self.dns_addresses: list[IPAddress] = []
-        self.response: KeyResponse | None = None
-        self.response_peer: Address = ("", 0)
-        self._checked: KeyRecord | TwinPeaksError | None = None
         self.cached: tuple[KeyRecord, bytes] | None = None
         self.error: TwinPeaksError | None = None
-        self.driver = MachineDriver(self.ROLE, self, spec_name="twinpeaks")
+        self._table = self._handlers()
+        self.driver: SpecMachine[TwinPeaksResolverState, Payload] = SpecMachine(
+            load_spec("twinpeaks").role(self.ROLE), TwinPeaksResolverState, self._table
+        )
+
+    @property
+    def state(self) -> TwinPeaksResolverState:
+        """The current state (``spec/twinpeaks.yaml``, role ``resolver``)."""
+        return self.driver.state
 
     def note(self, text: str) -> None:
         self.timeline.append(f"{1000 * (self.now - self.started):8.1f} ms  {text}")
 
+    # ---- the spec's handlers
+    def _handlers(self) -> Handlers[Payload]:
+        def received(handler: Callable[[ReceivedResponse], R]) -> Callable[[Payload], R]:
+            return expecting(ReceivedResponse, handler)
+
+        return Handlers(
+            guards={
+                "answer_cached": ignoring(self._answer_cached),
+                "address_cached": ignoring(self._address_cached),
+                "address_agrees": ignoring(self._address_agrees),
+                "referral_valid": received(self._referral_valid),
+                "answer_valid": received(self._answer_valid),
+                "denial_valid": received(self._denial_valid),
+                "roots_left": ignoring(self._roots_left),
+                "roots_agree": received(self._roots_agree),
+            },
+            actions={
+                "answer_from_cache": ignoring(self._answer_from_cache),
+                "query_dns": ignoring(self._query_dns),
+                "start_chain": ignoring(self._start_chain),
+                "report_address_mismatch": ignoring(self._report_address_mismatch),
+                "report_dns_failure": ignoring(self._report_dns_failure),
+                "follow_referral": received(self._follow_referral),
+                "next_root": received(self._next_root),
+                "cache_answer": received(self._cache_answer),
+                "report_cross_check": ignoring(self._report_cross_check),
+                "report_denial": received(self._report_denial),
+                "discard_response": received(self._discard_response),
+                "resend_request": ignoring(self._resend_request),
+                "report_timeout": ignoring(self._report_timeout),
+            },
+            builders={"KeyRequest": self._build_key_request},
+            hold=self._hold,
+            emit=self._emit_flight,
+        )
+
+    def _hold(self, messages: tuple[str, ...]) -> None:
+        raise TwinPeaksError(f"resolver: nothing is built ahead of a flight ({messages})")
+
+    def _emit_flight(self, messages: tuple[str, ...]) -> None:
+        for name in messages:
+            self._table.builders[name]()
+
     # ---- guards
-    def answer_cached(self) -> bool:
+    def _answer_cached(self) -> bool:
         if self.address is None:
             cached = self.resolver.dns_cache.get(self.name, self.now)
             if isinstance(cached, list) and cached:
@@ -284,16 +349,16 @@ class Lookup:
                 self.note(f"DNS {self.name} -> {self.address.compressed} (cached)")
         if self.address is None:
             return False
-        entry = self.resolver.answers.get((self.name, self.address), self.resolver.wall())
+        entry = self.resolver.answers.get((self.name, self.address), self.resolver._wall())
         if isinstance(entry, tuple):
             self.cached = entry
             return True
         return False
 
-    def address_cached(self) -> bool:
+    def _address_cached(self) -> bool:
         return self.address is not None and self.wanted is None
 
-    def address_agrees(self) -> bool:
+    def _address_agrees(self) -> bool:
         if not self.dns_addresses:
             self.error = AddressMismatch(f"the DNS has no address for {self.name}")
             return False
@@ -306,25 +371,25 @@ class Lookup:
             self.address = self.dns_addresses[0]
         return True
 
-    def _check(self) -> KeyRecord | TwinPeaksError:
-        """The checks of §8.5 on the current response (once per response)."""
-        if self._checked is None:
-            response, server, request = self.response, self.server, self.request
-            assert response is not None and server is not None and request is not None
+    def _check(self, received: ReceivedResponse) -> KeyRecord | TwinPeaksError:
+        """The checks of §8.5 on a response (made once per response)."""
+        if received.checked is None:
+            response, server, request = received.response, self.server, self.request
+            assert server is not None and request is not None
             try:
                 record = response.verify(
                     request,
                     server.signer_params,
                     server.key,
-                    self.resolver.wall(),
+                    self.resolver._wall(),
                     issuer_params=server.params,
                 )
                 if record.record_type == RecordType.REFERRAL:
                     self._check_referral(record, server)
-                self._checked = record
+                received.checked = record
             except TwinPeaksError as exc:
-                self._checked = exc
-        return self._checked
+                received.checked = exc
+        return received.checked
 
     def _check_referral(self, record: KeyRecord, server: ServerInfo) -> None:
         subject = record.subject
@@ -336,24 +401,24 @@ class Lookup:
         if self.hops >= MAX_REFERRALS:
             raise EncodingError("too many referrals")
 
-    def _valid(self, kind: RecordType) -> bool:
-        checked = self._check()
+    def _valid(self, received: ReceivedResponse, kind: RecordType) -> bool:
+        checked = self._check(received)
         return isinstance(checked, KeyRecord) and checked.record_type == kind
 
-    def referral_valid(self) -> bool:
-        return self._valid(RecordType.REFERRAL)
+    def _referral_valid(self, received: ReceivedResponse) -> bool:
+        return self._valid(received, RecordType.REFERRAL)
 
-    def answer_valid(self) -> bool:
-        return self._valid(RecordType.ANSWER)
+    def _answer_valid(self, received: ReceivedResponse) -> bool:
+        return self._valid(received, RecordType.ANSWER)
 
-    def denial_valid(self) -> bool:
-        return self._valid(RecordType.DENIAL)
+    def _denial_valid(self, received: ReceivedResponse) -> bool:
+        return self._valid(received, RecordType.DENIAL)
 
-    def roots_left(self) -> bool:
+    def _roots_left(self) -> bool:
         return self.chain + 1 < len(self.anchors)
 
-    def roots_agree(self) -> bool:
-        records = [r for r, _ in self.finals] + [self._record()]
+    def _roots_agree(self, received: ReceivedResponse) -> bool:
+        records = [r for r, _ in self.finals] + [self._record(received)]
         try:
             cross_check(records)
         except CrossCheckError as exc:
@@ -361,58 +426,55 @@ class Lookup:
             return False
         return True
 
-    def _record(self) -> KeyRecord:
-        checked = self._check()
+    def _record(self, received: ReceivedResponse) -> KeyRecord:
+        """The checked record (the guard that fired the transition checked it)."""
+        checked = self._check(received)
         assert isinstance(checked, KeyRecord)
         return checked
 
     # ---- actions
-    def emit_flight(self, messages: tuple[str, ...]) -> None:
-        for name in messages:
-            getattr(self, f"build_{name}")()
-
-    def answer_from_cache(self) -> None:
+    def _answer_from_cache(self) -> None:
         assert self.cached is not None
         self.note(f"key of {self.name} from the cache (no query)")
-        self.resolver.complete(self, *self.cached, from_cache=True)
+        self.resolver._complete(self, *self.cached, from_cache=True)
 
-    def query_dns(self) -> None:
-        self.dns_query_id = self.resolver.ask_dns(self)
+    def _query_dns(self) -> None:
+        self.dns_query_id = self.resolver._ask_dns(self)
         self.note(f"DNS query A/AAAA {self.name}")
 
-    def start_chain(self) -> None:
+    def _start_chain(self) -> None:
         assert self.address is not None
         anchor = self.anchors[self.chain]
-        self.server = self.resolver.deepest_server(self.chain, anchor, self.name, self.now)
+        self.server = self.resolver._deepest_server(self.chain, anchor, self.name, self.now)
         if self.server.zone != anchor.params.zone:
             self.note(f"referral to {self.server.zone} from the cache")
         self.hops = 0
 
-    def build_KeyRequest(self) -> None:
+    def _build_key_request(self) -> None:
         assert self.server is not None and self.address is not None
         rid = new_request_id(self.resolver.config.randomness.random_bytes)
         previous, self.request = self.request, KeyRequest(rid, self.name, self.address)
         self.sends = 0
         self.queries += 1
-        self.resolver.track(self, previous)
+        self.resolver._track(self, previous)
         self.note(
             f"key request {self.name} at {self.address.compressed} -> {self.server.zone} "
             f"key server {self.server.addr[0]}:{self.server.addr[1]}"
         )
-        self.send()
+        self._send()
 
-    def send(self) -> None:
+    def _send(self) -> None:
         assert self.request is not None and self.server is not None
         self.resolver.out.append((self.request.encode(), self.server.addr))
         self.sends += 1
         self.deadline = self.now + self.resolver.config.retransmit_interval * 2 ** (self.sends - 1)
 
-    def resend_request(self) -> None:
+    def _resend_request(self) -> None:
         self.note("retransmit")
-        self.send()
+        self._send()
 
-    def follow_referral(self) -> None:
-        record = self._record()
+    def _follow_referral(self, received: ReceivedResponse) -> None:
+        record = self._record(received)
         subject = record.subject
         assert subject is not None and subject.zone_params is not None
         assert subject.port is not None and self.server is not None
@@ -430,17 +492,16 @@ class Lookup:
         self.server = child
         self.hops += 1
 
-    def next_root(self) -> None:
-        assert self.response is not None
-        self.finals.append((self._record(), self.response.signature))
+    def _next_root(self, received: ReceivedResponse) -> None:
+        self.finals.append((self._record(received), received.response.signature))
         self.note(f"answer from root {self.chain}; cross-checking with root {self.chain + 1}")
         self.chain += 1
-        self.start_chain()
+        self._start_chain()
 
-    def cache_answer(self) -> None:
-        assert self.response is not None
-        record = self._record()
-        self.finals.append((record, self.response.signature))
+    def _cache_answer(self, received: ReceivedResponse) -> None:
+        record = self._record(received)
+        signature = received.response.signature
+        self.finals.append((record, signature))
         subject = record.subject
         assert subject is not None
         self.note(
@@ -448,17 +509,16 @@ class Lookup:
             + (f", {len(self.finals)} roots agree" if len(self.finals) > 1 else "")
         )
         expires = min(float(record.expires), float(subject.not_after))
-        entry = (record, self.response.signature)
-        self.resolver.answers.put((self.name, record.address), entry, expires)
-        self.resolver.complete(self, record, self.response.signature, from_cache=False)
+        self.resolver.answers.put((self.name, record.address), (record, signature), expires)
+        self.resolver._complete(self, record, signature, from_cache=False)
 
-    def report_cross_check(self) -> None:
+    def _report_cross_check(self) -> None:
         error = self.error or CrossCheckError("the roots disagree")
         self.note(f"cross-check failed: {error}")
-        self.resolver.fail(self, error)
+        self.resolver._fail(self, error)
 
-    def report_denial(self) -> None:
-        record = self._record()
+    def _report_denial(self, received: ReceivedResponse) -> None:
+        record = self._record(received)
         assert record.denial is not None
         reason = record.denial.name.lower().replace("_", " ")
         error: TwinPeaksError
@@ -470,32 +530,32 @@ class Lookup:
         else:
             error = KeyDenied(f"{record.signer.name} denies {self.name}: {reason}")
         self.note(f"signed denial: {reason}")
-        self.resolver.fail(self, error, denial=self.response)
+        self.resolver._fail(self, error, denial=received.response)
 
-    def report_address_mismatch(self) -> None:
+    def _report_address_mismatch(self) -> None:
         error = self.error or AddressMismatch(f"no address for {self.name}")
         self.note(str(error))
-        self.resolver.fail(self, error)
+        self.resolver._fail(self, error)
 
-    def report_dns_failure(self) -> None:
+    def _report_dns_failure(self) -> None:
         error = self.error or AddressMismatch(f"the DNS gave no address for {self.name}")
         self.note(str(error))
-        self.resolver.fail(self, error)
+        self.resolver._fail(self, error)
 
-    def discard_response(self) -> None:
-        checked = self._check()
+    def _discard_response(self, received: ReceivedResponse) -> None:
+        checked = self._check(received)
         reason = (
             f"{type(checked).__name__}: {checked}"
             if isinstance(checked, TwinPeaksError)
             else "unexpected record"
         )
         self.note(f"discarded a response: {reason}")
-        self.resolver.discard(self.response_peer, reason)
+        self.resolver._discard(received.peer, reason)
 
-    def report_timeout(self) -> None:
+    def _report_timeout(self) -> None:
         error = LookupTimeout(f"no valid key response for {self.name} after {self.sends} sends")
         self.note(str(error))
-        self.resolver.fail(self, error)
+        self.resolver._fail(self, error)
 
 
 # --------------------------------------------------------------------------- the resolver
@@ -516,7 +576,7 @@ class Resolver:
         self._ids = itertools.count(1)
         self.counters = {"queries": 0, "discarded": 0, "cache_hits": 0, "lookups": 0}
 
-    def wall(self) -> int:
+    def _wall(self) -> int:
         return int(self.config.wall_clock())
 
     # ------------------------------------------------------------------ API
@@ -538,9 +598,9 @@ class Resolver:
         self._lookups[lookup.lookup_id] = lookup
         self.counters["lookups"] += 1
         if not lookup.anchors:
-            self.fail(lookup, KeyDenied(f"no trust anchor covers {name}"))
+            self._fail(lookup, KeyDenied(f"no trust anchor covers {name}"))
             return lookup.lookup_id
-        lookup.driver.fire_local("lookup")
+        lookup.driver.fire_local("lookup", None)
         return lookup.lookup_id
 
     def dns_answer(
@@ -563,7 +623,7 @@ class Resolver:
         )
         if parsed:
             self.dns_cache.put(lookup.name, parsed, now + max(0.0, ttl))
-        lookup.driver.fire_local("dns_answer")
+        lookup.driver.fire_local("dns_answer", None)
 
     def dns_failure(self, query_id: int, reason: str, now: float) -> None:
         lookup = self._dns_pending.pop(query_id, None)
@@ -571,7 +631,7 @@ class Resolver:
             return
         lookup.now = now
         lookup.error = AddressMismatch(f"DNS: {reason}")
-        lookup.driver.fire_local("dns_failed")
+        lookup.driver.fire_local("dns_failed", None)
 
     def invalidate(self, name: str, address: str | IPAddress) -> int:
         """Drop the cached answer and DNS data of ``name`` (dissertation 2.4.4)."""
@@ -590,19 +650,18 @@ class Resolver:
         try:
             message = decode_message(bytes(data))
         except TwinPeaksError as exc:
-            self.discard(addr, f"malformed: {exc}")
+            self._discard(addr, f"malformed: {exc}")
             return
         if isinstance(message, KeyResponse):
             lookup = self._by_request.get(message.request_id)
             if lookup is None:
-                self.discard(addr, "no request outstanding with this ID")
+                self._discard(addr, "no request outstanding with this ID")
                 return
             lookup.now = now
-            lookup.response, lookup.response_peer, lookup._checked = message, addr, None
             try:
-                lookup.driver.fire("recv_KeyResponse")
+                lookup.driver.fire("recv_KeyResponse", ReceivedResponse(message, addr))
             except UnexpectedMessage:
-                self.discard(addr, "response after the lookup ended")
+                self._discard(addr, "response after the lookup ended")
         elif isinstance(message, KeyRequest):
             try:
                 self._start(message.name, now, message.address, (addr, message.request_id))
@@ -613,7 +672,7 @@ class Resolver:
             self.invalidate(message.name, message.address)
             self.out.append((Status(message.request_id, StatusCode.OK).encode(), addr))
         else:
-            self.discard(addr, f"unexpected {type(message).__name__}")
+            self._discard(addr, f"unexpected {type(message).__name__}")
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         out, self.out = self.out, []
@@ -632,13 +691,13 @@ class Resolver:
                 lookup.deadline = None
                 trigger = "retransmit" if lookup.sends < self.config.max_sends else "timeout"
                 if lookup.driver.accepts(trigger):
-                    lookup.driver.fire_local(trigger)
+                    lookup.driver.fire_local(trigger, None)
 
     def next_event(self) -> ResolverEvent | None:
         return self.events.popleft() if self.events else None
 
     # ------------------------------------------------------------------ for lookups
-    def anchors_for(self, name: str) -> list[TrustAnchor]:
+    def _anchors_for(self, name: str) -> list[TrustAnchor]:
         """Anchors whose zone is the longest suffix of ``name``: all of them when
         cross-checking, else the first (§8.8)."""
         covering = [
@@ -650,23 +709,23 @@ class Resolver:
         best = [a for a in covering if _depth(a.params.zone) == depth]
         return best if self.config.cross_check else best[:1]
 
-    def deepest_server(self, chain: int, anchor: TrustAnchor, name: str, now: float) -> ServerInfo:
+    def _deepest_server(self, chain: int, anchor: TrustAnchor, name: str, now: float) -> ServerInfo:
         """The deepest cached key server of this root's chain whose zone holds ``name``."""
         labels = name.split(".")
         for start in range(1, len(labels)):
             zone = ".".join(labels[start:])
-            server = self.referrals.get((chain, zone), self.wall())
+            server = self.referrals.get((chain, zone), self._wall())
             if isinstance(server, ServerInfo):
                 return server
         return ServerInfo.of_anchor(anchor)
 
-    def ask_dns(self, lookup: Lookup) -> int:
+    def _ask_dns(self, lookup: Lookup) -> int:
         query = DnsQuery(next(self._ids), lookup.name)
         self.events.append(query)
         self._dns_pending[query.query_id] = lookup
         return query.query_id
 
-    def track(self, lookup: Lookup, previous: KeyRequest | None) -> None:
+    def _track(self, lookup: Lookup, previous: KeyRequest | None) -> None:
         """Index the lookup by its new request ID (and forget the previous one)."""
         if previous is not None:
             self._by_request.pop(previous.request_id, None)
@@ -674,7 +733,7 @@ class Resolver:
         self._by_request[lookup.request.request_id] = lookup
         self.counters["queries"] += 1
 
-    def complete(
+    def _complete(
         self, lookup: Lookup, record: KeyRecord, signature: bytes, *, from_cache: bool
     ) -> None:
         assert lookup.address is not None
@@ -689,7 +748,7 @@ class Resolver:
             peer, rid = lookup.client
             self.out.append((KeyResponse(rid, record, signature).encode(), peer))
 
-    def fail(
+    def _fail(
         self, lookup: Lookup, error: TwinPeaksError, denial: KeyResponse | None = None
     ) -> None:
         self._finish(lookup)
@@ -709,7 +768,7 @@ class Resolver:
         if lookup.request is not None:
             self._by_request.pop(lookup.request.request_id, None)
 
-    def discard(self, addr: Address, reason: str) -> None:
+    def _discard(self, addr: Address, reason: str) -> None:
         self.counters["discarded"] += 1
         self.events.append(Discarded(addr, reason))
 
