@@ -18,7 +18,9 @@ from typing import Final
 from d2tls.delegation.messages import chain_hash
 
 CHAINS_PER_IDENTITY: Final = 4
+"""Chains the agent keeps per PSK identity."""
 MAX_IDENTITIES: Final = 4096
+"""PSK identities the agent keeps chains for."""
 
 
 class AgentChainCache:
