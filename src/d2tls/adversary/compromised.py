@@ -282,7 +282,12 @@ CASES: tuple[Case, ...] = (
         "inject into the device's resumed connection",
         Plan(leak=Leak.AFTER_WIPING),
         "inject known seq",
-        lemmas=("resumed_key_secrecy_wipe_before_compromise",),
+        lemmas=(
+            "resumed_key_secrecy_wipe_before_compromise",
+            "resumed_key_secrecy_received_and_wiped_ecdhe_psk",
+        ),
+        lemma_note="this agent recorded no channel traffic; one that did reads the context "
+        "of a plain-PSK channel, so only the ECDHE-PSK channel keeps the wipe meaningful",
     ),
     Case(
         "keep-server-connection",
