@@ -185,7 +185,7 @@ def session_for(pki: LoadedPKI, used: set[int], sent: list[DelegationMessage]) -
 class NoHandshake(AgentSession):
     """A session whose policy must refuse: starting a handshake fails the test."""
 
-    def start_server_handshake(self) -> None:
+    def _start_server_handshake(self, request: DelegationRequest) -> None:
         pytest.fail("must not start a handshake")
 
 

@@ -38,6 +38,7 @@ from d2tls.delegation.messages import (
     DelegationRequest,
     SessionContext,
     SignRequest,
+    SignResponse,
 )
 from d2tls.dtls.client import DTLSClient
 from d2tls.dtls.config import ClientConfig
@@ -115,28 +116,27 @@ class RogueSession(AgentSession):
         if self.plan.leak is point:
             self.loot.take(self)
 
-    def start_server_handshake(self) -> None:
-        request = self._current
-        if self.plan.other_server and isinstance(request, DelegationRequest):
-            self._current = replace(
+    def _start_server_handshake(self, request: DelegationRequest) -> None:
+        if self.plan.other_server:
+            request = replace(
                 request,
                 server_host=OTHER_SERVER[0],
                 server_port=OTHER_SERVER[1],
                 server_name=OTHER_SERVER_NAME,
             )
-        super().start_server_handshake()
+        super()._start_server_handshake(request)
 
-    def build_SignRequest(self) -> None:
+    def _build_sign_request(self) -> None:
         self._leak_at(Leak.BEFORE_SIGNING)
         asked = self.loot.prestarted_request
         if self.plan.prestarted and asked is not None and self.request is not None:
             transcript = asked.transcript if self.request.mode is DelegationMode.BOUND else None
             self._send(SignRequest(self.request.request_id, asked.digest, transcript))
             return
-        super().build_SignRequest()
+        super()._build_sign_request()
 
-    def provide_signature(self) -> None:
-        super().provide_signature()
+    def _provide_signature(self, response: SignResponse) -> None:
+        super()._provide_signature(response)
         signature = self._pending_signature
         assert signature is not None and self.request is not None
         self.loot.signatures.append(signature)
@@ -149,16 +149,16 @@ class RogueSession(AgentSession):
             asked = self._signature_request
             self._send(SignRequest(rid, asked.digest, asked.transcript))
 
-    def close_server_connection(self) -> None:
+    def _close_server_connection(self) -> None:
         if self.plan.keep_connection and self.client is not None:
             self.session = self.client.session  # hand it over, but keep the connection open
             return
-        super().close_server_connection()
+        super()._close_server_connection()
 
-    def build_SessionContext(self) -> None:
+    def _build_session_context(self) -> None:
         kind, session = self.plan.context, self.session
         if not kind or session is None or self.request is None:
-            super().build_SessionContext()
+            super()._build_session_context()
         else:
             master = bytes(session.master_secret)
             session_id = session.session_id
@@ -197,9 +197,9 @@ class RogueSession(AgentSession):
             self._send(context)
         self._leak_at(Leak.AFTER_HANDOVER)
 
-    def wipe_context(self) -> None:
+    def _wipe_context(self) -> None:
         if self.plan.wipe:
-            super().wipe_context()
+            super()._wipe_context()
         self._leak_at(Leak.AFTER_WIPING)
 
 

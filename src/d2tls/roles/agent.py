@@ -60,8 +60,9 @@ from d2tls.dtls.events import (
 )
 from d2tls.dtls.server import DTLSServer
 from d2tls.dtls.session import Session
-from d2tls.errors import ProtocolError
-from d2tls.model.machine import MachineDriver
+from d2tls.errors import ProtocolError, SpecError
+from d2tls.model.machine import Handlers, SpecMachine, expecting, ignoring
+from d2tls.model.spec import load_spec
 from d2tls.model.states import AgentState, ClientState
 from d2tls.net.pump import Pump
 from d2tls.randomness import SYSTEM, Randomness
@@ -193,7 +194,6 @@ class AgentSession:
         identity: bytes | None = None,
         used_request_ids: set[int] | None = None,
     ) -> None:
-        self.state = ""
         #: The channel's PSK identity, and the request_ids already used on the channel.
         self.identity = identity
         self._used_request_ids = used_request_ids if used_request_ids is not None else set()
@@ -211,9 +211,50 @@ class AgentSession:
         self.log: list[dict[str, Any]] = []
         self.counted = False
         self._pending_signature: bytes | None = None
-        self._current: DelegationMessage | None = None
+        #: The request as accepted: with the chain the certificate_chain_hash named (§6).
+        self._resolved: DelegationRequest | None = None
         self._signature_request: SignatureRequested | None = None
-        self._driver = MachineDriver(self.ROLE, self, spec_name="d2tls")
+        self._table = self._handlers()
+        self._driver: SpecMachine[AgentState, DelegationMessage | None] = SpecMachine(
+            load_spec("d2tls").role(self.ROLE), AgentState, self._table
+        )
+
+    def _handlers(self) -> Handlers[DelegationMessage | None]:
+        """The ``agent`` machine's guards, actions and builders (spec/d2tls.yaml)."""
+        return Handlers(
+            guards={
+                "request_acceptable": expecting(DelegationRequest, self._request_acceptable),
+                "session_resumable": ignoring(self._session_resumable),
+                "ocsp_configured": ignoring(self._ocsp_configured),
+            },
+            actions={
+                "start_server_handshake": expecting(
+                    DelegationRequest, lambda r: self._start_server_handshake(self._resolved or r)
+                ),
+                "reject_request": expecting(
+                    DelegationRequest, lambda r: self._reject_request(self._resolved or r)
+                ),
+                "start_status_check": ignoring(self._start_status_check),
+                "provide_signature": expecting(SignResponse, self._provide_signature),
+                "close_server_connection": ignoring(self._close_server_connection),
+                "report_unresumable": ignoring(self._report_unresumable),
+                "wipe_context": ignoring(self._wipe_context),
+                "abort_server_handshake": ignoring(self._abort_server_handshake),
+            },
+            builders={
+                "SignRequest": self._build_sign_request,
+                "SessionContext": self._build_session_context,
+                "Wiped": self._build_wiped,
+                "DelegationError": self._build_delegation_error,
+            },
+            hold=self._hold,
+            emit=self._emit_flight,
+        )
+
+    @property
+    def state(self) -> AgentState:
+        """The current state (``spec/d2tls.yaml``, role ``agent``)."""
+        return self._driver.state
 
     # ------------------------------------------------------------------ inputs
     def receive_bytes(self, data: bytes) -> None:
@@ -233,11 +274,10 @@ class AgentSession:
         if self.request is not None and message.request_id != self.request.request_id:
             self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, "message for an unknown request")
             return
-        self._current = message
         if isinstance(message, DelegationError):
             self.error = f"device: {message.code.name.lower()}: {message.reason}"
         try:
-            self._driver.fire(f"recv_{MESSAGE_NAMES[type(message)]}")
+            self._driver.fire(f"recv_{MESSAGE_NAMES[type(message)]}", message)
         except ProtocolError as exc:
             self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, exc.reason)
 
@@ -285,20 +325,24 @@ class AgentSession:
         if self._driver.is_final():
             return
         try:
-            self._driver.fire_local(trigger)
+            self._driver.fire_local(trigger, None)
         except ProtocolError as exc:  # the event is not expected now: a protocol violation
             if trigger != "abort":
                 self._abort(DelegationErrorCode.INTERNAL, exc.reason)
+
+    def abandon(self) -> None:
+        """The agent shuts down: close the handshake with the server and wipe the session
+        (whatever the state; the machine is not consulted)."""
+        self._abort_server_handshake()
+        self._wipe_context()
 
     @property
     def is_final(self) -> bool:
         return self._driver.is_final()
 
     # ------------------------------------------------------------------ guards
-    def request_acceptable(self) -> bool:
+    def _request_acceptable(self, request: DelegationRequest) -> bool:
         """spec/delegation.md §6 and §9.1: a fresh request_id, then the agent's policy."""
-        request = self._current
-        assert isinstance(request, DelegationRequest)
         request_id = request.request_id
         if request_id in self._used_request_ids:
             self.error_code = DelegationErrorCode.UNEXPECTED_MESSAGE
@@ -323,7 +367,7 @@ class AgentSession:
                 return False
             # From here on exactly as if the chain had been sent: the policy checks it.
             request = replace(request, certificate_chain=chain, certificate_chain_hash=None)
-            self._current = request
+            self._resolved = request
         policy = self.config.policy
         refusal = policy.refusal(self.identity, request) if policy is not None else None
         if refusal is not None:
@@ -341,16 +385,16 @@ class AgentSession:
             self.config.chain_cache.put(self.identity, request.certificate_chain)
         return True
 
-    def session_resumable(self) -> bool:
+    def _session_resumable(self) -> bool:
         """RFC 5246 §7.4.1.3: an empty session ID means the server will not resume."""
         session = self.client.session if self.client is not None else None
         return session is not None and len(session.session_id) > 0
 
-    def report_unresumable(self) -> None:
+    def _report_unresumable(self) -> None:
         self.error_code = DelegationErrorCode.UNSUPPORTED
         self.error = "the server gave no session ID: its sessions cannot be resumed"
 
-    def ocsp_configured(self) -> bool:
+    def _ocsp_configured(self) -> bool:
         """OCSP is for a certificate: not for a TwinPeaks raw key (spec/twinpeaks.md §9.5)."""
         raw = self.client is not None and self.client.peer_raw_public_key is not None
         return self.config.ocsp_url is not None and not raw
@@ -363,9 +407,7 @@ class AgentSession:
         )
 
     # ------------------------------------------------------------------ actions
-    def start_server_handshake(self) -> None:
-        request = self._current
-        assert isinstance(request, DelegationRequest)
+    def _start_server_handshake(self, request: DelegationRequest) -> None:
         self.request = request
         keys = self.config.server_keys
         resolved = keys(request.server_name) if keys is not None else None
@@ -390,17 +432,15 @@ class AgentSession:
         self.client = client
         self.needs.append(StartHandshake(request, client))
 
-    def reject_request(self) -> None:
-        request = self._current
-        assert isinstance(request, DelegationRequest)
+    def _reject_request(self, request: DelegationRequest) -> None:
         self.request = request
 
-    def start_status_check(self) -> None:
+    def _start_status_check(self) -> None:
         assert self.client is not None
         chain = self.client.peer_certificates
         self.needs.append(CheckStatus(x509.load_der_x509_certificate(chain[0])))
 
-    def build_SignRequest(self) -> None:
+    def _build_sign_request(self) -> None:
         request, asked = self.request, self._signature_request
         assert request is not None and asked is not None
         if request.mode is not DelegationMode.BOUND:
@@ -414,17 +454,16 @@ class AgentSession:
         else:
             self._send(SignRequest(request.request_id, asked.digest, compact_transcript=compact))
 
-    def provide_signature(self) -> None:
-        response = self._current
-        assert isinstance(response, SignResponse) and self.client is not None
+    def _provide_signature(self, response: SignResponse) -> None:
+        assert self.client is not None
         self._pending_signature = response.signature
 
-    def close_server_connection(self) -> None:
+    def _close_server_connection(self) -> None:
         assert self.client is not None
         self.session = self.client.session
         self.client.close()
 
-    def build_SessionContext(self) -> None:
+    def _build_session_context(self) -> None:
         request, session = self.request, self.session
         assert request is not None and session is not None
         raw = self.client.peer_raw_public_key if self.client is not None else None
@@ -437,7 +476,7 @@ class AgentSession:
                 extended_master_secret=session.extended_master_secret,
                 server_certificates=self._server_certificates_for_device(raw),
                 lifetime=self.config.context_lifetime,
-                ocsp_status=1 if self.ocsp_configured() else 0,
+                ocsp_status=1 if self._ocsp_configured() else 0,
             )
         )
 
@@ -451,7 +490,7 @@ class AgentSession:
             return ()
         return (raw,)
 
-    def wipe_context(self) -> None:
+    def _wipe_context(self) -> None:
         """Overwrite the agent's copy of the session (best effort, see module docstring)."""
         if self.session is not None:
             self.session.wipe()
@@ -459,15 +498,15 @@ class AgentSession:
             self.client.session.wipe()
         self.session = None
 
-    def build_Wiped(self) -> None:
+    def _build_wiped(self) -> None:
         assert self.request is not None
         self._send(Wiped(self.request.request_id))
 
-    def abort_server_handshake(self) -> None:
+    def _abort_server_handshake(self) -> None:
         if self.client is not None and not self.client.is_closed:
             self.client.close()
 
-    def build_DelegationError(self) -> None:
+    def _build_delegation_error(self) -> None:
         """The request_id of the message answered if it was readable (§6), else of the open
         request (an error of the agent's own), else 0."""
         request_id = self._offending_id
@@ -497,10 +536,13 @@ class AgentSession:
             return "an unknown identity"
         return f"PSK identity {self.identity.decode('utf-8', 'replace')!r}"
 
-    def emit_flight(self, messages: tuple[str, ...]) -> None:
+    def _emit_flight(self, messages: tuple[str, ...]) -> None:
         for name in messages:
             self._trace("sent", name)
-            getattr(self, f"build_{name}")()
+            self._table.builders[name]()
+
+    def _hold(self, messages: tuple[str, ...]) -> None:
+        raise SpecError(f"role {self.ROLE}: the agent builds no message ahead of its flight")
 
     def _trace(self, direction: str, message: str) -> None:
         entry = {
@@ -655,8 +697,7 @@ class AgentProtocol:
     def close(self, now: float) -> None:
         """Abort every delegation (wiping its secrets) and close every channel."""
         for session in list(self.sessions.values()):
-            session.abort_server_handshake()
-            session.wipe_context()
+            session.abandon()
         self.server.close_all()
 
     # ------------------------------------------------------------------ SansIOProtocol
