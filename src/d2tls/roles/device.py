@@ -65,8 +65,9 @@ from d2tls.dtls.session import Session
 from d2tls.errors import (
     DelegationFailed as DelegationFailed,  # re-exported: its home is d2tls.errors
 )
-from d2tls.errors import EventTimeout, InvalidStateError, ProtocolError
-from d2tls.model.machine import MachineDriver
+from d2tls.errors import EventTimeout, InvalidStateError, ProtocolError, SpecError
+from d2tls.model.machine import Handlers, SpecMachine, expecting, ignoring
+from d2tls.model.spec import load_spec
 from d2tls.model.states import DeviceState
 from d2tls.net.pump import Pump
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed
@@ -184,9 +185,8 @@ class DelegationAttempt:
         first_request_id: int,
         channel_open: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.state = ""
         #: Whether a standing channel to the agent can carry the next delegation.
-        self._channel_open = channel_open
+        self._standing = channel_open
         self.config = config
         self.context = context
         self.outbox: list[DelegationMessage] = []
@@ -197,15 +197,60 @@ class DelegationAttempt:
         self.sign_requests_seen = 0
         self._next_request_id = first_request_id
         self._request: DelegationRequest | None = None
-        self._current: DelegationMessage | None = None
         self._refusal = ""
+        self._signature = b""
         #: The bound-mode transcript to sign, rebuilt from a compact one if need be (§6).
         self._transcript: bytes | None = None
         #: The server's Certificate entries seen in the signed transcript (bound mode).
         self._server_certificates: tuple[bytes, ...] = ()
         #: The request_id of the message being answered, when it was readable (§6).
         self._offending_id: int | None = None
-        self._driver = MachineDriver(self.ROLE, self, spec_name="d2tls")
+        self._table = self._handlers()
+        self._driver: SpecMachine[DeviceState, DelegationMessage | None] = SpecMachine(
+            load_spec("d2tls").role(self.ROLE), DeviceState, self._table
+        )
+
+    def _handlers(self) -> Handlers[DelegationMessage | None]:
+        """The ``device`` machine's guards, actions and builders (spec/d2tls.yaml)."""
+        return Handlers(
+            guards={
+                "channel_open": ignoring(self._channel_open),
+                "sign_request_acceptable": expecting(SignRequest, self._sign_request_acceptable),
+                "context_acceptable": expecting(SessionContext, self._context_acceptable),
+                "may_delegate_again": ignoring(self._may_delegate_again),
+            },
+            actions={
+                "open_channel": ignoring(self._open_channel),
+                "reuse_channel": ignoring(self._reuse_channel),
+                "release_channel": ignoring(self._release_channel),
+                "prepare_request": ignoring(self._prepare_request),
+                "sign": expecting(SignRequest, self._sign),
+                "refuse_signing": ignoring(self._refuse_signing),
+                "refuse_second_signature": ignoring(self._refuse_second_signature),
+                "store_context": expecting(SessionContext, self._store_context),
+                "refuse_context": ignoring(self._refuse_context),
+                "close_channel": ignoring(self._close_channel),
+                "start_resumption": ignoring(self._start_resumption),
+                "report_agent_error": expecting(DelegationError, self._report_agent_error),
+                "report_channel_failure": ignoring(self._report_channel_failure),
+                "report_connected": ignoring(self._report_connected),
+                "forget_context": ignoring(self._forget_context),
+                "report_resumption_failure": ignoring(self._report_resumption_failure),
+                "close_connection": ignoring(self._close_connection),
+            },
+            builders={
+                "DelegationRequest": self._build_delegation_request,
+                "SignResponse": self._build_sign_response,
+                "DelegationError": self._build_delegation_error,
+            },
+            hold=self._hold,
+            emit=self._emit_flight,
+        )
+
+    @property
+    def state(self) -> DeviceState:
+        """The current state (``spec/d2tls.yaml``, role ``device``)."""
+        return self._driver.state
 
     # ------------------------------------------------------------------ inputs
     def start(self) -> None:
@@ -254,13 +299,12 @@ class DelegationAttempt:
             return None
         if self._resend_full_chain(message):
             return message
-        self._current = message
         if isinstance(message, SignRequest):
             self.sign_requests_seen += 1
             if request is not None and request.certificate_chain:
                 self.config.chain_memo.held = True  # the agent accepted the full chain
         try:
-            self._driver.fire(f"recv_{MESSAGE_NAMES[type(message)]}")
+            self._driver.fire(f"recv_{MESSAGE_NAMES[type(message)]}", message)
         except ProtocolError as exc:
             self._abort(DelegationErrorCode.UNEXPECTED_MESSAGE, exc.reason)
         return message
@@ -306,18 +350,17 @@ class DelegationAttempt:
 
     def _fire(self, trigger: str) -> None:
         if not self._driver.is_final():
-            self._driver.fire_local(trigger)
+            self._driver.fire_local(trigger, None)
 
     @property
     def is_final(self) -> bool:
         return self._driver.is_final()
 
     # ------------------------------------------------------------------ guards
-    def sign_request_acceptable(self) -> bool:
-        """DESIGN.md §2 signing policy; bound mode checks the transcript (spec/delegation.md)."""
-        message = self._current
+    def _sign_request_acceptable(self, message: SignRequest) -> bool:
+        """The signing policy; bound mode checks the transcript (spec/delegation.md)."""
         request = self._request
-        assert isinstance(message, SignRequest) and request is not None
+        assert request is not None
         if request.mode is DelegationMode.BLIND:
             self._refusal = "strict mode needs bound mode" if self.config.strict else ""
             return len(message.digest) == 32 and not self.config.strict
@@ -352,9 +395,7 @@ class DelegationAttempt:
             memo.server_certificate = (request.server_name, body)
         return True
 
-    def context_acceptable(self) -> bool:
-        message = self._current
-        assert isinstance(message, SessionContext)
+    def _context_acceptable(self, message: SessionContext) -> bool:
         if message.cipher_suite not in [int(s) for s in self.config.cipher_suites]:
             self._refusal = "context for a cipher suite the device did not offer"
             return False
@@ -366,25 +407,25 @@ class DelegationAttempt:
             return False
         return True
 
-    def may_delegate_again(self) -> bool:
+    def _may_delegate_again(self) -> bool:
         return self.delegations < self.config.max_delegations
 
-    def channel_open(self) -> bool:
+    def _channel_open(self) -> bool:
         """A standing channel is established and within its rekey interval (§3.1)."""
-        return self._channel_open()
+        return self._standing()
 
     # ------------------------------------------------------------------ actions
-    def open_channel(self) -> None:
+    def _open_channel(self) -> None:
         self.delegations += 1
         self.commands.append(Command.OPEN_CHANNEL)
 
-    def reuse_channel(self) -> None:
+    def _reuse_channel(self) -> None:
         self.delegations += 1
 
-    def release_channel(self) -> None:
+    def _release_channel(self) -> None:
         self.commands.append(Command.RELEASE_CHANNEL)
 
-    def prepare_request(self) -> None:
+    def _prepare_request(self) -> None:
         mode = self.config.mode
         chain = self.config.certificate_chain
         hashed = chain_hash(chain) if chain and self.config.chain_memo.use_hash() else None
@@ -407,37 +448,34 @@ class DelegationAttempt:
         )
         self._next_request_id += 1
 
-    def build_DelegationRequest(self) -> None:
+    def _build_delegation_request(self) -> None:
         assert self._request is not None
         self.outbox.append(self._request)
 
-    def sign(self) -> None:
-        message = self._current
+    def _sign(self, message: SignRequest) -> None:
         request = self._request
-        assert isinstance(message, SignRequest) and request is not None
+        assert request is not None
         if request.mode is DelegationMode.BOUND:
             assert self._transcript is not None
             self._signature = self.config.signer.sign_transcript(self._transcript)
         else:
             self._signature = self.config.signer.sign_digest(message.digest)
 
-    def build_SignResponse(self) -> None:
+    def _build_sign_response(self) -> None:
         assert self._request is not None
         self.outbox.append(SignResponse(self._request.request_id, self._signature))
 
-    def refuse_signing(self) -> None:
+    def _refuse_signing(self) -> None:
         self.error_code = DelegationErrorCode.SIGNING_REFUSED
         self.error = f"signing refused: {self._refusal}"
         self.commands.append(Command.CLOSE_CHANNEL)
 
-    def refuse_second_signature(self) -> None:
+    def _refuse_second_signature(self) -> None:
         self.error_code = DelegationErrorCode.SIGNING_REFUSED
         self.error = "signing refused: this request was already signed once"
         self.commands.append(Command.CLOSE_CHANNEL)
 
-    def store_context(self) -> None:
-        message = self._current
-        assert isinstance(message, SessionContext)
+    def _store_context(self, message: SessionContext) -> None:
         self.context = Session(
             session_id=message.session_id,
             master_secret=bytearray(message.master_secret),
@@ -451,50 +489,51 @@ class DelegationAttempt:
             lifetime=float(message.lifetime),
         )
 
-    def refuse_context(self) -> None:
+    def _refuse_context(self) -> None:
         self.error_code = DelegationErrorCode.UNSUPPORTED
         self.error = f"context refused: {self._refusal}"
         self.commands.append(Command.CLOSE_CHANNEL)
 
-    def close_channel(self) -> None:
+    def _close_channel(self) -> None:
         self.commands.append(Command.CLOSE_CHANNEL)
 
-    def start_resumption(self) -> None:
+    def _start_resumption(self) -> None:
         self.commands.append(Command.START_RESUMPTION)
 
-    def report_agent_error(self) -> None:
-        message = self._current
-        assert isinstance(message, DelegationError)
+    def _report_agent_error(self, message: DelegationError) -> None:
         self.error = f"agent: {message.code.name.lower()}: {message.reason}"
         self.commands.append(Command.CLOSE_CHANNEL)
 
-    def report_channel_failure(self) -> None:
+    def _report_channel_failure(self) -> None:
         self.commands.append(Command.CLOSE_CHANNEL)
 
-    def report_connected(self) -> None:
+    def _report_connected(self) -> None:
         pass
 
-    def forget_context(self) -> None:
+    def _forget_context(self) -> None:
         if self.context is not None:
             self.context.wipe()
         self.context = None
 
-    def report_resumption_failure(self) -> None:
+    def _report_resumption_failure(self) -> None:
         self.error = "the server refused the delegated session again"
 
-    def close_connection(self) -> None:
+    def _close_connection(self) -> None:
         self.commands.append(Command.CLOSE_CONNECTION)
 
-    def build_DelegationError(self) -> None:
+    def _build_delegation_error(self) -> None:
         """The request_id of the message answered if readable (§6), else of the open request."""
         request_id = self._offending_id
         if request_id is None:
             request_id = self._request.request_id if self._request is not None else 0
         self.outbox.append(DelegationError(request_id, self.error_code, (self.error or "")[:256]))
 
-    def emit_flight(self, messages: tuple[str, ...]) -> None:
+    def _emit_flight(self, messages: tuple[str, ...]) -> None:
         for name in messages:
-            getattr(self, f"build_{name}")()
+            self._table.builders[name]()
+
+    def _hold(self, messages: tuple[str, ...]) -> None:
+        raise SpecError(f"role {self.ROLE}: the device builds no message ahead of its flight")
 
 
 # --------------------------------------------------------------------------- events
