@@ -21,11 +21,8 @@ from d2tls.model.codegen import _engine_tables
 from d2tls.model.machine import (
     HandlerNames,
     Handlers,
-    MachineDriver,
     SpecMachine,
-    builder_name,
     expecting,
-    missing_callbacks,
     states_of,
     table_problems,
 )
@@ -69,35 +66,6 @@ def tiny_transitions() -> list[dict[str, Any]]:
 
 def parse(raw: dict[str, Any]) -> RoleSpec:
     return parse_spec(raw, Path("tiny.yaml")).role("tiny")
-
-
-class TinyModel:
-    """A model implementing every callback TINY names, recording what ran."""
-
-    def __init__(self, pong_ok: bool = True) -> None:
-        self.state = ""
-        self.calls: list[str] = []
-        self._pong_ok = pong_ok
-
-    def pong_ok(self) -> bool:
-        return self._pong_ok
-
-    def prepare(self) -> None:
-        self.calls.append("prepare")
-
-    def finish(self) -> None:
-        self.calls.append("finish")
-
-    def reject(self) -> None:
-        self.calls.append("reject")
-
-    def build_Ping(self) -> None:
-        self.calls.append("build_Ping")
-
-    def emit_flight(self, messages: tuple[str, ...]) -> None:
-        self.calls.append("emit " + ",".join(messages))
-        for name in messages:
-            getattr(self, builder_name(name))()
 
 
 # --------------------------------------------------------------------------- the real spec
@@ -333,61 +301,24 @@ def test_a_typed_handler_refuses_a_message_of_another_class() -> None:
     assert seen == [3]
 
 
-def test_the_legacy_driver_calls_public_methods_and_mirrors_the_state(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """MachineDriver (the delegation roles): callbacks are the model's methods, the state is
-    mirrored in model.state; a model lacking a callback is refused."""
-    (tmp_path / "tiny_for_driver.yaml").write_text(TINY, encoding="utf-8")
-    monkeypatch.setenv("D2TLS_SPEC_DIR", str(tmp_path))
-    role = load_spec("tiny_for_driver").role("tiny")
-
-    class Incomplete(TinyModel):
-        reject = None  # type: ignore[assignment]
-
-    assert missing_callbacks(role, TinyModel()) == []
-    assert missing_callbacks(role, Incomplete()) == ["reject"]
-    with pytest.raises(SpecError, match="role tiny: Incomplete lacks callbacks named in the spec"):
-        MachineDriver("tiny", Incomplete(), spec_name="tiny_for_driver")
-    assert missing_callbacks(role, object()) == [
-        "build_Ping",
-        "emit_flight",
-        "finish",
-        "pong_ok",
-        "prepare",
-        "reject",
-    ]
-    model = TinyModel()
-    driver = MachineDriver("tiny", model, spec_name="tiny_for_driver")
-    assert model.state == "idle"
-    driver.fire_local("start")
-    assert model.state == "waiting"
-    assert model.calls == ["prepare", "emit Ping", "build_Ping"]
-    driver.fire("recv_Pong")
-    assert (model.state, model.calls[-1]) == ("done", "finish")
-
-
-def test_the_driver_turns_a_message_without_transition_into_unexpected_message(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_machine_turns_a_message_without_transition_into_unexpected_message() -> None:
     """RFC 5246 §7.2.2: a message the machine has no transition for is unexpected_message;
     a local event it does not allow is a programming error (internal_error)."""
-    (tmp_path / "tiny_for_driver.yaml").write_text(TINY, encoding="utf-8")
-    monkeypatch.setenv("D2TLS_SPEC_DIR", str(tmp_path))
-    model = TinyModel()
-    driver = MachineDriver("tiny", model, spec_name="tiny_for_driver")
-    assert driver.state == "idle" and not driver.is_final() and driver.flight_kind() == "none"
+    role = parse(tiny())
+    table = TinyTable()
+    machine = SpecMachine(role, states_of(role), table.handlers())
+    assert machine.state == "idle" and not machine.is_final() and machine.flight_kind() == "none"
     with pytest.raises(UnexpectedMessage, match="Pong is not allowed in state idle"):
-        driver.fire("recv_Pong")
-    assert model.calls == []
-    driver.fire_local("start")
-    assert driver.flight_kind() == "await" and driver.accepts("recv_Pong")
+        machine.fire("recv_Pong", "pong-0")
+    assert table.calls == []
+    machine.fire_local("start", None)
+    assert machine.flight_kind() == "await" and machine.accepts("recv_Pong")
     with pytest.raises(ProtocolError, match="local event start is not allowed in state waiting"):
-        driver.fire_local("start")
-    driver.fire("recv_Pong")
-    assert driver.state == "done"
-    driver.fire_local("abort")
-    assert driver.is_final()
+        machine.fire_local("start", None)
+    machine.fire("recv_Pong", "pong-1")
+    assert machine.state == "done"
+    machine.fire_local("abort", None)
+    assert machine.is_final()
 
 
 # --------------------------------------------------------------------------- diagrams

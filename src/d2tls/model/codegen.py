@@ -81,8 +81,8 @@ def lint() -> list[str]:
     """Every disagreement between the spec and the code built from it (empty: all agree).
 
     Loading a spec already checks its schema, references and reachability (SpecError); this
-    adds what needs the code: the generated Enums and the handler tables of the DTLS engines
-    and of the TwinPeaks roles.
+    adds what needs the code: the generated Enums and the handler tables of the DTLS engines,
+    of the D2TLS delegation roles and of the TwinPeaks roles.
     """
     problems: list[str] = []
     try:
@@ -93,7 +93,11 @@ def lint() -> list[str]:
         problems.append(
             f"{STATES_MODULE.name} is out of date with spec/*.yaml: run `d2tls model states`"
         )
-    for spec_name, tables in (("dtls", _engine_tables), ("twinpeaks", _twinpeaks_tables)):
+    for spec_name, tables in (
+        ("dtls", _engine_tables),
+        ("d2tls", _delegation_tables),
+        ("twinpeaks", _twinpeaks_tables),
+    ):
         try:
             found = tables()
         except SpecError as exc:  # a machine refuses a table that disagrees when it is made
@@ -122,6 +126,34 @@ def _engine_tables() -> list[tuple[str, HandlerNames]]:
     return [
         (client.ROLE, client._table.names()),
         (server.ROLE, server._table.names()),
+    ]
+
+
+def _delegation_tables() -> list[tuple[str, HandlerNames]]:
+    """The handler tables of the two delegation roles (spec/d2tls.yaml): a device's attempt
+    and an agent's session, from minimal configurations (making each checks its table)."""
+    from cryptography.x509.verification import Store
+
+    from d2tls.pki.generate import create_ca
+    from d2tls.roles.agent import AgentConfig, AgentSession
+    from d2tls.roles.device import DelegationAttempt, DeviceConfig
+    from d2tls.roles.signer import DeviceSigner
+
+    ca, key = create_ca("lint")
+    device = DeviceConfig(
+        agent=("127.0.0.1", 1),
+        psk_identity=b"lint",
+        psk=b"k" * 16,
+        server=("127.0.0.1", 2),
+        server_name="lint",
+        certificate_chain=(),
+        signer=DeviceSigner(key),
+    )
+    attempt = DelegationAttempt(device, context=None, first_request_id=1)
+    session = AgentSession(AgentConfig(psk_keys={}, trust_store=Store([ca])))
+    return [
+        (attempt.ROLE, attempt._table.names()),
+        (session.ROLE, session._table.names()),
     ]
 
 

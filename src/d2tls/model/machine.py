@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Generic, NamedTuple, TypeVar
 
 from d2tls.errors import IllegalParameter, ProtocolError, SpecError, UnexpectedMessage
-from d2tls.model.spec import RecordRules, RoleSpec, StateSpec, load_spec
+from d2tls.model.spec import RecordRules, RoleSpec, StateSpec
 from d2tls.model.states import ROLE_STATES
 
 S = TypeVar("S", bound=StrEnum)
@@ -231,19 +231,7 @@ class SpecMachine(Generic[S, P]):
         """Hook run right after each state change."""
 
 
-# --------------------------------------------------------------------------- compatibility
-def builder_name(message: str) -> str:
-    """Name of the public method a :class:`MachineDriver` model builds ``message`` with."""
-    return f"build_{message}"
-
-
-def missing_callbacks(role: RoleSpec, model: object) -> list[str]:
-    """Callbacks the spec names that a :class:`MachineDriver` model does not implement."""
-    needed = set(role.callbacks()) | {builder_name(m) for m in role.built_messages()}
-    needed.add("emit_flight")
-    return sorted(n for n in needed if not callable(getattr(model, n, None)))
-
-
+# --------------------------------------------------------------------------- helpers
 def states_of(role: RoleSpec) -> type[StrEnum]:
     """The generated Enum of ``role`` (d2tls.model.states), or one made from the spec for a
     role outside the shipped spec (tests)."""
@@ -253,62 +241,3 @@ def states_of(role: RoleSpec) -> type[StrEnum]:
     members = {name.upper(): name for name in role.states}
     made: type[StrEnum] = StrEnum(f"{role.name}_states", members)  # type: ignore[misc]
     return made
-
-
-def _method_handlers(role: RoleSpec, model: object) -> Handlers[None]:
-    missing = missing_callbacks(role, model)
-    if missing:
-        raise SpecError(
-            f"role {role.name}: {type(model).__name__} lacks callbacks named in the spec: "
-            + ", ".join(missing)
-        )
-
-    def call(name: str) -> Callable[[None], bool]:
-        method: Callable[[], object] = getattr(model, name)
-        return lambda _payload: bool(method())
-
-    def run(name: str) -> Callable[[None], None]:
-        method: Callable[[], object] = getattr(model, name)
-
-        def action(_payload: None) -> None:
-            method()
-
-        return action
-
-    def hold(messages: tuple[str, ...]) -> None:
-        raise SpecError(f"role {role.name}: 'builds' needs a typed handler table")
-
-    emit_flight: Flight = getattr(model, "emit_flight")  # noqa: B009
-    return Handlers(
-        guards={name: call(name) for name in role.guards()},
-        actions={name: run(name) for name in role.actions()},
-        builders={m: getattr(model, builder_name(m)) for m in role.built_messages()},
-        hold=hold,
-        emit=emit_flight,
-    )
-
-
-class MachineDriver(SpecMachine[StrEnum, None]):
-    """A machine whose callbacks are the model's public methods named as in the spec, with
-    the state mirrored in ``model.state`` (the delegation roles use it).
-
-    Kept for roles without a typed table; new code passes :class:`Handlers` to
-    :class:`SpecMachine`.
-    """
-
-    def __init__(self, role_name: str, model: object, spec_name: str = "dtls") -> None:
-        role = load_spec(spec_name).role(role_name)
-        self.model = model
-        super().__init__(role, states_of(role), _method_handlers(role, model))
-        self._entered()
-
-    def _entered(self) -> None:
-        model: object | None = self.__dict__.get("model")
-        if model is not None:
-            setattr(model, "state", self.state)  # noqa: B010 - the model's own attribute
-
-    def fire(self, trigger: str, payload: None = None) -> None:
-        super().fire(trigger, payload)
-
-    def fire_local(self, trigger: str, payload: None = None) -> None:
-        super().fire_local(trigger, payload)
