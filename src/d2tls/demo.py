@@ -86,9 +86,11 @@ def _start(name: str, argv: list[str], directory: Path, ready: str, prefix: list
     raise DemoError(f"{name} did not start: {log.read_text(errors='replace')[-2000:]}")
 
 
-def _run_device(argv: list[str], prefix: list[str]) -> dict[str, Any]:
+def device_result(argv: list[str], prefix: list[str] | None = None) -> dict[str, Any]:
+    """Run ``d2tls device ... --json`` (under ``prefix``, e.g. ``ip netns exec``); its JSON
+    result, ``ok`` false on a failure. DemoError when it printed none."""
     completed = subprocess.run(
-        prefix + _cli("device", *argv, "--json"),
+        (prefix or []) + _cli("device", *argv, "--json"),
         capture_output=True,
         timeout=120,
         check=False,
@@ -101,9 +103,18 @@ def _run_device(argv: list[str], prefix: list[str]) -> dict[str, Any]:
             f"{completed.stderr.decode(errors='replace')[-2000:]}"
         )
     result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def succeeded(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` of :func:`device_result`; DemoError naming the cause when it failed."""
     if not result.get("ok"):
         raise DemoError(f"device ({result.get('mode')}) failed: {result.get('error')}")
     return result
+
+
+def _run_device(argv: list[str], prefix: list[str]) -> dict[str, Any]:
+    return succeeded(device_result(argv, prefix))
 
 
 def run(server_kind: str = "d2tls", keep: Path | None = None) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from d2tls.lab.twinpeaks_live import (
     LiveHierarchy,
     answer_query,
     knot_dns,
+    next_matching,
     run_client,
     serve_resolver,
 )
@@ -115,18 +116,6 @@ async def _serve_dns(
     found = await loop.run_in_executor(None, fetch_addresses, dns, query.name)
     answer_dns(resolver, query, found, pump.now)
     pump.poke()
-
-
-async def _next(
-    pump: Pump[Any], wanted: Callable[[Any], bool], timeout: float = EVENT_TIMEOUT
-) -> Any:
-    """The next event of ``pump`` that ``wanted`` accepts (others are dropped)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        event = await pump.next_event(max(0.01, deadline - loop.time()))
-        if wanted(event):
-            return event
 
 
 async def _resolve(
@@ -287,7 +276,7 @@ async def _keyserver(args: argparse.Namespace) -> int:
             Path(args.params_out).write_bytes(server.config.params.encode())
         server.start(pump.now)
         pump.poke()
-        first = await _next(pump, lambda e: isinstance(e, Serving | OwnKeyFailed), 60.0)
+        first = await next_matching(pump, lambda e: isinstance(e, Serving | OwnKeyFailed), 60.0)
         if isinstance(first, OwnKeyFailed):
             raise first.error
         persist()
@@ -323,7 +312,9 @@ async def _member(args: argparse.Namespace) -> int:
     try:
         member.start(pump.now)
         pump.poke()
-        event = await _next(pump, lambda e: isinstance(e, Registered | RegistrationError), 60.0)
+        event = await next_matching(
+            pump, lambda e: isinstance(e, Registered | RegistrationError), 60.0
+        )
         if isinstance(event, RegistrationError):
             raise event.error
         print(

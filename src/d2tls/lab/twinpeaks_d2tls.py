@@ -46,6 +46,8 @@ from d2tls.demo import (
     _start,
     _table,
     build_timeline,
+    device_result,
+    succeeded,
 )
 from d2tls.dtls.rawpk import fingerprint, spki_of
 from d2tls.lab import dns as dnslab
@@ -80,31 +82,6 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
-
-
-def _device(argv: list[str]) -> dict[str, Any]:
-    """Run ``d2tls device ... --json``; its result (``ok`` false on a failure)."""
-    completed = subprocess.run(
-        _cli("device", *argv, "--json"),
-        capture_output=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-    lines = [ln for ln in completed.stdout.decode().splitlines() if ln.startswith("{")]
-    if not lines:
-        raise DemoError(
-            f"device printed no result (exit {completed.returncode}): "
-            f"{completed.stderr.decode(errors='replace')[-2000:]}"
-        )
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
-
-
-def _ok(result: dict[str, Any]) -> dict[str, Any]:
-    if not result.get("ok"):
-        raise DemoError(f"device ({result.get('mode')}) failed: {result.get('error')}")
-    return result
 
 
 def _run_processes(
@@ -219,12 +196,14 @@ def _run_processes(
         psk_arg = ["--psk", f"{identity.decode()}:{psk.hex()}"]
         trace = ["--trace", str(device_trace)]
         impostor_psk_arg = ["--psk", f"{IMPOSTOR_IDENTITY}:{impostor_psk.hex()}"]
-        bound = _ok(
-            _device([*ours, *agent, *psk_arg, "--mode", "bound", "--connections", "2", *trace])
+        bound = succeeded(
+            device_result(
+                [*ours, *agent, *psk_arg, "--mode", "bound", "--connections", "2", *trace]
+            )
         )
-        blind = _ok(_device([*ours, *agent, *psk_arg, "--mode", "blind"]))
-        standalone = _ok(_device([*ours, "--standalone", "--ca", str(pki.ca_cert)]))
-        impostor = _device(
+        blind = succeeded(device_result([*ours, *agent, *psk_arg, "--mode", "blind"]))
+        standalone = succeeded(device_result([*ours, "--standalone", "--ca", str(pki.ca_cert)]))
+        impostor = device_result(
             [*common, "--key", str(impostor_key), *agent, *impostor_psk_arg, "--mode", "bound"]
         )
     finally:
