@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,7 +106,7 @@ class FlightItem:
     message_seq: int = -1
 
 
-class Connection(ABC):
+class Connection:
     """Record layer, reassembly, flights and timers, driven by a spec state machine whose
     states are the members of ``states`` (the role's Enum in :mod:`d2tls.model.states`)."""
 
@@ -404,9 +403,7 @@ class Connection(ABC):
         return duplicate
 
     def _prepare_reassembly(self, fragment: HandshakeFragment) -> None:
-        """Hook for the server to align message_seq after a cookie exchange (the client has
-        nothing to align)."""
-        return None
+        """Hook for the server to align message_seq after a cookie exchange."""
 
     def _process_handshake(self, msg_type: int, message_seq: int, body: bytes) -> None:
         name = message_name(msg_type)
@@ -528,9 +525,9 @@ class Connection(ABC):
         return False
 
     # ------------------------------------------------------------------ the handler table
-    @abstractmethod
     def _handlers(self) -> Handlers[Payload]:
         """The engine's handlers by spec name (checked against the spec by the machine)."""
+        raise NotImplementedError
 
     def _table_with(
         self,
