@@ -15,14 +15,14 @@ import pytest
 
 from d2tls.bench.common import Materials
 from d2tls.bench.record import CLIENT
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
-from d2tls.dtls.constants import CipherSuite, HandshakeType
-from d2tls.dtls.events import SignatureRequested
-from d2tls.dtls.fragments import parse_handshake_fragments
-from d2tls.dtls.server import DTLSServer
-from d2tls.pki.names import spki_sha256
-from d2tls.roles.signer import DeviceSigner, check_bound_transcript, check_server_certificate
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientAuth, ClientConfig, ServerConfig
+from d2tls.core.dtls.constants import CipherSuite, HandshakeType
+from d2tls.core.dtls.events import SignatureRequested
+from d2tls.core.dtls.fragments import parse_handshake_fragments
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.pki.names import spki_sha256
+from d2tls.core.roles.signer import DeviceSigner, check_bound_transcript, check_server_certificate
 from d2tls.sim import Simulation
 
 SUITE = CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8

@@ -18,12 +18,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from d2tls.bench.common import Materials
 from d2tls.bench.record import CLIENT, established_pair
-from d2tls.dtls import keyschedule
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
-from d2tls.dtls.constants import CipherSuite
-from d2tls.dtls.events import ApplicationDataReceived, HandshakeCompleted
-from d2tls.dtls.server import DTLSServer
+from d2tls.core.dtls import keyschedule
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientAuth, ClientConfig, ServerConfig
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.dtls.events import ApplicationDataReceived, HandshakeCompleted
+from d2tls.core.dtls.server import DTLSServer
 from d2tls.sim import Simulation
 
 SUITE = CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8

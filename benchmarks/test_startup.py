@@ -61,7 +61,7 @@ def _client_run(port: int) -> str:
 def test_cli_client_run_to_first_failure(benchmark: Any) -> None:
     """The whole client path: parse, build the engine, send a ClientHello to a closed port
     on 127.0.0.1 and report ICMP port unreachable (imports everything a handshake needs)."""
-    from d2tls.peers import free_udp_port
+    from d2tls.lab.peers import free_udp_port
 
     err = benchmark.pedantic(_client_run, args=(free_udp_port(),), rounds=10, warmup_rounds=1)
     assert "port unreachable" in err

@@ -50,19 +50,20 @@ nitpicky = True
 nitpick_ignore_regex = [
     (
         r"py:.*",
-        r"(asyncio|collections|enum|pathlib|typing|dataclasses|datetime|threading|ipaddress)\..*",
+        r"(abc|asyncio|collections|enum|pathlib|typing|dataclasses|datetime|threading|ipaddress)\..*",
     ),
     (r"py:.*", r"(cryptography|transitions|cbor2|redis|sqlite3|socket|ssl)\..*"),
     # Internal modules, deliberately left out of the API reference, and the TwinPeaks
     # scheme, described on its own page (twinpeaks.md).
     (
         r"py:.*",
-        r"d2tls\.(dtls\.(messages|record|keyschedule|fragments|buffer)|net|pki|trace|twinpeaks)\..*",
+        r"d2tls\.(core\.(dtls\.(messages|record|keyschedule|fragments|buffer)|pki|trace|twinpeaks)"
+        r"|net|trace)\..*",
     ),
 ]
 # Names that annotations use unqualified (module-level aliases and imports under
 # ``from __future__ import annotations``), which Sphinx cannot resolve to a documented object.
-nitpick_ignore = [("py:obj", "d2tls.sansio.EventT_co")] + [
+nitpick_ignore = [("py:obj", "d2tls.core.sansio.EventT_co")] + [
     ("py:class", name)
     for name in (
         "Address",
@@ -75,17 +76,17 @@ nitpick_ignore = [("py:obj", "d2tls.sansio.EventT_co")] + [
         "Datagram",
         "_Timer",
         "d2tls.sim.P",
-        "d2tls.sansio.EventT_co",
+        "d2tls.core.sansio.EventT_co",
         "VerdictCache",
         "DelegationMessage",
         "x509.Certificate",
         "ec.EllipticCurvePrivateKey",
         "StrEnum",
-        # type variables of d2tls.model.machine (state Enum, payload, message, result)
+        # type variables of d2tls.core.model.machine (state Enum, payload, message, result)
         "S",
         "P",
         "M",
         "R",
     )
 ]
-nitpick_ignore_regex.append((r"py:.*", r"d2tls\.model\.machine\.[SPMR]"))
+nitpick_ignore_regex.append((r"py:.*", r"d2tls\.core\.model\.machine\.[SPMR]"))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build mbedTLS's ssl_server2 and ssl_client2 sample programs (not shipped in any Debian binary
-# package) from Debian's mbedtls source package, for the peers in src/d2tls/peers.py
+# package) from Debian's mbedtls source package, for the peers in src/d2tls/lab/peers.py
 # (MbedTLSServer, MbedTLSClient).
 #
 # Idempotent and fast when already built: the binaries live in $D2TLS_MBEDTLS_DIR

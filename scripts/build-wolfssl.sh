@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build scripts/peers/wolfssl_server.c (a single-threaded wolfSSL DTLS 1.2 server, the
-# conformance peer src/d2tls/peers.py WolfSSLServer) against Debian's libwolfssl-dev.
+# conformance peer src/d2tls/lab/peers.py WolfSSLServer) against Debian's libwolfssl-dev.
 #
 # Idempotent and fast when already built: the binary lives in $D2TLS_WOLFSSL_DIR
 # (default /var/cache/d2tls/wolfssl) as bin/wolfssl_server, with bin/VERSION naming the

@@ -20,14 +20,14 @@ from d2tls.conformance.peers import make_server
 from d2tls.conformance.probe import ClientCredentials
 from d2tls.conformance.readiness import ReadinessSuite
 from d2tls.conformance.runner import udp_factory
-from d2tls.peers import free_udp_port
-from d2tls.pki.generate import init_pki
-from d2tls.pki.verify import (
+from d2tls.core.pki.generate import init_pki
+from d2tls.core.pki.verify import (
     load_certificate_chain,
     load_private_key,
     load_psk_file,
     load_trust_store,
 )
+from d2tls.lab.peers import free_udp_port
 
 D2TLS = [sys.executable, "-m", "d2tls.cli"]
 #: Options ``d2tls agent`` needs to delegate to ADDRESS (its allow-list).

@@ -18,19 +18,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509.verification import Store
 
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
-from d2tls.dtls.connection import Connection
-from d2tls.dtls.constants import CipherSuite
-from d2tls.dtls.events import (
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientAuth, ClientConfig, ServerConfig
+from d2tls.core.dtls.connection import Connection
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.dtls.events import (
     ApplicationDataReceived,
     ConnectionTerminated,
     Event,
     HandshakeCompleted,
 )
-from d2tls.dtls.server import DTLSServer
-from d2tls.pki.generate import PKIPaths, init_pki, issue_certificate
-from d2tls.pki.verify import load_certificate_chain, load_private_key, load_trust_store
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.pki.generate import PKIPaths, init_pki, issue_certificate
+from d2tls.core.pki.verify import load_certificate_chain, load_private_key, load_trust_store
 from d2tls.sim import SERVER_ADDRESS, Impairments, Simulation, Tap
 
 SERVER_NAME = "localhost"

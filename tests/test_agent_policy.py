@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from conftest import SERVER_NAME, LoadedPKI, server_config
-from d2tls.delegation.messages import (
+from d2tls.core.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
     DelegationMessage,
@@ -34,30 +34,32 @@ from d2tls.delegation.messages import (
     decode_message,
     encode_message,
 )
-from d2tls.delegation.policy import (
+from d2tls.core.delegation.policy import (
     AgentPolicy,
     DeviceEntry,
     load_agent_psk_file,
     parse_psk_line,
     parse_server_rule,
 )
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientConfig
-from d2tls.dtls.constants import CipherSuite
-from d2tls.dtls.server import DTLSServer
-from d2tls.errors import ConfigurationError
-from d2tls.net.udp import ClientEndpoint, ServerEndpoint
-from d2tls.peers import free_udp_port
-from d2tls.pki.generate import init_pki
-from d2tls.pki.verify import (
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientConfig
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.errors import ConfigurationError
+from d2tls.core.pki.generate import init_pki
+from d2tls.core.pki.verify import (
     load_certificate_chain,
     load_private_key,
     load_psk_file,
     load_trust_store,
 )
-from d2tls.roles.agent import Agent, AgentConfig, AgentSession
-from d2tls.roles.device import CHANNEL_MTU, DelegationFailed, Device, DeviceConfig
-from d2tls.roles.signer import DeviceSigner
+from d2tls.core.roles.agent import AgentConfig, AgentSession
+from d2tls.core.roles.device import CHANNEL_MTU, DelegationFailed, DeviceConfig
+from d2tls.core.roles.signer import DeviceSigner
+from d2tls.lab.peers import free_udp_port
+from d2tls.net.agent_host import Agent
+from d2tls.net.device_host import Device
+from d2tls.net.udp import ClientEndpoint, ServerEndpoint
 
 KEY = "ab" * 32
 

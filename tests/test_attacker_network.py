@@ -29,13 +29,13 @@ from d2tls.adversary.credentials import SERVER_NAME, credentials
 from d2tls.adversary.forge import datagram, seal, write_keys
 from d2tls.adversary.machines import Payloads, liveness_bound, stop_adversary
 from d2tls.adversary.observer import Observer
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig, TimerConfig
-from d2tls.dtls.connection import Connection
-from d2tls.dtls.constants import CipherSuite, ContentType
-from d2tls.dtls.record import parse_datagram
-from d2tls.dtls.server import DTLSServer
-from d2tls.randomness import Randomness, SeededRandomness
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientAuth, ClientConfig, ServerConfig, TimerConfig
+from d2tls.core.dtls.connection import Connection
+from d2tls.core.dtls.constants import CipherSuite, ContentType
+from d2tls.core.dtls.record import parse_datagram
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.randomness import Randomness, SeededRandomness
 from d2tls.sim import Address, Network
 
 SERVER: Address = ("203.0.113.10", 4433)

@@ -23,8 +23,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from d2tls.adversary import profiles
 from d2tls.adversary.machines import Payloads, stop_adversary
 from d2tls.adversary.world import D2TLSWorld, WorldOptions
-from d2tls.delegation.messages import DelegationMode, DelegationRequest
-from d2tls.dtls.config import TimerConfig
+from d2tls.core.delegation.messages import DelegationMode, DelegationRequest
+from d2tls.core.dtls.config import TimerConfig
 from d2tls.sim import Address, Impairments, Network
 
 INDEX = st.integers(0, 1 << 16)

@@ -23,7 +23,7 @@ from d2tls.bench import auth
 from d2tls.bench.auth_lab import SERVER_NAME, TLD, TOP, AuthBenchError, dns_hierarchy
 from d2tls.lab.dns import Dnssec
 from d2tls.lab.dnssec import ValidatingResolver, ValidationFailed
-from d2tls.pki.ocsp import revoke_certificate
+from d2tls.net.ocsp import revoke_certificate
 
 NEAR_RTT_MS = 1.366
 FAR_RTT_MS = 10.0

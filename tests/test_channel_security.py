@@ -15,22 +15,24 @@ from typing import Any
 import pytest
 
 from conftest import SERVER_NAME, LoadedPKI, server_config
-from d2tls.delegation.channel_security import (
+from d2tls.core.delegation.channel_security import (
     CHANNELS,
     Channel,
     agent_channel_suites,
     device_channel_suites,
 )
-from d2tls.delegation.policy import AgentPolicy, load_agent_psk_file
-from d2tls.dtls.constants import CipherSuite
-from d2tls.dtls.server import DTLSServer
-from d2tls.errors import ConfigurationError
+from d2tls.core.delegation.policy import AgentPolicy, load_agent_psk_file
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.errors import ConfigurationError
+from d2tls.core.pki.verify import load_psk_file
+from d2tls.core.roles.agent import AgentConfig
+from d2tls.core.roles.device import DelegationFailed, DeviceConfig
+from d2tls.core.roles.signer import DeviceSigner
+from d2tls.lab.peers import OutputCapture
+from d2tls.net.agent_host import Agent
+from d2tls.net.device_host import Device
 from d2tls.net.udp import ServerEndpoint
-from d2tls.peers import OutputCapture
-from d2tls.pki.verify import load_psk_file
-from d2tls.roles.agent import Agent, AgentConfig
-from d2tls.roles.device import DelegationFailed, Device, DeviceConfig
-from d2tls.roles.signer import DeviceSigner
 from test_interop import CLIServer
 
 ECDHE_PSK = CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256

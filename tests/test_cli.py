@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
 
 from conftest import SERVER_NAME, LoadedPKI
-from d2tls.dtls.constants import CipherSuite
-from d2tls.peers import OutputCapture, free_udp_port
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.lab.peers import OutputCapture, free_udp_port
 
 CLIENT_KEYS = {
     "ok",

@@ -24,10 +24,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from d2tls.dtls.config import ClientAuth, ServerConfig
-from d2tls.dtls.constants import AlertDescription, CipherSuite
-from d2tls.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
-from d2tls.peers import (
+from d2tls.core.dtls.config import ClientAuth, ServerConfig
+from d2tls.core.dtls.constants import AlertDescription, CipherSuite
+from d2tls.core.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
+from d2tls.core.pki.verify import load_certificate_chain, load_private_key, load_trust_store
+from d2tls.lab.peers import (
     GNUTLS_SUITE_PRIORITY,
     OPENSSL_SUITE_NAMES,
     GnuTLSClient,
@@ -35,7 +36,6 @@ from d2tls.peers import (
     OpenSSLClient,
     OutputCapture,
 )
-from d2tls.pki.verify import load_certificate_chain, load_private_key, load_trust_store
 from openssl_pki import DEVICE_CN, DEVICE_EXT, SERVER_AUTH_ONLY_EXT, Identity, OpenSSLPKI
 from test_interop import CLIServer, InProcessServer
 

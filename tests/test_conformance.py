@@ -28,10 +28,10 @@ from d2tls.conformance.scenarios import FAIL as SCENARIO_FAIL
 from d2tls.conformance.scenarios import PASS as SCENARIO_PASS
 from d2tls.conformance.scenarios import SCENARIOS, VOCABULARY, ScenarioRunner, Send
 from d2tls.conformance.specmodel import INPUTS, ServerOptions, spec_machine
-from d2tls.dtls.config import ClientAuth
-from d2tls.dtls.server import DTLSServer
-from d2tls.peers import free_udp_port
-from d2tls.pki.verify import load_psk_file
+from d2tls.core.dtls.config import ClientAuth
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.pki.verify import load_psk_file
+from d2tls.lab.peers import free_udp_port
 
 #: Answer timeout over UDP: generous, so that a loaded test machine does not turn a late
 #: answer into "silence" (the committed report used 0.4 s).

@@ -32,8 +32,14 @@ from d2tls.conformance.learning import learn
 from d2tls.conformance.probe import ClientCredentials
 from d2tls.conformance.readiness import FAIL, PASS, ReadinessSuite
 from d2tls.conformance.runner import udp_factory
-from d2tls.peers import NetNamespace, OpenSSLServer, WolfSSLServer
-from d2tls.pki import PKIPaths, init_pki, load_certificate_chain, load_private_key, load_psk_file
+from d2tls.core.pki import (
+    PKIPaths,
+    init_pki,
+    load_certificate_chain,
+    load_private_key,
+    load_psk_file,
+)
+from d2tls.lab.peers import NetNamespace, OpenSSLServer, WolfSSLServer
 
 HERE = Path(__file__).parent
 

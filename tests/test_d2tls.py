@@ -20,21 +20,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import load_der_x509_certificate
 
 from conftest import SERVER_NAME, LoadedPKI, server_config
-from d2tls.delegation.messages import (
+from d2tls.core.delegation.messages import (
     DelegationErrorCode,
     DelegationMessage,
     DelegationMode,
     DelegationRequest,
 )
-from d2tls.delegation.policy import AgentPolicy, load_agent_psk_file
-from d2tls.dtls.constants import CipherSuite
-from d2tls.dtls.server import DTLSServer
+from d2tls.core.delegation.policy import AgentPolicy, load_agent_psk_file
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.pki.verify import load_psk_file
+from d2tls.core.roles.agent import AgentConfig, AgentSession
+from d2tls.core.roles.device import DelegationFailed, DeviceConfig
+from d2tls.core.roles.signer import DeviceSigner
+from d2tls.net.agent_host import Agent
+from d2tls.net.device_host import Device
+from d2tls.net.ocsp import OCSPResponder, RevocationList
 from d2tls.net.udp import ServerEndpoint
-from d2tls.pki.ocsp import OCSPResponder, RevocationList
-from d2tls.pki.verify import load_psk_file
-from d2tls.roles.agent import Agent, AgentConfig, AgentSession
-from d2tls.roles.device import DelegationFailed, Device, DeviceConfig
-from d2tls.roles.signer import DeviceSigner
 
 Address = tuple[str, int]
 

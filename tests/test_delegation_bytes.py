@@ -21,13 +21,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import SERVER_NAME, LoadedPKI
-from d2tls.delegation.chain_cache import AgentChainCache, DeviceChainMemo
-from d2tls.delegation.compact import (
+from d2tls.core.delegation.chain_cache import AgentChainCache, DeviceChainMemo
+from d2tls.core.delegation.compact import (
     client_certificate_body,
     compact_transcript,
     rebuild_transcript,
 )
-from d2tls.delegation.messages import (
+from d2tls.core.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
     DelegationMessage,
@@ -37,21 +37,21 @@ from d2tls.delegation.messages import (
     SignResponse,
     chain_hash,
 )
-from d2tls.delegation.policy import AgentPolicy, DeviceEntry
-from d2tls.dtls.constants import HandshakeType
-from d2tls.dtls.messages import Certificate
-from d2tls.errors import D2TLSError
-from d2tls.pki.verify import load_certificate_chain
-from d2tls.prove.roles_check import SERVER_NAME as RULES_SERVER
-from d2tls.prove.roles_check import VIOLATIONS, Handshake, good_handshake
-from d2tls.roles.agent import AgentConfig, AgentSession
-from d2tls.roles.device import DelegationAttempt, DeviceConfig
-from d2tls.roles.signer import (
+from d2tls.core.delegation.policy import AgentPolicy, DeviceEntry
+from d2tls.core.dtls.constants import HandshakeType
+from d2tls.core.dtls.messages import Certificate
+from d2tls.core.errors import D2TLSError
+from d2tls.core.pki.verify import load_certificate_chain
+from d2tls.core.roles.agent import AgentConfig, AgentSession
+from d2tls.core.roles.device import DelegationAttempt, DeviceConfig
+from d2tls.core.roles.signer import (
     DeviceSigner,
     SigningRefused,
     bound_transcript,
     check_bound_transcript,
 )
+from d2tls.prove.roles_check import SERVER_NAME as RULES_SERVER
+from d2tls.prove.roles_check import VIOLATIONS, Handshake, good_handshake
 from test_agent_policy import (  # the agent/server stack on loopback
     NoHandshake,
     request,
@@ -206,13 +206,13 @@ def test_every_rule_still_refuses_its_violations_in_compact_form(
 
 
 def _messages_of(transcript: bytes) -> list[tuple[int, int, bytes]]:
-    from d2tls.dtls.fragments import parse_handshake_fragments
+    from d2tls.core.dtls.fragments import parse_handshake_fragments
 
     return [(m.msg_type, m.message_seq, m.body) for m in parse_handshake_fragments(transcript)]
 
 
 def _encode(messages: list[tuple[int, int, bytes]]) -> bytes:
-    from d2tls.dtls.messages import encode_handshake
+    from d2tls.core.dtls.messages import encode_handshake
 
     return b"".join(encode_handshake(kind, seq, body) for kind, seq, body in messages)
 

@@ -18,22 +18,22 @@ import pytest
 from cryptography.x509.verification import Store
 
 from d2tls.adversary import compromised
-from d2tls.delegation.messages import (
+from d2tls.core.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
     DelegationRequest,
     SessionContext,
     SignResponse,
 )
-from d2tls.errors import SpecError
-from d2tls.model import machine
-from d2tls.model.codegen import _delegation_tables, lint
-from d2tls.model.machine import Handlers, table_problems
-from d2tls.model.spec import load_spec
-from d2tls.model.states import AgentState, DeviceState
-from d2tls.pki.generate import create_ca
-from d2tls.roles import agent, device
-from d2tls.roles.signer import DeviceSigner
+from d2tls.core.errors import SpecError
+from d2tls.core.model import machine
+from d2tls.core.model.codegen import _delegation_tables, lint
+from d2tls.core.model.machine import Handlers, table_problems
+from d2tls.core.model.spec import load_spec
+from d2tls.core.model.states import AgentState, DeviceState
+from d2tls.core.pki.generate import create_ca
+from d2tls.core.roles import agent, device
+from d2tls.core.roles.signer import DeviceSigner
 
 ROLE_CLASSES: dict[str, type] = {
     "device": device.DelegationAttempt,

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d2tls.delegation import (
+from d2tls.core.delegation import (
     MAX_MESSAGE_SIZE,
     MAX_REQUEST_ID,
     NO_REQUEST_ID,
@@ -33,7 +33,7 @@ from d2tls.delegation import (
     encode_message,
     error_for,
 )
-from d2tls.errors import D2TLSError
+from d2tls.core.errors import D2TLSError
 
 MALFORMED = DelegationErrorCode.MALFORMED
 UNSUPPORTED = DelegationErrorCode.UNSUPPORTED

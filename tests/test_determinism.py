@@ -1,10 +1,10 @@
 """A whole delegated handshake in the simulator is a pure function of its seeds and clock.
 
 Device, agent and cloud server run as the very sans-IO roles the real hosts run
-(:class:`~d2tls.roles.device.DeviceProtocol`, :class:`~d2tls.roles.agent.AgentProtocol`, a
-:class:`~d2tls.dtls.server.DTLSServer`) on one :class:`~d2tls.sim.Network` with lossy,
+(:class:`~d2tls.core.roles.device.DeviceProtocol`, :class:`~d2tls.core.roles.agent.AgentProtocol`, a
+:class:`~d2tls.core.dtls.server.DTLSServer`) on one :class:`~d2tls.sim.Network` with lossy,
 jittery links. With the same network seed, the same injected randomness
-(:class:`~d2tls.randomness.SeededRandomness`: randoms, ephemeral keys, RFC 6979 signatures,
+(:class:`~d2tls.core.randomness.SeededRandomness`: randoms, ephemeral keys, RFC 6979 signatures,
 the device's signer too) and the same wall clock, every datagram of the run (the PSK channel,
 the agent's full handshake with the server, the device's resumption, application data) is
 the same to the byte, sent at the same virtual time, between the same addresses.
@@ -15,15 +15,15 @@ from __future__ import annotations
 from functools import cache
 
 from d2tls.adversary.credentials import SERVER_NAME, Credentials, credentials
-from d2tls.clock import FixedClock
-from d2tls.delegation.messages import DelegationMode
-from d2tls.dtls.config import ClientAuth, ServerConfig
-from d2tls.dtls.events import ApplicationDataReceived
-from d2tls.dtls.server import DTLSServer
-from d2tls.randomness import SeededRandomness
-from d2tls.roles.agent import AgentConfig, AgentProtocol
-from d2tls.roles.device import DataReceived, DeviceConfig, DeviceProtocol
-from d2tls.roles.signer import DeviceSigner
+from d2tls.core.clock import FixedClock
+from d2tls.core.delegation.messages import DelegationMode
+from d2tls.core.dtls.config import ClientAuth, ServerConfig
+from d2tls.core.dtls.events import ApplicationDataReceived
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.randomness import SeededRandomness
+from d2tls.core.roles.agent import AgentConfig, AgentProtocol
+from d2tls.core.roles.device import DataReceived, DeviceConfig, DeviceProtocol
+from d2tls.core.roles.signer import DeviceSigner
 from d2tls.sim import Address, Impairments, Network
 
 SERVER: Address = ("203.0.113.10", 4433)

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from conftest import SERVER_NAME
-from d2tls.peers import OutputCapture, free_udp_port
-from d2tls.pki import init_pki
+from d2tls.core.pki import init_pki
+from d2tls.lab.peers import OutputCapture, free_udp_port
 
 
 def cli(*args: str) -> list[str]:

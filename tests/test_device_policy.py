@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from conftest import SERVER_NAME, LoadedPKI, Run, client_config, server_config
-from d2tls.delegation.messages import (
+from d2tls.core.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
     DelegationMode,
@@ -26,10 +26,10 @@ from d2tls.delegation.messages import (
     SignResponse,
     Wiped,
 )
-from d2tls.dtls.constants import CipherSuite
-from d2tls.dtls.events import SignatureRequested
-from d2tls.roles.device import Command, DelegationAttempt, DeviceConfig
-from d2tls.roles.signer import DeviceSigner
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.dtls.events import SignatureRequested
+from d2tls.core.roles.device import Command, DelegationAttempt, DeviceConfig
+from d2tls.core.roles.signer import DeviceSigner
 
 
 def make_protocol(

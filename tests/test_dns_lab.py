@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from d2tls.core.twinpeaks import clpkc
 from d2tls.lab import dns as lab
-from d2tls.twinpeaks import clpkc
 
 V4 = ipaddress.IPv4Address("127.0.0.1")
 V6 = ipaddress.IPv6Address("::1")

@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from d2tls.model.spec import RoleSpec, load_spec
+from d2tls.core.model.spec import RoleSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -21,17 +21,17 @@ from conftest import (
     psk_client_config,
     psk_server_config,
 )
-from d2tls.dtls import keyschedule
-from d2tls.dtls.constants import (
+from d2tls.core.dtls import keyschedule
+from d2tls.core.dtls.constants import (
     SECP256R1,
     AlertDescription,
     CipherSuite,
     ContentType,
     HandshakeType,
 )
-from d2tls.dtls.ecdhe_psk import client_key_exchange, server_pre_master
-from d2tls.dtls.fragments import HandshakeFragment, encode_fragment, parse_handshake_fragments
-from d2tls.dtls.messages import (
+from d2tls.core.dtls.ecdhe_psk import client_key_exchange, server_pre_master
+from d2tls.core.dtls.fragments import HandshakeFragment, encode_fragment, parse_handshake_fragments
+from d2tls.core.dtls.messages import (
     MAX_PSK_HINT,
     ClientHello,
     ClientKeyExchangeECDHEPSK,
@@ -40,15 +40,15 @@ from d2tls.dtls.messages import (
     decode_handshake_body,
     encode_handshake,
 )
-from d2tls.dtls.record import AEADProtection, Record, encode_record, parse_datagram
-from d2tls.errors import (
+from d2tls.core.dtls.record import AEADProtection, Record, encode_record, parse_datagram
+from d2tls.core.errors import (
     ConfigurationError,
     DecodeError,
     IllegalParameter,
     ProtocolError,
     RecordError,
 )
-from d2tls.randomness import SYSTEM
+from d2tls.core.randomness import SYSTEM
 from d2tls.sim import Tap
 from test_handshake import (
     assert_established,

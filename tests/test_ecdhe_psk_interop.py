@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import LoadedPKI
-from d2tls.dtls.constants import CipherSuite
-from d2tls.peers import (
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.lab.peers import (
     GnuTLSServer,
     MbedTLSClient,
     MbedTLSServer,

@@ -23,7 +23,7 @@ What happens to garbage (documented behaviour, checked below):
 * An engine bug is never an acceptable outcome: tests run the engines strict
   (``Connection.raise_internal_errors``, set in tests/conftest.py), so an exception the engine
   would turn into an internal_error termination in production propagates and fails the test;
-  an :class:`~d2tls.dtls.events.InternalError` event fails it as well.
+  an :class:`~d2tls.core.dtls.events.InternalError` event fails it as well.
 """
 
 from __future__ import annotations
@@ -44,18 +44,24 @@ from conftest import (
     client_config,
     server_config,
 )
-from d2tls.dtls.connection import Connection
-from d2tls.dtls.constants import DTLS_1_0, DTLS_1_2, AlertDescription, ContentType, HandshakeType
-from d2tls.dtls.events import (
+from d2tls.core.dtls.connection import Connection
+from d2tls.core.dtls.constants import (
+    DTLS_1_0,
+    DTLS_1_2,
+    AlertDescription,
+    ContentType,
+    HandshakeType,
+)
+from d2tls.core.dtls.events import (
     ConnectionTerminated,
     Event,
     HandshakeCompleted,
     InternalError,
     SignatureRequested,
 )
-from d2tls.dtls.fragments import HandshakeFragment, encode_fragment
-from d2tls.dtls.record import Record, encode_record, parse_datagram
-from d2tls.dtls.server import ServerConnection
+from d2tls.core.dtls.fragments import HandshakeFragment, encode_fragment
+from d2tls.core.dtls.record import Record, encode_record, parse_datagram
+from d2tls.core.dtls.server import ServerConnection
 
 MTU = 256  # small flights: more datagrams, so more states between them
 #: Deterministic by default; D2TLS_FUZZ_EXAMPLES=N runs N random examples per test instead.

@@ -1,5 +1,5 @@
-"""One error hierarchy (src/d2tls/errors.py): every exception class of the package derives from
-D2TLSError, the core's classes live in d2tls.errors and keep their old import names, and
+"""One error hierarchy (src/d2tls/core/errors.py): every exception class of the package derives from
+D2TLSError, the core's classes live in d2tls.core.errors and keep their old import names, and
 failures are classified by type, never by alert-name strings."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 import d2tls
-from d2tls import errors
-from d2tls.delegation.messages import DelegationErrorCode
-from d2tls.dtls.constants import AlertDescription
-from d2tls.dtls.events import ConnectionTerminated
-from d2tls.roles.agent import CERTIFICATE_ALERTS, describe_server_failure
+from d2tls.core import errors
+from d2tls.core.delegation.messages import DelegationErrorCode
+from d2tls.core.dtls.constants import AlertDescription
+from d2tls.core.dtls.events import ConnectionTerminated
+from d2tls.core.roles.agent import CERTIFICATE_ALERTS, describe_server_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Exceptions that deliberately are not D2TLSErrors, and why.
@@ -30,17 +30,17 @@ INTENTIONAL = {
     "d2tls.conformance.scenarios._Inconclusive": "private control-flow signal",
     "d2tls.conformance.specmodel._Abort": "private control-flow signal",
 }
-#: Classes whose home is d2tls.errors, by the module that re-exports them under the old name.
+#: Classes whose home is d2tls.core.errors, by the module that re-exports them under the old name.
 MOVED = {
-    "d2tls.dtls.connection": ["InvalidStateError"],
-    "d2tls.dtls.session_file": ["SessionNotResumable"],
-    "d2tls.delegation.messages": ["DelegationProtocolError"],
-    "d2tls.roles.device": ["DelegationFailed"],
-    "d2tls.pki.ocsp": ["OCSPError"],
-    "d2tls.pki.generate": ["PKIExistsError"],
-    "d2tls.store.codec": ["CorruptEntry"],
-    "d2tls.store.redis_server": ["RedisServerMissing"],
-    "d2tls.twinpeaks.errors": [
+    "d2tls.core.dtls.connection": ["InvalidStateError"],
+    "d2tls.core.dtls.session_file": ["SessionNotResumable"],
+    "d2tls.core.delegation.messages": ["DelegationProtocolError"],
+    "d2tls.core.roles.device": ["DelegationFailed"],
+    "d2tls.net.ocsp": ["OCSPError"],
+    "d2tls.core.pki.generate": ["PKIExistsError"],
+    "d2tls.core.store.codec": ["CorruptEntry"],
+    "d2tls.lab.redis_server": ["RedisServerMissing"],
+    "d2tls.core.twinpeaks.errors": [
         "TwinPeaksError",
         "EncodingError",
         "InvalidPoint",
@@ -74,13 +74,13 @@ def exception_classes() -> dict[str, type[BaseException]]:
 
 def test_every_exception_class_derives_from_d2tls_error() -> None:
     classes = exception_classes()
-    assert "d2tls.errors.ProtocolError" in classes and "d2tls.net.udp.NoAnswer" in classes
+    assert "d2tls.core.errors.ProtocolError" in classes and "d2tls.net.udp.NoAnswer" in classes
     outside = sorted(
         name
         for name, cls in classes.items()
         if not issubclass(cls, errors.D2TLSError) and name not in INTENTIONAL
     )
-    assert outside == [], f"derive these from d2tls.errors.D2TLSError: {outside}"
+    assert outside == [], f"derive these from d2tls.core.errors.D2TLSError: {outside}"
     stale = sorted(set(INTENTIONAL) - set(classes))
     assert stale == [], f"documented exceptions that no longer exist: {stale}"
 
@@ -102,7 +102,7 @@ def test_moved_classes_keep_their_old_import_names(module_name: str) -> None:
     module = importlib.import_module(module_name)
     for name in MOVED[module_name]:
         assert getattr(module, name) is getattr(errors, name)
-        assert getattr(errors, name).__module__ == "d2tls.errors"
+        assert getattr(errors, name).__module__ == "d2tls.core.errors"
 
 
 @pytest.mark.parametrize("alert", list(AlertDescription))

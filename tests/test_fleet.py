@@ -26,17 +26,18 @@ from typing import Any, cast
 import pytest
 
 from conftest import SERVER_NAME, LoadedPKI, server_config
-from d2tls.dtls.events import Event, HandshakeCompleted
-from d2tls.dtls.server import DTLSServer
+from d2tls.core.dtls.events import Event, HandshakeCompleted
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.pki.verify import load_psk_file
+from d2tls.core.roles.agent import AgentConfig
+from d2tls.core.roles.signer import DeviceSigner
+from d2tls.core.store import open_store
+from d2tls.core.store.redis_store import RedisSessionStore
+from d2tls.lab.redis_server import RedisServer
+from d2tls.net.agent_host import Agent
+from d2tls.net.device_host import Device, DeviceConfig
 from d2tls.net.loadbalancer import BackgroundLoadBalancer, Policy, UDPLoadBalancer
 from d2tls.net.udp import ServerEndpoint
-from d2tls.pki.verify import load_psk_file
-from d2tls.roles.agent import Agent, AgentConfig
-from d2tls.roles.device import Device, DeviceConfig
-from d2tls.roles.signer import DeviceSigner
-from d2tls.store import open_store
-from d2tls.store.redis_server import RedisServer
-from d2tls.store.redis_store import RedisSessionStore
 from test_store import KEYS, start_redis
 
 Address = tuple[str, int]
@@ -202,7 +203,7 @@ def test_redis_outage_falls_back_to_delegation_and_recovers(
             assert fleet.seen() == [[False], [], [True]]  # across instances again
             assert all(store.available for store in (fleet.stores[A], fleet.stores[C]))
 
-    with caplog.at_level(logging.WARNING, logger="d2tls.store"):
+    with caplog.at_level(logging.WARNING, logger="d2tls.core.store"):
         run(scenario())
     assert "unavailable" in caplog.text
     assert "reachable again" in caplog.text

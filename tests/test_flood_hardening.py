@@ -30,8 +30,8 @@ from conftest import (
     psk_server_config,
     server_config,
 )
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.constants import (
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.constants import (
     DTLS_1_2,
     MAX_SEQUENCE,
     AlertDescription,
@@ -39,11 +39,11 @@ from d2tls.dtls.constants import (
     ContentType,
     HandshakeType,
 )
-from d2tls.dtls.events import ConnectionTerminated
-from d2tls.dtls.fragments import HandshakeFragment, encode_fragment, parse_handshake_fragments
-from d2tls.dtls.messages import ClientHello
-from d2tls.dtls.record import Record, encode_record, parse_datagram
-from d2tls.dtls.server import (
+from d2tls.core.dtls.events import ConnectionTerminated
+from d2tls.core.dtls.fragments import HandshakeFragment, encode_fragment, parse_handshake_fragments
+from d2tls.core.dtls.messages import ClientHello
+from d2tls.core.dtls.record import Record, encode_record, parse_datagram
+from d2tls.core.dtls.server import (
     MAX_CLIENT_HELLO_LENGTH,
     MAX_PENDING_HELLO_BYTES,
     MAX_PENDING_HELLOS,

@@ -1,4 +1,4 @@
-"""Tests of d2tls.dtls.fragments: parsing, splitting and reassembly (RFC 6347 §4.2.2-4.2.3)."""
+"""Tests of d2tls.core.dtls.fragments: parsing, splitting and reassembly (RFC 6347 §4.2.2-4.2.3)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from d2tls.dtls.constants import MAX_HANDSHAKE_MESSAGE, HandshakeType
-from d2tls.dtls.fragments import (
+from d2tls.core.dtls.constants import MAX_HANDSHAKE_MESSAGE, HandshakeType
+from d2tls.core.dtls.fragments import (
     MAX_REASSEMBLY_BYTES,
     PIECE_OVERHEAD,
     HandshakeFragment,
@@ -20,8 +20,8 @@ from d2tls.dtls.fragments import (
     fragment_message,
     parse_handshake_fragments,
 )
-from d2tls.dtls.messages import Certificate, ServerKeyExchangeECDHE, encode_handshake
-from d2tls.errors import DecodeError, IllegalParameter
+from d2tls.core.dtls.messages import Certificate, ServerKeyExchangeECDHE, encode_handshake
+from d2tls.core.errors import DecodeError, IllegalParameter
 
 # Record payloads (13-byte record headers stripped) sent by `openssl s_server -dtls1_2`
 # (OpenSSL 3.0.19) over loopback to `openssl s_client -dtls1_2`, captured with a logging UDP

@@ -14,7 +14,7 @@ import pytest
 
 from d2tls.adversary.fuzz import TARGETS, _all, fuzz_record, guarded, main
 from d2tls.adversary.world import D2TLSWorld
-from d2tls.delegation.messages import (
+from d2tls.core.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
     DelegationMessage,
@@ -23,15 +23,15 @@ from d2tls.delegation.messages import (
     Wiped,
     encode_message,
 )
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientConfig, ServerConfig
-from d2tls.dtls.connection import Connection
-from d2tls.dtls.constants import AlertDescription, CipherSuite
-from d2tls.dtls.events import InternalError
-from d2tls.dtls.fragments import parse_handshake_fragments
-from d2tls.dtls.record import parse_datagram
-from d2tls.dtls.server import DTLSServer, ServerConnection
-from d2tls.errors import D2TLSError
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientConfig, ServerConfig
+from d2tls.core.dtls.connection import Connection
+from d2tls.core.dtls.constants import AlertDescription, CipherSuite
+from d2tls.core.dtls.events import InternalError
+from d2tls.core.dtls.fragments import parse_handshake_fragments
+from d2tls.core.dtls.record import parse_datagram
+from d2tls.core.dtls.server import DTLSServer, ServerConnection
+from d2tls.core.errors import D2TLSError
 
 
 def _seeds() -> dict[str, list[bytes]]:
@@ -153,7 +153,7 @@ def test_without_strict_mode_an_internal_error_is_still_a_finding(
             psk_keys={b"device-1": bytes(32)},
         )
     )
-    with caplog.at_level(logging.ERROR, logger="d2tls.dtls"):
+    with caplog.at_level(logging.ERROR, logger="d2tls.core.dtls"):
         server.receive_datagram(hello, ("192.0.2.9", 9), 0.0)
     ((reply, _),) = server.datagrams_to_send(0.0)
     ((record,), _) = parse_datagram(reply)

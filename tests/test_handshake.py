@@ -27,9 +27,9 @@ from conftest import (
     psk_server_config,
     server_config,
 )
-from d2tls.dtls.config import TimerConfig
-from d2tls.dtls.connection import InvalidStateError
-from d2tls.dtls.constants import (
+from d2tls.core.dtls.config import TimerConfig
+from d2tls.core.dtls.connection import InvalidStateError
+from d2tls.core.dtls.constants import (
     COMPRESSION_NULL,
     DTLS_1_2,
     AlertDescription,
@@ -38,20 +38,20 @@ from d2tls.dtls.constants import (
     ContentType,
     HandshakeType,
 )
-from d2tls.dtls.events import (
+from d2tls.core.dtls.events import (
     AlertReceived,
     ApplicationDataReceived,
     ConnectionTerminated,
     HandshakeCompleted,
     SignatureRequested,
 )
-from d2tls.dtls.fragments import (
+from d2tls.core.dtls.fragments import (
     HandshakeFragment,
     encode_fragment,
     fragment_message,
     parse_handshake_fragments,
 )
-from d2tls.dtls.messages import (
+from d2tls.core.dtls.messages import (
     ClientHello,
     HelloRequest,
     HelloVerifyRequest,
@@ -59,9 +59,9 @@ from d2tls.dtls.messages import (
     extended_master_secret_extension,
     renegotiation_info_extension,
 )
-from d2tls.dtls.record import Record, encode_record, parse_datagram, protect
-from d2tls.dtls.server import DTLSServer
-from d2tls.dtls.session import Session
+from d2tls.core.dtls.record import Record, encode_record, parse_datagram, protect
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.dtls.session import Session
 from d2tls.sim import Impairments
 
 CCM8 = CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8
@@ -878,7 +878,7 @@ def test_missing_client_certificate_when_required_is_a_handshake_failure(pki: Lo
 
 def test_missing_client_certificate_is_accepted_when_optional(pki: LoadedPKI) -> None:
     """RFC 5246 §7.4.6: with optional client authentication an empty Certificate is fine."""
-    from d2tls.dtls.config import ClientAuth
+    from d2tls.core.dtls.config import ClientAuth
 
     run = Run(
         server_config(pki, client_auth=ClientAuth.OPTIONAL),

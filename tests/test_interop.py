@@ -35,12 +35,17 @@ from typing import Any, Self, TypeVar
 import pytest
 
 from conftest import SERVER_NAME, LoadedPKI
-from d2tls.dtls.config import ClientAuth, ServerConfig
-from d2tls.dtls.constants import AlertDescription, CipherSuite
-from d2tls.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
-from d2tls.dtls.server import DTLSServer
-from d2tls.net.udp import ServerEndpoint
-from d2tls.peers import (
+from d2tls.core.dtls.config import ClientAuth, ServerConfig
+from d2tls.core.dtls.constants import AlertDescription, CipherSuite
+from d2tls.core.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.pki import (
+    issue_certificate,
+    load_psk_file,
+    write_pem_certificate,
+    write_pem_private_key,
+)
+from d2tls.lab.peers import (
     GNUTLS_SUITE_PRIORITY,
     GnuTLSClient,
     GnuTLSServer,
@@ -50,12 +55,7 @@ from d2tls.peers import (
     OutputCapture,
     require_tool,
 )
-from d2tls.pki import (
-    issue_certificate,
-    load_psk_file,
-    write_pem_certificate,
-    write_pem_private_key,
-)
+from d2tls.net.udp import ServerEndpoint
 
 pytestmark = pytest.mark.interop
 

@@ -23,10 +23,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from d2tls.dtls import keyschedule
-from d2tls.dtls.constants import CHACHA20_SUITES, CipherSuite
-from d2tls.dtls.keylog import KeyLogFile, keylog_from_environment, keylog_line
-from d2tls.errors import ConfigurationError, IllegalParameter
+from d2tls.core.dtls import keyschedule
+from d2tls.core.dtls.constants import CHACHA20_SUITES, CipherSuite
+from d2tls.core.dtls.keylog import KeyLogFile, keylog_from_environment, keylog_line
+from d2tls.core.errors import ConfigurationError, IllegalParameter
 
 h = bytes.fromhex
 

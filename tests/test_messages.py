@@ -1,4 +1,5 @@
-"""Tests of d2tls.dtls.messages: known encodings from real peers, round trips, hostile input."""
+"""Tests of d2tls.core.dtls.messages: known encodings from real peers, round trips, hostile
+input."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d2tls.dtls.constants import (
+from d2tls.core.dtls.constants import (
     DTLS_1_0,
     DTLS_1_2,
     ECDSA_SECP256R1_SHA256,
@@ -26,7 +27,7 @@ from d2tls.dtls.constants import (
     ExtensionType,
     HandshakeType,
 )
-from d2tls.dtls.messages import (
+from d2tls.core.dtls.messages import (
     CHANGE_CIPHER_SPEC_BODY,
     Alert,
     Certificate,
@@ -65,7 +66,7 @@ from d2tls.dtls.messages import (
     signature_algorithms_extension,
     supported_groups_extension,
 )
-from d2tls.errors import DecodeError, IllegalParameter, UnexpectedMessage
+from d2tls.core.errors import DecodeError, IllegalParameter, UnexpectedMessage
 
 #: What a hostile-input decoder may raise; anything else is a bug.
 DECODER_ERRORS = (DecodeError, IllegalParameter, UnexpectedMessage)

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import LoadedPKI
 from d2tls.cli import HANDSHAKE_TIMEOUT, build_parser
-from d2tls.peers import free_udp_port
+from d2tls.lab.peers import free_udp_port
 
 PSK = "dev:" + "11" * 16
 

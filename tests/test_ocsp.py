@@ -1,4 +1,4 @@
-"""OCSP responder and client (d2tls.pki.ocsp, RFC 6960) over real loopback sockets."""
+"""OCSP responder and client (d2tls.net.ocsp, RFC 6960) over real loopback sockets."""
 
 from __future__ import annotations
 
@@ -28,10 +28,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d2tls.errors import ConfigurationError, D2TLSError
-from d2tls.pki import ocsp as ocsp_module
-from d2tls.pki.generate import PKIPaths, init_pki, issue_certificate
-from d2tls.pki.ocsp import (
+from d2tls.core.errors import ConfigurationError, D2TLSError
+from d2tls.core.pki.generate import PKIPaths, init_pki, issue_certificate
+from d2tls.core.pki.verify import load_private_key
+from d2tls.net import ocsp as ocsp_module
+from d2tls.net.ocsp import (
     OCSPError,
     OCSPResponder,
     OCSPResult,
@@ -40,7 +41,6 @@ from d2tls.pki.ocsp import (
     check_ocsp,
     revoke_certificate,
 )
-from d2tls.pki.verify import load_private_key
 
 DER = serialization.Encoding.DER
 Status = ocsp.OCSPResponseStatus
@@ -765,7 +765,7 @@ def test_error_hierarchy() -> None:
 def test_run_ocsp_responder_forever_in_a_process(env: Env) -> None:
     code = (
         "import sys; from pathlib import Path; "
-        "from d2tls.pki.ocsp import run_ocsp_responder_forever as r; "
+        "from d2tls.net.ocsp import run_ocsp_responder_forever as r; "
         "r(Path(sys.argv[1]), '127.0.0.1', 0)"
     )
     proc = subprocess.Popen(

@@ -15,8 +15,17 @@ from typing import TypedDict
 import pytest
 from cryptography import x509
 
-from d2tls.dtls.constants import CipherSuite
-from d2tls.peers import (
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.pki import (
+    PKIPaths,
+    init_pki,
+    issue_certificate,
+    load_private_key,
+    load_psk_file,
+    write_pem_certificate,
+    write_pem_private_key,
+)
+from d2tls.lab.peers import (
     GNUTLS_SUITE_PRIORITY,
     OPENSSL_SUITE_NAMES,
     WOLFSSL_ONLY_SUITES,
@@ -27,15 +36,6 @@ from d2tls.peers import (
     OpenSSLServer,
     free_udp_port,
     require_tool,
-)
-from d2tls.pki import (
-    PKIPaths,
-    init_pki,
-    issue_certificate,
-    load_private_key,
-    load_psk_file,
-    write_pem_certificate,
-    write_pem_private_key,
 )
 
 pytestmark = pytest.mark.interop

@@ -1,4 +1,4 @@
-"""PKI generation, loading and chain verification (d2tls.pki)."""
+"""PKI generation, loading and chain verification (d2tls.core.pki)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ from cryptography.x509.verification import Store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d2tls.dtls.constants import AlertDescription
-from d2tls.errors import CertificateError, ConfigurationError
-from d2tls.peers import require_tool
-from d2tls.pki import (
+from d2tls.core.dtls.constants import AlertDescription
+from d2tls.core.errors import CertificateError, ConfigurationError
+from d2tls.core.pki import (
     PKIPaths,
     certificate_subject,
     create_ca,
@@ -36,6 +35,7 @@ from d2tls.pki import (
     write_pem_certificate,
     write_pem_private_key,
 )
+from d2tls.lab.peers import require_tool
 
 DER = serialization.Encoding.DER
 IGNORE_CRYPTO_DEPRECATION = pytest.mark.filterwarnings(

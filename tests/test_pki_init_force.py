@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from d2tls.pki.generate import PKIExistsError, existing_pki_files, init_pki
+from d2tls.core.pki.generate import PKIExistsError, existing_pki_files, init_pki
 
 
 def pki_init(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from d2tls.core.resources import proofs_dir, spec_dir
 from d2tls.prove import contents, roles_check, spec_text
 from d2tls.prove.consistency import check_theories
-from d2tls.resources import proofs_dir, spec_dir
 
 MAIN_THEORY = proofs_dir() / "d2tls_dtls12.spthy"
 
@@ -301,7 +301,7 @@ def test_a_signer_that_skips_a_spec_rule_is_caught(
     monkeypatch: pytest.MonkeyPatch, target: str, rule: int
 ) -> None:
     """The signer is run, not read: take a check out and the violation goes through."""
-    from d2tls.roles import signer
+    from d2tls.core.roles import signer
 
     rules = spec_text.bound_signing_rules(spec_text.delegation_md())
     assert roles_check.check_signer_policy(rules) == []
@@ -311,7 +311,7 @@ def test_a_signer_that_skips_a_spec_rule_is_caught(
 
 
 def test_a_signer_that_ignores_the_digest_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    from d2tls.roles import signer
+    from d2tls.core.roles import signer
 
     real = signer.check_bound_transcript
 
@@ -334,7 +334,7 @@ def test_every_violation_is_refused_for_its_own_rule() -> None:
     so a pass is not an accident of another check."""
     import hashlib
 
-    from d2tls.roles.signer import SigningRefused, check_bound_transcript
+    from d2tls.core.roles.signer import SigningRefused, check_bound_transcript
 
     reasons = {
         1: "hash to the digest", 2: "whole handshake messages|exactly one ClientHello",

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from conftest import LoadedPKI
-from d2tls.dtls.config import ClientConfig, ServerConfig
-from d2tls.dtls.constants import CipherSuite
-from d2tls.errors import ConfigurationError
-from d2tls.peers import OpenSSLServer
-from d2tls.pki import init_pki, load_psk_file, parse_psk
+from d2tls.core.dtls.config import ClientConfig, ServerConfig
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.errors import ConfigurationError
+from d2tls.core.pki import init_pki, load_psk_file, parse_psk
+from d2tls.lab.peers import OpenSSLServer
 from test_client_cert_nosan import assert_delegated_then_resumed, run_delegation
 from test_interop import CLIServer
 

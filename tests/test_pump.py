@@ -7,15 +7,15 @@ from collections import deque
 
 import pytest
 
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientConfig, ServerConfig
-from d2tls.dtls.constants import CipherSuite
-from d2tls.dtls.events import Event, HandshakeCompleted
-from d2tls.dtls.server import DTLSServer
-from d2tls.errors import EventTimeout, TransportClosed
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientConfig, ServerConfig
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.dtls.events import Event, HandshakeCompleted
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.errors import EventTimeout, TransportClosed
+from d2tls.core.sansio import Address, Datagram, SansIOProtocol
 from d2tls.net.pump import Pump
 from d2tls.net.udp import ClientEndpoint
-from d2tls.sansio import Address, Datagram, SansIOProtocol
 
 PSK_ID, PSK = b"pump-test", bytes(range(16))
 PSK_SUITE = CipherSuite.TLS_PSK_WITH_AES_128_CCM_8

@@ -21,27 +21,27 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from conftest import SERVER_NAME, LoadedPKI, Run, client_config, server_config
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
-from d2tls.dtls.constants import (
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientAuth, ClientConfig, ServerConfig
+from d2tls.core.dtls.constants import (
     AlertDescription,
     CertificateType,
     ContentType,
     ExtensionType,
     HandshakeType,
 )
-from d2tls.dtls.fragments import parse_handshake_fragments
-from d2tls.dtls.messages import (
+from d2tls.core.dtls.fragments import parse_handshake_fragments
+from d2tls.core.dtls.messages import (
     Certificate,
     ClientHello,
     RawPublicKeyCertificate,
     ServerHello,
 )
-from d2tls.dtls.rawpk import fingerprint, load_spki_file, spki_of
-from d2tls.dtls.record import parse_datagram
-from d2tls.dtls.server import ServerConnection
-from d2tls.errors import ConfigurationError
-from d2tls.peers import (
+from d2tls.core.dtls.rawpk import fingerprint, load_spki_file, spki_of
+from d2tls.core.dtls.record import parse_datagram
+from d2tls.core.dtls.server import ServerConnection
+from d2tls.core.errors import ConfigurationError
+from d2tls.lab.peers import (
     GNUTLS_RAWPK_PRIORITY,
     GnuTLSClient,
     GnuTLSServer,
@@ -389,7 +389,7 @@ def test_hostile_client_key_gets_the_right_alert(
 def test_malformed_certificate_type_list_is_decode_error(data: bytes) -> None:
     class BadHello(DTLSClient):
         def _certificate_type_extensions(self) -> list[Any]:
-            from d2tls.dtls.messages import Extension
+            from d2tls.core.dtls.messages import Extension
 
             return [Extension(ExtensionType.SERVER_CERTIFICATE_TYPE, data)]
 

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from d2tls.peers import OutputCapture, free_udp_port
+from d2tls.lab.peers import OutputCapture, free_udp_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG_RUNNING = "runs until Ctrl-C"

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from d2tls.dtls.constants import (
+from d2tls.core.dtls.constants import (
     CHACHA20_SUITES,
     DTLS_1_0,
     DTLS_1_2,
@@ -28,7 +28,7 @@ from d2tls.dtls.constants import (
     CipherSuite,
     ContentType,
 )
-from d2tls.dtls.record import (
+from d2tls.core.dtls.record import (
     AEADProtection,
     EpochState,
     Record,
@@ -38,7 +38,7 @@ from d2tls.dtls.record import (
     protect,
     unprotect,
 )
-from d2tls.errors import ProtocolError, RecordError
+from d2tls.core.errors import ProtocolError, RecordError
 
 h = bytes.fromhex
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from d2tls.dtls.constants import MAX_SEQUENCE
-from d2tls.dtls.record import ReplayWindow
+from d2tls.core.dtls.constants import MAX_SEQUENCE
+from d2tls.core.dtls.record import ReplayWindow
 
 
 class ModelWindow:

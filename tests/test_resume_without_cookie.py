@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig, TimerConfig
-from d2tls.dtls.constants import (
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientAuth, ClientConfig, ServerConfig, TimerConfig
+from d2tls.core.dtls.constants import (
     COMPRESSION_NULL,
     DTLS_1_2,
     CipherSuite,
@@ -31,14 +31,14 @@ from d2tls.dtls.constants import (
     ExtensionType,
     HandshakeType,
 )
-from d2tls.dtls.events import ConnectionTerminated, HandshakeCompleted
-from d2tls.dtls.fragments import parse_handshake_fragments
-from d2tls.dtls.messages import ClientHello, Extension, encode_handshake, encode_server_name
-from d2tls.dtls.record import Record, encode_record, parse_datagram
-from d2tls.dtls.server import UNPROVEN_RETRANSMISSIONS
-from d2tls.dtls.session import Session
-from d2tls.peers import OPENSSL_SUITE_NAMES, OpenSSLClient
-from d2tls.pki.verify import load_certificate_chain, load_private_key, load_trust_store
+from d2tls.core.dtls.events import ConnectionTerminated, HandshakeCompleted
+from d2tls.core.dtls.fragments import parse_handshake_fragments
+from d2tls.core.dtls.messages import ClientHello, Extension, encode_handshake, encode_server_name
+from d2tls.core.dtls.record import Record, encode_record, parse_datagram
+from d2tls.core.dtls.server import UNPROVEN_RETRANSMISSIONS
+from d2tls.core.dtls.session import Session
+from d2tls.core.pki.verify import load_certificate_chain, load_private_key, load_trust_store
+from d2tls.lab.peers import OPENSSL_SUITE_NAMES, OpenSSLClient
 from openssl_pki import OpenSSLPKI
 from test_interop import CLIServer, InProcessServer
 

@@ -20,28 +20,28 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from conftest import SERVER_NAME, LoadedPKI, Run, client_config, server_config
-from d2tls.delegation.messages import (
+from d2tls.core.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
     DelegationMode,
     SignResponse,
 )
-from d2tls.dtls.events import SignatureRequested
-from d2tls.dtls.messages import Certificate
-from d2tls.errors import CertificateError
-from d2tls.pki.names import names_server, spki_sha256, subject_alt_names
-from d2tls.pki.verify import load_certificate_chain, load_private_key, load_trust_store
+from d2tls.core.dtls.events import SignatureRequested
+from d2tls.core.dtls.messages import Certificate
+from d2tls.core.errors import CertificateError
+from d2tls.core.pki.names import names_server, spki_sha256, subject_alt_names
+from d2tls.core.pki.verify import load_certificate_chain, load_private_key, load_trust_store
+from d2tls.core.resources import proofs_dir
+from d2tls.core.roles.device import DelegationAttempt, DelegationFailed
+from d2tls.core.roles.signer import SigningRefused, check_server_certificate
 from d2tls.prove.consistency import check_theories
-from d2tls.resources import proofs_dir
-from d2tls.roles.device import DelegationAttempt, DelegationFailed
-from d2tls.roles.signer import SigningRefused, check_server_certificate
 from openssl_pki import WRONG_NAME_EXT, OpenSSLPKI
 from test_d2tls import run, running_stack
 from test_device_policy import last_error, make_protocol, sign_request
 
 
 def pin_of(der: bytes) -> bytes:
-    """The RFC 7469 pin, computed independently of d2tls.pki.names."""
+    """The RFC 7469 pin, computed independently of d2tls.core.pki.names."""
     key = x509.load_der_x509_certificate(der).public_key()
     return hashlib.sha256(
         key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from conftest import LoadedPKI, client_config, server_config
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.events import HandshakeCompleted
-from d2tls.dtls.server import DTLSServer
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.events import HandshakeCompleted
+from d2tls.core.dtls.server import DTLSServer
 from d2tls.sim import SERVER_ADDRESS, Impairments, Simulation
 
 CLIENTS = 30

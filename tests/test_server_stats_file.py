@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from d2tls.dtls.constants import ContentType
-from d2tls.dtls.fragments import HandshakeFragment, encode_fragment
-from d2tls.peers import OutputCapture
+from d2tls.core.dtls.constants import ContentType
+from d2tls.core.dtls.fragments import HandshakeFragment, encode_fragment
+from d2tls.lab.peers import OutputCapture
 
 PSK_ID, PSK_KEY = b"stats", bytes(range(32))
 

@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 
 from conftest import LoadedPKI
-from d2tls.dtls.constants import CipherSuite
-from d2tls.dtls.session import Session
-from d2tls.dtls.session_file import (
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.dtls.session import Session
+from d2tls.core.dtls.session_file import (
     SessionNotResumable,
     load_session,
     save_session,
     session_to_dict,
 )
-from d2tls.peers import OpenSSLServer
+from d2tls.lab.peers import OpenSSLServer
 
 PSK = (b"device-1", bytes(range(32)))
 PSK_ARG = f"device-1:{PSK[1].hex()}"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LoadedPKI
-from d2tls.peers import OutputCapture, free_udp_port
+from d2tls.lab.peers import OutputCapture, free_udp_port
 
 PSK = "dev:" + "11" * 16
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from d2tls.errors import IllegalParameter, ProtocolError, SpecError, UnexpectedMessage
-from d2tls.model.codegen import _engine_tables
-from d2tls.model.machine import (
+from d2tls.core.errors import IllegalParameter, ProtocolError, SpecError, UnexpectedMessage
+from d2tls.core.model.codegen import _engine_tables
+from d2tls.core.model.machine import (
     HandlerNames,
     Handlers,
     SpecMachine,
@@ -26,7 +26,7 @@ from d2tls.model.machine import (
     states_of,
     table_problems,
 )
-from d2tls.model.spec import WILDCARD, RoleSpec, load_spec, parse_spec
+from d2tls.core.model.spec import WILDCARD, RoleSpec, load_spec, parse_spec
 
 ENGINE_ROLES = ("dtls_client", "dtls_server")
 

@@ -1,6 +1,6 @@
 """The spec owns the states and the record-layer rules; the code holds no copy of them.
 
-* the state Enums (d2tls.model.states) are generated from spec/*.yaml and regenerated here;
+* the state Enums (d2tls.core.model.states) are generated from spec/*.yaml and regenerated here;
 * ``d2tls model lint`` checks the spec against the code built from it and fails on a
   disagreement;
 * no module compares a state with a string literal, and the DTLS engines keep no
@@ -21,20 +21,20 @@ from typing import Any
 import pytest
 import yaml
 
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientConfig
-from d2tls.dtls.constants import CipherSuite
-from d2tls.errors import SpecError
-from d2tls.model.codegen import STATES_MODULE, enum_name, lint, render_states
-from d2tls.model.machine import check_states, states_of
-from d2tls.model.spec import load_spec, parse_spec
-from d2tls.model.states import ROLE_STATES, AgentState, ClientState, DeviceState, ServerState
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientConfig
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.errors import SpecError
+from d2tls.core.model.codegen import STATES_MODULE, enum_name, lint, render_states
+from d2tls.core.model.machine import check_states, states_of
+from d2tls.core.model.spec import load_spec, parse_spec
+from d2tls.core.model.states import ROLE_STATES, AgentState, ClientState, DeviceState, ServerState
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "d2tls"
 
 
 def test_the_generated_enums_are_up_to_date_with_the_spec() -> None:
-    """Regenerating d2tls/model/states.py from the spec gives the checked-in file."""
+    """Regenerating d2tls/core/model/states.py from the spec gives the checked-in file."""
     assert STATES_MODULE.read_text(encoding="utf-8") == render_states()
     for spec_name in ("dtls", "d2tls", "twinpeaks"):
         for role in load_spec(spec_name).roles.values():
@@ -72,7 +72,7 @@ def test_model_lint_passes_and_fails_on_a_stale_states_module(
     assert "spec OK" in result.stdout
     stale = tmp_path / "states.py"
     stale.write_text(render_states().replace('"wait_signature"', '"wait_sig"'), encoding="utf-8")
-    monkeypatch.setattr("d2tls.model.codegen.STATES_MODULE", stale)
+    monkeypatch.setattr("d2tls.core.model.codegen.STATES_MODULE", stale)
     assert lint() == ["states.py is out of date with spec/*.yaml: run `d2tls model states`"]
 
 
@@ -110,7 +110,7 @@ def test_no_state_is_compared_with_a_string_literal() -> None:
 def test_the_dtls_engines_keep_no_current_message() -> None:
     """Handlers take their message as an argument (issue 20): no ``_current`` in the engines."""
     for name in ("connection.py", "client.py", "server.py"):
-        text = (SRC / "dtls" / name).read_text(encoding="utf-8")
+        text = (SRC / "core" / "dtls" / name).read_text(encoding="utf-8")
         assert "_current" not in text, name
         assert "getattr(self" not in text, name  # the spec calls handlers through the table
 
@@ -183,8 +183,8 @@ def test_the_record_rules_come_from_the_spec() -> None:
 def test_the_listener_filters_what_the_stateless_listen_state_takes() -> None:
     """RFC 6347 §4.2.1: before a cookie the server takes what its ``listen`` state accepts:
     epoch-0 handshake records with ClientHello fragments, nothing else in the datagram."""
-    from d2tls.dtls.record import Record, encode_record
-    from d2tls.dtls.server import _client_hello_fragments, _listen_filter
+    from d2tls.core.dtls.record import Record, encode_record
+    from d2tls.core.dtls.server import _client_hello_fragments, _listen_filter
 
     assert _listen_filter() == ({"handshake"}, {1})
     client = DTLSClient(
@@ -259,7 +259,7 @@ def edited_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Run the engines on an edited copy of the spec (the loader's cache is cleared around)."""
     import shutil
 
-    from d2tls.resources import spec_dir
+    from d2tls.core.resources import spec_dir
 
     copy = tmp_path / "spec"
     shutil.copytree(spec_dir(), copy)

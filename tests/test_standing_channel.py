@@ -15,15 +15,16 @@ import pytest
 
 from conftest import LoadedPKI
 from d2tls.adversary.credentials import SERVER_NAME, Credentials, credentials
-from d2tls.clock import FixedClock
-from d2tls.delegation.channel_security import Channel
-from d2tls.delegation.messages import DelegationMode
-from d2tls.dtls.config import ClientAuth, ServerConfig
-from d2tls.dtls.server import DTLSServer
-from d2tls.randomness import SeededRandomness
-from d2tls.roles.agent import Agent, AgentConfig, AgentProtocol
-from d2tls.roles.device import AttemptFailed, DeviceConfig, DeviceProtocol
-from d2tls.roles.signer import DeviceSigner
+from d2tls.core.clock import FixedClock
+from d2tls.core.delegation.channel_security import Channel
+from d2tls.core.delegation.messages import DelegationMode
+from d2tls.core.dtls.config import ClientAuth, ServerConfig
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.randomness import SeededRandomness
+from d2tls.core.roles.agent import AgentConfig, AgentProtocol
+from d2tls.core.roles.device import AttemptFailed, DeviceConfig, DeviceProtocol
+from d2tls.core.roles.signer import DeviceSigner
+from d2tls.net.agent_host import Agent
 from d2tls.sim import Address, Network
 from test_channel_security import stack
 

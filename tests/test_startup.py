@@ -24,7 +24,7 @@ import pytest
 
 from conftest import LoadedPKI
 from d2tls.cli import PLUGINS, build_parser
-from d2tls.peers import OutputCapture, free_udp_port
+from d2tls.lab.peers import OutputCapture, free_udp_port
 
 PSK = "dev:" + "11" * 16
 IMPORTTIME = [sys.executable, "-X", "importtime", "-m", "d2tls.cli"]
@@ -43,8 +43,8 @@ HEAVY = (
     "d2tls.bench",
     "d2tls.conformance",
     "d2tls.adversary",
-    "d2tls.fleet",
-    "d2tls.demo",
+    "d2tls.lab.fleet",
+    "d2tls.lab.demo",
 )
 
 
@@ -91,7 +91,7 @@ def test_top_level_help_imports_no_plugin() -> None:
     code = (
         "import sys; from d2tls.cli import build_parser; build_parser('');"
         "print(sorted(m for m in sys.modules if m.startswith(('d2tls.prove', 'd2tls.bench',"
-        " 'd2tls.conformance', 'd2tls.dtls.client', 'd2tls.dtls.server', 'asyncio'))))"
+        " 'd2tls.conformance', 'd2tls.core.dtls.client', 'd2tls.core.dtls.server', 'asyncio'))))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -115,7 +115,7 @@ def _imported(stderr: str) -> set[str]:
 
 def _assert_light(stderr: str) -> None:
     modules = _imported(stderr)
-    assert "d2tls.dtls.constants" in modules, stderr[-2000:]  # the output was really parsed
+    assert "d2tls.core.dtls.constants" in modules, stderr[-2000:]  # the output was really parsed
     heavy = sorted(m for m in modules if m.startswith(HEAVY) or m.split(".")[0] in HEAVY)
     assert not heavy, heavy
 

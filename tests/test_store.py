@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from d2tls.dtls.constants import CipherSuite
-from d2tls.dtls.session import MemorySessionStore, Session, SessionStore
-from d2tls.errors import ConfigurationError
-from d2tls.store import StoreKeys, open_store, parse_key_text, write_key_file
-from d2tls.store.bench import bench_store
-from d2tls.store.codec import SessionCodec
-from d2tls.store.redis_server import RedisServer, RedisServerMissing
-from d2tls.store.redis_store import RedisSessionStore
-from d2tls.store.sqlite_store import SQLiteSessionStore
+from d2tls.bench.store import bench_store
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.dtls.session import MemorySessionStore, Session, SessionStore
+from d2tls.core.errors import ConfigurationError
+from d2tls.core.store import StoreKeys, open_store, parse_key_text, write_key_file
+from d2tls.core.store.codec import SessionCodec
+from d2tls.core.store.redis_store import RedisSessionStore
+from d2tls.core.store.sqlite_store import SQLiteSessionStore
+from d2tls.lab.redis_server import RedisServer, RedisServerMissing
 
 KEYS = StoreKeys.generate()
 OTHER_KEYS = StoreKeys.generate()
@@ -328,7 +328,7 @@ def test_corrupt_entries_are_a_logged_miss(
     store.put(session)
     entry = raw_entries(store)[session.session_id]
     write_raw(store, session.session_id, damage(entry))
-    with caplog.at_level(logging.WARNING, logger="d2tls.store"):
+    with caplog.at_level(logging.WARNING, logger="d2tls.core.store"):
         assert store.get(session.session_id) is None
     assert "unusable entry" in caplog.text
     assert bytes(session.master_secret).hex() not in caplog.text
@@ -346,7 +346,7 @@ def test_entry_moved_to_another_session_id_does_not_open(
     store.put(victim)
     store.put(attacker)
     write_raw(store, attacker.session_id, raw_entries(store)[victim.session_id])
-    with caplog.at_level(logging.WARNING, logger="d2tls.store"):
+    with caplog.at_level(logging.WARNING, logger="d2tls.core.store"):
         assert store.get(attacker.session_id) is None
     assert "does not authenticate" in caplog.text
     assert store.get(victim.session_id) is not None
@@ -358,7 +358,7 @@ def test_wrong_key_is_a_logged_miss_and_rotation_works(
 ) -> None:
     session = make_session()
     factory(KEYS).put(session)
-    with caplog.at_level(logging.WARNING, logger="d2tls.store"):
+    with caplog.at_level(logging.WARNING, logger="d2tls.core.store"):
         assert factory(OTHER_KEYS).get(session.session_id) is None
     assert "not one of this store's keys" in caplog.text
     # Rotation: the new key first seals, the old one still opens.
@@ -410,7 +410,7 @@ def test_redis_outage_is_a_miss_then_recovers(caplog: pytest.LogCaptureFixture) 
         store.put(before)
         assert other_instance.get(before.session_id) is not None
         server.stop(kill=True)
-        with caplog.at_level(logging.WARNING, logger="d2tls.store"):
+        with caplog.at_level(logging.WARNING, logger="d2tls.core.store"):
             started = time.monotonic()
             assert store.get(before.session_id) is None  # miss: the client falls back
             during = make_session()
@@ -425,7 +425,7 @@ def test_redis_outage_is_a_miss_then_recovers(caplog: pytest.LogCaptureFixture) 
         assert "unavailable" in caplog.text
         server.start()  # same port, empty (no persistence)
         time.sleep(0.3)
-        with caplog.at_level(logging.WARNING, logger="d2tls.store"):
+        with caplog.at_level(logging.WARNING, logger="d2tls.core.store"):
             assert store.get(before.session_id) is None  # Redis forgot it
             assert store.available
         assert "reachable again" in caplog.text
@@ -442,7 +442,7 @@ def test_redis_outage_is_a_miss_then_recovers(caplog: pytest.LogCaptureFixture) 
 
 
 def test_redis_never_reachable_is_not_fatal() -> None:
-    from d2tls.store.redis_server import free_tcp_port
+    from d2tls.lab.redis_server import free_tcp_port
 
     store = open_store(f"redis://127.0.0.1:{free_tcp_port()}/0?socket_timeout=0.1", None, keys=KEYS)
     session = make_session()
@@ -527,7 +527,7 @@ def test_codec_never_unpickles() -> None:
 
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from d2tls.store.codec import CorruptEntry, key_id
+    from d2tls.core.store.codec import CorruptEntry, key_id
 
     codec = SessionCodec(KEYS)
     session = make_session()

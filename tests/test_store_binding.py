@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from conftest import SERVER_NAME, LoadedPKI, Run, client_config, server_config
-from d2tls.dtls.config import ClientAuth
-from d2tls.dtls.constants import CipherSuite
-from d2tls.dtls.events import HandshakeCompleted
-from d2tls.dtls.server import DTLSServer
-from d2tls.dtls.session import Session, SessionStore
-from d2tls.store import open_store
-from d2tls.store.redis_server import RedisServer
+from d2tls.core.dtls.config import ClientAuth
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.dtls.events import HandshakeCompleted
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.dtls.session import Session, SessionStore
+from d2tls.core.store import open_store
+from d2tls.lab.redis_server import RedisServer
 from test_store import KEYS, raw_entries, start_redis, write_raw
 
 CCM8 = CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8
@@ -198,7 +198,7 @@ def test_corrupt_entry_makes_the_server_run_a_full_handshake(
     session = full_handshake(pki, server)
     entry = raw_entries(store)[session.session_id]
     write_raw(store, session.session_id, entry[:30] + bytes([entry[30] ^ 1]) + entry[31:])
-    with caplog.at_level(logging.WARNING, logger="d2tls.store"):
+    with caplog.at_level(logging.WARNING, logger="d2tls.core.store"):
         _, done = resume(pki, server, session)
     assert not done.resumed
     assert "unusable entry" in caplog.text

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from conftest import SERVER_NAME, LoadedPKI
-from d2tls.peers import free_udp_port
-from d2tls.pki.verify import load_psk_file
-from d2tls.roles.agent import Agent, AgentConfig
-from d2tls.roles.device import Device, DeviceConfig
-from d2tls.roles.signer import DeviceSigner
-from d2tls.store import write_key_file
+from d2tls.core.pki.verify import load_psk_file
+from d2tls.core.roles.agent import AgentConfig
+from d2tls.core.roles.signer import DeviceSigner
+from d2tls.core.store import write_key_file
+from d2tls.lab.peers import free_udp_port
+from d2tls.net.agent_host import Agent
+from d2tls.net.device_host import Device, DeviceConfig
 
 
 class ServerProcess:

@@ -20,14 +20,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from conftest import SERVER_NAME, LoadedPKI
-from d2tls.clock import FixedClock, utc_now, wall_time
-from d2tls.delegation.messages import DelegationMode, SignResponse
-from d2tls.dtls.constants import HandshakeType
-from d2tls.dtls.events import SignatureRequested
-from d2tls.dtls.fragments import parse_handshake_fragments
-from d2tls.dtls.messages import ServerKeyExchangeECDHE
-from d2tls.pki.verify import load_certificate_chain, load_private_key, load_trust_store
-from d2tls.roles.signer import SigningRefused, check_bound_transcript, check_server_key_exchange
+from d2tls.core.clock import FixedClock, utc_now, wall_time
+from d2tls.core.delegation.messages import DelegationMode, SignResponse
+from d2tls.core.dtls.constants import HandshakeType
+from d2tls.core.dtls.events import SignatureRequested
+from d2tls.core.dtls.fragments import parse_handshake_fragments
+from d2tls.core.dtls.messages import ServerKeyExchangeECDHE
+from d2tls.core.pki.verify import load_certificate_chain, load_private_key, load_trust_store
+from d2tls.core.roles.signer import (
+    SigningRefused,
+    check_bound_transcript,
+    check_server_key_exchange,
+)
 from openssl_pki import OpenSSLPKI
 from test_device_policy import last_error, make_protocol, sign_request
 from test_server_binding import pin_of, transcript_with

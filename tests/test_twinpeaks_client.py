@@ -18,22 +18,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from d2tls.clock import FixedClock
-from d2tls.dtls.twinpeaks import OutdatedPublicKey, WrongServerAddress, WrongServerName
-from d2tls.lab.twinpeaks import LOOPBACK, MemoryNet, build_hierarchy, seeded
-from d2tls.lab.twinpeaks_live import LiveHierarchy, run_client, serve_resolver, static_dns
-from d2tls.model.spec import load_spec
-from d2tls.net.pump import Pump
-from d2tls.twinpeaks.client import (
+from d2tls.core.clock import FixedClock
+from d2tls.core.dtls.twinpeaks import OutdatedPublicKey, WrongServerAddress, WrongServerName
+from d2tls.core.model.spec import load_spec
+from d2tls.core.twinpeaks.client import (
     ClientFailed,
     Connected,
     KeyInvalidated,
     TwinPeaksClient,
     TwinPeaksClientConfig,
 )
-from d2tls.twinpeaks.errors import AddressMismatch, KeyDenied, TwinPeaksError
-from d2tls.twinpeaks.messages import UpdateReason
-from d2tls.twinpeaks.resolver import Resolver, ResolverConfig
+from d2tls.core.twinpeaks.errors import AddressMismatch, KeyDenied, TwinPeaksError
+from d2tls.core.twinpeaks.messages import UpdateReason
+from d2tls.core.twinpeaks.resolver import Resolver, ResolverConfig
+from d2tls.lab.twinpeaks import LOOPBACK, MemoryNet, build_hierarchy, seeded
+from d2tls.lab.twinpeaks_live import LiveHierarchy, run_client, serve_resolver, static_dns
+from d2tls.net.pump import Pump
 
 DNS = static_dns({f"{name}.example.test": ["127.0.0.1"] for name in ("alice", "bob", "carol")})
 ALICE, BOB = "alice.example.test", "bob.example.test"
@@ -238,8 +238,8 @@ def test_hostile_datagrams_to_the_client_never_raise(
 def test_silent_resolver_service_times_out_after_three_sends() -> None:
     """A resolver service that never answers: the tp-key-request is sent 3 times (after 1
     and 2 seconds) and the client fails with a typed LookupTimeout."""
-    from d2tls.twinpeaks.errors import LookupTimeout
-    from d2tls.twinpeaks.messages import KeyRequest, decode_message
+    from d2tls.core.twinpeaks.errors import LookupTimeout
+    from d2tls.core.twinpeaks.messages import KeyRequest, decode_message
 
     client = TwinPeaksClient(TwinPeaksClientConfig(resolver_service=(LOOPBACK, 6999)))
     client.connect(ALICE, 6004, 0.0)
@@ -269,9 +269,9 @@ def test_hostile_datagrams_to_a_member_service_never_raise(
 ) -> None:
     """Random datagrams from the parent's address (to the member's association) or from a
     stranger (to its DTLS server): typed events only, never an exception."""
-    from d2tls.dtls.events import Event
-    from d2tls.twinpeaks.member import Registered, RegistrationError
-    from d2tls.twinpeaks.service import ServingKey
+    from d2tls.core.dtls.events import Event
+    from d2tls.core.twinpeaks.member import Registered, RegistrationError
+    from d2tls.core.twinpeaks.service import ServingKey
 
     service = world.h.services["bob"]
     while service.next_event() is not None:
@@ -293,7 +293,7 @@ class StaleService:
         self.invalidations = 0
 
     def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
-        from d2tls.twinpeaks.messages import (
+        from d2tls.core.twinpeaks.messages import (
             Invalidate,
             KeyRequest,
             KeyResponse,

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from d2tls.errors import D2TLSError
-from d2tls.twinpeaks import clpkc, curve
-from d2tls.twinpeaks.clpkc import (
+from d2tls.core.errors import D2TLSError
+from d2tls.core.twinpeaks import clpkc, curve
+from d2tls.core.twinpeaks.clpkc import (
     FullPrivateKey,
     MasterKey,
     Params,
@@ -32,7 +32,7 @@ from d2tls.twinpeaks.clpkc import (
     PublicKey,
     SecretValue,
 )
-from d2tls.twinpeaks.errors import (
+from d2tls.core.twinpeaks.errors import (
     EncodingError,
     InvalidIdentity,
     InvalidPoint,
@@ -41,8 +41,8 @@ from d2tls.twinpeaks.errors import (
     SignatureError,
     TwinPeaksError,
 )
-from d2tls.twinpeaks.hashing import expand_message_xmd, hash_to_scalar
-from d2tls.twinpeaks.identity import Identity, normalize_name
+from d2tls.core.twinpeaks.hashing import expand_message_xmd, hash_to_scalar
+from d2tls.core.twinpeaks.identity import Identity, normalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 N = curve.ORDER
@@ -590,15 +590,15 @@ def test_twinpeaks_core_imports_no_tooling_and_one_random_source() -> None:
     """The TwinPeaks package is protocol core: it imports only other core packages (the DTLS
     engine, the machines, the sans-IO contract, the injected clock and randomness), never
     tooling (net, lab, cli, adversary), sockets, asyncio, time or another random source."""
-    package = ROOT / "src" / "d2tls" / "twinpeaks"
+    package = ROOT / "src" / "d2tls" / "core" / "twinpeaks"
     allowed = (
-        "d2tls.errors",
-        "d2tls.twinpeaks",
-        "d2tls.randomness",
-        "d2tls.clock",
-        "d2tls.sansio",
-        "d2tls.dtls",
-        "d2tls.model",
+        "d2tls.core.errors",
+        "d2tls.core.twinpeaks",
+        "d2tls.core.randomness",
+        "d2tls.core.clock",
+        "d2tls.core.sansio",
+        "d2tls.core.dtls",
+        "d2tls.core.model",
     )
     injected = {"SYSTEM", "Randomness", "RandomBytes", "system_random"}
     urandom = []
@@ -607,7 +607,7 @@ def test_twinpeaks_core_imports_no_tooling_and_one_random_source() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("d2tls"):
                 assert node.module.startswith(allowed), f"{path.name} imports {node.module}"
-                if node.module == "d2tls.randomness":
+                if node.module == "d2tls.core.randomness":
                     names = {alias.name for alias in node.names}
                     assert names <= injected, f"{path.name} imports {names - injected}"
             if isinstance(node, ast.ImportFrom) and node.module in ("time", "os", "socket"):

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from conftest import SERVER_NAME, LoadedPKI, Run, client_config, server_config
-from d2tls.delegation.messages import (
+from d2tls.core.delegation.messages import (
     MAX_RAW_PUBLIC_KEY_SIZE,
     DelegationError,
     DelegationErrorCode,
@@ -42,19 +42,19 @@ from d2tls.delegation.messages import (
     decode_message,
     encode_message,
 )
-from d2tls.delegation.policy import AgentPolicy, parse_psk_line
-from d2tls.dtls.events import SignatureRequested
-from d2tls.dtls.messages import TwinPeaksHello
-from d2tls.dtls.rawpk import spki_of
-from d2tls.errors import ConfigurationError
+from d2tls.core.delegation.policy import AgentPolicy, parse_psk_line
+from d2tls.core.dtls.events import SignatureRequested
+from d2tls.core.dtls.messages import TwinPeaksHello
+from d2tls.core.dtls.rawpk import spki_of
+from d2tls.core.errors import ConfigurationError
+from d2tls.core.pki.generate import init_pki
+from d2tls.core.roles.device import DelegationAttempt, DeviceConfig
+from d2tls.core.roles.signer import DeviceSigner
+from d2tls.core.twinpeaks.resolver import dump_anchors
 from d2tls.lab import dns as dnslab
+from d2tls.lab.peers import free_udp_port
 from d2tls.lab.twinpeaks_d2tls import DEVICE, DEVICE_NAME, demo_zones
 from d2tls.lab.twinpeaks_live import LiveHierarchy
-from d2tls.peers import free_udp_port
-from d2tls.pki.generate import init_pki
-from d2tls.roles.device import DelegationAttempt, DeviceConfig
-from d2tls.roles.signer import DeviceSigner
-from d2tls.twinpeaks.resolver import dump_anchors
 
 MALFORMED = DelegationErrorCode.MALFORMED
 RID = 0x01020304
@@ -566,7 +566,7 @@ def test_demo_text_output_shows_one_signature_per_new_session() -> None:
 
 
 async def key_set_follows_twinpeaks(tmp_path: Path, knot: dnslab.KnotServer) -> list[object]:
-    from d2tls.dtls.config import ServerConfig
+    from d2tls.core.dtls.config import ServerConfig
     from d2tls.lab.twinpeaks_keys import ClientName, TwinPeaksClientKeys
     from d2tls.lab.twinpeaks_live import static_dns
 

@@ -1,5 +1,5 @@
 """The TwinPeaks handshake (spec/twinpeaks.md §9): a server whose raw key is a TwinPeaks member
-key (d2tls.twinpeaks.clpkc), the ClientHello extension with name, address and
+key (d2tls.core.twinpeaks.clpkc), the ClientHello extension with name, address and
 h(public key || params), the server's per-field refusals, and the outdated-key recovery.
 """
 
@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 
 from conftest import Run
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
-from d2tls.dtls.constants import AlertDescription, ContentType, ExtensionType, HandshakeType
-from d2tls.dtls.events import TwinPeaksRefused
-from d2tls.dtls.fragments import parse_handshake_fragments
-from d2tls.dtls.messages import ClientHello, Extension, ServerHello, TwinPeaksHello
-from d2tls.dtls.rawpk import spki_of
-from d2tls.dtls.record import parse_datagram
-from d2tls.dtls.server import DTLSServer
-from d2tls.dtls.twinpeaks import (
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientAuth, ClientConfig, ServerConfig
+from d2tls.core.dtls.constants import AlertDescription, ContentType, ExtensionType, HandshakeType
+from d2tls.core.dtls.events import TwinPeaksRefused
+from d2tls.core.dtls.fragments import parse_handshake_fragments
+from d2tls.core.dtls.messages import ClientHello, Extension, ServerHello, TwinPeaksHello
+from d2tls.core.dtls.rawpk import spki_of
+from d2tls.core.dtls.record import parse_datagram
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.dtls.twinpeaks import (
     KeyCache,
     OutdatedPublicKey,
     ResolvedKey,
@@ -33,12 +33,12 @@ from d2tls.dtls.twinpeaks import (
     refusal_error,
     server_identity,
 )
-from d2tls.errors import DecodeError, IllegalParameter
-from d2tls.model.diagram import to_dot
-from d2tls.model.spec import load_spec
+from d2tls.core.errors import DecodeError, IllegalParameter
+from d2tls.core.model.spec import load_spec
+from d2tls.core.twinpeaks import clpkc
+from d2tls.core.twinpeaks.clpkc import FullPrivateKey, MasterKey
+from d2tls.lab.diagram import to_dot
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed, ServerEndpoint
-from d2tls.twinpeaks import clpkc
-from d2tls.twinpeaks.clpkc import FullPrivateKey, MasterKey
 
 NAME = "printer1.floor2.building1.com"
 ADDRESS = "192.0.2.1"  # d2tls.sim.SERVER_ADDRESS

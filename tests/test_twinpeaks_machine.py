@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from d2tls.errors import SpecError
-from d2tls.model.codegen import _twinpeaks_tables, lint
-from d2tls.model.machine import Handlers, table_problems
-from d2tls.model.spec import load_spec
-from d2tls.twinpeaks import client, keyserver, member, resolver
+from d2tls.core.errors import SpecError
+from d2tls.core.model.codegen import _twinpeaks_tables, lint
+from d2tls.core.model.machine import Handlers, table_problems
+from d2tls.core.model.spec import load_spec
+from d2tls.core.twinpeaks import client, keyserver, member, resolver
 
 ROLE_CLASSES: dict[str, type] = {
     "key_server": keyserver.KeyServer,

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d2tls.twinpeaks import clpkc, curve
-from d2tls.twinpeaks import messages as m
-from d2tls.twinpeaks.errors import (
+from d2tls.core.twinpeaks import clpkc, curve
+from d2tls.core.twinpeaks import messages as m
+from d2tls.core.twinpeaks.errors import (
     CrossCheckError,
     EncodingError,
     KeyValidationError,

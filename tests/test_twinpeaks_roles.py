@@ -14,15 +14,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from d2tls.clock import FixedClock
-from d2tls.lab.twinpeaks import Hierarchy, MemoryNet, build_hierarchy, seeded
-from d2tls.model.spec import load_spec
-from d2tls.sansio import SansIOProtocol
-from d2tls.twinpeaks import clpkc
-from d2tls.twinpeaks.errors import AddressMismatch, KeyDenied, LookupTimeout
-from d2tls.twinpeaks.keyserver import Dropped, Refused
-from d2tls.twinpeaks.member import Member, MemberConfig, ParentLink, Registered, RegistrationError
-from d2tls.twinpeaks.messages import (
+from d2tls.core.clock import FixedClock
+from d2tls.core.model.spec import load_spec
+from d2tls.core.sansio import SansIOProtocol
+from d2tls.core.twinpeaks import clpkc
+from d2tls.core.twinpeaks.errors import AddressMismatch, KeyDenied, LookupTimeout
+from d2tls.core.twinpeaks.keyserver import Dropped, Refused
+from d2tls.core.twinpeaks.member import (
+    Member,
+    MemberConfig,
+    ParentLink,
+    Registered,
+    RegistrationError,
+)
+from d2tls.core.twinpeaks.messages import (
     KeyRequest,
     RegistrationRequest,
     Status,
@@ -30,7 +35,7 @@ from d2tls.twinpeaks.messages import (
     UpdateReason,
     decode_message,
 )
-from d2tls.twinpeaks.resolver import (
+from d2tls.core.twinpeaks.resolver import (
     Discarded,
     LookupCompleted,
     LookupFailed,
@@ -39,6 +44,7 @@ from d2tls.twinpeaks.resolver import (
     dump_anchors,
     load_anchors,
 )
+from d2tls.lab.twinpeaks import Hierarchy, MemoryNet, build_hierarchy, seeded
 
 PORTS = {"root": 6001, "test": 6002, "example.test": 6003, "alice": 6004, "bob": 6005}
 RESOLVER = ("127.0.0.1", 6099)
@@ -86,7 +92,7 @@ def test_every_role_has_the_five_methods(demo: Demo) -> None:
 
 
 def test_spec_roles_load_and_draw() -> None:
-    from d2tls.model.diagram import to_dot
+    from d2tls.lab.diagram import to_dot
 
     spec = load_spec("twinpeaks")
     assert set(spec.roles) == {"member", "key_server", "resolver", "client"}
@@ -146,8 +152,8 @@ def test_key_update_then_invalidation_gives_the_new_key() -> None:
 
 
 def test_invalidate_message_from_a_client_is_answered(demo: Demo) -> None:
-    from d2tls.twinpeaks.identity import parse_address
-    from d2tls.twinpeaks.messages import Invalidate
+    from d2tls.core.twinpeaks.identity import parse_address
+    from d2tls.core.twinpeaks.messages import Invalidate
 
     message = Invalidate(b"12345678", "alice.example.test", parse_address("127.0.0.1"))
     demo.resolver.receive_datagram(message.encode(), ("127.0.0.1", 40000), demo.net.now)
@@ -289,7 +295,7 @@ def test_registration_on_the_open_port_is_refused(demo: Demo) -> None:
 @settings(max_examples=100, deadline=None)
 @given(data=st.binary(max_size=400))
 def test_hostile_anchor_files_raise_typed_errors(data: bytes) -> None:
-    from d2tls.twinpeaks.errors import TwinPeaksError
+    from d2tls.core.twinpeaks.errors import TwinPeaksError
 
     try:
         anchors = load_anchors(data)

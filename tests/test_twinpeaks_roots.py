@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from d2tls.clock import FixedClock
-from d2tls.errors import TwinPeaksError
+from d2tls.core.clock import FixedClock
+from d2tls.core.errors import TwinPeaksError
+from d2tls.core.twinpeaks import clpkc
+from d2tls.core.twinpeaks.keyserver import Child, KeyServer, KeyServerConfig
+from d2tls.core.twinpeaks.member import Member, MemberConfig, ParentLink
+from d2tls.core.twinpeaks.resolver import LookupCompleted, LookupFailed, Resolver, ResolverConfig
 from d2tls.lab.twinpeaks import MemoryNet, seeded
-from d2tls.twinpeaks import clpkc
-from d2tls.twinpeaks.keyserver import Child, KeyServer, KeyServerConfig
-from d2tls.twinpeaks.member import Member, MemberConfig, ParentLink
-from d2tls.twinpeaks.resolver import LookupCompleted, LookupFailed, Resolver, ResolverConfig
 
 HOST = "127.0.0.1"
 ADDR = {"A": 6201, "B": 6202, "test@A": 6203, "test@B": 6204, "example.test": 6205, "alice": 6206}
@@ -164,8 +164,8 @@ def test_another_port_must_share_the_master_key(world: TwoRoots) -> None:
 def test_a_port_answers_only_for_its_own_root(world: TwoRoots) -> None:
     """The record of port B is signed with root B's key for ``test``: a resolver that came
     down root A's chain (expecting the key root A issued) refuses it."""
-    from d2tls.twinpeaks.errors import ResponseMismatch
-    from d2tls.twinpeaks.messages import KeyRequest, KeyResponse, decode_message
+    from d2tls.core.twinpeaks.errors import ResponseMismatch
+    from d2tls.core.twinpeaks.messages import KeyRequest, KeyResponse, decode_message
 
     request = KeyRequest.of(b"12345678", "alice.example.test", HOST)
     tld_a, tld_b = world.tlds["A"], world.tlds["B"]

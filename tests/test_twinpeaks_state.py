@@ -1,4 +1,4 @@
-"""A key server's durable state (spec/twinpeaks.md §11.2; d2tls.twinpeaks.state and
+"""A key server's durable state (spec/twinpeaks.md §11.2; d2tls.core.twinpeaks.state and
 d2tls.lab.twinpeaks_state): a restarted server keeps its master key, a root keeps its
 self-issued key (the anchor clients hold) and every server keeps publishing the keys it
 issued; the file is 0600 and written atomically; a corrupt, foreign or world-readable file
@@ -17,14 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from d2tls.clock import FixedClock
-from d2tls.errors import StateFileError
+from d2tls.core.clock import FixedClock
+from d2tls.core.errors import StateFileError
+from d2tls.core.twinpeaks import clpkc
+from d2tls.core.twinpeaks.keyserver import KeyServer
+from d2tls.core.twinpeaks.resolver import LookupCompleted, Resolver, ResolverConfig
+from d2tls.core.twinpeaks.state import KeyServerState
 from d2tls.lab.twinpeaks import MemoryNet, build_hierarchy, seeded
 from d2tls.lab.twinpeaks_state import STATE_FILE, load_state, save_state
-from d2tls.twinpeaks import clpkc
-from d2tls.twinpeaks.keyserver import KeyServer
-from d2tls.twinpeaks.resolver import LookupCompleted, Resolver, ResolverConfig
-from d2tls.twinpeaks.state import KeyServerState
 
 PORTS = {"root": 6101, "test": 6102, "example.test": 6103, "alice": 6104, "bob": 6105}
 RESOLVER = ("127.0.0.1", 6199)

@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
-from d2tls.dtls.constants import AlertDescription
-from d2tls.dtls.events import ConnectionTerminated, HandshakeCompleted
-from d2tls.dtls.session import Session
-from d2tls.errors import CertificateError, ConfigurationError
-from d2tls.pki.revocation import ClientRevocations
-from d2tls.pki.verdict_cache import VerdictCache, chain_digest
-from d2tls.pki.verify import load_certificate_chain, load_private_key, load_trust_store
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientAuth, ClientConfig, ServerConfig
+from d2tls.core.dtls.constants import AlertDescription
+from d2tls.core.dtls.events import ConnectionTerminated, HandshakeCompleted
+from d2tls.core.dtls.session import Session
+from d2tls.core.errors import CertificateError, ConfigurationError
+from d2tls.core.pki.revocation import ClientRevocations
+from d2tls.core.pki.verdict_cache import VerdictCache, chain_digest
+from d2tls.core.pki.verify import load_certificate_chain, load_private_key, load_trust_store
 from openssl_pki import DEVICE_EXT, Identity, OpenSSLPKI, openssl
 from test_interop import InProcessServer
 from test_resume_without_cookie import run_client, udp_socket

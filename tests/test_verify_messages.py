@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from d2tls.dtls.constants import AlertDescription
-from d2tls.errors import CertificateError
-from d2tls.pki.verify import (
+from d2tls.core.dtls.constants import AlertDescription
+from d2tls.core.errors import CertificateError
+from d2tls.core.pki.verify import (
     certificate_identity,
     load_certificate_chain,
     load_trust_store,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from d2tls import resources
-from d2tls.resources import ResourceError
+from d2tls.core import resources
+from d2tls.core.resources import ResourceError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_override_variables_must_name_a_directory(
 
 
 def test_no_module_finds_files_by_walking_up_from_its_own_path() -> None:
-    """Run-time files come from d2tls.resources; a path built from __file__ breaks installs."""
+    """Run-time files come from d2tls.core.resources; a path built from __file__ breaks installs."""
     walking = re.compile(r"__file__|\.parents\[|\.parent\.parent")
     offenders = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
@@ -144,7 +144,7 @@ def test_wheel_holds_the_spec_and_the_theories(installed: Installed) -> None:
 def test_installed_package_uses_its_own_data(installed: Installed) -> None:
     python = str(installed.venv / "bin" / "python")
     code = (
-        "import d2tls, d2tls.resources as r; "
+        "import d2tls, d2tls.core.resources as r; "
         "print(d2tls.__file__); print(r.spec_dir()); print(r.proofs_dir())"
     )
     result = _run([python, "-c", code], installed.cwd)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import LoadedPKI, Run, client_config, server_config
-from d2tls.dtls.constants import CipherSuite
-from d2tls.pcap import write_pcap
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.lab.pcap import write_pcap
 from d2tls.sim import SERVER_ADDRESS
 
 Packet = tuple[float, tuple[str, int], tuple[str, int], bytes]
@@ -87,7 +87,7 @@ def test_tshark_decrypts_full_and_resumed_sessions(
     assert Run.completed(second.client_events)[0].resumed
     second.send_to_server(b"resumed session data")
     second.settle()
-    capture, keylog = tmp_path / "d2tls.pcap", tmp_path / "keys.log"
+    capture, keylog = tmp_path / "d2tls.lab.pcap", tmp_path / "keys.log"
     write_pcap(capture, packets)
     keylog.write_text("\n".join(keylog_lines) + "\n")
     decrypted = [bytes.fromhex(p.replace(":", "")) for p in tshark_payloads(capture, keylog)]

@@ -1,7 +1,7 @@
 """Sphinx extension: pages generated from the project itself at build time.
 
 * ``_generated/machines/<role>.md`` and ``.svg``: a diagram and the complete transition table of
-  each role, drawn from ``spec/*.yaml`` with :mod:`d2tls.model` (nothing is copied by hand, so
+  each role, drawn from ``spec/*.yaml`` with :mod:`d2tls.core.model` (nothing is copied by hand, so
   the pages cannot drift from the spec the engines run);
 * ``_generated/cli.md``: the help of every ``d2tls`` subcommand, taken from the argument parser;
 * ``_generated/lemmas.md``: the Tamarin lemmas and their expected verdicts, from
@@ -27,8 +27,8 @@ from docutils.parsers.rst import Directive, directives
 from sphinx import addnodes
 from sphinx.application import Sphinx
 
-from d2tls.model.diagram import render, transition_label
-from d2tls.model.spec import RoleSpec, TransitionSpec, load_spec
+from d2tls.core.model.spec import RoleSpec, TransitionSpec, load_spec
+from d2tls.lab.diagram import render, transition_label
 
 #: The roles documented, in page order: (spec file, role, page title).
 ROLES: tuple[tuple[str, str, str], ...] = (

@@ -1,6 +1,6 @@
 /*
  * wolfssl_server: a small DTLS 1.2 server linked against wolfSSL (Debian's libwolfssl-dev),
- * a conformance peer for d2tls (src/d2tls/peers.py, WolfSSLServer).
+ * a conformance peer for d2tls (src/d2tls/lab/peers.py, WolfSSLServer).
  *
  * It behaves like wolfSSL's example server in DTLS mode: one thread, one UDP socket, one
  * association at a time. It peeks at the next datagram to learn the client's address

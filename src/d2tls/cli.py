@@ -15,19 +15,19 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from d2tls.delegation.channel_security import (
+from d2tls.core.delegation.channel_security import (
     CHANNEL_IDLE_TIMEOUT,
     CHANNEL_REKEY_DELEGATIONS,
     CHANNEL_REKEY_SECONDS,
     CHANNELS,
 )
-from d2tls.dtls.constants import CIPHER_SUITE_NAMES, CipherSuite
-from d2tls.errors import D2TLSError
+from d2tls.core.dtls.constants import CIPHER_SUITE_NAMES, CipherSuite
+from d2tls.core.errors import D2TLSError
 
 if TYPE_CHECKING:
-    from d2tls.dtls.config import ClientConfig, ServerConfig
-    from d2tls.model.spec import RoleSpec
-    from d2tls.pki.revocation import ClientRevocations
+    from d2tls.core.dtls.config import ClientConfig, ServerConfig
+    from d2tls.core.model.spec import RoleSpec
+    from d2tls.core.pki.revocation import ClientRevocations
 
 #: Default ``--timeout`` of ``client`` and ``device``: the whole handshake, with the RFC 6347
 #: retransmissions (1 s, 2 s, 4 s, ...) inside it.
@@ -61,8 +61,8 @@ def sha256_pin(text: str) -> bytes:
 
 
 def server_rule(text: str) -> str:
-    """An argparse type for ``--allow-server`` (d2tls.delegation.policy.parse_server_rule)."""
-    from d2tls.delegation.policy import parse_server_rule
+    """An argparse type for ``--allow-server`` (d2tls.core.delegation.policy.parse_server_rule)."""
+    from d2tls.core.delegation.policy import parse_server_rule
 
     try:
         parse_server_rule(text)
@@ -114,21 +114,21 @@ def parse_suites(
 
 # --------------------------------------------------------------------------- server
 def open_session_store(url: str, key_file: str | None) -> Any:
-    """The server's session store for ``url`` (see d2tls.store)."""
+    """The server's session store for ``url`` (see d2tls.core.store)."""
     if url == "memory://" and key_file is None:
-        from d2tls.dtls.session import MemorySessionStore
+        from d2tls.core.dtls.session import MemorySessionStore
 
         return MemorySessionStore()
-    from d2tls.store import open_store
+    from d2tls.core.store import open_store
 
     return open_store(url, Path(key_file) if key_file else None)
 
 
 def build_server_config(args: argparse.Namespace) -> ServerConfig:
-    from d2tls.dtls.config import ClientAuth, ServerConfig
-    from d2tls.dtls.keylog import keylog_from_environment
-    from d2tls.dtls.rawpk import load_spki_file
-    from d2tls.pki.verify import (
+    from d2tls.core.dtls.config import ClientAuth, ServerConfig
+    from d2tls.core.dtls.keylog import keylog_from_environment
+    from d2tls.core.dtls.rawpk import load_spki_file
+    from d2tls.core.pki.verify import (
         load_certificate_chain,
         load_private_key,
         load_trust_store,
@@ -175,8 +175,8 @@ def build_server_config(args: argparse.Namespace) -> ServerConfig:
 
 def _server_revocations(args: argparse.Namespace) -> ClientRevocations | None:
     """The CRLs of ``--crl`` (checked against the CAs of ``--ca``), or None."""
-    from d2tls.errors import ConfigurationError
-    from d2tls.pki.revocation import ClientRevocations
+    from d2tls.core.errors import ConfigurationError
+    from d2tls.core.pki.revocation import ClientRevocations
 
     if not args.crl:
         return None
@@ -187,8 +187,8 @@ def _server_revocations(args: argparse.Namespace) -> ClientRevocations | None:
 
 async def run_server(args: argparse.Namespace) -> int:
     """Serve until stopped by a signal (d2tls.interrupt); the finally block closes it."""
-    from d2tls.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
-    from d2tls.dtls.server import DTLSServer
+    from d2tls.core.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
+    from d2tls.core.dtls.server import DTLSServer
     from d2tls.net.udp import ServerEndpoint
     from d2tls.trace import TraceFile, tagged
 
@@ -266,11 +266,11 @@ async def _forever() -> None:
 
 # --------------------------------------------------------------------------- client
 def build_client_config(args: argparse.Namespace) -> ClientConfig:
-    from d2tls.dtls.config import ClientConfig
-    from d2tls.dtls.keylog import keylog_from_environment
-    from d2tls.dtls.rawpk import load_spki_file, spki_of
-    from d2tls.dtls.session_file import load_session
-    from d2tls.pki.verify import (
+    from d2tls.core.dtls.config import ClientConfig
+    from d2tls.core.dtls.keylog import keylog_from_environment
+    from d2tls.core.dtls.rawpk import load_spki_file, spki_of
+    from d2tls.core.dtls.session_file import load_session
+    from d2tls.core.pki.verify import (
         load_certificate_chain,
         load_private_key,
         load_trust_store,
@@ -315,11 +315,11 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 
 async def run_client(args: argparse.Namespace) -> dict[str, Any]:
-    from d2tls.dtls.client import DTLSClient
-    from d2tls.dtls.rawpk import fingerprint
-    from d2tls.dtls.session_file import save_session
+    from d2tls.core.dtls.client import DTLSClient
+    from d2tls.core.dtls.rawpk import fingerprint
+    from d2tls.core.dtls.session_file import save_session
+    from d2tls.core.pki.verify import certificate_subject
     from d2tls.net.udp import ClientEndpoint, ConnectionFailed
-    from d2tls.pki.verify import certificate_subject
 
     result: dict[str, Any] = {"ok": False}
     config = build_client_config(args)
@@ -418,10 +418,11 @@ async def run_agent(args: argparse.Namespace) -> int:
     """Serve devices until stopped by a signal; the finally block closes and reports."""
     import logging
 
-    from d2tls.delegation.policy import AgentPolicy, load_agent_psk_file
-    from d2tls.dtls.keylog import keylog_from_environment
-    from d2tls.pki.verify import load_certificate_chain, load_trust_store
-    from d2tls.roles.agent import Agent, AgentConfig
+    from d2tls.core.delegation.policy import AgentPolicy, load_agent_psk_file
+    from d2tls.core.dtls.keylog import keylog_from_environment
+    from d2tls.core.pki.verify import load_certificate_chain, load_trust_store
+    from d2tls.core.roles.agent import AgentConfig
+    from d2tls.net.agent_host import Agent
     from d2tls.trace import TraceFile
 
     handler = logging.StreamHandler(sys.stderr)
@@ -479,19 +480,20 @@ def _cmd_device(args: argparse.Namespace) -> int:
 
 
 async def run_device(args: argparse.Namespace) -> dict[str, Any]:
-    from d2tls.delegation.messages import DelegationMode
-    from d2tls.dtls.config import ClientConfig
-    from d2tls.dtls.keylog import keylog_from_environment
-    from d2tls.dtls.rawpk import spki_of
-    from d2tls.net.udp import ConnectionFailed
-    from d2tls.pki.verify import (
+    from d2tls.core.delegation.messages import DelegationMode
+    from d2tls.core.dtls.config import ClientConfig
+    from d2tls.core.dtls.keylog import keylog_from_environment
+    from d2tls.core.dtls.rawpk import spki_of
+    from d2tls.core.pki.verify import (
         load_certificate_chain,
         load_private_key,
         load_trust_store,
         parse_psk,
     )
-    from d2tls.roles.device import Device, DeviceConfig, run_standalone
-    from d2tls.roles.signer import DeviceSigner
+    from d2tls.core.roles.device import DeviceConfig
+    from d2tls.core.roles.signer import DeviceSigner
+    from d2tls.net.device_host import Device, run_standalone
+    from d2tls.net.udp import ConnectionFailed
     from d2tls.trace import TraceFile, tagged
 
     trace = TraceFile(Path(args.trace)) if args.trace else None
@@ -567,7 +569,7 @@ async def _delegated_connections(
     result: dict[str, Any],
     connections: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    from d2tls.errors import DelegationFailed
+    from d2tls.core.errors import DelegationFailed
 
     for _ in range(args.connections):
         if args.delegate_each:
@@ -594,8 +596,8 @@ async def _delegated_connections(
 
 def _raw_key_fingerprint(peer: tuple[bytes, ...]) -> str | None:
     """``sha256:...`` of the server's raw public key (RFC 7250), None for a certificate."""
-    from d2tls.dtls.rawpk import fingerprint, load_raw_public_key
-    from d2tls.errors import CertificateError
+    from d2tls.core.dtls.rawpk import fingerprint, load_raw_public_key
+    from d2tls.core.errors import CertificateError
 
     if len(peer) != 1:
         return None
@@ -639,7 +641,7 @@ def print_device_result(result: dict[str, Any], as_json: bool) -> None:
 
 # --------------------------------------------------------------------------- pki, model, demo
 def run_pki_init(args: argparse.Namespace) -> int:
-    from d2tls.pki.generate import init_pki
+    from d2tls.core.pki.generate import init_pki
 
     paths = init_pki(
         Path(args.directory),
@@ -658,14 +660,14 @@ def run_pki_init(args: argparse.Namespace) -> int:
 
 def run_pki_ocsp(args: argparse.Namespace) -> int:
     """Serve OCSP until stopped by a signal (d2tls.interrupt)."""
-    from d2tls.pki.ocsp import run_ocsp_responder_forever
+    from d2tls.net.ocsp import run_ocsp_responder_forever
 
     run_ocsp_responder_forever(Path(args.pki), args.listen[0], args.listen[1])
     return 0
 
 
 def run_pki_revoke(args: argparse.Namespace) -> int:
-    from d2tls.pki.ocsp import revoke_certificate
+    from d2tls.net.ocsp import revoke_certificate
 
     serial = revoke_certificate(Path(args.pki), Path(args.certificate), args.reason)
     print(f"revoked serial {serial:x}")
@@ -675,8 +677,8 @@ def run_pki_revoke(args: argparse.Namespace) -> int:
 def _spec_role(name: str) -> RoleSpec:
     """A role of spec/dtls.yaml, spec/d2tls.yaml (the D2TLS device and agent) or
     spec/twinpeaks.yaml (member, key_server, resolver)."""
-    from d2tls.errors import SpecError
-    from d2tls.model.spec import load_spec
+    from d2tls.core.errors import SpecError
+    from d2tls.core.model.spec import load_spec
 
     specs = [load_spec("dtls"), load_spec("d2tls"), load_spec("twinpeaks")]
     for spec in specs:
@@ -687,7 +689,7 @@ def _spec_role(name: str) -> RoleSpec:
 
 
 def run_model_diagram(args: argparse.Namespace) -> int:
-    from d2tls.model.diagram import render
+    from d2tls.lab.diagram import render
 
     out = render(_spec_role(args.role), Path(args.output))
     print(f"wrote {out}")
@@ -695,7 +697,7 @@ def run_model_diagram(args: argparse.Namespace) -> int:
 
 
 def run_model_table(args: argparse.Namespace) -> int:
-    from d2tls.model.diagram import GLOBAL_TRIGGERS, transition_label
+    from d2tls.lab.diagram import GLOBAL_TRIGGERS, transition_label
 
     role = _spec_role(args.role)
     for t in role.transitions:
@@ -710,7 +712,7 @@ def run_model_table(args: argparse.Namespace) -> int:
 def run_model_lint(args: argparse.Namespace) -> int:
     """Load every spec (schema, references, reachability), then compare it with the code
     built from it: the generated state Enums and the engines' handler tables."""
-    from d2tls.model.codegen import SPEC_FILES, lint
+    from d2tls.core.model.codegen import SPEC_FILES, lint
 
     problems = lint()
     for problem in problems:
@@ -722,8 +724,8 @@ def run_model_lint(args: argparse.Namespace) -> int:
 
 
 def run_model_states(args: argparse.Namespace) -> int:
-    """Regenerate d2tls/model/states.py from the spec."""
-    from d2tls.model.codegen import STATES_MODULE, render_states
+    """Regenerate d2tls/core/model/states.py from the spec."""
+    from d2tls.core.model.codegen import STATES_MODULE, render_states
 
     output = Path(args.output) if args.output else STATES_MODULE
     output.write_text(render_states(), encoding="utf-8")
@@ -733,14 +735,14 @@ def run_model_states(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     if args.fleet is not None:
-        from d2tls.fleet import run_fleet_demo
+        from d2tls.lab.fleet import run_fleet_demo
 
         return run_fleet_demo(args.fleet, as_json=args.json, keep=args.keep)
     if args.keys == "twinpeaks":
         from d2tls.lab.twinpeaks_d2tls import run_demo as twinpeaks_demo
 
         return twinpeaks_demo(as_json=args.json, keep=args.keep)
-    from d2tls.demo import run_demo as demo
+    from d2tls.lab.demo import run_demo as demo
 
     return demo(as_json=args.json, server_kind=args.server or "d2tls", keep=args.keep)
 
@@ -748,7 +750,7 @@ def run_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 def add_association_limits(parser: argparse.ArgumentParser) -> None:
     """``--max-connections`` / ``--max-half-open`` (docs/security.md, association limits)."""
-    from d2tls.dtls.config import ServerConfig
+    from d2tls.core.dtls.config import ServerConfig
 
     defaults = ServerConfig()
     parser.add_argument(
@@ -1160,7 +1162,7 @@ def _add_model(sub: Any) -> None:
         "lint", help="check the spec and the code generated from it (exit 1 on any problem)"
     )
     lint.set_defaults(handler=run_model_lint)
-    states = model.add_parser("states", help="regenerate the state Enums (d2tls.model.states)")
+    states = model.add_parser("states", help="regenerate the state Enums (d2tls.core.model.states)")
     states.add_argument("-o", "--output", help="write here instead of the package module")
     states.set_defaults(handler=run_model_states)
 

@@ -1,6 +1,6 @@
 """The one simulator: any number of sans-IO protocols on a deterministic virtual network.
 
-Every role (:class:`~d2tls.sansio.SansIOProtocol`: a DTLS client or server engine, a device, an
+Every role (:class:`~d2tls.core.sansio.SansIOProtocol`: a DTLS client or server engine, a device, an
 agent) sits at an address of one :class:`Network`, which is its host exactly as
 :class:`d2tls.net.pump.Pump` is on a real socket: it delivers datagrams with
 ``receive_datagram``, collects ``datagrams_to_send``, fires ``handle_timer`` at ``next_timer``
@@ -9,7 +9,7 @@ and hands every ``next_event`` to the handler given for that address. Time is vi
 :class:`Impairments` model (loss, duplication, reordering, latency), so a run is reproducible
 to the byte.
 
-A role with child endpoints (:class:`~d2tls.sansio.HasChildEndpoints`: the agent's handshakes
+A role with child endpoints (:class:`~d2tls.core.sansio.HasChildEndpoints`: the agent's handshakes
 with servers) gets one more address per child, on its own host, from port 50000 up.
 
 The adversary has two hooks. ``tap`` sees every honest datagram and returns what is actually
@@ -31,12 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.connection import Connection
-from d2tls.dtls.events import Event
-from d2tls.dtls.record import Record, parse_datagram
-from d2tls.dtls.server import DTLSServer
-from d2tls.sansio import Address, HasChildEndpoints, SansIOProtocol
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.connection import Connection
+from d2tls.core.dtls.events import Event
+from d2tls.core.dtls.record import Record, parse_datagram
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.sansio import Address, HasChildEndpoints, SansIOProtocol
 
 __all__ = [
     "SERVER_ADDRESS",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-Tracer = Callable[[dict[str, Any]], None]
+from d2tls.core.trace import Tracer, tagged
+
+__all__ = ["TraceFile", "Tracer", "read_trace", "tagged"]
 
 
 class TraceFile:
@@ -28,18 +29,6 @@ class TraceFile:
 
     def close(self) -> None:
         self._handle.close()
-
-
-def tagged(tracer: Tracer | None, **tags: str) -> Tracer | None:
-    """A tracer that adds ``tags`` (e.g. party="agent", link="agent-server") to each entry."""
-    if tracer is None:
-        return None
-    sink = tracer
-
-    def trace(entry: dict[str, Any]) -> None:
-        sink({**entry, **tags})
-
-    return trace
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """The compromised security agent (DESIGN.md §3, spec/delegation.md "Security considerations").
 
-A :class:`RogueSession` is an :class:`~d2tls.roles.agent.AgentSession` whose entire state leaks
+A :class:`RogueSession` is an :class:`~d2tls.core.roles.agent.AgentSession` whose entire state leaks
 to the adversary at a chosen point (before signing, after signing, after the handover without
 wiping, after wiping) and which may then misbehave as a :class:`Plan` says. :func:`run_case`
 plays one :class:`Case` in a :class:`~d2tls.adversary.world.D2TLSWorld` (real device, real
@@ -33,22 +33,22 @@ from d2tls.adversary.world import (
     ServerApp,
     WorldOptions,
 )
-from d2tls.delegation.messages import (
+from d2tls.core.delegation.messages import (
     DelegationMode,
     DelegationRequest,
     SessionContext,
     SignRequest,
     SignResponse,
 )
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientConfig
-from d2tls.dtls.constants import CipherSuite
-from d2tls.dtls.events import Event, SignatureRequested
-from d2tls.dtls.record import AEADProtection, Record, parse_datagram
-from d2tls.dtls.session import MemorySessionStore, Session
-from d2tls.errors import D2TLSError
-from d2tls.model.states import ClientState, DeviceState
-from d2tls.roles.agent import AgentConfig, AgentSession
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientConfig
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.dtls.events import Event, SignatureRequested
+from d2tls.core.dtls.record import AEADProtection, Record, parse_datagram
+from d2tls.core.dtls.session import MemorySessionStore, Session
+from d2tls.core.errors import D2TLSError
+from d2tls.core.model.states import ClientState, DeviceState
+from d2tls.core.roles.agent import AgentConfig, AgentSession
 from d2tls.sim import Address
 
 

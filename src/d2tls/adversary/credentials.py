@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.verification import Store
 
-from d2tls.pki.generate import create_ca, issue_certificate
+from d2tls.core.pki.generate import create_ca, issue_certificate
 
 SERVER_NAME = "server.d2tls.test"
 OTHER_SERVER_NAME = "other.d2tls.test"

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from d2tls.dtls import keyschedule
-from d2tls.dtls.connection import Connection
-from d2tls.dtls.constants import DTLS_1_2, MAX_SEQUENCE, CipherSuite, ContentType, HandshakeType
-from d2tls.dtls.fragments import parse_handshake_fragments
-from d2tls.dtls.messages import ClientHello, ServerHello
-from d2tls.dtls.record import AEADProtection, Record, encode_record, parse_datagram
-from d2tls.errors import D2TLSError
+from d2tls.core.dtls import keyschedule
+from d2tls.core.dtls.connection import Connection
+from d2tls.core.dtls.constants import (
+    DTLS_1_2,
+    MAX_SEQUENCE,
+    CipherSuite,
+    ContentType,
+    HandshakeType,
+)
+from d2tls.core.dtls.fragments import parse_handshake_fragments
+from d2tls.core.dtls.messages import ClientHello, ServerHello
+from d2tls.core.dtls.record import AEADProtection, Record, encode_record, parse_datagram
+from d2tls.core.errors import D2TLSError
 from d2tls.sim import Address, Network
 
 

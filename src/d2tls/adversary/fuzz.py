@@ -2,7 +2,7 @@
 
 ``python -m d2tls.adversary.fuzz [record|handshake|delegation|all] [libFuzzer flags]``, e.g.
 ``python -m d2tls.adversary.fuzz handshake -max_total_time=300``. A decoder may reject input
-only with a typed :class:`~d2tls.errors.D2TLSError` (RFC 6347 §4.1.2.7: invalid records are
+only with a typed :class:`~d2tls.core.errors.D2TLSError` (RFC 6347 §4.1.2.7: invalid records are
 dropped; RFC 5246 §7.2.2: decode_error); any other exception is a finding. ``record`` also
 feeds each input to a fresh server engine, whose ``receive_datagram`` must never raise.
 
@@ -17,14 +17,14 @@ import os
 import sys
 from collections.abc import Callable
 
-from d2tls.delegation.messages import decode_message, encode_message
-from d2tls.dtls.config import ServerConfig
-from d2tls.dtls.constants import CipherSuite, HandshakeType
-from d2tls.dtls.fragments import Reassembler, parse_handshake_fragments
-from d2tls.dtls.messages import decode_handshake_body
-from d2tls.dtls.record import encode_record, parse_datagram
-from d2tls.dtls.server import DTLSServer
-from d2tls.errors import D2TLSError
+from d2tls.core.delegation.messages import decode_message, encode_message
+from d2tls.core.dtls.config import ServerConfig
+from d2tls.core.dtls.constants import CipherSuite, HandshakeType
+from d2tls.core.dtls.fragments import Reassembler, parse_handshake_fragments
+from d2tls.core.dtls.messages import decode_handshake_body
+from d2tls.core.dtls.record import encode_record, parse_datagram
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.errors import D2TLSError
 
 PEER = ("192.0.2.1", 40000)
 _server: DTLSServer | None = None
@@ -57,7 +57,7 @@ def fuzz_record(data: bytes) -> None:
     while engine.next_event() is not None:
         pass
     if engine.stats["internal_errors"] != bugs:  # the engine caught a bug of its own
-        raise AssertionError("internal error in the server engine (see the d2tls.dtls log)")
+        raise AssertionError("internal error in the server engine (see the d2tls.core.dtls log)")
 
 
 def fuzz_handshake(data: bytes) -> None:

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from d2tls.dtls.connection import Connection
+from d2tls.core.dtls.connection import Connection
 from d2tls.sim import Network
 
 

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from d2tls.dtls.connection import Connection
-from d2tls.dtls.constants import MAX_SEQUENCE, ContentType
-from d2tls.dtls.events import ApplicationDataReceived, ConnectionTerminated, Event
-from d2tls.dtls.record import Record
+from d2tls.core.dtls.connection import Connection
+from d2tls.core.dtls.constants import MAX_SEQUENCE, ContentType
+from d2tls.core.dtls.events import ApplicationDataReceived, ConnectionTerminated, Event
+from d2tls.core.dtls.record import Record
 from d2tls.sim import Address, Link, Network, connections_of
 
 WINDOW = 64

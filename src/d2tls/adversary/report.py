@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from d2tls.adversary.compromised import CASES, Outcome, run_case
+from d2tls.core.resources import proofs_dir
 from d2tls.prove.runner import EXPECTED_FILE
-from d2tls.resources import proofs_dir
 
 #: Where ``main`` writes by default, relative to the current directory (the checkout's root).
 DOC = Path("docs") / "attacker-outcomes.md"

@@ -29,15 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from d2tls.clock import FixedClock
-from d2tls.lab.twinpeaks import LOOPBACK, Hierarchy, MemoryNet, build_hierarchy, seeded
-from d2tls.model.states import TwinPeaksKeyServerState, TwinPeaksMemberState
-from d2tls.sansio import Address
-from d2tls.twinpeaks import clpkc
-from d2tls.twinpeaks.clpkc import FullPrivateKey
-from d2tls.twinpeaks.keyserver import Child, KeyServer, KeyServerConfig, Registration
-from d2tls.twinpeaks.member import ParentLink
-from d2tls.twinpeaks.messages import (
+from d2tls.core.clock import FixedClock
+from d2tls.core.model.states import TwinPeaksKeyServerState, TwinPeaksMemberState
+from d2tls.core.sansio import Address
+from d2tls.core.twinpeaks import clpkc
+from d2tls.core.twinpeaks.clpkc import FullPrivateKey
+from d2tls.core.twinpeaks.keyserver import Child, KeyServer, KeyServerConfig, Registration
+from d2tls.core.twinpeaks.member import ParentLink
+from d2tls.core.twinpeaks.messages import (
     KeyRecord,
     KeyRequest,
     KeyResponse,
@@ -45,13 +44,14 @@ from d2tls.twinpeaks.messages import (
     Subject,
     decode_message,
 )
-from d2tls.twinpeaks.resolver import (
+from d2tls.core.twinpeaks.resolver import (
     Discarded,
     LookupCompleted,
     LookupFailed,
     Resolver,
     ResolverConfig,
 )
+from d2tls.lab.twinpeaks import LOOPBACK, Hierarchy, MemoryNet, build_hierarchy, seeded
 
 ATTACKER_ADDRESS = "127.0.0.66"
 TARGET = "alice.example.test"

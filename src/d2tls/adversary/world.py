@@ -1,7 +1,7 @@
 """A sans-IO "D2TLS world": device, security agent and cloud server on the simulator.
 
-The roles are the very objects the real hosts run: :class:`~d2tls.roles.device.DeviceProtocol`
-and :class:`~d2tls.roles.agent.AgentProtocol`, each at one address of a
+The roles are the very objects the real hosts run: :class:`~d2tls.core.roles.device.DeviceProtocol`
+and :class:`~d2tls.core.roles.agent.AgentProtocol`, each at one address of a
 :class:`~d2tls.sim.Network` (the agent's handshakes with servers on child addresses of their
 own, as separate sockets would be). This module only adds what an application does around
 them: a :class:`DeviceApp` that starts attempts, retries and records what happened, the
@@ -32,13 +32,13 @@ from d2tls.adversary.credentials import (
     credentials,
 )
 from d2tls.adversary.observer import Observer
-from d2tls.delegation.messages import DelegationMessage, DelegationMode
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ServerConfig, TimerConfig
-from d2tls.dtls.events import ApplicationDataReceived, Event, HandshakeCompleted
-from d2tls.dtls.server import DTLSServer
-from d2tls.dtls.session import Session
-from d2tls.roles.agent import (
+from d2tls.core.delegation.messages import DelegationMessage, DelegationMode
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientAuth, ServerConfig, TimerConfig
+from d2tls.core.dtls.events import ApplicationDataReceived, Event, HandshakeCompleted
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.dtls.session import Session
+from d2tls.core.roles.agent import (
     AgentConfig,
     AgentEvent,
     AgentProtocol,
@@ -46,7 +46,7 @@ from d2tls.roles.agent import (
     SessionFactory,
     StatusCheckRequested,
 )
-from d2tls.roles.device import (
+from d2tls.core.roles.device import (
     AttemptFailed,
     Connected,
     DataReceived,
@@ -56,7 +56,7 @@ from d2tls.roles.device import (
     MessageSent,
     ResumptionFailed,
 )
-from d2tls.roles.signer import DeviceSigner
+from d2tls.core.roles.signer import DeviceSigner
 from d2tls.sim import Address, Impairments, InterceptRule, Network
 
 #: Fictitious addresses from the documentation ranges (RFC 5737); never used on a socket.

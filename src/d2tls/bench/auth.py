@@ -67,17 +67,17 @@ from d2tls.bench.auth_tp import KeyResolver, start_hierarchy
 from d2tls.bench.auth_tp import close as tp_close
 from d2tls.bench.common import Progress, environment, ratio, summary, table
 from d2tls.bench.infra import LoopThread, RelayProcess, RelaySpec
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
-from d2tls.dtls.rawpk import spki_of
-from d2tls.dtls.server import DTLSServer
-from d2tls.dtls.twinpeaks import server_identity
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientAuth, ClientConfig, ServerConfig
+from d2tls.core.dtls.rawpk import spki_of
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.dtls.twinpeaks import server_identity
+from d2tls.core.pki.generate import init_pki
+from d2tls.core.pki.verify import load_certificate_chain, load_private_key, load_trust_store
 from d2tls.lab.dns import Dnssec, free_port
 from d2tls.lab.dnssec import ValidatingResolver
+from d2tls.net.ocsp import OCSPResult, OCSPStatus, check_ocsp
 from d2tls.net.udp import ServerEndpoint
-from d2tls.pki.generate import init_pki
-from d2tls.pki.ocsp import OCSPResult, OCSPStatus, check_ocsp
-from d2tls.pki.verify import load_certificate_chain, load_private_key, load_trust_store
 
 SCHEMES: Final = ("pki", "dane", "twinpeaks")
 LABELS: Final = {"pki": "PKI (CA + OCSP)", "dane": "DANE (DNSSEC + TLSA)", "twinpeaks": "TwinPeaks"}
@@ -386,7 +386,7 @@ def summarize(
             "zsk_bits": dnssec.zsk_size,
         },
         "dtls": "ECDHE-ECDSA P-256 (128-bit security; our stack supports no other level)",
-        "twinpeaks_lookup": "d2tls.twinpeaks roles: KeyServer x3 (DTLS-PSK registration), "
+        "twinpeaks_lookup": "d2tls.core.twinpeaks roles: KeyServer x3 (DTLS-PSK registration), "
         "Member, Resolver (no cross-check: one root)",
         "environment": environment(),
         "dns": dns,

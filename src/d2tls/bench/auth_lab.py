@@ -21,14 +21,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientConfig
-from d2tls.dtls.constants import ContentType, HandshakeType
-from d2tls.dtls.events import ConnectionTerminated, HandshakeCompleted
-from d2tls.dtls.fragments import parse_handshake_fragments
-from d2tls.dtls.messages import RawPublicKeyCertificate
-from d2tls.dtls.record import parse_datagram
-from d2tls.errors import D2TLSError, DecodeError
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientConfig
+from d2tls.core.dtls.constants import ContentType, HandshakeType
+from d2tls.core.dtls.events import ConnectionTerminated, HandshakeCompleted
+from d2tls.core.dtls.fragments import parse_handshake_fragments
+from d2tls.core.dtls.messages import RawPublicKeyCertificate
+from d2tls.core.dtls.record import parse_datagram
+from d2tls.core.errors import D2TLSError, DecodeError
 from d2tls.lab.dns import Dnssec, KnotServer, Zone, free_port
 
 Address = tuple[str, int]

@@ -3,15 +3,16 @@
 The hierarchy mirrors the bench's DNS one (section 2.6.2 of the dissertation: key servers
 where the DNS servers are): a root key server for ``test`` (an island root, spec §8.8), the
 TLK server ``example.test`` and the SLK server ``iot.example.test``, each a
-:class:`~d2tls.twinpeaks.keyserver.KeyServer` hosted by :class:`~d2tls.net.pump.Pump` on its own
+:class:`~d2tls.core.twinpeaks.keyserver.KeyServer`
+hosted by :class:`~d2tls.net.pump.Pump` on its own
 UDP port; every child registers with its parent over DTLS-PSK (§8.2), and the web server's key
-is a :class:`~d2tls.twinpeaks.member.Member` registered with the SLK server.
+is a :class:`~d2tls.core.twinpeaks.member.Member` registered with the SLK server.
 
 The key servers publish the port of the delay relay in front of them (the port a client
 reaches them on), so referrals lead the resolver through the relays; registrations go
 straight to the parent's socket (set-up, not measured).
 
-The client's local key resolver is :class:`~d2tls.twinpeaks.resolver.Resolver` (sans-IO),
+The client's local key resolver is :class:`~d2tls.core.twinpeaks.resolver.Resolver` (sans-IO),
 hosted here by a blocking loop on one UDP socket in the client's thread (:func:`resolve`),
 which asks its DNS questions of the bench's validating resolver (the server's A record is
 already in its cache: the DNS lookup comes first and is measured separately). A cold resolver is a
@@ -30,22 +31,22 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from d2tls.bench.auth_lab import AuthBenchError
-from d2tls.dtls.messages import TwinPeaksHello
-from d2tls.dtls.rawpk import spki_of
-from d2tls.dtls.twinpeaks import hello_for
-from d2tls.net.pump import Pump
-from d2tls.twinpeaks import clpkc
-from d2tls.twinpeaks.clpkc import FullPrivateKey
-from d2tls.twinpeaks.keyserver import Child, KeyServer, KeyServerConfig, Serving
-from d2tls.twinpeaks.member import Member, MemberConfig, ParentLink, Registered
-from d2tls.twinpeaks.messages import TrustAnchor
-from d2tls.twinpeaks.resolver import (
+from d2tls.core.dtls.messages import TwinPeaksHello
+from d2tls.core.dtls.rawpk import spki_of
+from d2tls.core.dtls.twinpeaks import hello_for
+from d2tls.core.twinpeaks import clpkc
+from d2tls.core.twinpeaks.clpkc import FullPrivateKey
+from d2tls.core.twinpeaks.keyserver import Child, KeyServer, KeyServerConfig, Serving
+from d2tls.core.twinpeaks.member import Member, MemberConfig, ParentLink, Registered
+from d2tls.core.twinpeaks.messages import TrustAnchor
+from d2tls.core.twinpeaks.resolver import (
     DnsQuery,
     LookupCompleted,
     LookupFailed,
     Resolver,
     ResolverConfig,
 )
+from d2tls.net.pump import Pump
 
 Address = tuple[str, int]
 LOOPBACK: Final = "127.0.0.1"

@@ -2,7 +2,7 @@
 
 Run: ``d2tls bench channel [--runs N] [--json]`` (or ``python -m d2tls.bench.channel``). The
 device's channel engine (the DTLSClient the device opens to the agent, same config as in
-d2tls.roles.device) meets the
+d2tls.core.roles.device) meets the
 agent's engine (DTLSServer, cookie exchange on) in memory, datagrams passed by hand; only the
 calls into the device's engine are timed (CPU time of this thread), alternating the two
 channels so that load on the machine hits both alike. Bytes are the device's datagrams both
@@ -19,16 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from d2tls.delegation.channel_security import (
+from d2tls.core.delegation.channel_security import (
     CHANNELS,
     Channel,
     agent_channel_suites,
     device_channel_suites,
 )
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientConfig, ServerConfig
-from d2tls.dtls.server import DTLSServer
-from d2tls.roles.device import CHANNEL_MTU
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientConfig, ServerConfig
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.roles.device import CHANNEL_MTU
 
 DEVICE = ("127.0.0.1", 40001)
 AGENT = ("127.0.0.1", 40002)

@@ -302,7 +302,7 @@ def register(subparsers: Any) -> None:
         "--store",
         action="append",
         metavar="URL",
-        help="session store to benchmark with d2tls.store.bench (default memory:// and sqlite)",
+        help="session store to benchmark with d2tls.bench.store (default memory:// and sqlite)",
     )
     server.add_argument(
         "--store-n", type=int, default=1000, help="sessions per store benchmark (default 1000)"

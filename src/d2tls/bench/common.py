@@ -17,8 +17,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import Store
 
-from d2tls.pki.generate import PKIPaths, init_pki
-from d2tls.pki.verify import (
+from d2tls.core.pki.generate import PKIPaths, init_pki
+from d2tls.core.pki.verify import (
     load_certificate_chain,
     load_private_key,
     load_psk_file,

@@ -43,12 +43,13 @@ from d2tls.bench.common import (
 )
 from d2tls.bench.floor import device_floor, public_key_op_times
 from d2tls.bench.infra import LoopThread, Peers, PeersSpec, RelayProcess, RelaySpec
-from d2tls.delegation.chain_cache import DeviceChainMemo
-from d2tls.delegation.channel_security import Channel
-from d2tls.delegation.messages import DelegationMode
-from d2tls.dtls.config import ClientConfig
-from d2tls.roles.device import Device, DeviceConfig, DeviceReport, run_standalone
-from d2tls.roles.signer import DeviceSigner
+from d2tls.core.delegation.chain_cache import DeviceChainMemo
+from d2tls.core.delegation.channel_security import Channel
+from d2tls.core.delegation.messages import DelegationMode
+from d2tls.core.dtls.config import ClientConfig
+from d2tls.core.roles.device import DeviceConfig
+from d2tls.core.roles.signer import DeviceSigner
+from d2tls.net.device_host import Device, DeviceReport, run_standalone
 
 Address = tuple[str, int]
 VARIANTS = ("bound", "blind", "standalone", "reuse")

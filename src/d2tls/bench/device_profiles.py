@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from importlib.resources import files
 from typing import Any
 
-from d2tls.errors import D2TLSError
+from d2tls.core.errors import D2TLSError
 
 PROFILES = ("cc3200", "cc2538")
 NETWORKS = ("lan", "wan")

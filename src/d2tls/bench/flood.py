@@ -197,8 +197,8 @@ def server_counters(child: Child, stats_file: Path | None) -> dict[str, Any] | N
 
 # --------------------------------------------------------------------------- datagrams
 def client_config(pki: Any) -> Any:
-    from d2tls.dtls.config import ClientConfig
-    from d2tls.pki.verify import load_certificate_chain, load_private_key, load_trust_store
+    from d2tls.core.dtls.config import ClientConfig
+    from d2tls.core.pki.verify import load_certificate_chain, load_private_key, load_trust_store
 
     device = pki.devices[0]
     return ClientConfig(
@@ -211,7 +211,7 @@ def client_config(pki: Any) -> Any:
 
 def first_client_hello(pki: Any) -> bytes:
     """A real ClientHello datagram of the d2tls client, without cookie."""
-    from d2tls.dtls.client import DTLSClient
+    from d2tls.core.dtls.client import DTLSClient
 
     client = DTLSClient(client_config(pki), remote=("192.0.2.1", 4433))  # not sent from here
     client.connect(0.0)
@@ -326,8 +326,8 @@ def flood_half_open(
     Each source port's second ClientHello is made by the real client engine from the real
     HelloVerifyRequest, so the server creates an association and sends its flight.
     """
-    from d2tls.dtls.client import DTLSClient
-    from d2tls.pki.generate import pki_paths
+    from d2tls.core.dtls.client import DTLSClient
+    from d2tls.core.pki.generate import pki_paths
 
     config = client_config(pki_paths(Path(pki_dir), devices))
     sockets: list[socket.socket] = []
@@ -412,8 +412,8 @@ def _encode(arguments: tuple[Any, ...]) -> str:
 # --------------------------------------------------------------------------- the run
 class Bench:
     def __init__(self, config: FloodConfig, directory: Path) -> None:
-        from d2tls.peers import free_udp_port
-        from d2tls.pki.generate import init_pki
+        from d2tls.core.pki.generate import init_pki
+        from d2tls.lab.peers import free_udp_port
 
         self.config = config
         self.directory = directory
@@ -473,7 +473,7 @@ class Bench:
 
     # ------------------------------------------------------------------ legitimate client
     async def handshake(self) -> tuple[Any, float] | None:
-        from d2tls.dtls.client import DTLSClient
+        from d2tls.core.dtls.client import DTLSClient
         from d2tls.net.udp import ClientEndpoint, ConnectionFailed
 
         started = time.perf_counter()

@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from d2tls.bench.common import Materials, time_op
-from d2tls.dtls import keyschedule
-from d2tls.dtls.constants import CipherSuite
-from d2tls.pki.verify import verify_client_chain, verify_server_chain
+from d2tls.core.dtls import keyschedule
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.pki.verify import verify_client_chain, verify_server_chain
 
 #: Typical sizes in our handshakes (bytes): full-handshake transcript at CertificateVerify,
 #: resumption transcript (ClientHello + ServerHello), Finished record plaintext.

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from d2tls.dtls.server import DTLSServer
+from d2tls.core.dtls.server import DTLSServer
 
 Address = tuple[str, int]
 T = TypeVar("T")
@@ -160,12 +160,13 @@ class Peers:
 
 async def _peers(spec: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
     from d2tls.bench.common import Materials
-    from d2tls.dtls.config import ClientAuth, ServerConfig
-    from d2tls.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
-    from d2tls.dtls.session import MemorySessionStore
+    from d2tls.core.dtls.config import ClientAuth, ServerConfig
+    from d2tls.core.dtls.events import ConnectionTerminated, Event, HandshakeCompleted
+    from d2tls.core.dtls.session import MemorySessionStore
+    from d2tls.core.pki.generate import pki_paths
+    from d2tls.core.roles.agent import AgentConfig
+    from d2tls.net.agent_host import Agent
     from d2tls.net.udp import ServerEndpoint
-    from d2tls.pki.generate import pki_paths
-    from d2tls.roles.agent import Agent, AgentConfig
 
     materials = Materials.load(pki_paths(Path(spec["pki_directory"])))
     store = MemorySessionStore(max_sessions=int(spec["max_sessions"]))
@@ -258,8 +259,8 @@ def _fill_store(store: Any, count: int, chain: tuple[bytes, ...]) -> dict[str, A
     import gc
     import tracemalloc
 
-    from d2tls.dtls.constants import CipherSuite
-    from d2tls.dtls.session import Session
+    from d2tls.core.dtls.constants import CipherSuite
+    from d2tls.core.dtls.session import Session
 
     gc.collect()
     before = rss_bytes()

@@ -86,7 +86,7 @@ def contexts_needed(session_starts: Iterable[float], lifetime: float) -> tuple[i
     """(new contexts, resumptions) when each session reuses an unexpired context.
 
     A context made at ``t`` serves sessions starting before ``t + lifetime`` (expired at
-    ``>=``, like :meth:`d2tls.dtls.session.Session.expired`).
+    ``>=``, like :meth:`d2tls.core.dtls.session.Session.expired`).
     """
     contexts = resumptions = 0
     expires = -math.inf

@@ -26,11 +26,11 @@ from d2tls.bench.common import (
     table,
 )
 from d2tls.bench.floor import aead_record_floor
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientAuth, ClientConfig, ServerConfig
-from d2tls.dtls.constants import CipherSuite
-from d2tls.dtls.events import ApplicationDataReceived
-from d2tls.dtls.server import DTLSServer
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientAuth, ClientConfig, ServerConfig
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.dtls.events import ApplicationDataReceived
+from d2tls.core.dtls.server import DTLSServer
 from d2tls.sim import Simulation
 
 SUITES = {

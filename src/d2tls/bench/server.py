@@ -13,7 +13,7 @@ handshake, and ``capacity_per_s = 1 / cpu_per_handshake``, do not depend on that
 
 Then the session cache is filled with 10^3..10^6 realistic sessions (own ID, secret and a copy
 of a real client certificate) to measure memory per cached session (RSS) and resumption
-throughput against the cache size. If ``d2tls.store.bench`` is present, each ``--store`` URL is
+throughput against the cache size. If ``d2tls.bench.store`` is present, each ``--store`` URL is
 benchmarked too.
 """
 
@@ -36,11 +36,11 @@ from d2tls.bench.common import (
 )
 from d2tls.bench.floor import server_full_floor, server_resumption_floor
 from d2tls.bench.infra import Peers, PeersSpec
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.config import ClientConfig
-from d2tls.dtls.session import Session
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.config import ClientConfig
+from d2tls.core.dtls.session import Session
+from d2tls.core.pki.verdict_cache import DEFAULT_MAX_ENTRIES
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed
-from d2tls.pki.verdict_cache import DEFAULT_MAX_ENTRIES
 
 Address = tuple[str, int]
 TARGETS = {"full_vs_floor": 3.0, "resumption_vs_floor": 5.0}
@@ -145,9 +145,9 @@ class LoadGenerator:
 
 
 def _stores(urls: list[str], n: int) -> dict[str, Any]:
-    if importlib.util.find_spec("d2tls.store.bench") is None:
-        return {"available": False, "note": "d2tls.store.bench not installed (hook left here)"}
-    from d2tls.store.bench import bench_store
+    if importlib.util.find_spec("d2tls.bench.store") is None:
+        return {"available": False, "note": "d2tls.bench.store not installed (hook left here)"}
+    from d2tls.bench.store import bench_store
 
     results: dict[str, Any] = {"available": True, "results": []}
     for url in urls:
@@ -390,7 +390,7 @@ def render(result: dict[str, Any]) -> str:
             + table(
                 ["store", "put/s", "get/s", "resumptions/s", "B/session", "measured as"],
                 srows,
-                title="Session stores (d2tls.store.bench)",
+                title="Session stores (d2tls.bench.store)",
             )
         )
     elif stores:

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from d2tls.conformance.report import markdown as to_markdown
     from d2tls.conformance.report import summary_table, write_html, write_json
     from d2tls.conformance.runner import INPUT_SETS, report_ok, run_conformance
-    from d2tls.pki.verify import load_certificate_chain, load_private_key, load_trust_store
+    from d2tls.core.pki.verify import load_certificate_chain, load_private_key, load_trust_store
 
     credentials = ClientCredentials(
         chain=tuple(load_certificate_chain(Path(args.cert))),

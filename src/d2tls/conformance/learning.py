@@ -40,8 +40,8 @@ from d2tls.conformance.probe import (
     full_handshake,
 )
 from d2tls.conformance.specmodel import INPUTS, ServerOptions, spec_machine
-from d2tls.dtls.constants import CipherSuite
-from d2tls.errors import D2TLSError
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.errors import D2TLSError
 
 aalpy: Any = importlib.import_module("aalpy")
 _lsharp: Any = importlib.import_module("aalpy.learning_algs.deterministic.LSharp")

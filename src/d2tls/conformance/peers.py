@@ -1,6 +1,6 @@
 """``d2tls conformance-peers``: our server, OpenSSL, GnuTLS, mbedTLS and wolfSSL.
 
-Each peer is started on loopback with a fresh test PKI (:func:`d2tls.pki.init_pki`), requiring
+Each peer is started on loopback with a fresh test PKI (:func:`d2tls.core.pki.init_pki`), requiring
 client certificates and accepting the PSK. The readiness checks run against the server as it
 runs, never restarted between checks (what a user meets). Servers that serve one connection
 at a time (``openssl s_server``, ``gnutls-serv --udp``, mbedTLS ``ssl_server2``, the wolfSSL
@@ -30,7 +30,14 @@ from typing import Any
 from d2tls.conformance.probe import ClientCredentials
 from d2tls.conformance.report import markdown, summary_rows, summary_table, write_json
 from d2tls.conformance.runner import INPUT_SETS, report_ok, run_conformance
-from d2tls.peers import (
+from d2tls.core.pki.generate import PKIPaths, init_pki
+from d2tls.core.pki.verify import (
+    load_certificate_chain,
+    load_private_key,
+    load_psk_file,
+    load_trust_store,
+)
+from d2tls.lab.peers import (
     GnuTLSServer,
     MbedTLSServer,
     NetNamespace,
@@ -41,13 +48,6 @@ from d2tls.peers import (
     mbedtls_version,
     require_tool,
     wolfssl_version,
-)
-from d2tls.pki.generate import PKIPaths, init_pki
-from d2tls.pki.verify import (
-    load_certificate_chain,
-    load_private_key,
-    load_psk_file,
-    load_trust_store,
 )
 
 PEERS = ("d2tls", "openssl", "gnutls", "mbedtls", "wolfssl")

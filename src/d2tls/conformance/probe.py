@@ -1,13 +1,14 @@
 """A scripted, deliberately permissive DTLS 1.2 client for conformance testing.
 
-The :class:`Prober` builds every record itself from the codecs of :mod:`d2tls.dtls` (messages,
+The :class:`Prober` builds every record itself from the codecs of :mod:`d2tls.core.dtls` (messages,
 fragments, record layer, key schedule), so that a test can send *anything* — messages out of
 order, a Finished with bad verify_data, records in a wrong epoch, replays — and observe what the
 server answers. It keeps just enough client state (transcript, randoms, keys, epochs) to make
 correct messages when asked to, and it never refuses to send.
 
 Two transports carry its datagrams: :class:`UDPTransport` (a real socket, with a response
-timeout) and :class:`InProcessTransport` (our own sans-IO :class:`~d2tls.dtls.server.DTLSServer`
+timeout) and :class:`InProcessTransport` (our own sans-IO
+:class:`~d2tls.core.dtls.server.DTLSServer`
 called directly: no timeouts, so state-machine learning of our server is fast and exact).
 """
 
@@ -27,8 +28,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from d2tls.dtls import keyschedule
-from d2tls.dtls.constants import (
+from d2tls.core.dtls import keyschedule
+from d2tls.core.dtls.constants import (
     CERT_TYPE_ECDSA_SIGN,
     COMPRESSION_NULL,
     DTLS_1_2,
@@ -43,9 +44,9 @@ from d2tls.dtls.constants import (
     ExtensionType,
     HandshakeType,
 )
-from d2tls.dtls.events import ApplicationDataReceived
-from d2tls.dtls.fragments import HandshakeFragment, encode_fragment, parse_handshake_fragments
-from d2tls.dtls.messages import (
+from d2tls.core.dtls.events import ApplicationDataReceived
+from d2tls.core.dtls.fragments import HandshakeFragment, encode_fragment, parse_handshake_fragments
+from d2tls.core.dtls.messages import (
     CHANGE_CIPHER_SPEC_BODY,
     Certificate,
     CertificateRequest,
@@ -69,9 +70,9 @@ from d2tls.dtls.messages import (
     encode_supported_groups,
     message_name,
 )
-from d2tls.dtls.record import AEADProtection, EpochState, Record, encode_record, parse_datagram
-from d2tls.dtls.server import DTLSServer
-from d2tls.errors import D2TLSError, RecordError
+from d2tls.core.dtls.record import AEADProtection, EpochState, Record, encode_record, parse_datagram
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.errors import D2TLSError, RecordError
 
 Address = tuple[str, int]
 

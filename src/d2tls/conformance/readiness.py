@@ -13,8 +13,8 @@ device resumes that session by session ID from its own address. A server is *rea
 * negotiates the extended master secret and keeps RFC 7627 §5.3 when resuming;
 * uses the cookie exchange (RFC 6347 §4.2.1) and reassembles fragmented handshake messages
   from a small-MTU client (RFC 6347 §4.2.3);
-* completes the real D2TLS flow: an in-process :class:`~d2tls.roles.agent.Agent` and
-  :class:`~d2tls.roles.device.Device` (echo checked when the server echoes).
+* completes the real D2TLS flow: an in-process :class:`~d2tls.core.roles.agent.Agent` and
+  :class:`~d2tls.core.roles.device.Device` (echo checked when the server echoes).
 
 Every check is a handful of correct (or deliberately wrong) messages sent by a
 :class:`~.probe.Prober`; each result says what the server did. The probes behave like a real
@@ -47,8 +47,8 @@ from d2tls.conformance.probe import (
     Transport,
     full_handshake,
 )
-from d2tls.dtls.constants import CipherSuite
-from d2tls.pki.generate import create_ca, issue_certificate
+from d2tls.core.dtls.constants import CipherSuite
+from d2tls.core.pki.generate import create_ca, issue_certificate
 
 Address = tuple[str, int]
 #: A transport to the server under test from client ``port`` (None: a fresh one).
@@ -585,9 +585,11 @@ async def d2tls_flow(
 ) -> dict[str, Any]:
     """Agent + device on loopback: delegated handshake, handover, resumption, echo, then a
     second connection resumed from the device's cached context (no delegation)."""
-    from d2tls.roles.agent import Agent, AgentConfig
-    from d2tls.roles.device import Device, DeviceConfig
-    from d2tls.roles.signer import DeviceSigner
+    from d2tls.core.roles.agent import AgentConfig
+    from d2tls.core.roles.device import DeviceConfig
+    from d2tls.core.roles.signer import DeviceSigner
+    from d2tls.net.agent_host import Agent
+    from d2tls.net.device_host import Device
 
     assert credentials.key is not None
     identity, psk = b"conformance-device", os.urandom(32)

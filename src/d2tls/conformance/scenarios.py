@@ -23,7 +23,7 @@ from d2tls.conformance.probe import (
     Transport,
     full_handshake,
 )
-from d2tls.dtls.constants import (
+from d2tls.core.dtls.constants import (
     MAX_PLAINTEXT,
     AlertDescription,
     AlertLevel,
@@ -31,7 +31,7 @@ from d2tls.dtls.constants import (
     ContentType,
     ExtensionType,
 )
-from d2tls.dtls.record import Record, encode_record
+from d2tls.core.dtls.record import Record, encode_record
 
 #: What ``Send`` understands (``NAME`` or ``NAME:variant``).
 VOCABULARY = {

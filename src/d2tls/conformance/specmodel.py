@@ -30,8 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from d2tls.conformance.mealy import Mealy, explore
-from d2tls.model.spec import RecordRules, RoleSpec, TransitionSpec, load_spec
-from d2tls.model.states import ServerState
+from d2tls.core.model.spec import RecordRules, RoleSpec, TransitionSpec, load_spec
+from d2tls.core.model.states import ServerState
 
 #: The abstract inputs (DTLS-Fuzzer style), in a fixed order.
 INPUTS: tuple[str, ...] = (

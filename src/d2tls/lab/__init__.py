@@ -1,6 +1,7 @@
 """Lab tooling: real third-party servers started on loopback for tests and demos.
 
-Tooling, not protocol core: nothing under ``d2tls.twinpeaks``, ``d2tls.dtls`` or the other core
+Tooling, not protocol core: nothing under ``d2tls.core.twinpeaks``, ``d2tls.core.dtls`` or the
+other core
 packages imports it.
 
 * :mod:`d2tls.lab.dns`: an authoritative DNS server (Knot DNS) with generated zones for the

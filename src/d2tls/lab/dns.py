@@ -35,7 +35,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from d2tls.errors import D2TLSError
+from d2tls.core.errors import D2TLSError
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 

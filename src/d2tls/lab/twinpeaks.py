@@ -16,17 +16,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from d2tls.clock import Clock, wall_time
+from d2tls.core.clock import Clock, wall_time
+from d2tls.core.randomness import SYSTEM, Randomness, SeededRandomness
+from d2tls.core.sansio import Address, Datagram
+from d2tls.core.twinpeaks import clpkc
+from d2tls.core.twinpeaks.client import TwinPeaksClient
+from d2tls.core.twinpeaks.keyserver import Child, KeyServer, KeyServerConfig
+from d2tls.core.twinpeaks.member import Member, MemberConfig, ParentLink
+from d2tls.core.twinpeaks.resolver import DnsQuery, Resolver, ResolverConfig
+from d2tls.core.twinpeaks.service import MemberService
 from d2tls.lab.dns import DnsLabError, NameNotFound
 from d2tls.lab.dns import Resolver as DnsResolver
-from d2tls.randomness import SYSTEM, Randomness, SeededRandomness
-from d2tls.sansio import Address, Datagram
-from d2tls.twinpeaks import clpkc
-from d2tls.twinpeaks.client import TwinPeaksClient
-from d2tls.twinpeaks.keyserver import Child, KeyServer, KeyServerConfig
-from d2tls.twinpeaks.member import Member, MemberConfig, ParentLink
-from d2tls.twinpeaks.resolver import DnsQuery, Resolver, ResolverConfig
-from d2tls.twinpeaks.service import MemberService
 
 LOOPBACK = "127.0.0.1"
 ROOT_NAME = "root.keys"

@@ -1,6 +1,6 @@
 """``d2tls twinpeaks``: key servers, resolver, lookup and the demo, on loopback.
 
-Every role is the sans-IO role of :mod:`d2tls.twinpeaks` hosted by :class:`d2tls.net.pump.Pump`
+Every role is the sans-IO role of :mod:`d2tls.core.twinpeaks` hosted by :class:`d2tls.net.pump.Pump`
 on one UDP socket; DNS answers come from a real DNS server through dnspython
 (:func:`d2tls.lab.twinpeaks.fetch_addresses`, run in an executor so the loop never blocks).
 
@@ -31,7 +31,42 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from d2tls.errors import StateFileError
+from d2tls.core.errors import StateFileError
+from d2tls.core.model.states import TwinPeaksClientState
+from d2tls.core.twinpeaks.client import (
+    ClientFailed,
+    KeyInvalidated,
+    TwinPeaksClient,
+    TwinPeaksClientConfig,
+)
+from d2tls.core.twinpeaks.clpkc import MasterKey, Params, setup
+from d2tls.core.twinpeaks.identity import normalize_zone
+from d2tls.core.twinpeaks.keyserver import (
+    Child,
+    ChildRegistered,
+    KeyServer,
+    KeyServerConfig,
+    OwnKeyFailed,
+    Serving,
+)
+from d2tls.core.twinpeaks.member import (
+    Member,
+    MemberConfig,
+    ParentLink,
+    Registered,
+    RegistrationError,
+)
+from d2tls.core.twinpeaks.resolver import (
+    DnsQuery,
+    LookupCompleted,
+    LookupFailed,
+    Resolver,
+    ResolverConfig,
+    dump_anchors,
+    load_anchors,
+)
+from d2tls.core.twinpeaks.service import MemberService
+from d2tls.core.twinpeaks.state import KeyServerState
 from d2tls.lab import dns as dnslab
 from d2tls.lab.twinpeaks import LOOPBACK, MEMBERS, answer_dns, fetch_addresses
 from d2tls.lab.twinpeaks_live import (
@@ -44,36 +79,7 @@ from d2tls.lab.twinpeaks_live import (
     serve_resolver,
 )
 from d2tls.lab.twinpeaks_state import load_state, save_state
-from d2tls.model.states import TwinPeaksClientState
 from d2tls.net.pump import Pump
-from d2tls.twinpeaks.client import (
-    ClientFailed,
-    KeyInvalidated,
-    TwinPeaksClient,
-    TwinPeaksClientConfig,
-)
-from d2tls.twinpeaks.clpkc import MasterKey, Params, setup
-from d2tls.twinpeaks.identity import normalize_zone
-from d2tls.twinpeaks.keyserver import (
-    Child,
-    ChildRegistered,
-    KeyServer,
-    KeyServerConfig,
-    OwnKeyFailed,
-    Serving,
-)
-from d2tls.twinpeaks.member import Member, MemberConfig, ParentLink, Registered, RegistrationError
-from d2tls.twinpeaks.resolver import (
-    DnsQuery,
-    LookupCompleted,
-    LookupFailed,
-    Resolver,
-    ResolverConfig,
-    dump_anchors,
-    load_anchors,
-)
-from d2tls.twinpeaks.service import MemberService
-from d2tls.twinpeaks.state import KeyServerState
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1")
 EVENT_TIMEOUT = 20.0

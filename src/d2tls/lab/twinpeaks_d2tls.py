@@ -38,7 +38,12 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
-from d2tls.demo import (
+from d2tls.core.dtls.rawpk import fingerprint, spki_of
+from d2tls.core.pki.generate import init_pki
+from d2tls.core.pki.verify import load_psk_file
+from d2tls.core.twinpeaks.resolver import dump_anchors
+from d2tls.lab import dns as dnslab
+from d2tls.lab.demo import (
     ECHO_TEXT,
     DemoError,
     Process,
@@ -49,14 +54,9 @@ from d2tls.demo import (
     device_result,
     succeeded,
 )
-from d2tls.dtls.rawpk import fingerprint, spki_of
-from d2tls.lab import dns as dnslab
+from d2tls.lab.peers import free_udp_port
 from d2tls.lab.twinpeaks_live import LiveHierarchy
-from d2tls.peers import free_udp_port
-from d2tls.pki.generate import init_pki
-from d2tls.pki.verify import load_psk_file
 from d2tls.trace import read_trace
-from d2tls.twinpeaks.resolver import dump_anchors
 
 DEVICE = "device"
 DEVICE_NAME = f"{DEVICE}.example.test"
@@ -98,7 +98,7 @@ def _run_processes(
     impostor_psk = hashlib.sha256(b"impostor|" + os.urandom(16)).digest()
 
     def rpk_sha256(path: Path) -> str:
-        from d2tls.pki.verify import load_private_key
+        from d2tls.core.pki.verify import load_private_key
 
         return hashlib.sha256(spki_of(load_private_key(path))).hexdigest()
 

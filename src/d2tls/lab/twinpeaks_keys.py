@@ -5,7 +5,7 @@ authenticates with its TwinPeaks member key as an RFC 7250 raw public key, and t
 accepts it only if it is the key that the key-server hierarchy serves for one of the device
 names the server was configured with. The lookups (DNS, then the key servers, §11.3) are IO,
 so they are done here, by the host: :class:`TwinPeaksClientKeys` resolves every name with a
-:class:`~d2tls.twinpeaks.resolver.Resolver` on its own socket, and hands the sans-IO server the
+:class:`~d2tls.core.twinpeaks.resolver.Resolver` on its own socket, and hands the sans-IO server the
 resolved keys as its pre-resolved key set (``ServerConfig.trusted_client_keys``), which the
 server core checks on every full handshake and resumption (RFC 7250 §3: any other key is
 ``certificate_unknown``). It looks the names up again every ``refresh`` seconds: the
@@ -15,7 +15,7 @@ lookup succeeds.
 
 The agent's host does the same for the servers it may delegate to (``d2tls agent
 --twinpeaks-server``): :class:`ServerKeyTable` is the agent's ``server_keys``
-(:mod:`d2tls.delegation.twinpeaks_identity`), so that a delegated handshake with such a server
+(:mod:`d2tls.core.delegation.twinpeaks_identity`), so that a delegated handshake with such a server
 authenticates it by its TwinPeaks key (RFC 7250) instead of a chain and OCSP.
 """
 
@@ -30,15 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from d2tls.dtls.config import ServerConfig
-from d2tls.dtls.rawpk import fingerprint
-from d2tls.dtls.twinpeaks import ResolvedKey
-from d2tls.errors import ConfigurationError, D2TLSError, EventTimeout
-from d2tls.lab import dns as dnslab
-from d2tls.lab.twinpeaks import LOOPBACK
-from d2tls.lab.twinpeaks_live import DnsFetch, answer_query, knot_dns
-from d2tls.net.pump import Pump
-from d2tls.twinpeaks.resolver import (
+from d2tls.core.dtls.config import ServerConfig
+from d2tls.core.dtls.rawpk import fingerprint
+from d2tls.core.dtls.twinpeaks import ResolvedKey
+from d2tls.core.errors import ConfigurationError, D2TLSError, EventTimeout
+from d2tls.core.twinpeaks.resolver import (
     DnsQuery,
     LookupCompleted,
     LookupFailed,
@@ -46,6 +42,10 @@ from d2tls.twinpeaks.resolver import (
     ResolverConfig,
     load_anchors,
 )
+from d2tls.lab import dns as dnslab
+from d2tls.lab.twinpeaks import LOOPBACK
+from d2tls.lab.twinpeaks_live import DnsFetch, answer_query, knot_dns
+from d2tls.net.pump import Pump
 
 #: Seconds between two lookups of the configured names (the resolver's cache answers within
 #: a record's TTL, so this bounds only how soon an expired answer is fetched again).

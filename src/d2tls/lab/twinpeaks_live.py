@@ -1,9 +1,9 @@
 """The TwinPeaks demo hierarchy and its clients on real UDP sockets (asyncio, loopback).
 
 :class:`LiveHierarchy` hosts every role of :func:`d2tls.lab.twinpeaks.build_hierarchy` with one
-:class:`~d2tls.net.pump.Pump` each (members as :class:`~d2tls.twinpeaks.service.MemberService`:
+:class:`~d2tls.net.pump.Pump` each (members as :class:`~d2tls.core.twinpeaks.service.MemberService`:
 registration plus their DTLS server). :func:`run_client` drives one
-:class:`~d2tls.twinpeaks.client.TwinPeaksClient` connection, answering its DNS queries with a
+:class:`~d2tls.core.twinpeaks.client.TwinPeaksClient` connection, answering its DNS queries with a
 :data:`DnsFetch` (a real DNS server through dnspython, :func:`knot_dns`, or a table).
 """
 
@@ -14,13 +14,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from d2tls.core.twinpeaks.client import ClientFailed, Connected, DataReceived, TwinPeaksClient
+from d2tls.core.twinpeaks.member import Registered, RegistrationError
+from d2tls.core.twinpeaks.messages import TrustAnchor, UpdateReason
+from d2tls.core.twinpeaks.resolver import DnsQuery, Resolver
 from d2tls.lab import dns as dnslab
 from d2tls.lab.twinpeaks import LOOPBACK, MEMBERS, Hierarchy, build_hierarchy, fetch_addresses
 from d2tls.net.pump import Pump
-from d2tls.twinpeaks.client import ClientFailed, Connected, DataReceived, TwinPeaksClient
-from d2tls.twinpeaks.member import Registered, RegistrationError
-from d2tls.twinpeaks.messages import TrustAnchor, UpdateReason
-from d2tls.twinpeaks.resolver import DnsQuery, Resolver
 
 EVENT_TIMEOUT = 20.0
 DNS_TTL = 60.0

@@ -1,11 +1,11 @@
 """A key server's state directory (``d2tls twinpeaks keyserver --state-dir DIR``).
 
-The state (:class:`~d2tls.twinpeaks.state.KeyServerState`: master key, a root's own key, the
+The state (:class:`~d2tls.core.twinpeaks.state.KeyServerState`: master key, a root's own key, the
 published keys, the serials) lives in ``DIR/keyserver.state``. It holds secrets, so the
 directory is created 0700 and the file written 0600, atomically (a temporary file in the same
 directory, fsync, rename, fsync of the directory): a crash leaves the old state or the new one,
 never half of one. A file that others may read, or that does not parse, stops the server
-with a :class:`~d2tls.errors.StateFileError` naming the file and the defect.
+with a :class:`~d2tls.core.errors.StateFileError` naming the file and the defect.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from d2tls.errors import StateFileError
-from d2tls.twinpeaks.state import MAX_STATE_SIZE, KeyServerState
+from d2tls.core.errors import StateFileError
+from d2tls.core.twinpeaks.state import MAX_STATE_SIZE, KeyServerState
 
 STATE_FILE: Final = "keyserver.state"
 

@@ -1,4 +1,5 @@
-"""The one asyncio host of every role: a :class:`~d2tls.sansio.SansIOProtocol` on one UDP socket.
+"""The one asyncio host of every role: a :class:`~d2tls.core.sansio.SansIOProtocol` on one UDP
+socket.
 
 The pump moves datagrams between the socket and the protocol, arms the single timer the
 protocol asks for (``next_timer``), and queues the protocol's events for the application,
@@ -7,13 +8,13 @@ directly (``device.connect(now)``, ``client.send_application_data(...)``) and th
 :meth:`Pump.poke`\\ s the pump so that what the call produced leaves and the timer is re-armed.
 ``now`` is the event loop's monotonic clock (:attr:`Pump.now`).
 
-A role with child endpoints (:class:`~d2tls.sansio.HasChildEndpoints`: the device's engines,
+A role with child endpoints (:class:`~d2tls.core.sansio.HasChildEndpoints`: the device's engines,
 the agent's handshakes with servers) gets one more socket per child, bound on the same host
 (or the loopback of the child's peer's family), *connected* to the child's one peer, closed
 when the role stops listing it. A host of a single-peer engine (a DTLS client) connects the
 main socket too (``remote_addr``). The kernel reports ICMP port unreachable on connected
 sockets only (``ConnectionRefusedError``): to the role as ``child_unreachable``/
-``port_unreachable`` (:class:`~d2tls.sansio.HearsUnreachable`), or to ``on_unreachable``. An
+``port_unreachable`` (:class:`~d2tls.core.sansio.HearsUnreachable`), or to ``on_unreachable``. An
 unconnected socket is not asked for them (``IP_RECVERR`` would make a send fail, and its
 datagram be lost, whenever any earlier peer's error is pending).
 """
@@ -26,8 +27,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar, cast
 
-from d2tls.errors import EventTimeout, TransportClosed
-from d2tls.sansio import Address, HasChildEndpoints, HearsUnreachable, SansIOProtocol
+from d2tls.core.errors import EventTimeout, TransportClosed
+from d2tls.core.sansio import Address, HasChildEndpoints, HearsUnreachable, SansIOProtocol
 
 E = TypeVar("E")
 

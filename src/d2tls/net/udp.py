@@ -12,16 +12,16 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from d2tls.dtls.client import DTLSClient
-from d2tls.dtls.events import (
+from d2tls.core.dtls.client import DTLSClient
+from d2tls.core.dtls.events import (
     ApplicationDataReceived,
     ConnectionTerminated,
     Event,
     HandshakeCompleted,
     SignatureRequested,
 )
-from d2tls.dtls.server import DTLSServer
-from d2tls.errors import D2TLSError
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.errors import D2TLSError
 from d2tls.net.pump import Pump
 
 Address = tuple[str, int]

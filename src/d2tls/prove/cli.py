@@ -1,7 +1,7 @@
 """``d2tls prove``: run Tamarin on the theories and compare with the expected verdicts.
 
 :data:`DESCRIPTION` is the command's ``--help`` text (plain text, no markup). The theories and
-``expected.toml`` are the installed ones (:func:`d2tls.resources.proofs_dir`). SIGINT and
+``expected.toml`` are the installed ones (:func:`d2tls.core.resources.proofs_dir`). SIGINT and
 SIGTERM kill every running ``tamarin-prover`` (its whole process group, so maude too) and
 exit with status 128 + the signal number (130, 143).
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from d2tls.core.resources import ResourceError
 from d2tls.prove import runner
 from d2tls.prove.graphs import (
     AttackGraph,
@@ -39,7 +40,6 @@ from d2tls.prove.runner import (
     UnsupportedProver,
     WellformednessResult,
 )
-from d2tls.resources import ResourceError
 
 DESCRIPTION = """\
 Run Tamarin on the theories; compare each lemma's verdict with expected.toml.

@@ -21,7 +21,7 @@ The check (:func:`check_theories`) fails when
 - an exclusion names no transition of the spec, or a transition that a rule models after all;
 - a guard whose content the spec fixes is missing from the rule that models it
   (:data:`GUARD_CONTENT`): today the bound-mode signing policy's server binding
-  (spec/delegation.md §6 rule 6, ``d2tls.roles.signer.check_server_certificate``): the
+  (spec/delegation.md §6 rule 6, ``d2tls.core.roles.signer.check_server_certificate``): the
   ``Device_Sign_Bound`` rule must sign only a transcript whose server Certificate names the
   server of the request it answers;
 - the message contents or the signing guards differ between spec/delegation.md, the theories
@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from d2tls.model.spec import RoleSpec, TransitionSpec, load_spec
+from d2tls.core.model.spec import RoleSpec, TransitionSpec, load_spec
 from d2tls.prove.contents import check_contents
 from d2tls.prove.roles_check import check_message_schema, check_signer_policy
 from d2tls.prove.runner import strip_comments

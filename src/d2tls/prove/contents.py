@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from d2tls.errors import D2TLSError
+from d2tls.core.errors import D2TLSError
 from d2tls.prove.runner import strip_comments
 from d2tls.prove.spec_text import SpecField, bound_signing_rules, delegation_md, message_fields
 
@@ -558,6 +558,6 @@ def _check_bound(
         report.problems.append(
             f"{at}: accepts only the fixed transcript of {len(model.messages)} messages "
             f"(also pins {', '.join(extra)}), stricter than §6 and than "
-            "d2tls.roles.signer.check_bound_transcript; declare it with "
+            "d2tls.core.roles.signer.check_bound_transcript; declare it with "
             f"'// abstraction: {POLICY_BOUND} {FIXED_TRANSCRIPT} (why)' or relax the rule"
         )

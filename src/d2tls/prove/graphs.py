@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from d2tls.errors import D2TLSError
+from d2tls.core.errors import D2TLSError
 from d2tls.prove.runner import LemmaResult, Prover, kill_group, lemma_names
 
 HOST = "127.0.0.1"

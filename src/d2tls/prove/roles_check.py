@@ -1,10 +1,10 @@
 """The roles as built, against spec/delegation.md: message fields and the bound signing guards.
 
 - :func:`check_message_schema`: the fields (CBOR key and name) of each delegation message in
-  ``d2tls.delegation.messages`` are exactly the rows of the §5.2 table, and only
+  ``d2tls.core.delegation.messages`` are exactly the rows of the §5.2 table, and only
   :data:`OPTIONAL_FIELDS` are optional (§5.2: "Every listed field of a message is REQUIRED
   except client_random ...").
-- :func:`check_signer_policy`: ``d2tls.roles.signer.check_bound_transcript`` is *run*: it must
+- :func:`check_signer_policy`: ``d2tls.core.roles.signer.check_bound_transcript`` is *run*: it must
   accept one well-formed bound transcript and refuse, for each numbered rule of §6 "Bound
   mode", a transcript that breaks only that rule (:data:`VIOLATIONS`). A rule of the spec
   with no violation here, or a violation the signer lets through, is a problem.
@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from d2tls.dtls.constants import HandshakeType
-from d2tls.dtls.fragments import HandshakeFragment, encode_fragment
-from d2tls.dtls.messages import Certificate, ClientHello
+from d2tls.core.dtls.constants import HandshakeType
+from d2tls.core.dtls.fragments import HandshakeFragment, encode_fragment
+from d2tls.core.dtls.messages import Certificate, ClientHello
 from d2tls.prove.spec_text import SpecField
 
 #: Fields §5.2 makes optional: client_random and server_certificate_hash (bound mode only),
@@ -50,7 +50,7 @@ _NOT_BEFORE = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 def check_message_schema(fields: dict[str, tuple[SpecField, ...]]) -> list[str]:
     """Compare the delegation message codec's schema with the §5.2 field table."""
-    from d2tls.delegation.messages import _SCHEMA  # the codec's own table of fields
+    from d2tls.core.delegation.messages import _SCHEMA  # the codec's own table of fields
 
     problems: list[str] = []
     coded: dict[str, dict[str, tuple[int, bool]]] = {
@@ -61,10 +61,10 @@ def check_message_schema(fields: dict[str, tuple[SpecField, ...]]) -> list[str]:
         spec = {f.name: f.key for f in fields.get(message, ())}
         code = coded.get(message)
         if code is None:
-            problems.append(f"d2tls.delegation.messages has no {message} (spec §5.2 has)")
+            problems.append(f"d2tls.core.delegation.messages has no {message} (spec §5.2 has)")
             continue
         if message not in fields:
-            problems.append(f"d2tls.delegation.messages has {message}, spec §5.2 does not")
+            problems.append(f"d2tls.core.delegation.messages has {message}, spec §5.2 does not")
             continue
         for name in sorted(set(spec) | set(code)):
             if name not in code:
@@ -207,7 +207,7 @@ VIOLATIONS: dict[int, list[tuple[str, Callable[[Handshake], tuple[bytes, bytes |
 
 def check_signer_policy(spec_rules: dict[int, str]) -> list[str]:
     """Run the device's bound signing check on a good transcript and on one per violation."""
-    from d2tls.roles.signer import SigningRefused, check_bound_transcript
+    from d2tls.core.roles.signer import SigningRefused, check_bound_transcript
 
     problems: list[str] = []
     for number in sorted(set(spec_rules) - set(VIOLATIONS)):

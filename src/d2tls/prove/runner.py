@@ -56,8 +56,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from d2tls import resources
-from d2tls.errors import D2TLSError
+from d2tls.core import resources
+from d2tls.core.errors import D2TLSError
 
 #: Verdicts a lemma can get. "verified"/"falsified" are Tamarin's answers (for an exists-trace
 #: lemma "verified" means a trace was found); the others mean there is no answer.

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from d2tls import resources
-from d2tls.errors import D2TLSError
+from d2tls.core import resources
+from d2tls.core.errors import D2TLSError
 
 DELEGATION_MD = "delegation.md"
 _ROW = re.compile(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from d2tls.errors import D2TLSError
+from d2tls.core.errors import D2TLSError
 
 _CONSTANT = re.compile(r"'([^'\n]*)'")
 

@@ -1,0 +1,43 @@
+"""The device<->agent delegation protocol (spec/delegation.md)."""
+
+from d2tls.core.delegation.messages import (
+    MAX_MESSAGE_SIZE,
+    MAX_REQUEST_ID,
+    NO_REQUEST_ID,
+    DelegationError,
+    DelegationErrorCode,
+    DelegationMessage,
+    DelegationMode,
+    DelegationProtocolError,
+    DelegationRequest,
+    MessageType,
+    OcspStatus,
+    SessionContext,
+    SignRequest,
+    SignResponse,
+    Wiped,
+    decode_message,
+    encode_message,
+    error_for,
+)
+
+__all__ = [
+    "MAX_MESSAGE_SIZE",
+    "MAX_REQUEST_ID",
+    "NO_REQUEST_ID",
+    "DelegationError",
+    "DelegationErrorCode",
+    "DelegationMessage",
+    "DelegationMode",
+    "DelegationProtocolError",
+    "DelegationRequest",
+    "MessageType",
+    "OcspStatus",
+    "SessionContext",
+    "SignRequest",
+    "SignResponse",
+    "Wiped",
+    "decode_message",
+    "encode_message",
+    "error_for",
+]
