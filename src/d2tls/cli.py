@@ -536,7 +536,8 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
     key = load_private_key(Path(args.key))
     raw_key = spki_of(key) if args.rawpk else None  # RFC 7250: e.g. a TwinPeaks member key
     suites = parse_suites(args.cipher, (CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,))
-    result: dict[str, Any] = {"ok": False, "mode": "standalone" if args.standalone else args.mode}
+    mode = "standalone" if args.standalone else "strict" if args.strict else args.mode
+    result: dict[str, Any] = {"ok": False, "mode": mode}
     connections: list[dict[str, Any]] = []
     result["connections"] = connections
     if args.standalone:
