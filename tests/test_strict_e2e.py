@@ -143,9 +143,15 @@ def server(kind: str, identity: Identity, ca: Path) -> Iterator[Server]:
             yield SServer(s_server)
 
 
+@dataclass
+class AgentProcess:
+    port: int
+    capture: OutputCapture
+
+
 @contextmanager
-def agent(files: Files, allowed: int, *attack: str) -> Iterator[int]:
-    """``d2tls agent`` (no ``attack``) or the compromised agent; yields its port."""
+def agent(files: Files, allowed: int, *attack: str) -> Iterator[AgentProcess]:
+    """``d2tls agent`` (no ``attack``) or the compromised agent."""
     port = free_udp_port()
     command = STEERED_AGENT if attack else [*D2TLS, "agent"]
     argv = [*command, "--listen", f"127.0.0.1:{port}", "--psk-file", str(files.agent_psk_file)]
@@ -155,7 +161,7 @@ def agent(files: Files, allowed: int, *attack: str) -> Iterator[int]:
     capture = OutputCapture(process.stdout)
     try:
         assert capture.wait_for(b"agent listening", 20), capture.text()
-        yield port
+        yield AgentProcess(port, capture)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -206,11 +212,11 @@ def assert_refused(result: dict[str, Any], cause: str, target: Server, before: i
 def test_honest_runs_succeed_and_resume_end_to_end(files: Files, kind: str) -> None:
     with (
         server(kind, files.pki.server, files.pki.ca.cert) as target,
-        agent(files, target.port) as agent_port,
+        agent(files, target.port) as helper,
     ):
         for mode, options in MODES.items():
             before = target.resumptions()
-            result = device(files, agent_port, target.port, *options(files))
+            result = device(files, helper.port, target.port, *options(files))
             assert result["rc"] == 0 and result["ok"], (mode, result)
             first, second = result["connections"]
             assert first["delegations"] == 1 and not first["resumed_from_cache"], mode
@@ -237,8 +243,8 @@ def test_agent_steered_to_another_server_is_refused(files: Files, kind: str, mod
         asked = stack.enter_context(server(kind, files.pki.server, files.pki.ca.cert))
         other = stack.enter_context(server(kind, files.other_name, files.pki.ca.cert))
         steer = f"127.0.0.1:{other.port}:{OTHER_NAME}"
-        agent_port = stack.enter_context(agent(files, asked.port, "--steer", steer))
-        result = device(files, agent_port, asked.port, *options)
+        helper = stack.enter_context(agent(files, asked.port, "--steer", steer))
+        result = device(files, helper.port, asked.port, *options)
         cause = f"is not for '{SERVER_NAME}', the server this device asked for"
         assert_refused(result, cause, other, 0)
         assert asked.handshakes() == 0 and other.handshakes() == 0
@@ -255,8 +261,8 @@ def test_a_server_without_the_pinned_key_is_refused(files: Files, kind: str, mod
         asked = stack.enter_context(server(kind, files.pki.server, files.pki.ca.cert))
         twin = stack.enter_context(server(kind, files.twin, files.pki.ca.cert))
         steer = f"127.0.0.1:{twin.port}:{SERVER_NAME}"
-        agent_port = stack.enter_context(agent(files, asked.port, "--steer", steer))
-        result = device(files, agent_port, asked.port, *MODES[mode](files))
+        helper = stack.enter_context(agent(files, asked.port, "--steer", steer))
+        result = device(files, helper.port, asked.port, *MODES[mode](files))
         if mode == "strict+chain":  # the documented boundary (docs/device-modes.md)
             assert result["rc"] == 1 and result["connections"] == [], result
             assert result["error"] == "the server refused the delegated session again", result
@@ -271,15 +277,19 @@ def test_a_wrong_pin_is_refused_by_an_honest_agents_device(files: Files, kind: s
     """No attacker: the device was configured with another server's key (the twin's)."""
     with (
         server(kind, files.pki.server, files.pki.ca.cert) as target,
-        agent(files, target.port) as agent_port,
+        agent(files, target.port) as helper,
     ):
         for options in (
             ("--server-pin-file", str(files.twin.cert)),
             ("--strict", "--server-pin", openssl_pin(files.twin.cert)),
         ):
-            result = device(files, agent_port, target.port, *options)
+            result = device(files, helper.port, target.port, *options)
             assert_refused(result, "does not carry the pinned key", target, 0)
             assert target.handshakes() == 0
+    # the agent's log names the device's refusal and what it told the server
+    logged = "device: signing_refused: signing refused: the server certificate in the transcript "
+    logged += "does not carry the pinned key; handshake with the server ended (access_denied)"
+    assert helper.capture.text().count(logged) == 2, helper.capture.text()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -293,9 +303,9 @@ def test_a_swapped_ecdhe_share_is_refused_only_in_strict_mode(
     handshake). Strict mode refuses to sign."""
     with (
         server(kind, files.pki.server, files.pki.ca.cert) as target,
-        agent(files, target.port, "--swap-share") as agent_port,
+        agent(files, target.port, "--swap-share") as helper,
     ):
-        result = device(files, agent_port, target.port, *MODES[mode](files))
+        result = device(files, helper.port, target.port, *MODES[mode](files))
     assert result["rc"] == 1 and not result["ok"] and result["connections"] == [], result
     if mode == "bound+pin":
         assert not result["error"].startswith("signing refused"), result

@@ -510,6 +510,11 @@ class AgentSession:
             if self._signing_refused:
                 # The server's certificate verified, but the device's policy refused it:
                 # access_denied (RFC 5246 §7.2.2), not a silent close_notify.
+                log.warning(
+                    "delegation for %s: %s; handshake with the server ended (access_denied)",
+                    self._identity_text(),
+                    self.error,
+                )
                 self.client.abort(AlertDescription.ACCESS_DENIED, self.error)
             else:
                 self.client.close()
