@@ -56,6 +56,13 @@ def test_bench_device_reports_key_operations_and_ratios() -> None:
     expected = variants["blind"]["cpu_ms"]["median"] / standalone["cpu_ms"]["median"]
     assert ratios["cpu_d2tls_vs_standalone:blind"] == pytest.approx(expected, rel=1e-3)
     assert 0 < result["floor"]["sign_ms"] < result["floor"]["total_ms"]
+    # strict mode (issue 24): the device's own ServerKeyExchange verify (+ the chain's)
+    for strict, verifies in (("bound-strict", 1), ("bound-strict-chain", 2)):
+        ops = {"sign": 1, "verify": verifies, "ecdh": 0, "keygen": 0}
+        assert variants[strict]["key_operations"] == ops and variants[strict]["delegations"] == 1
+        assert ratios[f"cpu_strict_vs_bound:{strict}"] == pytest.approx(
+            variants[strict]["cpu_ms"]["median"] / variants["bound"]["cpu_ms"]["median"], rel=1e-3
+        )
     # Our D2TLS device does more than the floor (1 signature + symmetric work).
     assert ratios["cpu_d2tls_vs_floor:blind"] > 1
     assert set(result["targets"]) == {

@@ -126,3 +126,18 @@ def test_the_core_reaches_its_spec_as_package_data() -> None:
 
     assert (spec_dir() / "dtls.yaml").is_file()
     assert spec_dir().is_relative_to(PACKAGE / "data")
+
+
+def test_no_virtual_environment_is_tracked() -> None:
+    """A checkout's .venv (a directory, or a link to a shared one) is never part of the tree:
+    a tracked link would replace the environment of whoever checks it out."""
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", ".venv", "venv"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert tracked == []

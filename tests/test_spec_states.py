@@ -128,6 +128,7 @@ def test_the_client_public_surface_is_what_a_user_needs() -> None:
         "next_event",
         "send_application_data",
         "close",
+        "abort",  # end with a chosen fatal alert (the agent, when the device refused to sign)
         "provide_signature",
         # state and results
         "state",

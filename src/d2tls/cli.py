@@ -60,6 +60,43 @@ def sha256_pin(text: str) -> bytes:
     return pin
 
 
+def server_pin_file(text: str) -> bytes:
+    """An argparse type for ``--server-pin-file``: the RFC 7469 §2.4 pin (SHA-256 of the
+    SubjectPublicKeyInfo) of the server's key, read from a PEM certificate (the first one of
+    the file: the leaf) or one PEM/DER public key, which must be ECDSA P-256."""
+    import hashlib
+
+    from cryptography import x509
+
+    from d2tls.core.dtls.rawpk import load_spki_file, spki_of_any
+    from d2tls.core.pki.verify import load_certificate_chain
+
+    path = Path(text)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror}") from None
+    if b"PRIVATE KEY-----" in data:
+        raise argparse.ArgumentTypeError(
+            f"{text} holds a private key: give the server's certificate or public key"
+        )
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            leaf = x509.load_der_x509_certificate(load_certificate_chain(path)[0])
+            keys: tuple[bytes, ...] = (spki_of_any(leaf.public_key(), path),)
+        elif b"-----BEGIN PUBLIC KEY-----" in data or not data.isascii():
+            keys = load_spki_file(path)
+        else:
+            raise D2TLSError(f"{text} is neither a PEM certificate nor a PEM/DER public key")
+    except (D2TLSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(" (")[0]) from None
+    if len(keys) != 1:
+        raise argparse.ArgumentTypeError(
+            f"{text} holds {len(keys)} public keys; pin exactly one (the server's)"
+        )
+    return hashlib.sha256(keys[0]).digest()
+
+
 def server_rule(text: str) -> str:
     """An argparse type for ``--allow-server`` (d2tls.core.delegation.policy.parse_server_rule)."""
     from d2tls.core.delegation.policy import parse_server_rule
@@ -501,7 +538,8 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
     key = load_private_key(Path(args.key))
     raw_key = spki_of(key) if args.rawpk else None  # RFC 7250: e.g. a TwinPeaks member key
     suites = parse_suites(args.cipher, (CipherSuite.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,))
-    result: dict[str, Any] = {"ok": False, "mode": "standalone" if args.standalone else args.mode}
+    mode = "standalone" if args.standalone else "strict" if args.strict else args.mode
+    result: dict[str, Any] = {"ok": False, "mode": mode}
     connections: list[dict[str, Any]] = []
     result["connections"] = connections
     if args.standalone:
@@ -550,6 +588,8 @@ async def run_device(args: argparse.Namespace) -> dict[str, Any]:
             tracer=trace,
             timeout=args.timeout,
             server_pin=args.server_pin,
+            strict=args.strict,
+            server_trust_store=load_trust_store(Path(args.ca)) if args.ca else None,
             channel=args.channel,
             raw_public_key=raw_key,
             channel_idle_timeout=args.channel_idle_timeout,
@@ -1082,15 +1122,35 @@ def _add_device(sub: Any) -> None:
         default="bound",
         help="bound (default): check the handshake before signing; blind: sign the given hash",
     )
-    device.add_argument(
+    pin = device.add_mutually_exclusive_group()
+    pin.add_argument(
         "--server-pin",
         type=sha256_pin,
         metavar="HEX",
         help="bound mode: sign only if the server certificate carries this key (SHA-256 of its "
         "SubjectPublicKeyInfo, 64 hex digits, RFC 7469 §2.4)",
     )
+    pin.add_argument(
+        "--server-pin-file",
+        type=server_pin_file,
+        dest="server_pin",
+        metavar="FILE",
+        help="as --server-pin, the pin taken from the server's PEM certificate or its PEM/DER "
+        "public key (ECDSA P-256)",
+    )
+    device.add_argument(
+        "--strict",
+        action="store_true",
+        help="strict mode (bound mode only): before signing, also verify the server's "
+        "ServerKeyExchange signature itself (RFC 8422 §5.4), under the pinned key "
+        "(--server-pin/--server-pin-file: 1 ECDSA verify) or else under a server chain "
+        "verified for --server-name against --ca (chain length + 1 verifies); a compromised "
+        "agent then cannot have the device sign a handshake the server took no part in",
+    )
     device.add_argument("--standalone", action="store_true", help="full handshake without an agent")
-    device.add_argument("--ca", help="trust store (only for --standalone)")
+    device.add_argument(
+        "--ca", help="trust store for the server's chain (--standalone, or --strict without a pin)"
+    )
     device.add_argument(
         "--cipher",
         action="append",
@@ -1143,6 +1203,18 @@ def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             "--server-pin needs bound mode: a blind or standalone device does not check the "
             "server certificate before it signs"
         )
+    if args.strict and (args.standalone or args.mode == "blind"):
+        parser.error(
+            "--strict needs bound mode: a blind device sees only a hash and cannot verify the "
+            "ServerKeyExchange (a standalone device verifies the server anyway)"
+        )
+    if args.strict and args.server_pin is None and not args.ca:
+        parser.error(
+            "--strict needs the server's key: --server-pin HEX, --server-pin-file FILE, or --ca "
+            "FILE to verify the server's chain"
+        )
+    if args.ca and not (args.standalone or args.strict):
+        parser.error("--ca is used only with --standalone or with --strict")
 
 
 def _add_model(sub: Any) -> None:

@@ -12,7 +12,10 @@ all variants back to back, in a rotating order, so drift hits them alike:
 * ``reuse`` – D2TLS with a cached context: the resumption alone (no delegation);
 * ``<mode>-first`` – the first delegation of a device: a full channel handshake included;
 * ``<mode>-ecdhe`` / ``<mode>-ecdhe-first`` – the same over an ECDHE-PSK channel (forward
-  secrecy of handed-over contexts per channel key, docs/security.md).
+  secrecy of handed-over contexts per channel key, docs/security.md);
+* ``bound-strict`` / ``bound-strict-chain`` – ``bound`` by a strict device, which also verifies
+  the ServerKeyExchange signature under the pinned server key, or under the server chain it
+  verifies against the CA (:func:`measure_strict`, docs/device-modes.md).
 
 The floor (one ECDSA P-256 signature + one resumption's symmetric work) is timed in the same
 thread in the same run. A last pass sends each variant once through zero-delay relays to split
@@ -47,6 +50,7 @@ from d2tls.core.delegation.chain_cache import DeviceChainMemo
 from d2tls.core.delegation.channel_security import Channel
 from d2tls.core.delegation.messages import DelegationMode
 from d2tls.core.dtls.config import ClientConfig
+from d2tls.core.pki.names import spki_sha256
 from d2tls.core.roles.device import DeviceConfig
 from d2tls.core.roles.signer import DeviceSigner
 from d2tls.net.device_host import Device, DeviceReport, run_standalone
@@ -62,7 +66,9 @@ CHANNEL_VARIANTS = (
     "bound-ecdhe-first",
     "blind-ecdhe-first",
 )
-ALL_VARIANTS = VARIANTS + CHANNEL_VARIANTS
+#: Strict device mode (issue 24 item 3): pinned server key, or the chain against the CA.
+STRICT_VARIANTS = ("bound-strict", "bound-strict-chain")
+ALL_VARIANTS = VARIANTS + CHANNEL_VARIANTS + STRICT_VARIANTS
 D2TLS_VARIANTS = tuple(v for v in ALL_VARIANTS if v != "standalone")
 LABELS = {
     "bound": "D2TLS bound (new, PSK ch. standing)",
@@ -75,6 +81,8 @@ LABELS = {
     "blind-ecdhe": "D2TLS blind (new, ECDHE-PSK standing)",
     "bound-ecdhe-first": "D2TLS bound (first, ECDHE-PSK hs)",
     "blind-ecdhe-first": "D2TLS blind (first, ECDHE-PSK hs)",
+    "bound-strict": "D2TLS strict, pinned key (new, PSK st.)",
+    "bound-strict-chain": "D2TLS strict, CA chain (new, PSK st.)",
 }
 #: Issue 23 targets: (ratio key prefix, variants it applies to, limit).
 TARGETS: dict[str, tuple[str, tuple[str, ...], float]] = {
@@ -132,10 +140,12 @@ class DeviceSide:
         self._standing: dict[tuple[DelegationMode, Channel], Device] = {}
         #: One device: the agent holds its chain after the first session (chain_cache).
         self.chain_memo = DeviceChainMemo()
+        #: Strict devices with a standing channel, by variant (:func:`measure_strict`).
+        self.strict: dict[str, Device] = {}
 
     def close(self) -> None:
         """Close the standing channels (in the device thread)."""
-        for device in (*self._standing.values(), self._reuser):
+        for device in (*self._standing.values(), *self.strict.values(), self._reuser):
             if device is not None:
                 device.close()
         self._standing.clear()
@@ -183,6 +193,8 @@ class DeviceSide:
         )
 
     async def measure(self, variant: str) -> Sample:
+        if variant in STRICT_VARIANTS:
+            return await measure_strict(self, variant)
         if variant == "standalone":
             config = self.standalone_config()
             with gc_paused():
@@ -215,6 +227,44 @@ class DeviceSide:
         if variant != "reuse" and _parse(variant)[2]:
             device.close()  # a first delegation's device goes away with its channel
         return Sample(cpu * 1000, wall * 1000, delegated.report, local)
+
+
+async def measure_strict(side: DeviceSide, variant: str) -> Sample:
+    """A new session of a strict device over its standing PSK channel (the ``bound`` variant
+    plus the device's own ServerKeyExchange verify, RFC 8422 §5.4): ``bound-strict`` under
+    the pinned server key (RFC 7469 §2.4, 1 ECDSA verify), ``bound-strict-chain`` under the
+    server chain it verifies against the CA (1 verify per certificate below the anchor + 1)."""
+    device = side.strict.get(variant)
+    if device is None:
+        device = side.device(DelegationMode.BOUND)
+        device.config.strict = True
+        if variant == "bound-strict":
+            device.config.server_pin = spki_sha256(side.materials.server_chain[0])
+        else:
+            device.config.server_trust_store = side.materials.store
+        warm = await device.connect()  # the channel handshake and first delegation: unmeasured
+        await warm.close()
+        side.strict[variant] = device
+    device.context = None  # a new session: delegate over the standing channel
+    with gc_paused():
+        cpu, wall = time.thread_time(), time.perf_counter()
+        delegated = await device.connect()
+        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    local = delegated.local_address
+    await delegated.close()
+    return Sample(cpu * 1000, wall * 1000, delegated.report, local)
+
+
+def strict_ratios(variants: dict[str, Any], verify_ms: float) -> dict[str, float | None]:
+    """Strict vs bound device CPU in the same run, and the extra CPU in units of one ECDSA
+    P-256 verify timed in the same thread (``public_key_op_ms``)."""
+    bound = variants["bound"]["cpu_ms"]["median"]
+    out: dict[str, float | None] = {}
+    for variant in STRICT_VARIANTS:
+        strict = variants[variant]["cpu_ms"]["median"]
+        out[f"cpu_strict_vs_bound:{variant}"] = ratio(strict, bound)
+        out[f"extra_cpu_in_verifies:{variant}"] = ratio(strict - bound, verify_ms)
+    return out
 
 
 def _aggregate(samples: list[Sample]) -> dict[str, Any]:
@@ -324,6 +374,7 @@ def run(
     }
     result["public_key_op_ms"] = {k: v * 1000 for k, v in pk_times.items()}
     result["ratios"] = _ratios(variants, result["floor"]["total_ms"])
+    result["ratios"].update(strict_ratios(variants, result["public_key_op_ms"]["verify"]))
     result["targets"] = _targets(result["ratios"])
     if profile is not None:
         base = {v: variants[v] for v in VARIANTS}
@@ -498,6 +549,14 @@ def render(result: dict[str, Any]) -> str:
         )
     )
     out.append(f"standalone CPU / floor: {r['cpu_standalone_vs_floor']}")
+    if "cpu_strict_vs_bound:bound-strict" in r:
+        verify_ms = result["public_key_op_ms"]["verify"]
+        out.append(
+            "strict CPU / bound CPU: "
+            + ", ".join(f"{v} {r[f'cpu_strict_vs_bound:{v}']}" for v in STRICT_VARIANTS)
+            + f"; extra CPU in ECDSA verifies ({verify_ms:.3f} ms each, same thread): "
+            + ", ".join(f"{v} {r[f'extra_cpu_in_verifies:{v}']}" for v in STRICT_VARIANTS)
+        )
     out.append(
         "\nTargets (issue 23; a new D2TLS session = a delegation over the standing PSK channel):"
     )

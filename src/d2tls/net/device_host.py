@@ -154,6 +154,7 @@ class Device:
         cpu_start = time.process_time()
         wall_start = time.perf_counter()
         signs_before = self.config.signer.signatures
+        verifies_before = self.config.signer.verifies
         pump = self._pump
         protocol = self._protocol
         if pump is not None and not pump.runs_on(asyncio.get_running_loop()):
@@ -194,6 +195,7 @@ class Device:
         report.resumed_from_cache = protocol.delegations == 0
         report.agent_link, report.server_link = protocol.agent_link, protocol.server_link
         report.key_operations["sign"] = self.config.signer.signatures - signs_before
+        report.key_operations["verify"] = self.config.signer.verifies - verifies_before
         report.cpu_ms = (time.process_time() - cpu_start) * 1000
         report.wall_ms = (time.perf_counter() - wall_start) * 1000
         if isinstance(outcome, AttemptFailed):

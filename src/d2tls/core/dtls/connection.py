@@ -289,6 +289,11 @@ class Connection(ABC):
         if not self._machine.is_final():
             self._fire_safely("close")
 
+    def abort(self, alert: AlertDescription, reason: str) -> None:
+        """End the connection with the fatal ``alert`` (RFC 5246 §7.2.2): the application
+        refuses to go on, e.g. the D2TLS device refused to sign. Idempotent."""
+        self._fail(ProtocolError(reason, alert))
+
     @property
     def has_partial_message(self) -> bool:
         """True while fragments of a handshake message wait for the rest (RFC 6347 §4.2.3)."""

@@ -352,6 +352,17 @@ def verify_server_chain(
     ``server_name`` is a DNS name or an IP literal. Raises :class:`CertificateError` with the
     alert to send, or :class:`ConfigurationError` if ``server_name`` is missing or invalid.
     """
+    return verify_server_path(chain, store, server_name, now)[0]
+
+
+def verify_server_path(
+    chain: Sequence[bytes],
+    store: Store,
+    server_name: str | None,
+    now: datetime | None = None,
+) -> list[x509.Certificate]:
+    """:func:`verify_server_chain`, returning the whole verified path (leaf first, trust
+    anchor last): one signature verify per certificate below the anchor (RFC 5280 §6.1)."""
     if server_name is None:
         raise ConfigurationError("a server name is required to verify a server certificate")
     now = now if now is not None else utc_now()
@@ -360,7 +371,7 @@ def verify_server_chain(
         verifier = _builder(store, now).build_server_verifier(subject)
     except ValueError as exc:
         raise ConfigurationError(f"invalid server name {server_name!r}: {exc}") from exc
-    return _verify(verifier, chain, usage="serverAuth", expected_name=server_name, now=now)[0]
+    return _verify(verifier, chain, usage="serverAuth", expected_name=server_name, now=now)
 
 
 def verify_client_chain(

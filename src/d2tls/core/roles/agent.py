@@ -212,6 +212,8 @@ class AgentSession:
         #: The request as accepted: with the chain the certificate_chain_hash named (§6).
         self._resolved: DelegationRequest | None = None
         self._signature_request: SignatureRequested | None = None
+        #: The device refused to sign the server's handshake (spec/delegation.md §6).
+        self._signing_refused = False
         self._table = self._handlers()
         self._driver: SpecMachine[AgentState, DelegationMessage | None] = SpecMachine(
             load_spec("d2tls").role(self.ROLE), AgentState, self._table
@@ -274,6 +276,7 @@ class AgentSession:
             return
         if isinstance(message, DelegationError):
             self.error = f"device: {message.code.name.lower()}: {message.reason}"
+            self._signing_refused = message.code is DelegationErrorCode.SIGNING_REFUSED
         try:
             self._driver.fire(f"recv_{MESSAGE_NAMES[type(message)]}", message)
         except ProtocolError as exc:
@@ -284,7 +287,7 @@ class AgentSession:
         if isinstance(event, SignatureRequested):
             self._signature_request = event
             self._fire("signature_needed")
-        elif isinstance(event, ConnectionTerminated) and event.error:
+        elif isinstance(event, ConnectionTerminated) and event.error and not self.is_final:
             self.error_code, self.error = describe_server_failure(event)
             self._fire("server_failed")
         elif isinstance(event, HandshakeCompleted):
@@ -502,7 +505,17 @@ class AgentSession:
 
     def _abort_server_handshake(self) -> None:
         if self.client is not None and not self.client.is_closed:
-            self.client.close()
+            if self._signing_refused:
+                # The server's certificate verified, but the device's policy refused it:
+                # access_denied (RFC 5246 §7.2.2), not a silent close_notify.
+                log.warning(
+                    "delegation for %s: %s; handshake with the server ended (access_denied)",
+                    self._identity_text(),
+                    self.error,
+                )
+                self.client.abort(AlertDescription.ACCESS_DENIED, self.error)
+            else:
+                self.client.close()
 
     def _build_delegation_error(self) -> None:
         """The request_id of the message answered if it was readable (§6), else of the open

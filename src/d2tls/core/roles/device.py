@@ -374,7 +374,7 @@ class DelegationAttempt:
                 raw_public_key=request.raw_public_key,
             )
             if self.config.strict:
-                check_server_key_exchange(
+                self.config.signer.verifies += check_server_key_exchange(
                     transcript,
                     request.server_name,
                     server_pin=self.config.server_pin,

@@ -44,7 +44,7 @@ from d2tls.core.dtls.messages import (
 )
 from d2tls.core.errors import CertificateError, ConfigurationError, D2TLSError
 from d2tls.core.pki.names import names_server, spki_sha256
-from d2tls.core.pki.verify import verify_server_chain
+from d2tls.core.pki.verify import verify_server_path
 from d2tls.core.randomness import SYSTEM, Randomness
 
 
@@ -65,6 +65,8 @@ class DeviceSigner:
         self._key = private_key
         self._randomness = randomness
         self.signatures = 0
+        #: ECDSA verifies of strict mode (:func:`check_server_key_exchange`), for the report.
+        self.verifies = 0
 
     def sign_transcript(self, transcript: bytes) -> bytes:
         """ecdsa_secp256r1_sha256 over the handshake messages (RFC 5246 §7.4.8)."""
@@ -262,9 +264,10 @@ def check_server_key_exchange(
     The signature covers client_random + server_random + ServerECDHParams (RFC 8422 §5.4,
     RFC 5246 §7.4.3) and must verify under the server leaf's key, which must be the pinned one
     (``server_pin``, RFC 7469 §2.4: one ECDSA verify) or, without a pin, come from a chain that
-    verifies for ``server_name`` against ``trust_store`` at ``now`` (RFC 5280 §6: the chain's
-    verifies, then the one of the ServerKeyExchange). Run it after
-    :func:`check_bound_transcript`, which checks the transcript's shape, randoms and names.
+    verifies for ``server_name`` against ``trust_store`` at ``now`` (RFC 5280 §6: one verify per
+    certificate of the path below the trust anchor, then the one of the ServerKeyExchange).
+    Run it after :func:`check_bound_transcript`, which checks the transcript's shape, randoms
+    and names.
     Returns the number of ECDSA verifies done (for the device's key-operation count); raises
     SigningRefused naming the failed check.
     """
@@ -309,8 +312,9 @@ def check_server_key_exchange(
             leaf = x509.load_der_x509_certificate(chain[0])
         else:
             assert trust_store is not None and now is not None
-            leaf = verify_server_chain(chain, trust_store, server_name, now)
-            verifies += len(chain)
+            path = verify_server_path(chain, trust_store, server_name, now)
+            leaf = path[0]
+            verifies += len(path) - 1  # the trust anchor's own signature is not verified
     except (CertificateError, ConfigurationError, ValueError) as exc:
         raise SigningRefused(f"the server certificate chain does not verify: {exc}") from exc
     key = leaf.public_key()
