@@ -390,9 +390,13 @@ class ServerConnection(Connection):
         store = self.config.trust_store
         assert store is not None
         if self._verdicts is not None and self.config.verdict_cache_size > 0:
+            misses = self._verdicts.misses
             path = self._verdicts.verify(chain, store, self.config.wall_clock())
+            if self._verdicts.misses != misses:
+                self.stats["verify"] += len(chain)  # one signature per link
         else:
             path = tuple(verify_client_path(chain, store, utc(self.config.wall_clock())))
+            self.stats["verify"] += len(chain)
         self._check_revocation(path)
         return path
 
@@ -654,15 +658,18 @@ class ServerConnection(Connection):
             self._ephemeral, exchange = ecdhe_psk.server_key_exchange(
                 self.config.randomness, self.config.psk_identity_hint
             )
+            self.stats["keygen"] += 1
             self._queue_handshake(exchange)
             return
         self._ephemeral = self.config.randomness.ec_private_key()
+        self.stats["keygen"] += 1
         point = self._ephemeral.public_key().public_bytes(
             Encoding.X962, PublicFormat.UncompressedPoint
         )
         unsigned = ServerKeyExchangeECDHE(SECP256R1, point, ECDSA_SECP256R1_SHA256, b"")
         signed = self.client_random + self.server_random + unsigned.params_bytes()
         signature = self._signing_key().sign(signed, self.config.randomness.ecdsa())
+        self.stats["sign"] += 1
         self._queue_handshake(
             ServerKeyExchangeECDHE(SECP256R1, point, ECDSA_SECP256R1_SHA256, signature)
         )
@@ -691,6 +698,7 @@ class ServerConnection(Connection):
         path = verify_client_path(
             certificate.certificates, self.config.trust_store, utc(self.config.wall_clock())
         )
+        self.stats["verify"] += len(certificate.certificates)  # one signature per link
         self._check_revocation(path)
         key = path[0].public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
@@ -723,6 +731,7 @@ class ServerConnection(Connection):
             self._psk_identity, pre_master = ecdhe_psk.server_pre_master(
                 self._ephemeral, exchange, self.config.psk_keys
             )
+            self.stats["ecdh"] += 1
         elif self._uses_psk():
             if not isinstance(exchange, ClientKeyExchangePSK):
                 raise IllegalParameter("expected a PSK ClientKeyExchange")
@@ -736,6 +745,7 @@ class ServerConnection(Connection):
                 raise IllegalParameter("expected an ECDHE ClientKeyExchange")
             assert self._ephemeral is not None
             pre_master = keyschedule.ecdhe_pre_master_secret(self._ephemeral, exchange.public_point)
+            self.stats["ecdh"] += 1
         if self.extended_master_secret:
             session_hash = keyschedule.transcript_hash(bytes(self._transcript))
             self._master = keyschedule.extended_master_secret(pre_master, session_hash)
@@ -751,6 +761,7 @@ class ServerConnection(Connection):
         if verify.signature_algorithm != ECDSA_SECP256R1_SHA256:
             raise IllegalParameter("CertificateVerify uses an algorithm we did not request")
         signed = bytes(self._transcript[: self._transcript_mark])
+        self.stats["verify"] += 1
         try:
             self._client_key.verify(verify.signature, signed, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
