@@ -90,7 +90,7 @@ from d2tls.errors import (
     ProtocolError,
     SpecError,
 )
-from d2tls.model.machine import Handlers, expecting, ignoring
+from d2tls.model.machine import HandlerNames, Handlers, expecting, ignoring
 from d2tls.model.spec import RoleSpec, load_spec
 from d2tls.model.states import ServerState
 from d2tls.pki.verdict_cache import VerdictCache
@@ -268,7 +268,7 @@ class ServerConnection(Connection):
         """The spec's handlers, each bound to this connection when first used: a listener
         makes a connection per ClientHello and most of them answer one HelloVerifyRequest,
         which uses four of the table's 40 entries (:class:`_BoundOnUse`)."""
-        return Handlers(
+        return _ServerHandlers(
             guards=_BoundOnUse(self, _GUARDS, "guards"),
             actions=_BoundOnUse(self, _ACTIONS, "actions"),
             builders=_BoundOnUse(self, _BUILDERS, "builders"),
@@ -898,6 +898,20 @@ _BUILDERS: dict[str, _Maker[Callable[[], None]]] = {
 _SHARED_NAMES: dict[str, tuple[str, ...]] = {}
 
 
+@dataclass(frozen=True)
+class _ServerHandlers(Handlers[Payload]):
+    """A :class:`ServerConnection`'s table; its names are the same for every connection."""
+
+    def names(self) -> HandlerNames:
+        global _TABLE_NAMES
+        if _TABLE_NAMES is None:
+            _TABLE_NAMES = super().names()
+        return _TABLE_NAMES
+
+
+_TABLE_NAMES: HandlerNames | None = None
+
+
 class _BoundOnUse(Mapping[str, V]):
     """One kind of a :class:`ServerConnection`'s handler table: the server's own handlers
     (``makers``) and the shared ones of :meth:`Connection._table_with`, each bound to the
@@ -980,6 +994,8 @@ def _looks_like_spki(der: bytes) -> bool:
 
 def _is_initial_client_hello(data: bytes) -> bool:
     """True if the datagram starts with an epoch-0 ClientHello with message_seq 0 or 1."""
+    if len(data) < 13 or data[0] != ContentType.HANDSHAKE or data[3] or data[4]:
+        return False  # the first record (RFC 6347 §4.1 header) is no epoch-0 handshake
     records, _ = parse_datagram(data)
     if not records:
         return False
