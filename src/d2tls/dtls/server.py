@@ -269,9 +269,9 @@ class ServerConnection(Connection):
         makes a connection per ClientHello and most of them answer one HelloVerifyRequest,
         which uses four of the table's 40 entries (:class:`_BoundOnUse`)."""
         return _ServerHandlers(
-            guards=_BoundOnUse(self, _GUARDS, "guards"),
-            actions=_BoundOnUse(self, _ACTIONS, "actions"),
-            builders=_BoundOnUse(self, _BUILDERS, "builders"),
+            guards=_BoundOnUse(self, _GUARDS, "guards", _shared_guards),
+            actions=_BoundOnUse(self, _ACTIONS, "actions", _shared_actions),
+            builders=_BoundOnUse(self, _BUILDERS, "builders", _shared_builders),
             hold=self._hold,
             emit=self._emit,
         )
@@ -912,6 +912,18 @@ class _ServerHandlers(Handlers[Payload]):
 _TABLE_NAMES: HandlerNames | None = None
 
 
+def _shared_guards(table: Handlers[Payload]) -> Mapping[str, Callable[[Payload], bool]]:
+    return table.guards
+
+
+def _shared_actions(table: Handlers[Payload]) -> Mapping[str, Callable[[Payload], None]]:
+    return table.actions
+
+
+def _shared_builders(table: Handlers[Payload]) -> Mapping[str, Callable[[], None]]:
+    return table.builders
+
+
 class _BoundOnUse(Mapping[str, V]):
     """One kind of a :class:`ServerConnection`'s handler table: the server's own handlers
     (``makers``) and the shared ones of :meth:`Connection._table_with`, each bound to the
@@ -919,18 +931,25 @@ class _BoundOnUse(Mapping[str, V]):
     the start, so the machine's check against the spec (:mod:`d2tls.model.machine`) sees
     every handler."""
 
-    __slots__ = ("_bound", "_kind", "_makers", "_owner")
+    __slots__ = ("_bound", "_kind", "_makers", "_owner", "_shared")
 
-    def __init__(self, owner: ServerConnection, makers: dict[str, _Maker[V]], kind: str) -> None:
+    def __init__(
+        self,
+        owner: ServerConnection,
+        makers: dict[str, _Maker[V]],
+        kind: str,
+        shared: Callable[[Handlers[Payload]], Mapping[str, V]],
+    ) -> None:
         self._owner = owner
         self._makers = makers
         self._kind = kind
+        self._shared = shared
         self._bound: dict[str, V] = {}
 
     def _shared_names(self) -> tuple[str, ...]:
         names = _SHARED_NAMES.get(self._kind)
         if names is None:
-            table: Mapping[str, object] = getattr(self._owner._shared_table(), self._kind)
+            table = self._shared(self._owner._shared_table())
             names = _SHARED_NAMES[self._kind] = tuple(n for n in table if n not in self._makers)
         return names
 
@@ -941,8 +960,7 @@ class _BoundOnUse(Mapping[str, V]):
             if maker is not None:
                 handler = maker(self._owner)
             elif name in self._shared_names():
-                shared: Mapping[str, V] = getattr(self._owner._shared_table(), self._kind)
-                handler = shared[name]
+                handler = self._shared(self._owner._shared_table())[name]
             else:
                 raise KeyError(name)
             self._bound[name] = handler
