@@ -125,6 +125,7 @@ def test_bench_server_counts_handshakes_at_the_server(materials: Materials) -> N
         store_urls=[],
         progress=False,
         materials=materials,
+        engine_handshakes=5,
     )
     kinds = {row["kind"]: row for row in result["levels"]}
     assert kinds["full"]["completed"] > 0 and kinds["resumption"]["completed"] > 0
@@ -136,6 +137,13 @@ def test_bench_server_counts_handshakes_at_the_server(materials: Materials) -> N
     assert result["cache"][0]["fill_added"] > 0
     assert result["cache"][0]["bytes_per_session"] > 100  # a session holds a certificate
     assert result["targets"]["full_vs_floor"]["value"] > 1
+    assert result["targets"]["full_vs_floor"]["limit"] == 4.0  # issue 23
+    assert result["targets"]["resumption_vs_floor"]["limit"] == 10.0
+    assert result["floor"]["key_operations_agree"]["agree"]
+    for kind in ("full", "resumption"):
+        split = result["split"][kind]
+        assert split["engine_ms"] > split["floor_ms"] > 0
+    assert "as the floor charges" in server.render(result)
 
 
 def test_floors_are_the_sum_of_their_operations(materials: Materials) -> None:
@@ -144,8 +152,29 @@ def test_floors_are_the_sum_of_their_operations(materials: Materials) -> None:
     assert device["total_s"] == pytest.approx(total)
     assert device["ops"]["ecdsa_sign"]["count"] == 1
     full = floor.server_full_floor(materials, repeat=3)
-    assert full["ops"]["verify_client_chain"]["count"] == 1
-    assert full["total_s"] > floor.server_resumption_floor(repeat=3)["total_s"]
+    links = len(materials.device_chain)
+    assert full["ops"]["ecdsa_verify_client_chain"]["count"] == links
+    assert full["ops"]["decode_client_certificates"]["count"] == links
+    assert set(full["ops"]) == set(floor.SERVER_FULL_OPERATIONS)
+    total = sum(op["seconds"] * op["count"] for op in full["ops"].values())
+    assert full["total_s"] == pytest.approx(total)
+    resumption = floor.server_resumption_floor(materials, repeat=3)
+    assert set(resumption["ops"]) == set(floor.SERVER_RESUMPTION_OPERATIONS)
+    assert full["total_s"] > resumption["total_s"]
+
+
+def test_engine_pass_counts_the_public_key_operations_the_floor_charges(
+    materials: Materials,
+) -> None:
+    """The full-handshake floor charges the public-key operations the server engine counts:
+    1 signature, 1 key generation and ECDH, one verification per client certificate plus
+    CertificateVerify; a resumption does none (the verdict cache holds the chain's)."""
+    full = server.engine_pass(materials, "full", 3)
+    resumed = server.engine_pass(materials, "resumption", 3)
+    links = len(materials.device_chain)
+    assert full["key_operations"] == {"sign": 1, "verify": links + 1, "ecdh": 1, "keygen": 1}
+    assert resumed["key_operations"] == dict.fromkeys(server.KEY_OPERATIONS, 0)
+    assert full["server_engine_cpu_ms"] > resumed["server_engine_cpu_ms"] > 0
 
 
 def test_summary_and_table_helpers() -> None:

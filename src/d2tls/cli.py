@@ -504,7 +504,11 @@ async def run_agent(args: argparse.Namespace) -> int:
         agent.close()
         if server_keys is not None:
             server_keys.close()
-        print(f"agent: {agent.completed} delegations completed, {agent.failed} failed", flush=True)
+        print(
+            f"agent: {agent.completed} delegations completed, {agent.failed} failed, "
+            f"{agent.chain_misses} chain-cache misses",
+            flush=True,
+        )
     return 0
 
 

@@ -108,6 +108,7 @@ def _server(args: argparse.Namespace) -> int:
         store_urls=stores,
         store_n=args.store_n,
         progress=not args.no_progress,
+        engine_handshakes=args.engine_handshakes,
     )
     return _emit(args, result, server.render)
 
@@ -308,6 +309,13 @@ def register(subparsers: Any) -> None:
         "--store-n", type=int, default=1000, help="sessions per store benchmark (default 1000)"
     )
     server.add_argument("--no-stores", action="store_true", help="skip the store benchmarks")
+    server.add_argument(
+        "--engine-handshakes",
+        type=int,
+        default=300,
+        metavar="N",
+        help="handshakes of each kind through the sans-IO engines alone (default 300)",
+    )
     server.set_defaults(handler=_server)
 
     record = kinds.add_parser("record", help="application-data record cost vs the raw AEAD")

@@ -26,9 +26,7 @@ messages).
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
-import tracemalloc
 from dataclasses import dataclass
 from typing import Any
 
@@ -329,6 +327,7 @@ def run(
     profile = device_profiles.load(device_profile) if device_profile else None
     materials = materials or Materials.create()
     memory: dict[str, int] | None = None
+    memory_buffered: dict[str, int] | None = None
     samples: dict[str, list[Sample]] = {v: [] for v in ALL_VARIANTS}
     result: dict[str, Any] = {"benchmark": "device", "runs": runs, "environment": environment()}
     with Peers(PeersSpec(materials.paths.directory)) as peers, LoopThread() as thread:
@@ -356,7 +355,11 @@ def run(
         if breakdown:
             result["breakdown"] = _breakdown(materials, peers, thread, side.chain_memo)
         if profile is not None:
-            memory = _peak_memory(side, thread, memory_runs)
+            peaks = device_profiles.peak_memory(
+                lambda v: thread.run(side.measure(v), timeout=120), VARIANTS, memory_runs
+            )
+            memory = peaks["peak_bytes"]
+            memory_buffered = peaks["peak_with_asyncio_buffer_bytes"]
 
         async def close_side() -> None:
             side.close()
@@ -378,7 +381,7 @@ def run(
     result["targets"] = _targets(result["ratios"])
     if profile is not None:
         base = {v: variants[v] for v in VARIANTS}
-        result["device_profile"] = device_profiles.evaluate(profile, base, memory)
+        result["device_profile"] = device_profiles.evaluate(profile, base, memory, memory_buffered)
     return result
 
 
@@ -395,26 +398,6 @@ def _targets(ratios: dict[str, float | None]) -> dict[str, Any]:
             "met": len(known) == len(values) and all(v <= limit for v in known),
         }
     return out
-
-
-def _peak_memory(side: DeviceSide, thread: LoopThread, runs: int) -> dict[str, int]:
-    """Median tracemalloc peak (bytes above the start) of one new session per variant.
-
-    Only the device runs in this process (server and agent are children), so the peak is
-    the device's: handshake state, messages, and the session it keeps.
-    """
-    peaks: dict[str, list[int]] = {v: [] for v in VARIANTS}
-    for _ in range(max(1, runs)):
-        for variant in VARIANTS:
-            tracemalloc.start()
-            try:
-                base = tracemalloc.get_traced_memory()[0]
-                thread.run(side.measure(variant), timeout=120)
-                peak = tracemalloc.get_traced_memory()[1]
-            finally:
-                tracemalloc.stop()
-            peaks[variant].append(peak - base)
-    return {v: int(statistics.median(p)) for v, p in peaks.items()}
 
 
 def _ratios(variants: dict[str, Any], floor_ms: float) -> dict[str, float | None]:
@@ -678,19 +661,7 @@ def render_profile(model: dict[str, Any]) -> str:
                     f"{entry['paper']} ({entry['source']}, ±{entry['tolerance']:.0%}) -> {verdict}"
                 )
     if "memory" in model:
-        mem = model["memory"]
-        peaks = mem["peak_bytes"]
-        out.append(
-            "\nDevice peak memory (tracemalloc, bytes): "
-            + ", ".join(f"{v} {peaks[v]:,}" for v in VARIANTS)
-            + f"\n  paper Table 7 max. dynamic memory: DTLS {mem['paper']['dtls']:,.0f}, "
-            f"D2TLS {mem['paper']['d2tls']:,.0f} (D2TLS below DTLS); ours: "
-            + ", ".join(
-                f"{m} {'below' if below else 'not below'} standalone"
-                for m, below in mem["ours_d2tls_below_dtls"].items()
-            )
-            + f" -> {'met' if mem['ordering_met'] else 'missed'}"
-        )
+        out.append(device_profiles.render_memory(model["memory"], VARIANTS))
     return "\n".join(out)
 
 

@@ -11,6 +11,11 @@ With two cores the load generator (whose client handshake costs about what the s
 can be the bottleneck: ``server_utilisation`` says how busy the server was; the CPU per
 handshake, and ``capacity_per_s = 1 / cpu_per_handshake``, do not depend on that.
 
+The same handshakes also run in this process through the sans-IO engines alone (no sockets, no
+event loop; :func:`engine_pass`), timing only the server engine's calls and counting its
+public-key operations: the server's CPU splits into crypto floor, engine (Python protocol work
+above the floor) and host (asyncio and the socket calls), all from one run.
+
 Then the session cache is filled with 10^3..10^6 realistic sessions (own ID, secret and a copy
 of a real client certificate) to measure memory per cached session (RSS) and resumption
 throughput against the cache size. If ``d2tls.bench.store`` is present, each ``--store`` URL is
@@ -20,8 +25,10 @@ benchmarked too.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +41,27 @@ from d2tls.bench.common import (
     table,
     target_line,
 )
-from d2tls.bench.floor import server_full_floor, server_resumption_floor
+from d2tls.bench.floor import (
+    SERVER_FULL_OPERATIONS,
+    SERVER_RESUMPTION_OPERATIONS,
+    server_full_floor,
+    server_resumption_floor,
+)
 from d2tls.bench.infra import Peers, PeersSpec
 from d2tls.core.dtls.client import DTLSClient
-from d2tls.core.dtls.config import ClientConfig
-from d2tls.core.dtls.session import Session
+from d2tls.core.dtls.config import ClientAuth, ClientConfig, ServerConfig
+from d2tls.core.dtls.events import HandshakeCompleted
+from d2tls.core.dtls.server import DTLSServer
+from d2tls.core.dtls.session import MemorySessionStore, Session
 from d2tls.core.pki.verdict_cache import DEFAULT_MAX_ENTRIES
 from d2tls.net.udp import ClientEndpoint, ConnectionFailed
 
 Address = tuple[str, int]
-TARGETS = {"full_vs_floor": 3.0, "resumption_vs_floor": 5.0}
+#: Issue 23: server CPU per handshake against its crypto floor, best concurrency level.
+TARGETS = {"full_vs_floor": 4.0, "resumption_vs_floor": 10.0}
+#: Public-key operations per handshake counted by the server engine (``engine_pass``).
+KEY_OPERATIONS = ("sign", "verify", "ecdh", "keygen")
+ENGINE_ADDRESS: Address = ("192.0.2.1", 4433)  # documentation address; never on a socket
 
 
 class LoadGenerator:
@@ -144,6 +162,92 @@ class LoadGenerator:
         }
 
 
+def engine_pass(materials: Materials, kind: str, n: int) -> dict[str, Any]:
+    """``n`` handshakes of ``kind`` (``full`` or ``resumption``) through the sans-IO engines.
+
+    The server is configured as in ``Peers`` (client certificates required, cookie exchange,
+    memory store, verdict cache on); each handshake ends with the client's close_notify, as
+    in the load generator. Only the server engine's calls are timed (thread CPU, the cyclic
+    GC paused); its public-key operations are read from its connection's counters.
+    """
+    load = LoadGenerator(materials, ENGINE_ADDRESS)
+    server = DTLSServer(
+        ServerConfig(
+            certificate_chain=materials.server_chain,
+            private_key=materials.server_key,
+            trust_store=materials.store,
+            client_auth=ClientAuth.REQUIRED,
+            session_store=MemorySessionStore(),
+        )
+    )
+    spent = 0.0
+    counted = dict.fromkeys(KEY_OPERATIONS, 0)
+
+    def serve(datagrams: list[tuple[bytes, Address]], peer: Address) -> list[bytes]:
+        nonlocal spent
+        start = time.thread_time()
+        for data, _ in datagrams:
+            server.receive_datagram(data, peer, 0.0)
+        replies = server.datagrams_to_send(0.0)
+        spent += time.thread_time() - start
+        return [data for data, _ in replies]
+
+    def handshake(config: ClientConfig, port: int) -> HandshakeCompleted:
+        peer: Address = ("198.51.100.20", port)
+        client = DTLSClient(config)
+        client.remote = ENGINE_ADDRESS
+        client.connect(0.0)
+        done: HandshakeCompleted | None = None
+        for _ in range(16):
+            replies = serve(client.datagrams_to_send(0.0), peer)
+            while (event := server.next_event()) is not None:
+                if isinstance(event, HandshakeCompleted):
+                    done = event
+                    connection = server.connection(peer)
+                    assert connection is not None
+                    for op in KEY_OPERATIONS:
+                        counted[op] += connection.stats[op]
+            for data in replies:
+                client.receive_datagram(data, ENGINE_ADDRESS, 0.0)
+            while client.next_event() is not None:
+                pass
+            if done is not None and client.is_established:
+                client.close()
+                serve(client.datagrams_to_send(0.0), peer)
+                while server.next_event() is not None:
+                    pass
+                return done
+        raise RuntimeError(f"engine pass: a {kind} handshake did not complete")
+
+    first = handshake(load.full_config(), 1)
+    ports = iter(range(2, 65536))
+
+    def one() -> HandshakeCompleted:
+        config = load.full_config() if kind == "full" else load.resume_config(first.session)
+        done = handshake(config, next(ports))
+        if done.resumed != (kind == "resumption"):
+            raise RuntimeError(f"engine pass: expected a {kind}, got resumed={done.resumed}")
+        return done
+
+    for _ in range(5):  # warm up
+        one()
+    spent = 0.0
+    counted = dict.fromkeys(KEY_OPERATIONS, 0)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(n):
+            one()
+    finally:
+        gc.enable()
+    return {
+        "kind": kind,
+        "handshakes": n,
+        "server_engine_cpu_ms": round(spent / n * 1000, 4),
+        "key_operations": {op: counted[op] / n for op in KEY_OPERATIONS},
+    }
+
+
 def _stores(urls: list[str], n: int) -> dict[str, Any]:
     if importlib.util.find_spec("d2tls.bench.store") is None:
         return {"available": False, "note": "d2tls.bench.store not installed (hook left here)"}
@@ -234,6 +338,7 @@ def run(
     store_n: int = 1000,
     progress: bool = True,
     materials: Materials | None = None,
+    engine_handshakes: int = 300,
 ) -> dict[str, Any]:
     concurrency = concurrency or [10, 100, 1000]
     cache_sizes = cache_sizes if cache_sizes is not None else [10**3, 10**4, 10**5, 10**6]
@@ -243,10 +348,16 @@ def run(
         "duration_s": duration,
         "environment": environment(),
     }
-    total = 2 * len(concurrency) + len(cache_sizes) + 3
+    total = 2 * len(concurrency) + len(cache_sizes) + 4
     with Progress(total, "bench server", progress) as bar:
         full_floor = server_full_floor(materials)
-        resumption_floor = server_resumption_floor()
+        resumption_floor = server_resumption_floor(materials)
+        bar.update()
+        bar.describe("bench server: sans-IO engine pass")
+        engine = {
+            kind: engine_pass(materials, kind, max(1, engine_handshakes))
+            for kind in ("full", "resumption")
+        }
         bar.update()
         spec = PeersSpec(materials.paths.directory, agent=False, max_sessions=2 * 10**6 + 10**5)
         with Peers(spec) as peers:
@@ -262,6 +373,7 @@ def run(
         result["stores"] = _stores(store_urls, store_n) if store_urls else {"skipped": True}
         bar.update()
     result.update(measured)
+    result["engine"] = engine
     result["floor"] = {
         "full_ms": full_floor["total_s"] * 1000,
         "resumption_ms": resumption_floor["total_s"] * 1000,
@@ -273,11 +385,19 @@ def run(
             k: {"count": v["count"], "ms": v["seconds"] * 1000}
             for k, v in resumption_floor["ops"].items()
         },
+        "full_ops_meaning": SERVER_FULL_OPERATIONS,
+        "resumption_ops_meaning": SERVER_RESUMPTION_OPERATIONS,
     }
+    result["floor"]["key_operations_agree"] = _key_operations_agree(result["floor"], engine)
     best = _best(result["levels"])
+    floor_ms = {"full": result["floor"]["full_ms"], "resumption": result["floor"]["resumption_ms"]}
     result["ratios"] = {
-        "full_vs_floor": ratio(best.get("full"), result["floor"]["full_ms"], 3),
-        "resumption_vs_floor": ratio(best.get("resumption"), result["floor"]["resumption_ms"], 3),
+        "full_vs_floor": ratio(best.get("full"), floor_ms["full"], 3),
+        "resumption_vs_floor": ratio(best.get("resumption"), floor_ms["resumption"], 3),
+    }
+    result["split"] = {
+        kind: _split(best.get(kind), engine[kind]["server_engine_cpu_ms"], floor_ms[kind])
+        for kind in ("full", "resumption")
     }
     result["targets"] = {
         name: {
@@ -290,6 +410,40 @@ def run(
     sizes = [r["bytes_per_session"] for r in result["cache"] if r.get("bytes_per_session")]
     result["bytes_per_cached_session"] = sizes[-1] if sizes else None
     return result
+
+
+def _key_operations_agree(floor: dict[str, Any], engine: dict[str, Any]) -> dict[str, Any]:
+    """The public-key operations the floors charge against those the engine counted."""
+    ops = floor["full_ops"]
+    charged = {
+        "full": {
+            "sign": ops["ecdsa_sign_server_key_exchange"]["count"],
+            "verify": ops["ecdsa_verify_client_chain"]["count"]
+            + ops["ecdsa_verify_certificate_verify"]["count"],
+            "ecdh": ops["ecdhe_keygen_and_exchange"]["count"],
+            "keygen": ops["ecdhe_keygen_and_exchange"]["count"],
+        },
+        "resumption": dict.fromkeys(KEY_OPERATIONS, 0),
+    }
+    counted = {kind: engine[kind]["key_operations"] for kind in charged}
+    return {
+        "charged": charged,
+        "counted": counted,
+        "agree": all(counted[k][op] == charged[k][op] for k in charged for op in KEY_OPERATIONS),
+    }
+
+
+def _split(process_ms: float | None, engine_ms: float, floor_ms: float) -> dict[str, Any]:
+    """Server CPU per handshake: crypto floor, Python engine work above it, and the host."""
+    return {
+        "process_ms": process_ms,
+        "engine_ms": engine_ms,
+        "floor_ms": round(floor_ms, 4),
+        "engine_above_floor_ms": round(engine_ms - floor_ms, 4),
+        "host_ms": round(process_ms - engine_ms, 4) if process_ms is not None else None,
+        "engine_vs_floor": ratio(engine_ms, floor_ms, 3),
+        "process_vs_floor": ratio(process_ms, floor_ms, 3),
+    }
 
 
 def _best(levels: list[dict[str, Any]]) -> dict[str, float]:
@@ -340,7 +494,49 @@ def render(result: dict[str, Any]) -> str:
         f"\nCrypto floor per handshake (same run): full mutual-auth {floor['full_ms']:.4f} ms, "
         f"resumption {floor['resumption_ms']:.4f} ms"
     )
-    out.append("Targets (issue 7), best level:")
+    for kind in ("full", "resumption"):
+        ops = ", ".join(f"{name} x{entry['count']}" for name, entry in floor[f"{kind}_ops"].items())
+        out.append(f"  {kind}: {ops}")
+    agree = floor.get("key_operations_agree")
+    if agree:
+        counted = agree["counted"]["full"]
+        out.append(
+            "  public-key operations counted by the server engine per full handshake: "
+            + ", ".join(f"{op} {counted[op]:g}" for op in KEY_OPERATIONS)
+            + (" (as the floor charges)" if agree["agree"] else " (the floor charges otherwise!)")
+        )
+    split = result.get("split")
+    if split:
+        rows = [
+            [
+                kind,
+                entry["floor_ms"],
+                entry["engine_ms"],
+                entry["process_ms"],
+                entry["host_ms"],
+                entry["engine_vs_floor"],
+                entry["process_vs_floor"],
+            ]
+            for kind, entry in split.items()
+        ]
+        out.append(
+            "\n"
+            + table(
+                [
+                    "handshake",
+                    "floor ms",
+                    "engine ms",
+                    "process ms",
+                    "host ms",
+                    "engine x floor",
+                    "process x floor",
+                ],
+                rows,
+                title="Server CPU per handshake: crypto floor, sans-IO engine (this process), "
+                "whole server process (best level); host = asyncio + sockets",
+            )
+        )
+    out.append("Targets (issue 23: whole server process, best level):")
     for name, entry in result["targets"].items():
         out.append(target_line(name, entry["value"], entry["limit"], "x"))
     pair = result.get("verdict_cache")

@@ -46,6 +46,10 @@ class Agent:
     def failed(self) -> int:
         return self.protocol.failed
 
+    @property
+    def chain_misses(self) -> int:
+        return self.protocol.chain_misses
+
     async def start(self, host: str, port: int) -> Address:
         if self.config.policy is None:
             log.warning("no delegation policy: any known device may target any server")

@@ -12,8 +12,9 @@ import heapq
 import hmac
 import itertools
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -89,7 +90,7 @@ from d2tls.core.errors import (
     ProtocolError,
     SpecError,
 )
-from d2tls.core.model.machine import Handlers, expecting, ignoring
+from d2tls.core.model.machine import HandlerNames, Handlers, expecting, ignoring
 from d2tls.core.model.spec import RoleSpec, load_spec
 from d2tls.core.model.states import ServerState
 from d2tls.core.pki.verdict_cache import VerdictCache
@@ -161,6 +162,8 @@ class CookieJar:
 
     def check(self, peer: Address, hello: ClientHello, now: float) -> bool:
         self._maybe_rotate(now)
+        if len(hello.cookie) != hashlib.sha256().digest_size:
+            return False  # not one of our HMAC-SHA256 cookies (an empty one: the first hello)
         material = self._material(peer, hello)
         return any(
             hmac.compare_digest(hmac.new(s, material, hashlib.sha256).digest(), hello.cookie)
@@ -194,6 +197,8 @@ class ServerConnection(Connection):
         self.without_cookie = False
         #: True once a ClientHello was refused for want of room in the association table.
         self.refused = False
+        #: The shared handlers, made on first use (:meth:`_shared_table`).
+        self._shared: Handlers[Payload] | None = None
         super().__init__(
             mtu=config.mtu,
             timers=config.timers,
@@ -204,6 +209,8 @@ class ServerConnection(Connection):
         )
         #: The ClientHello being answered (set by the actions that take it).
         self._hello: ClientHello | None = None
+        #: (ClientHello, cookie verdict) of the last cookie check (guard ``cookie_valid``).
+        self._cookie_checked: tuple[ClientHello, bool] | None = None
         self._choice: CipherSuite | None = None
         self._session_id = b""
         self._resumed = False
@@ -258,52 +265,22 @@ class ServerConnection(Connection):
 
     # ------------------------------------------------------------------ the spec's handlers
     def _handlers(self) -> Handlers[Payload]:
-        return self._table_with(
-            guards={
-                "cookie_valid": expecting(ClientHello, self._cookie_valid),
-                "resume_without_cookie": expecting(ClientHello, self._resume_without_cookie),
-                "association_available": ignoring(self._association_available),
-                "session_resumable": expecting(ClientHello, self._session_resumable),
-                "psk_suite_chosen": expecting(ClientHello, self._psk_suite_chosen),
-                "ecdhe_psk_suite_chosen": expecting(ClientHello, self._ecdhe_psk_suite_chosen),
-                "client_certificate_wanted": ignoring(self._client_certificate_wanted),
-                "client_certificate_present": self._client_certificate_present,
-                "client_sent_raw_public_key": ignoring(self._client_sent_raw_public_key),
-                "twinpeaks_hello_mismatch": expecting(ClientHello, self._twinpeaks_hello_mismatch),
-            },
-            actions={
-                "check_client_hello": expecting(ClientHello, self._check_client_hello),
-                "refuse_association": ignoring(self._refuse_association),
-                "refuse_twinpeaks_hello": ignoring(self._refuse_twinpeaks_hello),
-                "negotiate": expecting(ClientHello, self._negotiate),
-                "new_session": ignoring(self._new_session),
-                "resume_session": ignoring(self._resume_session),
-                "note_unproven_address": ignoring(self._note_unproven_address),
-                "process_client_certificate": expecting(
-                    Certificate, self._process_client_certificate
-                ),
-                "process_client_raw_public_key": expecting(
-                    RawPublicKeyCertificate, self._process_client_raw_public_key
-                ),
-                "process_empty_client_certificate": ignoring(
-                    self._process_empty_client_certificate
-                ),
-                "process_client_key_exchange": self._process_client_key_exchange,
-                "verify_certificate_verify": expecting(
-                    CertificateVerify, self._verify_certificate_verify
-                ),
-                "complete_handshake": ignoring(self._complete_handshake),
-                "refuse_renegotiation": ignoring(self._refuse_renegotiation),
-            },
-            builders={
-                "HelloVerifyRequest": self._build_hello_verify_request,
-                "ServerHello": self._build_server_hello,
-                "Certificate": self._build_certificate,
-                "ServerKeyExchange": self._build_server_key_exchange,
-                "CertificateRequest": self._build_certificate_request,
-                "ServerHelloDone": self._build_server_hello_done,
-            },
+        """The spec's handlers, each bound to this connection when first used: a listener
+        makes a connection per ClientHello and most of them answer one HelloVerifyRequest,
+        which uses four of the table's 40 entries (:class:`_BoundOnUse`)."""
+        return _ServerHandlers(
+            guards=_BoundOnUse(self, _GUARDS, "guards", _shared_guards),
+            actions=_BoundOnUse(self, _ACTIONS, "actions", _shared_actions),
+            builders=_BoundOnUse(self, _BUILDERS, "builders", _shared_builders),
+            hold=self._hold,
+            emit=self._emit,
         )
+
+    def _shared_table(self) -> Handlers[Payload]:
+        """The handlers both roles share (:meth:`Connection._table_with`), made once."""
+        if self._shared is None:
+            self._shared = self._table_with({}, {}, {})
+        return self._shared
 
     def _client_hello(self) -> ClientHello:
         """The ClientHello being answered (builders run after the action that took it)."""
@@ -312,10 +289,17 @@ class ServerConnection(Connection):
 
     # ------------------------------------------------------------------ guards
     def _cookie_valid(self, hello: ClientHello) -> bool:
+        """The guard of several ClientHello transitions (spec/dtls.yaml): the HMAC is
+        computed once per ClientHello and its verdict reused by the later guards."""
         if not self.config.cookie_exchange:
             return True
+        checked = self._cookie_checked
+        if checked is not None and checked[0] is hello:
+            return checked[1]
         assert self.peer is not None
-        return self._cookies.check(self.peer, hello, self._now)
+        valid = self._cookies.check(self.peer, hello, self._now)
+        self._cookie_checked = (hello, valid)
+        return valid
 
     def _resume_without_cookie(self, hello: ClientHello) -> bool:
         """RFC 6347 §4.2.1: a server MAY skip the cookie exchange when resuming. Only when the
@@ -406,9 +390,13 @@ class ServerConnection(Connection):
         store = self.config.trust_store
         assert store is not None
         if self._verdicts is not None and self.config.verdict_cache_size > 0:
+            misses = self._verdicts.misses
             path = self._verdicts.verify(chain, store, self.config.wall_clock())
+            if self._verdicts.misses != misses:
+                self.stats["verify"] += len(chain)  # one signature per link
         else:
             path = tuple(verify_client_path(chain, store, utc(self.config.wall_clock())))
+            self.stats["verify"] += len(chain)
         self._check_revocation(path)
         return path
 
@@ -670,15 +658,18 @@ class ServerConnection(Connection):
             self._ephemeral, exchange = ecdhe_psk.server_key_exchange(
                 self.config.randomness, self.config.psk_identity_hint
             )
+            self.stats["keygen"] += 1
             self._queue_handshake(exchange)
             return
         self._ephemeral = self.config.randomness.ec_private_key()
+        self.stats["keygen"] += 1
         point = self._ephemeral.public_key().public_bytes(
             Encoding.X962, PublicFormat.UncompressedPoint
         )
         unsigned = ServerKeyExchangeECDHE(SECP256R1, point, ECDSA_SECP256R1_SHA256, b"")
         signed = self.client_random + self.server_random + unsigned.params_bytes()
         signature = self._signing_key().sign(signed, self.config.randomness.ecdsa())
+        self.stats["sign"] += 1
         self._queue_handshake(
             ServerKeyExchangeECDHE(SECP256R1, point, ECDSA_SECP256R1_SHA256, signature)
         )
@@ -707,6 +698,7 @@ class ServerConnection(Connection):
         path = verify_client_path(
             certificate.certificates, self.config.trust_store, utc(self.config.wall_clock())
         )
+        self.stats["verify"] += len(certificate.certificates)  # one signature per link
         self._check_revocation(path)
         key = path[0].public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
@@ -739,6 +731,7 @@ class ServerConnection(Connection):
             self._psk_identity, pre_master = ecdhe_psk.server_pre_master(
                 self._ephemeral, exchange, self.config.psk_keys
             )
+            self.stats["ecdh"] += 1
         elif self._uses_psk():
             if not isinstance(exchange, ClientKeyExchangePSK):
                 raise IllegalParameter("expected a PSK ClientKeyExchange")
@@ -752,6 +745,7 @@ class ServerConnection(Connection):
                 raise IllegalParameter("expected an ECDHE ClientKeyExchange")
             assert self._ephemeral is not None
             pre_master = keyschedule.ecdhe_pre_master_secret(self._ephemeral, exchange.public_point)
+            self.stats["ecdh"] += 1
         if self.extended_master_secret:
             session_hash = keyschedule.transcript_hash(bytes(self._transcript))
             self._master = keyschedule.extended_master_secret(pre_master, session_hash)
@@ -767,6 +761,7 @@ class ServerConnection(Connection):
         if verify.signature_algorithm != ECDSA_SECP256R1_SHA256:
             raise IllegalParameter("CertificateVerify uses an algorithm we did not request")
         signed = bytes(self._transcript[: self._transcript_mark])
+        self.stats["verify"] += 1
         try:
             self._client_key.verify(verify.signature, signed, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
@@ -855,10 +850,134 @@ class ServerConnection(Connection):
         )
 
 
+V = TypeVar("V")
+#: How to bind one handler to a connection.
+_Maker = Callable[[ServerConnection], V]
+
+_GUARDS: dict[str, _Maker[Callable[[Payload], bool]]] = {
+    "cookie_valid": lambda c: expecting(ClientHello, c._cookie_valid),
+    "resume_without_cookie": lambda c: expecting(ClientHello, c._resume_without_cookie),
+    "association_available": lambda c: ignoring(c._association_available),
+    "session_resumable": lambda c: expecting(ClientHello, c._session_resumable),
+    "psk_suite_chosen": lambda c: expecting(ClientHello, c._psk_suite_chosen),
+    "ecdhe_psk_suite_chosen": lambda c: expecting(ClientHello, c._ecdhe_psk_suite_chosen),
+    "client_certificate_wanted": lambda c: ignoring(c._client_certificate_wanted),
+    "client_certificate_present": lambda c: c._client_certificate_present,
+    "client_sent_raw_public_key": lambda c: ignoring(c._client_sent_raw_public_key),
+    "twinpeaks_hello_mismatch": lambda c: expecting(ClientHello, c._twinpeaks_hello_mismatch),
+}
+_ACTIONS: dict[str, _Maker[Callable[[Payload], None]]] = {
+    "check_client_hello": lambda c: expecting(ClientHello, c._check_client_hello),
+    "refuse_association": lambda c: ignoring(c._refuse_association),
+    "refuse_twinpeaks_hello": lambda c: ignoring(c._refuse_twinpeaks_hello),
+    "negotiate": lambda c: expecting(ClientHello, c._negotiate),
+    "new_session": lambda c: ignoring(c._new_session),
+    "resume_session": lambda c: ignoring(c._resume_session),
+    "note_unproven_address": lambda c: ignoring(c._note_unproven_address),
+    "process_client_certificate": lambda c: expecting(Certificate, c._process_client_certificate),
+    "process_client_raw_public_key": lambda c: expecting(
+        RawPublicKeyCertificate, c._process_client_raw_public_key
+    ),
+    "process_empty_client_certificate": lambda c: ignoring(c._process_empty_client_certificate),
+    "process_client_key_exchange": lambda c: c._process_client_key_exchange,
+    "verify_certificate_verify": lambda c: expecting(
+        CertificateVerify, c._verify_certificate_verify
+    ),
+    "complete_handshake": lambda c: ignoring(c._complete_handshake),
+    "refuse_renegotiation": lambda c: ignoring(c._refuse_renegotiation),
+}
+_BUILDERS: dict[str, _Maker[Callable[[], None]]] = {
+    "HelloVerifyRequest": lambda c: c._build_hello_verify_request,
+    "ServerHello": lambda c: c._build_server_hello,
+    "Certificate": lambda c: c._build_certificate,
+    "ServerKeyExchange": lambda c: c._build_server_key_exchange,
+    "CertificateRequest": lambda c: c._build_certificate_request,
+    "ServerHelloDone": lambda c: c._build_server_hello_done,
+}
+#: Names of the shared handlers of :meth:`Connection._table_with`, by kind (filled once).
+_SHARED_NAMES: dict[str, tuple[str, ...]] = {}
+
+
+@dataclass(frozen=True)
+class _ServerHandlers(Handlers[Payload]):
+    """A :class:`ServerConnection`'s table; its names are the same for every connection."""
+
+    def names(self) -> HandlerNames:
+        global _TABLE_NAMES
+        if _TABLE_NAMES is None:
+            _TABLE_NAMES = super().names()
+        return _TABLE_NAMES
+
+
+_TABLE_NAMES: HandlerNames | None = None
+
+
+def _shared_guards(table: Handlers[Payload]) -> Mapping[str, Callable[[Payload], bool]]:
+    return table.guards
+
+
+def _shared_actions(table: Handlers[Payload]) -> Mapping[str, Callable[[Payload], None]]:
+    return table.actions
+
+
+def _shared_builders(table: Handlers[Payload]) -> Mapping[str, Callable[[], None]]:
+    return table.builders
+
+
+class _BoundOnUse(Mapping[str, V]):
+    """One kind of a :class:`ServerConnection`'s handler table: the server's own handlers
+    (``makers``) and the shared ones of :meth:`Connection._table_with`, each bound to the
+    connection the first time the machine asks for it. Its names are the full table's from
+    the start, so the machine's check against the spec (:mod:`d2tls.core.model.machine`) sees
+    every handler."""
+
+    __slots__ = ("_bound", "_kind", "_makers", "_owner", "_shared")
+
+    def __init__(
+        self,
+        owner: ServerConnection,
+        makers: dict[str, _Maker[V]],
+        kind: str,
+        shared: Callable[[Handlers[Payload]], Mapping[str, V]],
+    ) -> None:
+        self._owner = owner
+        self._makers = makers
+        self._kind = kind
+        self._shared = shared
+        self._bound: dict[str, V] = {}
+
+    def _shared_names(self) -> tuple[str, ...]:
+        names = _SHARED_NAMES.get(self._kind)
+        if names is None:
+            table = self._shared(self._owner._shared_table())
+            names = _SHARED_NAMES[self._kind] = tuple(n for n in table if n not in self._makers)
+        return names
+
+    def __getitem__(self, name: str) -> V:
+        handler = self._bound.get(name)
+        if handler is None:
+            maker = self._makers.get(name)
+            if maker is not None:
+                handler = maker(self._owner)
+            elif name in self._shared_names():
+                handler = self._shared(self._owner._shared_table())[name]
+            else:
+                raise KeyError(name)
+            self._bound[name] = handler
+        return handler
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._makers
+        yield from self._shared_names()
+
+    def __len__(self) -> int:
+        return len(self._makers) + len(self._shared_names())
+
+
 def _is_raw_public_key(identity: tuple[bytes, ...]) -> bool:
     """True for a session identity that is one SubjectPublicKeyInfo, not a chain: DER of a
     Certificate never parses as a SubjectPublicKeyInfo (RFC 5280 §4.1)."""
-    if len(identity) != 1:
+    if len(identity) != 1 or not _looks_like_spki(identity[0]):
         return False
     try:
         load_raw_public_key(identity[0], "session")
@@ -867,8 +986,34 @@ def _is_raw_public_key(identity: tuple[bytes, ...]) -> bool:
     return True
 
 
+def _der_content_start(der: bytes, offset: int) -> int | None:
+    """Offset of the contents of the DER TLV at ``offset`` (X.690 §8.1.3), None if cut."""
+    if offset + 2 > len(der):
+        return None
+    first = der[offset + 1]
+    if first < 0x80:
+        return offset + 2
+    size = first & 0x7F
+    return offset + 2 + size if 0 < size <= 4 and offset + 2 + size <= len(der) else None
+
+
+def _looks_like_spki(der: bytes) -> bool:
+    """Cheap shape test before a full parse: a SubjectPublicKeyInfo is SEQUENCE { SEQUENCE {
+    OBJECT IDENTIFIER, ...}, BIT STRING } (RFC 5280 §4.1.2.7), while a Certificate's inner
+    SEQUENCE (tbsCertificate) starts with [0] version or INTEGER serialNumber (§4.1)."""
+    if not der or der[0] != 0x30:
+        return False
+    inner = _der_content_start(der, 0)
+    if inner is None or inner >= len(der) or der[inner] != 0x30:
+        return False
+    first = _der_content_start(der, inner)
+    return first is not None and first < len(der) and der[first] == 0x06
+
+
 def _is_initial_client_hello(data: bytes) -> bool:
     """True if the datagram starts with an epoch-0 ClientHello with message_seq 0 or 1."""
+    if len(data) < 13 or data[0] != ContentType.HANDSHAKE or data[3] or data[4]:
+        return False  # the first record (RFC 6347 §4.1 header) is no epoch-0 handshake
     records, _ = parse_datagram(data)
     if not records:
         return False

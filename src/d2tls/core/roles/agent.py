@@ -603,6 +603,9 @@ class DelegationEnded:
     peer: Address
     session: AgentSession
     ok: bool
+    #: Not a failure: the device named a chain the agent does not hold (UNKNOWN_CHAIN, a
+    #: chain-cache miss); it sends the full chain in its next request (spec/delegation.md §5.2).
+    chain_miss: bool = False
 
 
 AgentEvent: TypeAlias = StatusCheckRequested | ServerLookupRequested | DelegationEnded
@@ -681,6 +684,8 @@ class AgentProtocol:
         self._events: deque[AgentEvent] = deque()
         self.completed = 0
         self.failed = 0
+        #: UNKNOWN_CHAIN answers: chain-cache misses, counted apart from failures.
+        self.chain_misses = 0
 
     # ------------------------------------------------------------------ the host's answers
     def status_checked(self, ticket: int, good: bool, reason: str, now: float) -> None:
@@ -879,12 +884,15 @@ class AgentProtocol:
         if session.is_final and not session.counted:
             session.counted = True
             ok = session.state == AgentState.DONE
+            miss = not ok and session.error_code is DelegationErrorCode.UNKNOWN_CHAIN
             if ok:
                 self.completed += 1
+            elif miss:
+                self.chain_misses += 1
             else:
                 self.failed += 1
             if peer is not None:
-                self._events.append(DelegationEnded(peer, session, ok))
+                self._events.append(DelegationEnded(peer, session, ok, chain_miss=miss))
 
     def _send(self, peer: Address, message: DelegationMessage) -> None:
         connection = self.server.connection(peer)
