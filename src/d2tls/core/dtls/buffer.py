@@ -25,18 +25,28 @@ class Reader:
 
     def read(self, n: int) -> bytes:
         """Read exactly ``n`` bytes."""
-        if n < 0 or self._pos + n > len(self._data):
+        pos = self._pos
+        end = pos + n
+        if n < 0 or end > len(self._data):
             raise DecodeError(f"truncated: wanted {n} bytes, {self.remaining} left")
-        out = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return out
+        self._pos = end
+        return self._data[pos:end]
 
     def uint(self, width: int) -> int:
         """Read an unsigned integer of ``width`` bytes."""
-        return int.from_bytes(self.read(width), "big")
+        pos = self._pos
+        end = pos + width
+        if width < 0 or end > len(self._data):
+            raise DecodeError(f"truncated: wanted {width} bytes, {self.remaining} left")
+        self._pos = end
+        return int.from_bytes(self._data[pos:end], "big")
 
     def u8(self) -> int:
-        return self.uint(1)
+        pos = self._pos
+        if pos >= len(self._data):
+            raise DecodeError(f"truncated: wanted 1 bytes, {self.remaining} left")
+        self._pos = pos + 1
+        return self._data[pos]
 
     def u16(self) -> int:
         return self.uint(2)
@@ -52,7 +62,12 @@ class Reader:
         n = self.uint(length_width)
         if n < minimum or (maximum is not None and n > maximum):
             raise DecodeError(f"vector length {n} outside <{minimum}..{maximum}>")
-        return self.read(n)
+        pos = self._pos
+        end = pos + n
+        if end > len(self._data):
+            raise DecodeError(f"truncated: wanted {n} bytes, {self.remaining} left")
+        self._pos = end
+        return self._data[pos:end]
 
     def rest(self) -> bytes:
         """Read everything that is left."""
