@@ -16,6 +16,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from d2tls.dtls.constants import HandshakeType
 from d2tls.dtls.fragments import parse_handshake_fragments
@@ -54,7 +55,13 @@ def _spans(transcript: bytes) -> list[_Span]:
 def client_certificate_body(
     certificate_chain: Sequence[bytes], raw_public_key: bytes | None
 ) -> bytes:
-    """The body of the device's Certificate message (RFC 5246 §7.4.6, RFC 7250 §3)."""
+    """The body of the device's Certificate message (RFC 5246 §7.4.6, RFC 7250 §3); the
+    same chain gives the same bytes, so they are made once per chain."""
+    return _certificate_body(tuple(certificate_chain), raw_public_key)
+
+
+@lru_cache(maxsize=8)
+def _certificate_body(certificate_chain: tuple[bytes, ...], raw_public_key: bytes | None) -> bytes:
     if raw_public_key is not None:
         return RawPublicKeyCertificate(raw_public_key).encode()
     return Certificate(tuple(certificate_chain)).encode()

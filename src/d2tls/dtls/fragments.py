@@ -6,7 +6,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Literal
 
-from d2tls.dtls.buffer import Reader, Writer
+from d2tls.dtls.buffer import Writer
 from d2tls.dtls.constants import HANDSHAKE_HEADER_LEN, MAX_HANDSHAKE_MESSAGE
 from d2tls.errors import DecodeError, IllegalParameter
 
@@ -64,21 +64,28 @@ def parse_handshake_fragments(payload: bytes) -> list[HandshakeFragment]:
     """
     if not payload:
         raise DecodeError("empty handshake record")
-    r = Reader(payload)
+    data = bytes(payload)
+    end = len(data)
+    pos = 0
     out: list[HandshakeFragment] = []
-    while not r.eof():
-        if r.remaining < HANDSHAKE_HEADER_LEN:
+    from_bytes = int.from_bytes
+    while pos < end:
+        if end - pos < HANDSHAKE_HEADER_LEN:
             raise DecodeError("truncated handshake header")
-        msg_type = r.u8()
-        length = r.u24()
-        message_seq = r.u16()
-        fragment_offset = r.u24()
-        fragment_length = r.u24()
+        msg_type = data[pos]
+        length = from_bytes(data[pos + 1 : pos + 4], "big")
+        message_seq = from_bytes(data[pos + 4 : pos + 6], "big")
+        fragment_offset = from_bytes(data[pos + 6 : pos + 9], "big")
+        fragment_length = from_bytes(data[pos + 9 : pos + 12], "big")
+        pos += HANDSHAKE_HEADER_LEN
         if length > MAX_HANDSHAKE_MESSAGE:
             raise DecodeError(f"handshake message length {length} exceeds our limit")
         if fragment_offset + fragment_length > length:
             raise DecodeError("fragment extends past the end of its message")
-        body = r.read(fragment_length)
+        if fragment_length > end - pos:
+            raise DecodeError(f"truncated: wanted {fragment_length} bytes, {end - pos} left")
+        body = data[pos : pos + fragment_length]
+        pos += fragment_length
         out.append(
             HandshakeFragment(msg_type, length, message_seq, fragment_offset, fragment_length, body)
         )

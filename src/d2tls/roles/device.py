@@ -36,7 +36,6 @@ from d2tls.delegation.channel_security import (
     Channel,
     device_channel_suites,
 )
-from d2tls.delegation.compact import server_certificate_body
 from d2tls.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
@@ -76,8 +75,8 @@ from d2tls.roles.signer import (
     DeviceSigner,
     SigningRefused,
     bound_transcript,
-    check_bound_transcript,
     check_server_key_exchange,
+    check_transcript,
 )
 from d2tls.sansio import Address, Datagram
 from d2tls.trace import tagged
@@ -369,7 +368,7 @@ class DelegationAttempt:
             memo = self.config.chain_memo
             held = memo.server_certificate_for(request.server_name)
             transcript = bound_transcript(message, self.config.certificate_chain, request, held)
-            self._server_certificates = check_bound_transcript(
+            checked = check_transcript(
                 transcript,
                 message.digest,
                 request.client_random,
@@ -390,9 +389,9 @@ class DelegationAttempt:
             self._refusal = str(exc)
             return False
         self._transcript = transcript
-        body = server_certificate_body(transcript)
-        if memo.enabled and body is not None:  # checked by rule 6 just now
-            memo.server_certificate = (request.server_name, body)
+        self._server_certificates = checked.server_certificates
+        if memo.enabled:  # checked by rule 6 just now
+            memo.server_certificate = (request.server_name, checked.server_certificate_body)
         return True
 
     def _context_acceptable(self, message: SessionContext) -> bool:
