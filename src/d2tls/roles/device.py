@@ -647,10 +647,15 @@ class DeviceProtocol:
         context: Session | None = None,
         first_request_id: int | None = None,
         server_address: Address | None = None,
+        message_events: bool = True,
     ) -> None:
         """``server_address``: where the device resumes, ``config.server`` resolved to an IP
-        literal by the host (``config.server`` itself is what the DelegationRequest names)."""
+        literal by the host (``config.server`` itself is what the DelegationRequest names).
+        ``message_events``: report every delegation message (:class:`MessageSent`,
+        :class:`MessageReceived`); a host that waits only for the outcome turns them off, and
+        is then not woken for each one."""
         self.config = config
+        self._message_events = message_events
         #: The cached context (the session to resume), kept across attempts.
         self.context = context
         self.server_address = server_address or config.server
@@ -966,7 +971,8 @@ class DeviceProtocol:
                 message = attempt.receive_bytes(event.data)
                 if message is not None:
                     self._trace_message("received", message)
-                    self._events.append(MessageReceived(message))
+                    if self._message_events:
+                        self._events.append(MessageReceived(message))
             elif isinstance(event, ConnectionTerminated) and attempt.state in CHANNEL_STATES:
                 self._drop_channel()
                 if event.by_peer or attempt.state != DeviceState.CONNECTING_AGENT:
@@ -1054,7 +1060,8 @@ class DeviceProtocol:
         if channel is None or not channel.is_established:
             return
         self._trace_message("sent", message)  # stamped before it can be answered
-        self._events.append(MessageSent(message))
+        if self._message_events:
+            self._events.append(MessageSent(message))
         channel.send_application_data(encode_message(message))
         if isinstance(message, DelegationRequest | SignResponse):
             self.agent_link.round_trips += 1
@@ -1309,6 +1316,7 @@ class Device:
                 context=self.context,
                 first_request_id=self._request_ids,
                 server_address=await _resolve(self.config.server),
+                message_events=False,  # connect() waits for the outcome only
             )
             if self._protocol is not None:  # keep the channel's session and counters
                 protocol.adopt_channel_state(self._protocol)
