@@ -674,6 +674,8 @@ class DeviceProtocol:
         #: Every engine with a child endpoint (socket) of its own, by key, until it is closed,
         #: replaced and its last datagrams left.
         self._engines: dict[int, DTLSClient] = {}
+        #: child_endpoints() of _engines, replaced (never changed in place) when they change.
+        self._endpoints: dict[int, Address] = {}
         self._keys = itertools.count(1)
         self._events: deque[DeviceEvent] = deque()
         self._deadline: float | None = None
@@ -805,11 +807,15 @@ class DeviceProtocol:
         return []
 
     def next_timer(self) -> float | None:
-        timers = [t for t in (self._deadline, self._idle_deadline) if t is not None]
+        earliest: float | None = None
         for engine in (self.channel, self.connection):
-            if engine is not None and (deadline := engine.next_timer()) is not None:
-                timers.append(deadline)
-        return min(timers) if timers else None
+            deadline = engine.next_timer() if engine is not None else None
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        for deadline in (self._deadline, self._idle_deadline):
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return earliest
 
     def handle_timer(self, now: float) -> None:
         for engine in (self.channel, self.connection):
@@ -839,7 +845,12 @@ class DeviceProtocol:
         """One endpoint per engine: every channel and every resumption comes from a fresh
         port, so that no association the agent or the server still keeps for an earlier
         attempt takes its datagrams (a server keys associations by address)."""
-        return {key: e.remote for key, e in self._engines.items() if e.remote is not None}
+        return self._endpoints
+
+    def _engines_changed(self) -> None:
+        self._endpoints = {
+            key: e.remote for key, e in self._engines.items() if e.remote is not None
+        }
 
     def child_receive_datagram(self, key: int, data: bytes, addr: Address, now: float) -> None:
         engine = self._engines.get(key)
@@ -854,6 +865,7 @@ class DeviceProtocol:
         out = engine.datagrams_to_send(now)
         if engine.is_closed and engine not in (self.channel, self.connection):
             del self._engines[key]  # its last alert leaves now: the endpoint is done
+            self._engines_changed()
         return out
 
     def child_unreachable(self, key: int, now: float) -> None:
@@ -1074,6 +1086,7 @@ class DeviceProtocol:
     def _adopt(self, engine: DTLSClient, now: float) -> DTLSClient:
         """Give ``engine`` a child endpoint of its own and start its handshake."""
         self._engines[next(self._keys)] = engine
+        self._engines_changed()
         engine.connect(now)
         return engine
 
