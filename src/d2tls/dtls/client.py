@@ -12,6 +12,7 @@ each handler of a received message takes it as its argument.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -82,6 +83,7 @@ from d2tls.pki.verify import verify_server_chain
 MAX_HELLO_VERIFY_REQUESTS = 4
 
 
+@lru_cache(maxsize=64)
 def _is_ip_literal(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
