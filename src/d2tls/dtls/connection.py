@@ -274,11 +274,15 @@ class Connection:
         for chunk in chunks:
             record = protect(write, ContentType.APPLICATION_DATA, chunk)
             tail = self._data_tail
-            if tail is not None and outgoing and outgoing[-1] is tail:
-                if len(tail) + len(record) <= self._mtu:
-                    # RFC 6347 §4.1.1: several records may share one datagram (e.g. an
-                    # agent's SessionContext and Wiped, queued in one step).
-                    record = outgoing.pop() + record
+            # RFC 6347 §4.1.1: several records may share one datagram (e.g. an agent's
+            # SessionContext and Wiped, queued in one step).
+            if (
+                tail is not None
+                and outgoing
+                and outgoing[-1] is tail
+                and len(tail) + len(record) <= self._mtu
+            ):
+                record = outgoing.pop() + record
             outgoing.append(record)
             self._data_tail = record
 
