@@ -763,9 +763,15 @@ class DeviceProtocol:
         self._deadline = self._idle_deadline = None
 
     def close_connection(self, now: float) -> None:
-        """Close the end-to-end connection only; a standing channel stays until idle."""
-        if self.connection is not None:
-            self._retire(self.connection)
+        """Close the end-to-end connection only; a standing channel stays until idle.
+
+        The connection is done with: its close_notify leaves with its endpoint's next
+        datagrams, then the endpoint goes (its traffic stays counted in :attr:`server_link`).
+        """
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            self._server_done.add_engine(connection.stats)
+            self._retire(connection)
         self._deadline = None
 
     @property
@@ -1265,7 +1271,8 @@ class DeviceConnection:
         idle timeout closes it; :meth:`Device.close` closes everything at once)."""
         if self._protocol.channel_standing:
             self._protocol.close_connection(self._pump.now)
-            self._pump.poke()
+            self._pump.poke()  # the close_notify leaves ...
+            self._pump.poke()  # ... and the connection's socket is released now
             await asyncio.sleep(0)
             return
         self._protocol.close(self._pump.now)
