@@ -149,6 +149,21 @@ class Extension:
 
 def encode_extensions(extensions: Iterable[Extension]) -> bytes:
     """Encode ``Extension extensions<0..2^16-1>`` with its length (RFC 5246 §7.4.1.2)."""
+    if isinstance(extensions, tuple):
+        try:
+            return _encode_extension_tuple(extensions)
+        except TypeError:  # unhashable (a bytearray body): encode without the memo
+            pass
+    return _encode_extensions(extensions)
+
+
+@lru_cache(maxsize=32)
+def _encode_extension_tuple(extensions: tuple[Extension, ...]) -> bytes:
+    """The same extensions give the same bytes (a client's, a server's every hello)."""
+    return _encode_extensions(extensions)
+
+
+def _encode_extensions(extensions: Iterable[Extension]) -> bytes:
     inner = Writer()
     for ext in extensions:
         _check_uint(ext.type, 2, "extension type")
