@@ -869,7 +869,7 @@ class DeviceProtocol:
         if engine is None:
             return []
         out = engine.datagrams_to_send(now)
-        if engine.is_closed and engine not in (self.channel, self.connection):
+        if engine is not self.channel and engine is not self.connection and engine.is_closed:
             del self._engines[key]  # its last alert leaves now: the endpoint is done
             self._engines_changed()
         return out
