@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from d2tls.dtls.constants import HandshakeType
 from d2tls.dtls.fragments import parse_handshake_fragments
@@ -30,8 +30,9 @@ class CompactTranscriptError(D2TLSError):
     """A compact transcript cannot be expanded: it does not end with a ClientKeyExchange."""
 
 
-@dataclass(frozen=True)
-class _Span:
+class _Span(NamedTuple):
+    """One handshake message of a transcript and its byte range."""
+
     msg_type: int
     message_seq: int
     start: int
