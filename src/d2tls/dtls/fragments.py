@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from d2tls.dtls.buffer import Writer
 from d2tls.dtls.constants import HANDSHAKE_HEADER_LEN, MAX_HANDSHAKE_MESSAGE
@@ -29,9 +29,10 @@ _MAX_MESSAGE_SEQ = 0xFFFF
 AddResult = Literal["old", "buffered", "dropped"]
 
 
-@dataclass(frozen=True)
-class HandshakeFragment:
-    """One handshake fragment: the 12-byte DTLS header fields plus its body (RFC 6347 §4.2.2)."""
+class HandshakeFragment(NamedTuple):
+    """One handshake fragment: the 12-byte DTLS header fields plus its body (RFC 6347 §4.2.2).
+
+    A named tuple: every handshake record is split into these, so they are cheap to make."""
 
     msg_type: int
     length: int
