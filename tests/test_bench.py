@@ -71,6 +71,15 @@ def test_bench_device_reports_key_operations_and_ratios() -> None:
         "bytes_bound_vs_standalone",
         "bytes_blind_vs_standalone",
     }
+    # the same targets against a server that resumes without a cookie (RFC 6347 §4.2.1):
+    # one round trip less for a resumption, the same full handshake for the standalone device
+    assert set(result["targets_resume_without_cookie"]) == set(result["targets"])
+    assert variants["reuse-nc"]["server_round_trips"] < variants["reuse"]["server_round_trips"]
+    assert variants["standalone-nc"]["server_datagrams"] == standalone["server_datagrams"]
+    expected = (
+        variants["blind-nc"]["cpu_ms"]["median"] / variants["standalone-nc"]["cpu_ms"]["median"]
+    )
+    assert ratios["cpu_d2tls_vs_standalone:blind-nc"] == pytest.approx(expected, rel=1e-3)
     # the standing channel (issue 23 item 1): a later delegation carries no channel handshake,
     # so it moves fewer bytes on the agent link than a device's first delegation
     for mode in ("bound", "blind"):

@@ -2,8 +2,11 @@
 
 The server and agent run in a child process (:class:`~d2tls.bench.infra.Peers`); the device
 runs in a dedicated thread with its own asyncio loop, and its CPU is that thread's
-``time.thread_time()`` around ``Device.connect()`` (or ``run_standalone``). Every run measures
-all variants back to back, in a rotating order, so drift hits them alike:
+``time.thread_time()`` (user + system time of the device thread only: its Python work, its
+socket calls, its event loop; not the server's or the agent's processes) around
+``Device.connect()`` (or ``run_standalone``), from the call until the end-to-end session is
+established (its last flight handed to the socket). Every run measures all variants back to
+back, in a rotating order, so drift hits them alike:
 
 * ``bound`` – D2TLS, bound mode (the device checks the transcript it signs), new session
   over the standing plain-PSK channel (spec/delegation.md §3.1: no channel handshake);
@@ -16,6 +19,13 @@ all variants back to back, in a rotating order, so drift hits them alike:
 * ``bound-strict`` / ``bound-strict-chain`` – ``bound`` by a strict device, which also verifies
   the ServerKeyExchange signature under the pinned server key, or under the server chain it
   verifies against the CA (:func:`measure_strict`, docs/device-modes.md).
+* ``<variant>-nc`` – ``bound``, ``blind``, ``standalone`` and ``reuse`` against a second
+  server (and agent) started with ``resume_without_cookie`` (``d2tls server
+  --resume-without-cookie``, RFC 6347 §4.2.1): it resumes a session without the cookie round
+  trip, and still runs the cookie exchange before every full handshake, so standalone-nc is
+  the same handshake as standalone; D2TLS ratios of this server are taken against it.
+
+Issue 23's targets are printed for both servers, from the ratios of this run.
 
 The floor (one ECDSA P-256 signature + one resumption's symmetric work) is timed in the same
 thread in the same run. A last pass sends each variant once through zero-delay relays to split
@@ -66,8 +76,10 @@ CHANNEL_VARIANTS = (
 )
 #: Strict device mode (issue 24 item 3): pinned server key, or the chain against the CA.
 STRICT_VARIANTS = ("bound-strict", "bound-strict-chain")
-ALL_VARIANTS = VARIANTS + CHANNEL_VARIANTS + STRICT_VARIANTS
-D2TLS_VARIANTS = tuple(v for v in ALL_VARIANTS if v != "standalone")
+#: The same against a server that resumes without a cookie exchange (RFC 6347 §4.2.1).
+NO_COOKIE_VARIANTS = ("bound-nc", "blind-nc", "standalone-nc", "reuse-nc")
+ALL_VARIANTS = VARIANTS + CHANNEL_VARIANTS + NO_COOKIE_VARIANTS + STRICT_VARIANTS
+D2TLS_VARIANTS = tuple(v for v in ALL_VARIANTS if not v.startswith("standalone"))
 LABELS = {
     "bound": "D2TLS bound (new, PSK ch. standing)",
     "blind": "D2TLS blind (new, PSK ch. standing)",
@@ -81,6 +93,10 @@ LABELS = {
     "blind-ecdhe-first": "D2TLS blind (first, ECDHE-PSK hs)",
     "bound-strict": "D2TLS strict, pinned key (new, PSK st.)",
     "bound-strict-chain": "D2TLS strict, CA chain (new, PSK st.)",
+    "bound-nc": "D2TLS bound (new), server: no resum. cookie",
+    "blind-nc": "D2TLS blind (new), server: no resum. cookie",
+    "standalone-nc": "standalone DTLS (new), same server",
+    "reuse-nc": "D2TLS reuse (cached ctx), same server",
 }
 #: Issue 23 targets: (ratio key prefix, variants it applies to, limit).
 TARGETS: dict[str, tuple[str, tuple[str, ...], float]] = {
@@ -89,10 +105,24 @@ TARGETS: dict[str, tuple[str, tuple[str, ...], float]] = {
     "bytes_bound_vs_standalone": ("bytes_d2tls_vs_standalone", ("bound",), 1.2),
     "bytes_blind_vs_standalone": ("bytes_d2tls_vs_standalone", ("blind",), 0.9),
 }
+#: The same targets against the server that resumes without a cookie exchange.
+TARGETS_NO_COOKIE: dict[str, tuple[str, tuple[str, ...], float]] = {
+    name: (key, tuple(f"{v}-nc" for v in modes), limit)
+    for name, (key, modes, limit) in TARGETS.items()
+}
+
+
+def _standalone(variant: str) -> bool:
+    return variant.split("-")[0] == "standalone"
+
+
+def _reuse(variant: str) -> bool:
+    return variant.split("-")[0] == "reuse"
 
 
 def _parse(variant: str) -> tuple[DelegationMode, Channel, bool]:
-    """``bound-ecdhe-first`` -> (BOUND, ecdhe-psk, first delegation)."""
+    """``bound-ecdhe-first`` -> (BOUND, ecdhe-psk, first delegation); ``-nc`` names the
+    server, not the device."""
     parts = variant.split("-")
     channel: Channel = "ecdhe-psk" if "ecdhe" in parts else "psk"
     return DelegationMode[parts[0].upper()], channel, "first" in parts
@@ -151,7 +181,7 @@ class DeviceSide:
 
     async def prepare(self, variant: str) -> None:
         """Make sure a later-delegation variant has its standing channel (not measured)."""
-        if variant in ("standalone", "reuse"):
+        if _standalone(variant) or _reuse(variant):
             return
         mode, channel, first = _parse(variant)
         if first or (mode, channel) in self._standing:
@@ -193,7 +223,7 @@ class DeviceSide:
     async def measure(self, variant: str) -> Sample:
         if variant in STRICT_VARIANTS:
             return await measure_strict(self, variant)
-        if variant == "standalone":
+        if _standalone(variant):
             config = self.standalone_config()
             with gc_paused():
                 cpu, wall = time.thread_time(), time.perf_counter()
@@ -202,7 +232,7 @@ class DeviceSide:
             local = connection.local_address
             await connection.close()
             return Sample(cpu * 1000, wall * 1000, report, local)
-        if variant == "reuse":
+        if _reuse(variant):
             if self._reuser is None:
                 self._reuser = self.device(DelegationMode.BOUND)
                 warm = await self._reuser.connect()
@@ -222,7 +252,7 @@ class DeviceSide:
             cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
         local = delegated.local_address
         await delegated.close()
-        if variant != "reuse" and _parse(variant)[2]:
+        if not _reuse(variant) and _parse(variant)[2]:
             device.close()  # a first delegation's device goes away with its channel
         return Sample(cpu * 1000, wall * 1000, delegated.report, local)
 
@@ -330,16 +360,28 @@ def run(
     memory_buffered: dict[str, int] | None = None
     samples: dict[str, list[Sample]] = {v: [] for v in ALL_VARIANTS}
     result: dict[str, Any] = {"benchmark": "device", "runs": runs, "environment": environment()}
-    with Peers(PeersSpec(materials.paths.directory)) as peers, LoopThread() as thread:
-        assert peers.agent is not None
+    no_cookie = PeersSpec(materials.paths.directory, resume_without_cookie=True)
+    with (
+        Peers(PeersSpec(materials.paths.directory)) as peers,
+        Peers(no_cookie) as peers_nc,
+        LoopThread() as thread,
+    ):
+        assert peers.agent is not None and peers_nc.agent is not None
         side = DeviceSide(materials, peers.agent, peers.server)
+        side_nc = DeviceSide(materials, peers_nc.agent, peers_nc.server)
+        result["servers"] = {
+            "default": "cookie exchange before every handshake, resumption included",
+            "nc": "resume_without_cookie (RFC 6347 §4.2.1): cookie exchange before full "
+            "handshakes only",
+        }
         total = (warmup + runs) * len(ALL_VARIANTS) + 1
         with Progress(total, "bench device", progress) as bar:
             for i in range(warmup + runs):
                 turn = i % len(ALL_VARIANTS)
                 order = ALL_VARIANTS[turn:] + ALL_VARIANTS[:turn]
                 for variant in order:
-                    sample = thread.run(side.measure(variant), timeout=120)
+                    on = side_nc if variant.endswith("-nc") else side
+                    sample = thread.run(on.measure(variant), timeout=120)
                     if i >= warmup:
                         samples[variant].append(sample)
                     bar.update()
@@ -363,6 +405,7 @@ def run(
 
         async def close_side() -> None:
             side.close()
+            side_nc.close()
 
         thread.run(close_side())
     variants = {v: _aggregate(samples[v]) for v in ALL_VARIANTS}
@@ -378,17 +421,20 @@ def run(
     result["public_key_op_ms"] = {k: v * 1000 for k, v in pk_times.items()}
     result["ratios"] = _ratios(variants, result["floor"]["total_ms"])
     result["ratios"].update(strict_ratios(variants, result["public_key_op_ms"]["verify"]))
-    result["targets"] = _targets(result["ratios"])
+    result["targets"] = _targets(result["ratios"], TARGETS)
+    result["targets_resume_without_cookie"] = _targets(result["ratios"], TARGETS_NO_COOKIE)
     if profile is not None:
         base = {v: variants[v] for v in VARIANTS}
         result["device_profile"] = device_profiles.evaluate(profile, base, memory, memory_buffered)
     return result
 
 
-def _targets(ratios: dict[str, float | None]) -> dict[str, Any]:
+def _targets(
+    ratios: dict[str, float | None], targets: dict[str, tuple[str, tuple[str, ...], float]]
+) -> dict[str, Any]:
     """Issue 23's targets: the worst ratio of the variants each applies to, met or missed."""
     out: dict[str, Any] = {}
-    for name, (key, modes, limit) in TARGETS.items():
+    for name, (key, modes, limit) in targets.items():
         values = {m: ratios[f"{key}:{m}"] for m in modes}
         known = [v for v in values.values() if v is not None]
         out[name] = {
@@ -401,10 +447,11 @@ def _targets(ratios: dict[str, float | None]) -> dict[str, Any]:
 
 
 def _ratios(variants: dict[str, Any], floor_ms: float) -> dict[str, float | None]:
-    standalone = variants["standalone"]
+    """Each D2TLS variant against the standalone device of the same server."""
     out: dict[str, float | None] = {}
     for mode in D2TLS_VARIANTS:
         v = variants[mode]
+        standalone = variants["standalone-nc" if mode.endswith("-nc") else "standalone"]
         out[f"cpu_d2tls_vs_standalone:{mode}"] = ratio(
             v["cpu_ms"]["median"], standalone["cpu_ms"]["median"]
         )
@@ -419,7 +466,7 @@ def _ratios(variants: dict[str, Any], floor_ms: float) -> dict[str, float | None
         out[f"public_key_ops_d2tls_vs_standalone:{mode}"] = ratio(
             v["public_key_operations"], standalone["public_key_operations"]
         )
-    out["cpu_standalone_vs_floor"] = ratio(standalone["cpu_ms"]["median"], floor_ms)
+    out["cpu_standalone_vs_floor"] = ratio(variants["standalone"]["cpu_ms"]["median"], floor_ms)
     return out
 
 
@@ -504,7 +551,8 @@ def render(result: dict[str, Any]) -> str:
                 "RTTs",
             ],
             rows,
-            title=f"Device cost, median of {result['runs']} runs (device thread CPU)",
+            title=f"Device cost, median of {result['runs']} runs (CPU: user + system time of "
+            "the device thread alone, from connect() to the session established)",
         )
     ]
     floor = result["floor"]
@@ -541,11 +589,17 @@ def render(result: dict[str, Any]) -> str:
             + ", ".join(f"{v} {r[f'extra_cpu_in_verifies:{v}']}" for v in STRICT_VARIANTS)
         )
     out.append(
-        "\nTargets (issue 23; a new D2TLS session = a delegation over the standing PSK channel):"
+        "\nTargets (issue 23; a new D2TLS session = a delegation over the standing PSK channel; "
+        "ratios of this run)"
     )
-    for name, entry in result["targets"].items():
-        modes = "/".join(k for k in ("bound", "blind", "reuse") if k in entry)
-        out.append(target_line(f"{name} (worst of {modes})", entry["worst"], entry["limit"]))
+    servers = result.get("servers", {})
+    for key, server in (("targets", "default"), ("targets_resume_without_cookie", "nc")):
+        if key not in result:
+            continue
+        out.append(f" server {servers.get(server, server)}:")
+        for name, entry in result[key].items():
+            modes = "/".join(k for k in entry if k not in ("limit", "worst", "met"))
+            out.append(target_line(f"{name} (worst of {modes})", entry["worst"], entry["limit"]))
     if "breakdown" in result:
         rows = []
         for variant, links in result["breakdown"].items():

@@ -110,6 +110,8 @@ class PeersSpec:
     max_sessions: int = 2_000_000
     max_connections: int = 20_000
     cookie_exchange: bool = True
+    #: The server resumes a session without a cookie exchange (RFC 6347 §4.2.1; operator option).
+    resume_without_cookie: bool = False
     #: Context lifetime the agent announces (s).
     context_lifetime: int = 6 * 3600
 
@@ -120,6 +122,7 @@ class PeersSpec:
             "max_sessions": self.max_sessions,
             "max_connections": self.max_connections,
             "cookie_exchange": self.cookie_exchange,
+            "resume_without_cookie": self.resume_without_cookie,
             "context_lifetime": self.context_lifetime,
         }
 
@@ -178,6 +181,7 @@ async def _peers(spec: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -
             client_auth=ClientAuth.REQUIRED,
             session_store=store,
             cookie_exchange=bool(spec["cookie_exchange"]),
+            resume_without_cookie=bool(spec.get("resume_without_cookie", False)),
             max_connections=int(spec["max_connections"]),
         )
     )

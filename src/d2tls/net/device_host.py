@@ -105,7 +105,8 @@ class DeviceConnection:
         idle timeout closes it; :meth:`Device.close` closes everything at once)."""
         if self._protocol.channel_standing:
             self._protocol.close_connection(self._pump.now)
-            self._pump.poke()
+            self._pump.poke()  # the close_notify leaves ...
+            self._pump.poke()  # ... and the connection's socket is released now
             await asyncio.sleep(0)
             return
         self._protocol.close(self._pump.now)
@@ -170,6 +171,7 @@ class Device:
                 context=self.context,
                 first_request_id=self._request_ids,
                 server_address=await _resolve(self.config.server),
+                message_events=False,  # connect() waits for the outcome only
             )
             if self._protocol is not None:  # keep the channel's session and counters
                 protocol.adopt_channel_state(self._protocol)

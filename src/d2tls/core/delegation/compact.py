@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 from d2tls.core.dtls.constants import HandshakeType
 from d2tls.core.dtls.fragments import parse_handshake_fragments
@@ -29,8 +30,9 @@ class CompactTranscriptError(D2TLSError):
     """A compact transcript cannot be expanded: it does not end with a ClientKeyExchange."""
 
 
-@dataclass(frozen=True)
-class _Span:
+class _Span(NamedTuple):
+    """One handshake message of a transcript and its byte range."""
+
     msg_type: int
     message_seq: int
     start: int
@@ -54,7 +56,13 @@ def _spans(transcript: bytes) -> list[_Span]:
 def client_certificate_body(
     certificate_chain: Sequence[bytes], raw_public_key: bytes | None
 ) -> bytes:
-    """The body of the device's Certificate message (RFC 5246 §7.4.6, RFC 7250 §3)."""
+    """The body of the device's Certificate message (RFC 5246 §7.4.6, RFC 7250 §3); the
+    same chain gives the same bytes, so they are made once per chain."""
+    return _certificate_body(tuple(certificate_chain), raw_public_key)
+
+
+@lru_cache(maxsize=8)
+def _certificate_body(certificate_chain: tuple[bytes, ...], raw_public_key: bytes | None) -> bytes:
     if raw_public_key is not None:
         return RawPublicKeyCertificate(raw_public_key).encode()
     return Certificate(tuple(certificate_chain)).encode()

@@ -12,6 +12,7 @@ each handler of a received message takes it as its argument.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -82,6 +83,7 @@ from d2tls.core.pki.verify import verify_server_chain
 MAX_HELLO_VERIFY_REQUESTS = 4
 
 
+@lru_cache(maxsize=64)
 def _is_ip_literal(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
@@ -114,6 +116,7 @@ class DTLSClient(Connection):
         self.remote = remote
         self._cookie = b""
         self._hello_verify_count = 0
+        self._hello_extensions: tuple[Extension, ...] | None = None
         self._session_id = b""
         self._offered_session_id = b""
         self._server_public_key: ec.EllipticCurvePublicKey | None = None
@@ -291,6 +294,23 @@ class DTLSClient(Connection):
         return out
 
     def _build_client_hello(self) -> None:
+        # RFC 6347 §4.2.1: the ClientHello after a HelloVerifyRequest repeats the first one's
+        # parameters, the cookie added: its extensions are made once.
+        if self._hello_extensions is None:
+            self._hello_extensions = self._client_hello_extensions()
+        self._queue_handshake(
+            ClientHello(
+                client_version=DTLS_1_2,
+                random=self.client_random,
+                session_id=self._session_id,
+                cookie=self._cookie,
+                cipher_suites=tuple(int(s) for s in self.config.cipher_suites),
+                compression_methods=(COMPRESSION_NULL,),
+                extensions=self._hello_extensions,
+            )
+        )
+
+    def _client_hello_extensions(self) -> tuple[Extension, ...]:
         extensions = [
             Extension(ExtensionType.SUPPORTED_GROUPS, encode_supported_groups([SECP256R1])),
             Extension(
@@ -309,17 +329,7 @@ class DTLSClient(Connection):
         name = self.config.server_name
         if name and not _is_ip_literal(name):  # RFC 6066 §3: no IP literals in SNI
             extensions.insert(0, Extension(ExtensionType.SERVER_NAME, encode_server_name(name)))
-        self._queue_handshake(
-            ClientHello(
-                client_version=DTLS_1_2,
-                random=self.client_random,
-                session_id=self._session_id,
-                cookie=self._cookie,
-                cipher_suites=tuple(int(s) for s in self.config.cipher_suites),
-                compression_methods=(COMPRESSION_NULL,),
-                extensions=tuple(extensions),
-            )
-        )
+        return tuple(extensions)
 
     def _process_hello_verify_request(self, request: HelloVerifyRequest) -> None:
         """RFC 6347 §4.2.1: resend the ClientHello with the cookie; neither is hashed."""

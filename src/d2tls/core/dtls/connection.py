@@ -151,6 +151,8 @@ class Connection(ABC):
         self._tracer = tracer
         self._events: deque[Event] = deque()
         self._outgoing: list[bytes] = []
+        #: The last queued datagram if it holds only application data records (more may join).
+        self._data_tail: bytes | None = None
         self._read = EpochState(epoch=0, protection=None)
         self._old_reads: dict[int, EpochState] = {}
         self._writes: dict[int, EpochState] = {0: EpochState(epoch=0, protection=None)}
@@ -240,6 +242,7 @@ class Connection(ABC):
         if self.remote is None:
             raise InvalidStateError("the connection does not know its peer's address (remote)")
         out, self._outgoing = self._outgoing, []
+        self._data_tail = None
         for datagram in out:
             self.stats["datagrams_sent"] += 1
             self.stats["bytes_sent"] += len(datagram)
@@ -281,8 +284,21 @@ class Connection(ABC):
         write = self._writes[self._write_epoch]
         room = max(1, self._mtu - AEAD_OVERHEAD)
         chunks = [data[i : i + room] for i in range(0, len(data), room)] or [b""]
+        outgoing = self._outgoing
         for chunk in chunks:
-            self._outgoing.append(protect(write, ContentType.APPLICATION_DATA, chunk))
+            record = protect(write, ContentType.APPLICATION_DATA, chunk)
+            tail = self._data_tail
+            # RFC 6347 §4.1.1: several records may share one datagram (e.g. an agent's
+            # SessionContext and Wiped, queued in one step).
+            if (
+                tail is not None
+                and outgoing
+                and outgoing[-1] is tail
+                and len(tail) + len(record) <= self._mtu
+            ):
+                record = outgoing.pop() + record
+            outgoing.append(record)
+            self._data_tail = record
 
     def close(self) -> None:
         """Send close_notify and close (RFC 5246 §7.2.1). Idempotent."""

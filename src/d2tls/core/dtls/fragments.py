@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from d2tls.core.dtls.buffer import Reader, Writer
+from d2tls.core.dtls.buffer import Writer
 from d2tls.core.dtls.constants import HANDSHAKE_HEADER_LEN, MAX_HANDSHAKE_MESSAGE
 from d2tls.core.errors import DecodeError, IllegalParameter
 
@@ -29,9 +29,10 @@ _MAX_MESSAGE_SEQ = 0xFFFF
 AddResult = Literal["old", "buffered", "dropped"]
 
 
-@dataclass(frozen=True)
-class HandshakeFragment:
-    """One handshake fragment: the 12-byte DTLS header fields plus its body (RFC 6347 §4.2.2)."""
+class HandshakeFragment(NamedTuple):
+    """One handshake fragment: the 12-byte DTLS header fields plus its body (RFC 6347 §4.2.2).
+
+    A named tuple: every handshake record is split into these, so they are cheap to make."""
 
     msg_type: int
     length: int
@@ -64,21 +65,28 @@ def parse_handshake_fragments(payload: bytes) -> list[HandshakeFragment]:
     """
     if not payload:
         raise DecodeError("empty handshake record")
-    r = Reader(payload)
+    data = bytes(payload)
+    end = len(data)
+    pos = 0
     out: list[HandshakeFragment] = []
-    while not r.eof():
-        if r.remaining < HANDSHAKE_HEADER_LEN:
+    from_bytes = int.from_bytes
+    while pos < end:
+        if end - pos < HANDSHAKE_HEADER_LEN:
             raise DecodeError("truncated handshake header")
-        msg_type = r.u8()
-        length = r.u24()
-        message_seq = r.u16()
-        fragment_offset = r.u24()
-        fragment_length = r.u24()
+        msg_type = data[pos]
+        length = from_bytes(data[pos + 1 : pos + 4], "big")
+        message_seq = from_bytes(data[pos + 4 : pos + 6], "big")
+        fragment_offset = from_bytes(data[pos + 6 : pos + 9], "big")
+        fragment_length = from_bytes(data[pos + 9 : pos + 12], "big")
+        pos += HANDSHAKE_HEADER_LEN
         if length > MAX_HANDSHAKE_MESSAGE:
             raise DecodeError(f"handshake message length {length} exceeds our limit")
         if fragment_offset + fragment_length > length:
             raise DecodeError("fragment extends past the end of its message")
-        body = r.read(fragment_length)
+        if fragment_length > end - pos:
+            raise DecodeError(f"truncated: wanted {fragment_length} bytes, {end - pos} left")
+        body = data[pos : pos + fragment_length]
+        pos += fragment_length
         out.append(
             HandshakeFragment(msg_type, length, message_seq, fragment_offset, fragment_length, body)
         )

@@ -9,9 +9,10 @@ suites.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from d2tls.core.dtls.constants import CHACHA20_SUITES, CipherSuite
@@ -39,9 +40,8 @@ _UNCOMPRESSED_P256_LEN = 65
 
 
 def _hmac_sha256(key: bytes, data: bytes) -> bytes:
-    mac = hmac.HMAC(key, hashes.SHA256())
-    mac.update(data)
-    return mac.finalize()
+    """HMAC-SHA256 (RFC 2104) in one call (OpenSSL through the stdlib's one-shot digest)."""
+    return hmac.digest(key, data, "sha256")
 
 
 def prf(secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
@@ -177,6 +177,4 @@ def verify_data(master: bytes, label: bytes, transcript_hash: bytes) -> bytes:
 
 def transcript_hash(transcript: bytes) -> bytes:
     """SHA-256 of the handshake transcript, the PRF hash (RFC 5246 §7.4.9, RFC 7627 §3)."""
-    digest = hashes.Hash(hashes.SHA256())
-    digest.update(bytes(transcript))
-    return digest.finalize()
+    return hashlib.sha256(transcript).digest()

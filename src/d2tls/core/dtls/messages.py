@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar, Self, TypeAlias
 
 from d2tls.core.dtls.buffer import Reader, Writer
@@ -148,6 +149,21 @@ class Extension:
 
 def encode_extensions(extensions: Iterable[Extension]) -> bytes:
     """Encode ``Extension extensions<0..2^16-1>`` with its length (RFC 5246 §7.4.1.2)."""
+    if isinstance(extensions, tuple):
+        try:
+            return _encode_extension_tuple(extensions)
+        except TypeError:  # unhashable (a bytearray body): encode without the memo
+            pass
+    return _encode_extensions(extensions)
+
+
+@lru_cache(maxsize=32)
+def _encode_extension_tuple(extensions: tuple[Extension, ...]) -> bytes:
+    """The same extensions give the same bytes (a client's, a server's every hello)."""
+    return _encode_extensions(extensions)
+
+
+def _encode_extensions(extensions: Iterable[Extension]) -> bytes:
     inner = Writer()
     for ext in extensions:
         _check_uint(ext.type, 2, "extension type")
@@ -187,6 +203,13 @@ def _read_optional_extensions(r: Reader, what: str) -> tuple[Extension, ...]:
         return ()
     block = r.vector(2)
     r.expect_end(what)
+    return _decode_extension_block(block)
+
+
+@lru_cache(maxsize=32)
+def _decode_extension_block(block: bytes) -> tuple[Extension, ...]:
+    """:func:`decode_extensions`, remembered for the last blocks seen: a peer sends the same
+    extensions in every hello (an invalid block raises, and is not remembered)."""
     return decode_extensions(block)
 
 
@@ -422,7 +445,16 @@ def renegotiation_info_extension(renegotiated_connection: bytes = b"") -> Extens
 
 
 def _validate_known_extensions(extensions: tuple[Extension, ...], *, client: bool) -> None:
-    """Parse the bodies of the extensions we understand so that malformed ones fail at decode."""
+    """Parse the bodies of the extensions we understand so that malformed ones fail at decode
+    (the verdict on a tuple of extensions already accepted once is remembered)."""
+    try:
+        _validate_extensions(extensions, client)
+    except TypeError:  # unhashable (hand-built with a bytearray): check without the memo
+        _validate_extensions.__wrapped__(extensions, client)
+
+
+@lru_cache(maxsize=32)
+def _validate_extensions(extensions: tuple[Extension, ...], client: bool) -> None:
     for ext in extensions:
         if ext.type == ExtensionType.SERVER_NAME:
             if client:
@@ -1109,15 +1141,9 @@ def encode_handshake(msg_type: int, message_seq: int, body: bytes) -> bytes:
     _check_uint(msg_type, 1, "msg_type")
     _check_uint(message_seq, 2, "message_seq")
     _check_uint(len(body), 3, "length")
-    return (
-        Writer()
-        .u8(msg_type)
-        .u24(len(body))
-        .u16(message_seq)
-        .u24(0)
-        .u24(len(body))
-        .raw(body)
-        .getvalue()
+    length = len(body).to_bytes(3, "big")
+    return b"".join(
+        (bytes((msg_type,)), length, message_seq.to_bytes(2, "big"), b"\0\0\0", length, body)
     )
 
 

@@ -212,10 +212,21 @@ class SpecMachine(Generic[S, P]):
 
     def _run(self, candidates: tuple[_Transition[S], ...], payload: P) -> bool:
         handlers = self._handlers
+        guards = handlers.guards
         for t in candidates:
-            if all(handlers.guards[g](payload) for g in t.guards) and not any(
-                handlers.guards[u](payload) for u in t.unless
-            ):
+            # The guards in order, stopping at the first false one, then the ``unless``
+            # conditions, stopping at the first true one (all() / any(), without generators).
+            enabled = True
+            for g in t.guards:
+                if not guards[g](payload):
+                    enabled = False
+                    break
+            if enabled:
+                for u in t.unless:
+                    if guards[u](payload):
+                        enabled = False
+                        break
+            if enabled:
                 self.state = t.dest
                 self._entered()
                 if t.builds:

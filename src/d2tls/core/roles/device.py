@@ -33,7 +33,6 @@ from d2tls.core.delegation.channel_security import (
     Channel,
     device_channel_suites,
 )
-from d2tls.core.delegation.compact import server_certificate_body
 from d2tls.core.delegation.messages import (
     DelegationError,
     DelegationErrorCode,
@@ -71,8 +70,8 @@ from d2tls.core.roles.signer import (
     DeviceSigner,
     SigningRefused,
     bound_transcript,
-    check_bound_transcript,
     check_server_key_exchange,
+    check_transcript,
 )
 from d2tls.core.sansio import Address, Datagram
 from d2tls.core.trace import tagged
@@ -364,7 +363,7 @@ class DelegationAttempt:
             memo = self.config.chain_memo
             held = memo.server_certificate_for(request.server_name)
             transcript = bound_transcript(message, self.config.certificate_chain, request, held)
-            self._server_certificates = check_bound_transcript(
+            checked = check_transcript(
                 transcript,
                 message.digest,
                 request.client_random,
@@ -385,9 +384,9 @@ class DelegationAttempt:
             self._refusal = str(exc)
             return False
         self._transcript = transcript
-        body = server_certificate_body(transcript)
-        if memo.enabled and body is not None:  # checked by rule 6 just now
-            memo.server_certificate = (request.server_name, body)
+        self._server_certificates = checked.server_certificates
+        if memo.enabled:  # checked by rule 6 just now
+            memo.server_certificate = (request.server_name, checked.server_certificate_body)
         return True
 
     def _context_acceptable(self, message: SessionContext) -> bool:
@@ -643,10 +642,15 @@ class DeviceProtocol:
         context: Session | None = None,
         first_request_id: int | None = None,
         server_address: Address | None = None,
+        message_events: bool = True,
     ) -> None:
         """``server_address``: where the device resumes, ``config.server`` resolved to an IP
-        literal by the host (``config.server`` itself is what the DelegationRequest names)."""
+        literal by the host (``config.server`` itself is what the DelegationRequest names).
+        ``message_events``: report every delegation message (:class:`MessageSent`,
+        :class:`MessageReceived`); a host that waits only for the outcome turns them off, and
+        is then not woken for each one."""
         self.config = config
+        self._message_events = message_events
         #: The cached context (the session to resume), kept across attempts.
         self.context = context
         self.server_address = server_address or config.server
@@ -665,6 +669,8 @@ class DeviceProtocol:
         #: Every engine with a child endpoint (socket) of its own, by key, until it is closed,
         #: replaced and its last datagrams left.
         self._engines: dict[int, DTLSClient] = {}
+        #: child_endpoints() of _engines, replaced (never changed in place) when they change.
+        self._endpoints: dict[int, Address] = {}
         self._keys = itertools.count(1)
         self._events: deque[DeviceEvent] = deque()
         self._deadline: float | None = None
@@ -752,9 +758,15 @@ class DeviceProtocol:
         self._deadline = self._idle_deadline = None
 
     def close_connection(self, now: float) -> None:
-        """Close the end-to-end connection only; a standing channel stays until idle."""
-        if self.connection is not None:
-            self._retire(self.connection)
+        """Close the end-to-end connection only; a standing channel stays until idle.
+
+        The connection is done with: its close_notify leaves with its endpoint's next
+        datagrams, then the endpoint goes (its traffic stays counted in :attr:`server_link`).
+        """
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            self._server_done.add_engine(connection.stats)
+            self._retire(connection)
         self._deadline = None
 
     @property
@@ -796,11 +808,15 @@ class DeviceProtocol:
         return []
 
     def next_timer(self) -> float | None:
-        timers = [t for t in (self._deadline, self._idle_deadline) if t is not None]
+        earliest: float | None = None
         for engine in (self.channel, self.connection):
-            if engine is not None and (deadline := engine.next_timer()) is not None:
-                timers.append(deadline)
-        return min(timers) if timers else None
+            deadline = engine.next_timer() if engine is not None else None
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        for deadline in (self._deadline, self._idle_deadline):
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return earliest
 
     def handle_timer(self, now: float) -> None:
         for engine in (self.channel, self.connection):
@@ -830,7 +846,12 @@ class DeviceProtocol:
         """One endpoint per engine: every channel and every resumption comes from a fresh
         port, so that no association the agent or the server still keeps for an earlier
         attempt takes its datagrams (a server keys associations by address)."""
-        return {key: e.remote for key, e in self._engines.items() if e.remote is not None}
+        return self._endpoints
+
+    def _engines_changed(self) -> None:
+        self._endpoints = {
+            key: e.remote for key, e in self._engines.items() if e.remote is not None
+        }
 
     def child_receive_datagram(self, key: int, data: bytes, addr: Address, now: float) -> None:
         engine = self._engines.get(key)
@@ -843,8 +864,9 @@ class DeviceProtocol:
         if engine is None:
             return []
         out = engine.datagrams_to_send(now)
-        if engine.is_closed and engine not in (self.channel, self.connection):
+        if engine is not self.channel and engine is not self.connection and engine.is_closed:
             del self._engines[key]  # its last alert leaves now: the endpoint is done
+            self._engines_changed()
         return out
 
     def child_unreachable(self, key: int, now: float) -> None:
@@ -962,7 +984,8 @@ class DeviceProtocol:
                 message = attempt.receive_bytes(event.data)
                 if message is not None:
                     self._trace_message("received", message)
-                    self._events.append(MessageReceived(message))
+                    if self._message_events:
+                        self._events.append(MessageReceived(message))
             elif isinstance(event, ConnectionTerminated) and attempt.state in CHANNEL_STATES:
                 self._drop_channel()
                 if event.by_peer or attempt.state != DeviceState.CONNECTING_AGENT:
@@ -1050,7 +1073,8 @@ class DeviceProtocol:
         if channel is None or not channel.is_established:
             return
         self._trace_message("sent", message)  # stamped before it can be answered
-        self._events.append(MessageSent(message))
+        if self._message_events:
+            self._events.append(MessageSent(message))
         channel.send_application_data(encode_message(message))
         if isinstance(message, DelegationRequest | SignResponse):
             self.agent_link.round_trips += 1
@@ -1063,6 +1087,7 @@ class DeviceProtocol:
     def _adopt(self, engine: DTLSClient, now: float) -> DTLSClient:
         """Give ``engine`` a child endpoint of its own and start its handshake."""
         self._engines[next(self._keys)] = engine
+        self._engines_changed()
         engine.connect(now)
         return engine
 

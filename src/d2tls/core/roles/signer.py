@@ -19,6 +19,8 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -26,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.verification import Store
 
-from d2tls.core.delegation.compact import rebuild_transcript
+from d2tls.core.delegation.compact import client_certificate_body, rebuild_transcript
 from d2tls.core.delegation.messages import DelegationRequest, SignRequest
 from d2tls.core.dtls.constants import (
     ECDSA_SECP256R1_SHA256,
@@ -88,6 +90,15 @@ class DeviceSigner:
         return "DeviceSigner(<private key hidden>)"
 
 
+class BoundCheck(NamedTuple):
+    """What :func:`check_transcript` found in a transcript it accepted."""
+
+    #: The entries of the server's Certificate (its chain, or its one raw public key).
+    server_certificates: tuple[bytes, ...]
+    #: The body of the server's Certificate message (for the device's chain memo, §6).
+    server_certificate_body: bytes
+
+
 def check_bound_transcript(
     transcript: bytes,
     digest: bytes,
@@ -106,6 +117,23 @@ def check_bound_transcript(
     With ``raw_public_key`` (the request's, RFC 7250) the client Certificate must carry exactly
     that SubjectPublicKeyInfo instead of ``certificate_chain``.
     """
+    return check_transcript(
+        transcript, digest, client_random, certificate_chain, server_name, server_pin,
+        raw_public_key,
+    ).server_certificates  # fmt: skip
+
+
+def check_transcript(
+    transcript: bytes,
+    digest: bytes,
+    client_random: bytes,
+    certificate_chain: Sequence[bytes],
+    server_name: str,
+    server_pin: bytes | None = None,
+    raw_public_key: bytes | None = None,
+) -> BoundCheck:
+    """:func:`check_bound_transcript` in one parse of the transcript, also returning the
+    server Certificate's body (spec/delegation.md §6: every rule applies unchanged)."""
     if not hmac.compare_digest(hashlib.sha256(transcript).digest(), digest):
         raise SigningRefused("the transcript does not hash to the digest to sign")
     try:
@@ -141,9 +169,10 @@ def check_bound_transcript(
         server_type = ServerHello.decode(server_hello.body).server_certificate_type
     except D2TLSError as exc:
         raise SigningRefused(f"undecodable ServerHello: {exc}") from exc
+    body = certificates[0].body
     if server_type == CertificateType.RAW_PUBLIC_KEY:
-        return (check_server_raw_key(certificates[0].body, hello, server_name, server_pin),)
-    return check_server_certificate(certificates[0].body, server_name, server_pin)
+        return BoundCheck((check_server_raw_key(body, hello, server_name, server_pin),), body)
+    return BoundCheck(check_server_certificate(body, server_name, server_pin), body)
 
 
 def bound_transcript(
@@ -186,6 +215,8 @@ def _check_client_certificate(
                 "the client Certificate in the transcript is not this device's raw public key"
             )
         return
+    if body == client_certificate_body(certificate_chain, None):
+        return  # the one encoding of this chain (RFC 5246 §7.4.2: canonical lengths)
     try:
         ours = Certificate.decode(body)
     except D2TLSError as exc:
@@ -228,7 +259,19 @@ def check_server_certificate(
 
     Its leaf must name ``server_name`` (:func:`d2tls.core.pki.names.names_server`) and, with a pin,
     carry the pinned public key. One certificate parse; no chain or signature verification.
+    The verdict depends on these three values alone, so an accepted one is remembered
+    (:func:`_server_certificate_verdict`): a device that delegates to the same server again
+    does not parse the same certificate again.
     """
+    return _server_certificate_verdict(bytes(body), server_name, server_pin)
+
+
+@lru_cache(maxsize=16)
+def _server_certificate_verdict(
+    body: bytes, server_name: str, server_pin: bytes | None
+) -> tuple[bytes, ...]:
+    """:func:`check_server_certificate`, memoised on its exact inputs (a refusal raises and
+    so is never cached)."""
     try:
         theirs = Certificate.decode(body)
     except D2TLSError as exc:
