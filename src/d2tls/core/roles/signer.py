@@ -260,7 +260,7 @@ def check_server_certificate(
     Its leaf must name ``server_name`` (:func:`d2tls.core.pki.names.names_server`) and, with a pin,
     carry the pinned public key. One certificate parse; no chain or signature verification.
     The verdict depends on these three values alone, so an accepted one is remembered
-    (:func:`_server_certificate_verdict`): a device that delegates to the same server again
+    (``_server_certificate_verdict``): a device that delegates to the same server again
     does not parse the same certificate again.
     """
     return _server_certificate_verdict(bytes(body), server_name, server_pin)
