@@ -262,33 +262,32 @@ def test_bench_device_profile_cc3200_json_on_loopback() -> None:
     assert isinstance(memory["ordering_met"], bool)
 
 
-def test_peak_memory_measures_what_a_session_allocates_and_restores_asyncio() -> None:
+def test_peak_memory_measures_what_a_session_allocates_and_restores_the_pump() -> None:
     """The memory pass sees a variant's transient allocations (ordering follows them), runs
-    the first pass with the small receive buffer and puts asyncio's back afterwards."""
-    import asyncio.selector_events
+    the first pass with the small receive buffer and puts the pump's default back afterwards."""
+    from d2tls.net.pump import Pump
 
-    transport = asyncio.selector_events._SelectorDatagramTransport  # type: ignore[attr-defined]
-    default = transport.max_size
+    default = Pump.read_buffer_size
     seen: list[int] = []
     sizes = {"bound": 30_000, "blind": 20_000, "standalone": 50_000, "reuse": 10_000}
 
     def measure(variant: str) -> None:
-        seen.append(transport.max_size)
+        seen.append(Pump.read_buffer_size)
         block = bytearray(sizes[variant])  # freed at return: only the peak keeps it
         assert len(block) == sizes[variant]
 
     peaks = dp.peak_memory(measure, tuple(sizes), runs=1)
-    for label in ("peak_bytes", "peak_with_asyncio_buffer_bytes"):
+    for label in ("peak_bytes", "peak_with_default_buffer_bytes"):
         for variant, size in sizes.items():
             assert size <= peaks[label][variant] < size + 4096
     assert seen == [dp.RECEIVE_BUFFER] * 4 + [default] * 4
-    assert transport.max_size == default
+    assert Pump.read_buffer_size == default
     result = dp.evaluate(
         dp.load("cc3200"),
         _variants(),
         peaks["peak_bytes"],
-        peaks["peak_with_asyncio_buffer_bytes"],
+        peaks["peak_with_default_buffer_bytes"],
     )
     assert result["memory"]["ordering_met"]
     text = dp.render_memory(result["memory"], tuple(sizes))
-    assert "with asyncio's 256 KiB receive buffer" in text and text.endswith("-> met")
+    assert "with the pump's default 64 KiB read buffer" in text and text.endswith("-> met")

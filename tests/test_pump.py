@@ -109,3 +109,90 @@ async def _dtls_server_behind_pump() -> HandshakeCompleted:
 def test_pump_drives_a_dtls_server() -> None:
     done = asyncio.run(_dtls_server_behind_pump())
     assert done.session.psk_identity == PSK_ID
+
+
+async def _flood_yields() -> tuple[int, int]:
+    """100 datagrams queued on the pump's socket at once; the first one received schedules
+    another callback: how many datagrams had been taken when it ran?"""
+    import socket
+
+    loop = asyncio.get_running_loop()
+    seen: list[int] = []
+
+    class Counting(Echo):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+            self.count += 1
+            if self.count == 1:
+                loop.call_soon(lambda: seen.append(self.count))
+
+    counting = Counting()
+    pump = await Pump.open(counting, ("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for i in range(100):
+            sender.sendto(b"echo:%03d" % i, pump.local_address)  # no await: all queued
+        for _ in range(200):
+            if counting.count == 100:
+                break
+            await asyncio.sleep(0.005)
+        return seen[0], counting.count
+    finally:
+        sender.close()
+        pump.close()
+
+
+def test_a_flooded_socket_does_not_starve_the_event_loop() -> None:
+    """RFC 6347 §4.1.2.7 lets a receiver drop what it cannot handle, but a burst must not keep
+    the loop from its timers and other sockets: the pump reads a bounded batch per wake-up."""
+    when_other_ran, received = asyncio.run(_flood_yields())
+    assert received == 100
+    assert when_other_ran < 100
+
+
+async def _child_socket_now() -> tuple[Address | None, int]:
+    class Parent(Echo):
+        def __init__(self) -> None:
+            super().__init__()
+            self.children: dict[int, Address] = {}
+            self.child_out: list[bytes] = []
+
+        def child_endpoints(self) -> dict[int, Address]:
+            return self.children
+
+        def child_datagrams_to_send(self, key: int, now: float) -> list[Datagram]:
+            out, self.child_out = self.child_out, []
+            return [(data, self.children[key]) for data in out]
+
+        def child_receive_datagram(self, key: int, data: bytes, addr: Address, now: float) -> None:
+            self.events.append(("child", data, addr))
+
+        def child_unreachable(self, key: int, now: float) -> None:
+            self.events.append(("unreachable", b"", ("", key)))
+
+    peer = Echo()
+    peer_pump = await Pump.open(peer, ("127.0.0.1", 0))
+    parent = Parent()
+    pump = await Pump.open(parent, ("127.0.0.1", 0))
+    try:
+        parent.children[7] = peer_pump.local_address
+        parent.child_out.append(b"hello")
+        pump.poke()
+        bound = pump.child_address(7)  # bound in poke itself, no loop iteration
+        kind, data, _ = await pump.next_event(timeout=5)
+        assert (kind, data) == ("child", b"echo:hello")
+        del parent.children[7]
+        pump.poke()
+        return bound, len(pump._children)
+    finally:
+        pump.close()
+        peer_pump.close()
+
+
+def test_a_child_endpoint_gets_its_socket_at_once_and_loses_it_when_dropped() -> None:
+    bound, left = asyncio.run(_child_socket_now())
+    assert bound is not None and bound[0] == "127.0.0.1" and bound[1] > 0
+    assert left == 0

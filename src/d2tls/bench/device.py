@@ -401,7 +401,7 @@ def run(
                 lambda v: thread.run(side.measure(v), timeout=120), VARIANTS, memory_runs
             )
             memory = peaks["peak_bytes"]
-            memory_buffered = peaks["peak_with_asyncio_buffer_bytes"]
+            memory_buffered = peaks["peak_with_default_buffer_bytes"]
 
         async def close_side() -> None:
             side.close()

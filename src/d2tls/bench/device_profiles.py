@@ -16,18 +16,17 @@ each link, delegations); it never holds a total::
 Memory (:func:`peak_memory`, compared with Table 7's ordering): tracemalloc's peak of the
 Python heap during one new session, in the benchmark process where only the device runs. It
 traces every Python allocation of that process (the device's engines, spec machines,
-messages, asyncio's transports and futures), and nothing that OpenSSL or ``cryptography``'s
+messages, the pump's sockets and asyncio's futures), and nothing that OpenSSL or ``cryptography``'s
 Rust code allocate (keys, certificates, the elliptic-curve arithmetic): the memory a
 standalone device spends on its extra public-key work, which is what Table 7's difference is
-made of on the CC3200, is invisible to it. asyncio also reads every datagram into a fresh
-256 KiB buffer before trimming it: a host artefact common to every variant that would make
-up ~85 % of each peak, so the peak is measured with that buffer set to
-:data:`RECEIVE_BUFFER` (the peaks with asyncio's buffer are reported beside it).
+made of on the CC3200, is invisible to it. The pump reads datagrams into one 64 KiB buffer
+(the largest UDP payload): a host artefact common to every variant that would dominate each
+peak, so the peak is measured with that buffer set to :data:`RECEIVE_BUFFER` (the peaks with
+the default buffer are reported beside it).
 """
 
 from __future__ import annotations
 
-import asyncio.selector_events
 import gc
 import statistics
 import tomllib
@@ -39,6 +38,7 @@ from importlib.resources import files
 from typing import Any
 
 from d2tls.core.errors import D2TLSError
+from d2tls.net.pump import Pump
 
 PROFILES = ("cc3200", "cc2538")
 NETWORKS = ("lan", "wan")
@@ -65,7 +65,7 @@ ROWS = {"standalone": "dtls", "bound": "d2tls", "blind": "d2tls", "reuse": "resu
 TOLERANCE = 0.20
 #: Receive buffer (bytes) of the device's sockets during the memory pass: above every
 #: datagram of the benchmark (our peers' MTU is 1,400 B), like a microcontroller's static
-#: radio buffer, instead of asyncio's 256 KiB per read (a truncated datagram would fail the
+#: radio buffer, instead of the pump's default 64 KiB (a truncated datagram would fail the
 #: handshake, not shrink the peak).
 RECEIVE_BUFFER = 4096
 
@@ -252,7 +252,7 @@ def evaluate(
     profile: Profile,
     variants: dict[str, Any],
     memory: dict[str, Any] | None = None,
-    memory_with_asyncio_buffer: dict[str, int] | None = None,
+    memory_with_default_buffer: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Model every variant of one ``bench device`` run with ``profile``; compare with the paper."""
     agent_server_rts = float(variants["standalone"]["server_round_trips"])
@@ -297,8 +297,8 @@ def evaluate(
     out["targets"] = _targets(profile, model, ratios)
     if memory is not None:
         out["memory"] = _memory(profile, memory)
-        if memory_with_asyncio_buffer is not None:
-            out["memory"]["peak_with_asyncio_buffer_bytes"] = dict(memory_with_asyncio_buffer)
+        if memory_with_default_buffer is not None:
+            out["memory"]["peak_with_default_buffer_bytes"] = dict(memory_with_default_buffer)
     return out
 
 
@@ -362,17 +362,14 @@ def _memory(profile: Profile, memory: dict[str, Any]) -> dict[str, Any]:
 
 @contextmanager
 def receive_buffer(size: int | None) -> Iterator[None]:
-    """Make asyncio read datagrams into ``size``-byte buffers (None: leave its default)."""
-    transport: Any = getattr(asyncio.selector_events, "_SelectorDatagramTransport", None)
-    if transport is None or not isinstance(getattr(transport, "max_size", None), int):
-        raise ProfileError("this asyncio has no datagram receive buffer size to set")
-    default = transport.max_size
+    """Make the pump read datagrams into ``size``-byte buffers (None: leave its default)."""
+    default = Pump.read_buffer_size
     if size is not None:
-        transport.max_size = size
+        Pump.read_buffer_size = size
     try:
         yield
     finally:
-        transport.max_size = default
+        Pump.read_buffer_size = default
 
 
 def peak_memory(
@@ -382,11 +379,11 @@ def peak_memory(
 
     ``measure(variant)`` runs one new session of ``variant`` to its end. Twice: with
     :data:`RECEIVE_BUFFER` (``peak_bytes``, the figure compared with Table 7) and with
-    asyncio's own buffer (``peak_with_asyncio_buffer_bytes``). Cyclic garbage of earlier
+    the pump's default buffer (``peak_with_default_buffer_bytes``). Cyclic garbage of earlier
     sessions is collected before each one.
     """
     out: dict[str, dict[str, int]] = {}
-    for label, size in (("peak_bytes", RECEIVE_BUFFER), ("peak_with_asyncio_buffer_bytes", None)):
+    for label, size in (("peak_bytes", RECEIVE_BUFFER), ("peak_with_default_buffer_bytes", None)):
         peaks: dict[str, list[int]] = {v: [] for v in variants}
         with receive_buffer(size):
             for _ in range(max(1, runs)):
@@ -412,10 +409,10 @@ def render_memory(memory: dict[str, Any], variants: Sequence[str]) -> str:
         f"buffer {RECEIVE_BUFFER:,} B; OpenSSL/Rust allocations not traced), bytes: "
         + ", ".join(f"{v} {peaks[v]:,}" for v in variants)
     ]
-    buffered = memory.get("peak_with_asyncio_buffer_bytes")
+    buffered = memory.get("peak_with_default_buffer_bytes")
     if buffered:
         lines.append(
-            "  with asyncio's 256 KiB receive buffer: "
+            "  with the pump's default 64 KiB read buffer: "
             + ", ".join(f"{v} {buffered[v]:,}" for v in variants)
         )
     lines.append(

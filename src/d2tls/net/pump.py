@@ -33,22 +33,74 @@ from d2tls.core.sansio import Address, HasChildEndpoints, HearsUnreachable, Sans
 E = TypeVar("E")
 
 
-class _Socket(asyncio.DatagramProtocol):
-    """asyncio's side of a socket: hands everything to the pump (``child``: which one)."""
+#: Largest datagram a socket reads (IPv4/IPv6 UDP payloads are at most 65,507/65,527 bytes).
+MAX_DATAGRAM = 65_535
+#: Datagrams read per wake-up of one socket before the event loop runs its other callbacks
+#: (a flooded socket cannot starve the timers and the other sockets).
+READS_PER_WAKEUP = 16
 
-    def __init__(self, pump: Pump[object], child: int | None = None) -> None:
+
+class _Socket:
+    """One non-blocking UDP socket read by the event loop's reader callback (``child``: which
+    of the pump's sockets). Datagrams are read into one reused buffer with ``recvfrom_into``
+    and copied out at their size, instead of asyncio's datagram transport, which allocates
+    256 KiB and runs a protocol callback per datagram. A send that would block drops the
+    datagram, as the network may (DTLS retransmits, RFC 6347 §4.2.4)."""
+
+    __slots__ = ("_child", "_closing", "_fd", "_loop", "_pump", "_sock", "dropped")
+
+    def __init__(self, pump: Pump[object], sock: socket.socket, child: int | None = None) -> None:
         self._pump = pump
         self._child = child
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = pump._loop
+        self._closing = False
+        #: Datagrams not sent because the socket's send buffer was full.
+        self.dropped = 0
+        self._loop.add_reader(self._fd, self._read_ready)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self._pump._received(data, (str(addr[0]), cast(int, addr[1])), self._child)
+    def sockname(self) -> Address:
+        name = self._sock.getsockname()
+        return (str(name[0]), int(name[1]))
 
-    def error_received(self, exc: Exception) -> None:
-        self._pump._error(exc, self._child)
+    def is_closing(self) -> bool:
+        return self._closing
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._child is None:
-            self._pump._lost()
+    def sendto(self, data: bytes, addr: Address | None = None) -> None:
+        if self._closing:
+            return
+        try:
+            if addr is None:
+                self._sock.send(data)
+            else:
+                self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.dropped += 1
+        except OSError as exc:
+            self._pump._error(exc, self._child)
+
+    def _read_ready(self) -> None:
+        pump = self._pump
+        buffer, view = pump._read_buffer, pump._read_view
+        for _ in range(READS_PER_WAKEUP):
+            if self._closing:
+                return
+            try:
+                size, addr = self._sock.recvfrom_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                pump._error(exc, self._child)
+                continue
+            pump._received(bytes(view[:size]), (str(addr[0]), int(addr[1])), self._child)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        self._sock.close()
 
 
 def _child_host(main: Address, peer: Address) -> str:
@@ -95,16 +147,23 @@ class Pump(Generic[E]):
         self._loop = loop
         self._on_event = on_event
         self._on_unreachable = on_unreachable
-        self._transport: asyncio.DatagramTransport | None = None
+        self._transport: _Socket | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
         self._events: deque[E] = deque()
         self._wakeup = asyncio.Event()
         self._closed = False
         self.local_address: Address = ("", 0)
         #: Sockets of the protocol's child endpoints (HasChildEndpoints), by key.
-        self._children: dict[int, asyncio.DatagramTransport] = {}
-        self._binding: dict[int, asyncio.Task[None]] = {}
+        self._children: dict[int, _Socket] = {}
         self._connected = False
+        #: One read buffer for all of the pump's sockets (their callbacks never overlap).
+        self._read_buffer = bytearray(self.read_buffer_size)
+        self._read_view = memoryview(self._read_buffer)
+
+    #: Size of the read buffer; a datagram longer than this is cut (the record layer then
+    #: drops it as malformed). Benchmarks of memory set it lower.
+    read_buffer_size: int = MAX_DATAGRAM
 
     @classmethod
     async def open(
@@ -127,16 +186,13 @@ class Pump(Generic[E]):
         sock = _bind(local_addr, remote_addr)
         pump = cls(protocol, loop, on_event, on_unreachable)
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Socket(cast(Pump[object], pump)), sock=sock
-            )
+            transport = _Socket(cast(Pump[object], pump), sock)
         except BaseException:
             sock.close()
             raise
         pump._transport = transport
         pump._connected = remote_addr is not None
-        name = transport.get_extra_info("sockname")
-        pump.local_address = (str(name[0]), int(name[1]))
+        pump.local_address = transport.sockname()
         pump.poke()
         return pump
 
@@ -154,8 +210,7 @@ class Pump(Generic[E]):
         child = self._children.get(key) if key is not None else None
         if child is None:
             return None
-        name = child.get_extra_info("sockname")
-        return (str(name[0]), int(name[1]))
+        return child.sockname()
 
     # ------------------------------------------------------------------ driving
     def poke(self) -> None:
@@ -181,49 +236,41 @@ class Pump(Generic[E]):
                 transport.sendto(data, None if self._connected else addr)
         if self._parent is not None:
             self._drive_children(self._parent, now)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         deadline = self.protocol.next_timer()
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        if deadline != self._deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = (
+                self._loop.call_at(deadline, self._on_timer) if deadline is not None else None
+            )
+            self._deadline = deadline
 
     def _drive_children(self, protocol: HasChildEndpoints, now: float) -> None:
         """Bind a socket for each new child endpoint, close those gone, send from the rest."""
         wanted = protocol.child_endpoints()
-        for key in [k for k in self._children if k not in wanted]:
-            self._children.pop(key).close()
-        for key in [k for k in self._binding if k not in wanted]:
-            self._binding.pop(key).cancel()
+        children = self._children
+        if len(children) > len(wanted) or any(k not in wanted for k in children):
+            for key in [k for k in children if k not in wanted]:
+                children.pop(key).close()
         for key, peer in wanted.items():
-            child = self._children.get(key)
-            if child is not None:
-                for data, _peer in protocol.child_datagrams_to_send(key, now):
-                    if not child.is_closing():
-                        child.sendto(data)  # connected to the child's one peer
-            elif key not in self._binding:
-                host = _child_host(self.local_address, peer)
-                self._binding[key] = self._loop.create_task(self._bind_child(key, host, peer))
+            child = children.get(key)
+            if child is None:
+                child = children[key] = self._bind_child(key, peer)
+            for data, _peer in protocol.child_datagrams_to_send(key, now):
+                child.sendto(data)  # connected to the child's one peer
 
-    async def _bind_child(self, key: int, host: str, peer: Address) -> None:
-        sock = _bind((host, 0), peer)
+    def _bind_child(self, key: int, peer: Address) -> _Socket:
+        """A socket of the child's own, bound beside the main one and connected to its peer."""
+        sock = _bind((_child_host(self.local_address, peer), 0), peer)
         try:
-            transport, _ = await self._loop.create_datagram_endpoint(
-                lambda: _Socket(cast(Pump[object], self), key), sock=sock
-            )
+            return _Socket(cast(Pump[object], self), sock, key)
         except BaseException:
             sock.close()
             raise
-        finally:
-            self._binding.pop(key, None)
-        if self._closed:
-            transport.close()
-            return
-        self._children[key] = transport
-        self.poke()
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._deadline = None
         if self._closed:
             return
         self.protocol.handle_timer(self._loop.time())
@@ -250,9 +297,6 @@ class Pump(Generic[E]):
         elif child is not None and self._parent is not None:
             self._parent.child_unreachable(child, now)
         self.poke()
-
-    def _lost(self) -> None:
-        self._stop()
 
     # ------------------------------------------------------------------ the application's side
     async def next_event(self, timeout: float | None = None) -> E:
@@ -284,9 +328,6 @@ class Pump(Generic[E]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for task in self._binding.values():
-            task.cancel()
-        self._binding.clear()
         for child in self._children.values():
             child.close()
         self._children.clear()
