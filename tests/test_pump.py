@@ -196,3 +196,27 @@ def test_a_child_endpoint_gets_its_socket_at_once_and_loses_it_when_dropped() ->
     bound, left = asyncio.run(_child_socket_now())
     assert bound is not None and bound[0] == "127.0.0.1" and bound[1] > 0
     assert left == 0
+
+
+async def _buffers_of_two_pumps() -> tuple[bool, int]:
+    first = await Pump.open(Echo(), ("127.0.0.1", 0))
+    second = await Pump.open(Echo(), ("127.0.0.1", 0))
+    try:
+        return first._read_buffer is second._read_buffer, len(first._read_buffer)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_pumps_of_one_loop_share_one_read_buffer_and_loops_do_not() -> None:
+    """The loop runs one reader callback at a time and each copies its datagram out, so one
+    buffer per loop serves all its pumps; another loop (another thread) gets its own."""
+    shared, size = asyncio.run(_buffers_of_two_pumps())
+    assert shared and size == Pump.read_buffer_size
+
+    async def buffer_of_one() -> bytearray:
+        pump = await Pump.open(Echo(), ("127.0.0.1", 0))
+        pump.close()
+        return pump._read_buffer
+
+    assert asyncio.run(buffer_of_one()) is not asyncio.run(buffer_of_one())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar, cast
@@ -103,6 +104,23 @@ class _Socket:
         self._sock.close()
 
 
+#: One read buffer per event loop: the loop runs one reader callback at a time, and every pump
+#: on it copies a datagram out before it returns, so all of them can share it (a host with many
+#: pumps, or a pump opened per connection, allocates no buffer per socket).
+_LOOP_BUFFERS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[bytearray, memoryview]
+] = weakref.WeakKeyDictionary()
+
+
+def _loop_buffer(loop: asyncio.AbstractEventLoop, size: int) -> tuple[bytearray, memoryview]:
+    """The read buffer of ``loop`` (made, or made anew when ``size`` changed)."""
+    found = _LOOP_BUFFERS.get(loop)
+    if found is None or len(found[0]) != size:
+        buffer = bytearray(size)
+        found = _LOOP_BUFFERS[loop] = (buffer, memoryview(buffer))
+    return found
+
+
 def _child_host(main: Address, peer: Address) -> str:
     """The main socket's host for a peer of the same family, else that family's loopback."""
     if (":" in main[0]) == (":" in peer[0]):
@@ -157,9 +175,8 @@ class Pump(Generic[E]):
         #: Sockets of the protocol's child endpoints (HasChildEndpoints), by key.
         self._children: dict[int, _Socket] = {}
         self._connected = False
-        #: One read buffer for all of the pump's sockets (their callbacks never overlap).
-        self._read_buffer = bytearray(self.read_buffer_size)
-        self._read_view = memoryview(self._read_buffer)
+        #: The read buffer of the pump's event loop (:func:`_loop_buffer`).
+        self._read_buffer, self._read_view = _loop_buffer(loop, self.read_buffer_size)
 
     #: Size of the read buffer; a datagram longer than this is cut (the record layer then
     #: drops it as malformed). Benchmarks of memory set it lower.
