@@ -1,9 +1,10 @@
 """Consistency that can fail: message contents and signing guards, spec <-> theory <-> roles.
 
-The main theory is copied and given the annotations of proofs/ANNOTATIONS.md
-(:data:`RULE_ANNOTATIONS`, :data:`THEORY_ANNOTATIONS`); the copy must pass the strict check,
-and each deliberate mismatch below (in a temp copy of the theory or the spec, or a signer with
-a check taken out) must be reported.
+The main theory carries the annotations of proofs/ANNOTATIONS.md (:data:`RULE_ANNOTATIONS`,
+:data:`STRICT_MODE_ANNOTATIONS`, :data:`THEORY_ANNOTATIONS`) and is named in
+``contents.REQUIRE_ANNOTATIONS``: it must pass the strict check as committed, losing its
+annotations must fail, and each deliberate mismatch below (in a temp copy of the theory or the
+spec, or a signer with a check taken out) must be reported.
 """
 
 from __future__ import annotations
@@ -62,8 +63,7 @@ RULE_ANNOTATIONS: dict[str, list[str]] = {
     "Agent_Wipe": ["// msg: Wiped(request_id)"],
 }
 
-#: The same for the rules of the strict device mode (issue 24 item 3, branch ``proofs``): not in
-#: the theory of this branch; checked against that theory by hand before the merge.
+#: The same for the rules of the strict device mode (issue 24 item 3).
 STRICT_MODE_ANNOTATIONS: dict[str, list[str]] = {
     "Device_Delegate_Strict": [
         "// msg: DelegationRequest(request_id, server_name, mode, client_random)"
@@ -97,6 +97,15 @@ THEORY_ANNOTATIONS = [
 ]
 
 
+def _is_annotation(line: str) -> bool:
+    return line.lstrip().startswith(("// msg:", "// policy:", "// omit:", "// abstraction:"))
+
+
+def strip_annotations(text: str) -> str:
+    """The theory without any content annotation line."""
+    return "\n".join(line for line in text.splitlines() if not _is_annotation(line)) + "\n"
+
+
 def annotate(text: str) -> str:
     """The theory with the annotations of this module inserted."""
     lines = text.splitlines()
@@ -114,8 +123,9 @@ def annotate(text: str) -> str:
 
 @pytest.fixture
 def annotated(tmp_path: Path) -> Path:
+    """A copy of the main theory as committed (it carries its annotations)."""
     path = tmp_path / MAIN_THEORY.name
-    path.write_text(annotate(MAIN_THEORY.read_text(encoding="utf-8")), encoding="utf-8")
+    shutil.copy(MAIN_THEORY, path)
     return path
 
 
@@ -139,9 +149,49 @@ def test_the_annotated_theory_passes_the_strict_check(annotated: Path) -> None:
     assert set(RULE_ANNOTATIONS) <= set(rules)  # every annotated rule exists
 
 
-def test_the_theory_as_committed_passes_the_lenient_check() -> None:
+def test_the_theory_as_committed_is_checked_strictly_and_passes() -> None:
+    assert MAIN_THEORY.name in contents.REQUIRE_ANNOTATIONS
     report = check_theories([MAIN_THEORY])
     assert report.ok, "\n".join(report.problems())
+    assert report.annotated == [MAIN_THEORY.name]
+
+
+def test_the_theory_carries_exactly_the_documented_annotations() -> None:
+    """The annotations in the theory are those of proofs/ANNOTATIONS.md (this module's tables),
+    each right above its rule: stripping them and inserting the tables gives the theory back."""
+    text = MAIN_THEORY.read_text(encoding="utf-8")
+    assert annotate(strip_annotations(text)) == text
+    documented = (proofs_dir() / "ANNOTATIONS.md").read_text(encoding="utf-8")
+    lines = {line.strip() for line in text.splitlines() if _is_annotation(line)}
+    assert lines and all(line in documented for line in lines), sorted(
+        line for line in lines if line not in documented
+    )
+
+
+def test_losing_the_annotations_fails(tmp_path: Path) -> None:
+    """Required by name: without its annotations the theory is not silently checked leniently."""
+    bare = tmp_path / MAIN_THEORY.name
+    bare.write_text(strip_annotations(MAIN_THEORY.read_text(encoding="utf-8")), encoding="utf-8")
+    report = check_theories([bare])
+    assert not report.ok
+    problems = report.problems()
+    assert any("no '// msg: SessionContext(...)' annotation" in p for p in problems), problems
+    assert any("accepts only the fixed transcript of 8 messages" in p for p in problems), problems
+
+
+def test_a_context_without_the_server_is_caught_in_the_committed_theory(annotated: Path) -> None:
+    """A deliberate mismatch in the theory as committed: the device's SessionContext loses the
+    server (spec §5.2 server_certificates) that the agent's still carries."""
+    _edit(
+        annotated,
+        "ChanAD(A, D, <'SessionContext', rid, sid, ms, S>) ]\n  --[ DevGotContext",
+        "ChanAD(A, D, <'SessionContext', rid, sid, ms>) ]\n  --[ DevGotContext",
+    )
+    problems = _problems(annotated)
+    assert any(
+        "rule Device_Recv_SessionContext" in p and "SessionContext tuple has 3 components" in p
+        for p in problems
+    ), problems
 
 
 def test_a_session_context_with_another_field_is_caught(annotated: Path) -> None:
@@ -220,14 +270,14 @@ BOUND_LOG = (
          "<'ServerHello', sr, sid>, <'Certificate', S2>,"),
     ],
 )  # fmt: skip
-@pytest.mark.parametrize("annotations", [True, False], ids=["annotated", "as-committed"])
+@pytest.mark.parametrize("annotations", [True, False], ids=["as-committed", "stripped"])
 def test_each_bound_signing_rule_of_the_spec_is_checked_on_the_theory(
     tmp_path: Path, rule: int, old: str, new: str, annotations: bool
 ) -> None:
     text = MAIN_THEORY.read_text(encoding="utf-8")
     assert text.count(BOUND_LOG) == 1  # the rule these edits are written for
     theory = tmp_path / MAIN_THEORY.name
-    theory.write_text(annotate(text) if annotations else text, encoding="utf-8")
+    theory.write_text(text if annotations else strip_annotations(text), encoding="utf-8")
     start = theory.read_text(encoding="utf-8").index("rule Device_Sign_Bound:")
     body = theory.read_text(encoding="utf-8")[start:]
     edited = body.replace(old, new, 1)
@@ -359,3 +409,22 @@ def test_term_parser_reads_tuples_and_lets() -> None:
                                  contents.App("!Ltk", ("D", "k"))))  # fmt: skip
     with pytest.raises(contents.TermError):
         contents.parse_term("<a, b")
+
+
+def test_a_strict_device_that_drops_the_server_binding_is_caught(annotated: Path) -> None:
+    """The strict signing rule gets the §6 checks too: its server Certificate no longer has to
+    be the requested server's (rule 6), in the theory as committed."""
+    text = annotated.read_text(encoding="utf-8")
+    start = text.index("rule Device_Sign_Strict:")
+    body = text[start:]
+    edited = body.replace(
+        "<'ServerHello', sr, sid>, <'Certificate', S>,",
+        "<'ServerHello', sr, sid>, <'Certificate', S2>,",
+        1,
+    )
+    assert edited != body
+    annotated.write_text(text[:start] + edited, encoding="utf-8")
+    problems = _problems(annotated)
+    assert any(
+        "Device_Sign_Strict (bound signing, spec/delegation.md §6) rule 6:" in p for p in problems
+    ), problems

@@ -41,8 +41,9 @@ from d2tls.core.errors import D2TLSError
 from d2tls.prove.runner import strip_comments
 from d2tls.prove.spec_text import SpecField, bound_signing_rules, delegation_md, message_fields
 
-#: Theories that must carry the annotations (they are checked strictly even without any).
-REQUIRE_ANNOTATIONS: frozenset[str] = frozenset()
+#: Theories that must carry the annotations (they are checked strictly even without any):
+#: losing them fails the check instead of silently making it lenient.
+REQUIRE_ANNOTATIONS: frozenset[str] = frozenset({"d2tls_dtls12.spthy"})
 
 POLICY_BOUND = "bound-signing"
 FIXED_TRANSCRIPT = "fixed-transcript"
@@ -447,15 +448,16 @@ def _check_theory(
         if strict:
             modelled |= _check_messages(where, rule, fields, report)
     signing = [r for r in rules if POLICY_BOUND in r.policies]
-    if not signing and not strict:  # not annotated: the rule with the bound state premise
+    if not signing:
+        if strict:
+            report.problems.append(f"{where}: no rule annotated '// policy: {POLICY_BOUND}'")
+        # not annotated: the §6 checks still apply, to the rules with the bound state premise
         signing = [
             r
             for r in rules
             if re.search(r"St_D_AwaitSign\([^)]*'(bound|strict)'", r.text)
             and "'SignRequest'" in r.text
         ]
-    if strict and not signing:
-        report.problems.append(f"{where}: no rule annotated '// policy: {POLICY_BOUND}'")
     for rule in signing:
         _check_bound(where, rule, spec_rules, abstractions, strict, report)
     if strict:
