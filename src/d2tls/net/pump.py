@@ -48,7 +48,7 @@ class _Socket:
     256 KiB and runs a protocol callback per datagram. A send that would block drops the
     datagram, as the network may (DTLS retransmits, RFC 6347 §4.2.4)."""
 
-    __slots__ = ("_child", "_closing", "_fd", "_loop", "_pump", "_sock", "dropped")
+    __slots__ = ("_child", "_closing", "_fd", "_loop", "_pump", "_sock")
 
     def __init__(self, pump: Pump[object], sock: socket.socket, child: int | None = None) -> None:
         self._pump = pump
@@ -57,16 +57,11 @@ class _Socket:
         self._fd = sock.fileno()
         self._loop = pump._loop
         self._closing = False
-        #: Datagrams not sent because the socket's send buffer was full.
-        self.dropped = 0
         self._loop.add_reader(self._fd, self._read_ready)
 
     def sockname(self) -> Address:
         name = self._sock.getsockname()
         return (str(name[0]), int(name[1]))
-
-    def is_closing(self) -> bool:
-        return self._closing
 
     def sendto(self, data: bytes, addr: Address | None = None) -> None:
         if self._closing:
@@ -77,7 +72,7 @@ class _Socket:
             else:
                 self._sock.sendto(data, addr)
         except (BlockingIOError, InterruptedError):
-            self.dropped += 1
+            pass  # the send buffer is full: dropped, as the network may drop it
         except OSError as exc:
             self._pump._error(exc, self._child)
 
@@ -249,7 +244,7 @@ class Pump(Generic[E]):
         now = self._loop.time()
         transport = self._transport
         for data, addr in self.protocol.datagrams_to_send(now):
-            if transport is not None and not transport.is_closing():
+            if transport is not None:
                 transport.sendto(data, None if self._connected else addr)
         if self._parent is not None:
             self._drive_children(self._parent, now)
@@ -266,9 +261,8 @@ class Pump(Generic[E]):
         """Bind a socket for each new child endpoint, close those gone, send from the rest."""
         wanted = protocol.child_endpoints()
         children = self._children
-        if len(children) > len(wanted) or any(k not in wanted for k in children):
-            for key in [k for k in children if k not in wanted]:
-                children.pop(key).close()
+        for key in [k for k in children if k not in wanted]:
+            children.pop(key).close()
         for key, peer in wanted.items():
             child = children.get(key)
             if child is None:

@@ -62,12 +62,7 @@ class Reader:
         n = self.uint(length_width)
         if n < minimum or (maximum is not None and n > maximum):
             raise DecodeError(f"vector length {n} outside <{minimum}..{maximum}>")
-        pos = self._pos
-        end = pos + n
-        if end > len(self._data):
-            raise DecodeError(f"truncated: wanted {n} bytes, {self.remaining} left")
-        self._pos = end
-        return self._data[pos:end]
+        return self.read(n)
 
     def rest(self) -> bytes:
         """Read everything that is left."""
